@@ -1,0 +1,63 @@
+"""The `hotadd` command line: parse, call one function, map the outcome to an exit code.
+
+Each subcommand lives beside the code it drives, in a module exposing
+`add_parser(subparsers) -> None` that sets `func=callable(args) -> int` on its parser. This file
+only lists those modules, so adding a command never means editing another command's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from harness import __version__
+from harness.errors import ExitCode, HotaddError
+
+COMMAND_MODULES = (
+    "harness.scenario_command",  # hotadd run
+    "harness.oracle.command",  # hotadd check
+    "harness.doctor",  # hotadd doctor
+    "harness.guests.command",  # hotadd guest build / hotadd image build
+    "harness.host.sweep",  # hotadd sweep
+    "harness.report.command",  # hotadd report
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotadd",
+        description="Hot-add vCPUs to a real guest and check the processor-change notifications.",
+    )
+    parser.add_argument("--version", action="version", version=f"hotadd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; return its exit code. Never raises for expected failures."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except HotaddError as exc:
+        print(f"hotadd: error: {exc}", file=sys.stderr)
+        return ExitCode.HARNESS_ERROR
+    except KeyboardInterrupt:
+        print("hotadd: interrupted; the run was torn down", file=sys.stderr)
+        return ExitCode.HARNESS_ERROR
+    except Exception:  # a bug in the harness is still a harness error, not a verdict
+        traceback.print_exc()
+        print("hotadd: internal error (a bug in hotadd: please report it with the trace above)",
+              file=sys.stderr)
+        return ExitCode.HARNESS_ERROR
+
+
+def run() -> int:
+    """Console-script entry point."""
+    return main()

@@ -1,0 +1,49 @@
+"""Progress for long operations: which stage, how long so far, what is being awaited.
+
+Written to stderr so stdout stays machine-readable (`--json`). Nothing here ever sees a
+secret: callers pass stage names and descriptions, never command lines.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TextIO
+
+
+@dataclass
+class Progress:
+    """Stage timer and reporter. `quiet` silences output but keeps the timings."""
+
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    quiet: bool = False
+    started: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{self.elapsed():7.1f}s] {message}", file=self.stream, flush=True)
+
+    def waiting(self, stage: str, awaited: str, since: float) -> None:
+        """Report that `stage` is still waiting for `awaited` (call it from poll loops)."""
+        self.say(f"{stage}: waiting for {awaited} ({time.monotonic() - since:.1f}s)")
+
+    @contextmanager
+    def stage(self, name: str, awaited: str = "") -> Iterator[None]:
+        """Time a stage and record it in `timings` under `name`, even when it fails."""
+        t0 = time.monotonic()
+        self.say(f"{name}: {awaited}..." if awaited else f"{name}...")
+        try:
+            yield
+        except BaseException:
+            self.timings[name] = time.monotonic() - t0
+            self.say(f"{name}: failed after {self.timings[name]:.2f}s")
+            raise
+        self.timings[name] = time.monotonic() - t0
+        self.say(f"{name}: done in {self.timings[name]:.2f}s")
