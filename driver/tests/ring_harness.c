@@ -1,0 +1,271 @@
+/*
+ * ring_harness.c - host test driver for HotAddProbe's portable record code (probe_ring.c,
+ * probe_format.c). Built by tests/test_driver_ring.py with the host gcc under
+ * -fsanitize=address,undefined into a temporary directory; never part of the driver.
+ *
+ * Environment: Linux user mode, C library and pthreads. It plays the kernel's roles: producers
+ * (the callback, DriverEntry) append HAP_RECORDs, a consumer (the worker) drains to stdout.
+ *
+ * Modes (all output goes to stdout; exit status 0 unless the usage or an internal check fails):
+ *   records CAPACITY DRAIN_EVERY  < spec lines
+ *       Each stdin line is one record, as space-separated key=value pairs (see ParseSpec).
+ *       Every DRAIN_EVERY appends (0 = never) the consumer drains; a final drain follows.
+ *   concurrent CAPACITY PRODUCERS PER_PRODUCER
+ *       PRODUCERS threads append PER_PRODUCER notify records each (nt_number = producer,
+ *       status = its running counter) while the main thread drains; then a final drain.
+ *   ticks TICKS FREQUENCY      prints HapTicksToNs(TICKS, FREQUENCY)
+ *   limits                     prints the results of calls the API must refuse, one per line
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "probe_record.h"
+
+static HAP_RING_SLOT *gSlots;
+static HAP_RING gRing;
+static char gBuffer[16 * HAP_MAX_LINE];
+
+static void
+Die(const char *message)
+{
+    fprintf(stderr, "ring_harness: %s\n", message);
+    exit(2);
+}
+
+static unsigned long long
+Number(const char *text)
+{
+    char *end;
+    unsigned long long value = strtoull(text, &end, 0);
+
+    if (*text == '\0' || *end != '\0') {
+        Die("not a number");
+    }
+    return value;
+}
+
+static void
+SetupRing(unsigned int capacity)
+{
+    gSlots = calloc(capacity, sizeof(*gSlots));
+    if (gSlots == NULL) {
+        Die("out of memory");
+    }
+    if (!HapRingInitialize(&gRing, gSlots, capacity)) {
+        Die("capacity must be a power of two >= 2");
+    }
+}
+
+/* Drain until the consumer has nothing more to say; Final as in HapDrain. */
+static void
+DrainToStdout(int final, unsigned long long nowNs)
+{
+    unsigned int length;
+
+    while ((length = HapDrain(&gRing, gBuffer, sizeof(gBuffer), final, nowNs)) != 0u) {
+        fwrite(gBuffer, 1, length, stdout);
+    }
+}
+
+/*
+ * One record from "key=value ..." with keys: t, kind (driver|notify), event, active, flags,
+ * status, veto_index, veto_status, veto_replay, count, state, phase, nt, group, number, op,
+ * irql, map_status, map_group, map_number. Enum values are given as numbers, so tests can
+ * also feed values the formatter must refuse.
+ */
+static void
+ParseSpec(char *line, HAP_RECORD *record)
+{
+    char *token;
+    char *save = NULL;
+
+    memset(record, 0, sizeof(*record));
+    for (token = strtok_r(line, " \t\n", &save); token != NULL;
+         token = strtok_r(NULL, " \t\n", &save)) {
+        char *equals = strchr(token, '=');
+        const char *key = token;
+        const char *text;
+        unsigned long long value;
+
+        if (equals == NULL) {
+            Die("spec token without '='");
+        }
+        *equals = '\0';
+        text = equals + 1;
+        if (strcmp(key, "kind") == 0) {
+            if (strcmp(text, "driver") == 0) {
+                record->Kind = HapKindDriver;
+                record->u.Driver.VetoIndex = HAP_NO_VETO;
+            } else if (strcmp(text, "notify") == 0) {
+                record->Kind = HapKindNotify;
+                memset(&record->u, 0, sizeof(record->u));
+            } else {
+                record->Kind = (unsigned int)Number(text);
+            }
+            continue;
+        }
+        value = Number(text);
+        if (strcmp(key, "t") == 0) record->TimeNs = value;
+        else if (record->Kind == HapKindDriver) {
+            if (strcmp(key, "event") == 0) record->u.Driver.Event = (unsigned int)value;
+            else if (strcmp(key, "active") == 0) record->u.Driver.ActiveCount = (unsigned int)value;
+            else if (strcmp(key, "flags") == 0) record->u.Driver.Flags = (unsigned int)value;
+            else if (strcmp(key, "status") == 0) record->u.Driver.Status = (unsigned int)value;
+            else if (strcmp(key, "veto_index") == 0) record->u.Driver.VetoIndex = (unsigned int)value;
+            else if (strcmp(key, "veto_status") == 0) record->u.Driver.VetoStatus = (unsigned int)value;
+            else if (strcmp(key, "veto_replay") == 0) record->u.Driver.VetoDuringReplay = (unsigned int)value;
+            else if (strcmp(key, "count") == 0) record->u.Driver.Count = value;
+            else Die("unknown driver key");
+        } else {
+            if (strcmp(key, "state") == 0) record->u.Notify.State = (unsigned int)value;
+            else if (strcmp(key, "phase") == 0) record->u.Notify.Phase = (unsigned int)value;
+            else if (strcmp(key, "nt") == 0) record->u.Notify.NtNumber = (unsigned int)value;
+            else if (strcmp(key, "group") == 0) record->u.Notify.Group = (unsigned short)value;
+            else if (strcmp(key, "number") == 0) record->u.Notify.Number = (unsigned char)value;
+            else if (strcmp(key, "status") == 0) record->u.Notify.Status = (unsigned int)value;
+            else if (strcmp(key, "op") == 0) record->u.Notify.OpStatus = (unsigned int)value;
+            else if (strcmp(key, "active") == 0) record->u.Notify.ActiveCount = (unsigned int)value;
+            else if (strcmp(key, "irql") == 0) record->u.Notify.Irql = (unsigned char)value;
+            else if (strcmp(key, "map_status") == 0) record->u.Notify.MapStatus = (unsigned int)value;
+            else if (strcmp(key, "map_group") == 0) record->u.Notify.MapGroup = (unsigned short)value;
+            else if (strcmp(key, "map_number") == 0) record->u.Notify.MapNumber = (unsigned char)value;
+            else Die("unknown notify key");
+        }
+    }
+}
+
+static int
+RunRecords(unsigned int capacity, unsigned long long drainEvery)
+{
+    char line[1024];
+    unsigned long long appended = 0;
+    unsigned long long lastTime = 0;
+    HAP_RECORD record;
+
+    SetupRing(capacity);
+    while (fgets(line, sizeof(line), stdin) != NULL) {
+        if (line[0] == '\n' || line[0] == '#') {
+            continue;
+        }
+        ParseSpec(line, &record);
+        lastTime = record.TimeNs;
+        (void)HapRingAppend(&gRing, &record);
+        appended++;
+        if (drainEvery != 0u && appended % drainEvery == 0u) {
+            DrainToStdout(0, 0);
+        }
+    }
+    DrainToStdout(1, lastTime);
+    free(gSlots);
+    return 0;
+}
+
+typedef struct _PRODUCER {
+    pthread_t Thread;
+    unsigned int Id;
+    unsigned int Count;
+} PRODUCER;
+
+static volatile int gProducersRunning;
+
+static void *
+ProducerMain(void *argument)
+{
+    PRODUCER *producer = argument;
+    HAP_RECORD record;
+    unsigned int index;
+
+    memset(&record, 0, sizeof(record));
+    record.Kind = HapKindNotify;
+    record.u.Notify.State = HapStateStart;
+    record.u.Notify.Phase = HapPhaseHotAdd;
+    record.u.Notify.NtNumber = producer->Id;
+    for (index = 0; index < producer->Count; index++) {
+        record.TimeNs = index;
+        record.u.Notify.Status = index;
+        (void)HapRingAppend(&gRing, &record);
+    }
+    __atomic_fetch_sub(&gProducersRunning, 1, __ATOMIC_ACQ_REL);
+    return NULL;
+}
+
+static int
+RunConcurrent(unsigned int capacity, unsigned int producers, unsigned int perProducer)
+{
+    PRODUCER *threads = calloc(producers, sizeof(*threads));
+    unsigned int index;
+
+    if (threads == NULL) {
+        Die("out of memory");
+    }
+    SetupRing(capacity);
+    __atomic_store_n(&gProducersRunning, (int)producers, __ATOMIC_RELEASE);
+    for (index = 0; index < producers; index++) {
+        threads[index].Id = index;
+        threads[index].Count = perProducer;
+        if (pthread_create(&threads[index].Thread, NULL, ProducerMain, &threads[index]) != 0) {
+            Die("pthread_create failed");
+        }
+    }
+    /* Drain while they run, the way the worker does while callbacks fire. */
+    while (__atomic_load_n(&gProducersRunning, __ATOMIC_ACQUIRE) != 0) {
+        DrainToStdout(0, 0);
+    }
+    for (index = 0; index < producers; index++) {
+        pthread_join(threads[index].Thread, NULL);
+    }
+    DrainToStdout(1, 0);
+    free(threads);
+    free(gSlots);
+    return 0;
+}
+
+static int
+RunLimits(void)
+{
+    HAP_RING_SLOT slots[4];
+    HAP_RING ring;
+    HAP_RECORD record;
+    char small[HAP_MAX_LINE - 1];
+    char buffer[HAP_MAX_LINE];
+
+    memset(&record, 0, sizeof(record));
+    record.Kind = HapKindDriver;
+    record.u.Driver.Event = HapEventUnload;
+    printf("init_capacity_3 %d\n", HapRingInitialize(&ring, slots, 3));
+    printf("init_capacity_1 %d\n", HapRingInitialize(&ring, slots, 1));
+    printf("init_capacity_4 %d\n", HapRingInitialize(&ring, slots, 4));
+    printf("format_small_buffer %u\n", HapFormatRecord(&record, 1, small, sizeof(small)));
+    printf("format_exact_buffer_ok %d\n", HapFormatRecord(&record, 1, buffer, sizeof(buffer)) > 0);
+    record.Kind = 7;
+    printf("format_unknown_kind %u\n", HapFormatRecord(&record, 1, buffer, sizeof(buffer)));
+    record.Kind = HapKindDriver;
+    record.u.Driver.Event = 0;
+    printf("format_unknown_event %u\n", HapFormatRecord(&record, 1, buffer, sizeof(buffer)));
+    printf("drain_small_buffer %u\n", HapDrain(&ring, buffer, sizeof(buffer), 1, 0));
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc == 4 && strcmp(argv[1], "records") == 0) {
+        return RunRecords((unsigned int)Number(argv[2]), Number(argv[3]));
+    }
+    if (argc == 5 && strcmp(argv[1], "concurrent") == 0) {
+        return RunConcurrent((unsigned int)Number(argv[2]), (unsigned int)Number(argv[3]),
+                             (unsigned int)Number(argv[4]));
+    }
+    if (argc == 4 && strcmp(argv[1], "ticks") == 0) {
+        printf("%llu\n", HapTicksToNs(Number(argv[2]), Number(argv[3])));
+        return 0;
+    }
+    if (argc == 2 && strcmp(argv[1], "limits") == 0) {
+        return RunLimits();
+    }
+    fprintf(stderr, "usage: ring_harness records CAPACITY DRAIN_EVERY | concurrent CAPACITY "
+                    "PRODUCERS PER_PRODUCER | ticks TICKS FREQUENCY | limits\n");
+    return 2;
+}
