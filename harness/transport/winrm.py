@@ -1,0 +1,384 @@
+"""WinRM transport (pywinrm) for Windows guests reached through a 127.0.0.1 forward.
+
+One WS-Management shell is opened lazily and reused for every command (pytest-testinfra's
+WinRM backend opening a shell per command and never deleting it is what we avoid); `close()`
+deletes it. `run()` runs a command line in that shell (cmd.exe, the WinRM default, as for
+Windows OpenSSH), `run_script()` runs PowerShell of any length: short scripts go as
+`-EncodedCommand`, longer ones are staged into a temp file in chunks that each stay under
+cmd.exe's 8191-character limit, then run with `-File`. The staging and the chunked base64
+`fetch` are plain command lines, so `powershell_commands()` also serves Windows over SSH.
+
+Authentication: HTTP Basic over unencrypted HTTP, for a *lab* guest whose WinRM port is only
+forwarded to 127.0.0.1 (the provisioning script enables exactly that); NTLM (with pywinrm's
+message encryption) is selectable. The password is kept out of `description`, `repr`,
+command lines shown to people, log lines and every exception text (`redact`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import enum
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+from winrm.exceptions import (
+    InvalidCredentialsError,
+    WinRMError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
+from winrm.protocol import Protocol
+
+from harness.errors import TransportError
+from harness.transport.base import CommandResult, Transport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: cmd.exe refuses longer command lines ("The command line is too long").
+CMD_LINE_LIMIT = 8191
+#: Raw bytes per fetch round trip (base64 makes it 4/3 larger on the wire).
+FETCH_CHUNK = 512 * 1024
+#: What `run_script` and the staging commands run: no profile, no prompts, any script allowed.
+POWERSHELL = "powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass"
+REDACTED = "********"
+
+
+class WinRMAuth(enum.Enum):
+    """How pywinrm authenticates (its `transport=` argument)."""
+
+    BASIC = "basic"  # lab only: needs AllowUnencrypted + Basic on the guest (loopback forward)
+    NTLM = "ntlm"  # enabled on Windows by default; pywinrm encrypts the messages
+
+
+@dataclass(frozen=True)
+class WinRMEndpoint:
+    """Where and as whom to connect. The password never appears in repr()."""
+
+    port: int
+    username: str
+    password: str = field(repr=False)
+    host: str = "127.0.0.1"
+    auth: WinRMAuth = WinRMAuth.BASIC
+    operation_timeout: int = 20  # WS-Man OperationTimeout of one Receive
+    read_timeout: int = 30  # HTTP read timeout; pywinrm demands it exceeds the above
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"WinRM port {self.port} out of range")
+        if self.read_timeout <= self.operation_timeout:
+            raise ValueError("read_timeout must exceed operation_timeout (pywinrm requires it)")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/wsman"
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with every occurrence of `secret` (and its base64 forms) masked."""
+    if not secret:
+        return text
+    out = text.replace(secret, REDACTED)
+    for enc in ("utf-8", "utf-16-le"):
+        b64 = base64.b64encode(secret.encode(enc)).decode("ascii").rstrip("=")
+        if len(b64) >= 8:
+            out = out.replace(b64[:-2], REDACTED)  # the tail depends on what follows
+    return out
+
+
+# ---- PowerShell delivery: plain cmd.exe command lines, shared with Windows over SSH ----
+
+
+def encoded_command(script: str) -> str:
+    """`powershell.exe ... -EncodedCommand` for `script` (UTF-16LE base64, as PowerShell wants)."""
+    b64 = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    return f"{POWERSHELL} -EncodedCommand {b64}"
+
+
+@dataclass(frozen=True)
+class PowerShellPlan:
+    """The command lines that run one script: `steps` in order, then `run`, then `cleanup`."""
+
+    steps: tuple[str, ...]
+    run: str
+    cleanup: str | None
+
+
+def _stage_decoder(name: str) -> str:
+    """PowerShell that turns %TEMP%\\name.b64 (UTF-8 script, base64 lines) into name.ps1."""
+    return (
+        "$ErrorActionPreference='Stop';"
+        f"$b=Join-Path $env:TEMP '{name}.b64';$p=Join-Path $env:TEMP '{name}.ps1';"
+        "$t=[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String("
+        "((Get-Content -Raw -LiteralPath $b) -replace '\\s','')));"
+        "[IO.File]::WriteAllText($p,$t,(New-Object Text.UTF8Encoding $true));"
+        "Remove-Item -LiteralPath $b"
+    )
+
+
+def powershell_plan(script: str, *, limit: int = CMD_LINE_LIMIT) -> PowerShellPlan:
+    """How to run `script` through cmd.exe without exceeding its command-line limit.
+
+    Short scripts: one `-EncodedCommand`. Longer: base64 of the UTF-8 text appended to
+    %TEMP%\\hotadd-<id>.b64 with `>>file echo CHUNK` (redirection first, so a chunk ending in a
+    digit is never read as a handle number), decoded to a .ps1 with a BOM (Windows PowerShell
+    5.1 reads BOM-less files as ANSI), run with `-File` so `exit N` becomes the exit code.
+    """
+    single = encoded_command(script)
+    if len(single) <= limit:
+        return PowerShellPlan(steps=(), run=single, cleanup=None)
+    name = f"hotadd-{uuid.uuid4().hex[:12]}"
+    target = f'>>"%TEMP%\\{name}.b64" echo '
+    room = (limit - len(target)) // 4 * 4
+    data = base64.b64encode(script.encode("utf-8")).decode("ascii")
+    steps = [f'if exist "%TEMP%\\{name}.b64" del /f /q "%TEMP%\\{name}.b64"']
+    steps += [target + data[i : i + room] for i in range(0, len(data), room)]
+    steps.append(encoded_command(_stage_decoder(name)))
+    return PowerShellPlan(
+        steps=tuple(steps),
+        run=f'{POWERSHELL} -File "%TEMP%\\{name}.ps1"',
+        cleanup=f'del /f /q "%TEMP%\\{name}.ps1"',
+    )
+
+
+def ps_quote(text: str) -> str:
+    """A PowerShell single-quoted string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def fetch_chunk_script(remote_path: str, offset: int, count: int) -> str:
+    """PowerShell printing base64 of `count` bytes at `offset` of a guest file (shared read:
+    the driver may still be appending to it)."""
+    return (
+        "$ErrorActionPreference='Stop';"
+        f"$f=[IO.File]::Open({ps_quote(remote_path)},'Open','Read','ReadWrite');"
+        f"try{{[void]$f.Seek({offset},'Begin');$b=New-Object byte[] {count};"
+        f"$n=$f.Read($b,0,{count});[Console]::Out.Write([Convert]::ToBase64String($b,0,$n))}}"
+        "finally{$f.Close()}"
+    )
+
+
+# ---- the transport ----
+
+_OPERATION_TIMEOUT_FAULT = 2150858793
+
+
+class WinRMTransport(Transport):
+    """Commands and PowerShell in a Windows guest over WinRM, one shell per transport."""
+
+    def __init__(self, endpoint: WinRMEndpoint) -> None:
+        self.endpoint = endpoint
+        self.description = f"winrm {endpoint.username}@{endpoint.host}:{endpoint.port}"
+        self._protocol: Protocol | None = None
+        self._shell_id: str | None = None
+        self.last_fault: str = ""
+
+    def __repr__(self) -> str:
+        return f"WinRMTransport({self.description!r})"
+
+    # -- connection --
+
+    def _connect(self) -> tuple[Protocol, str]:
+        if self._protocol is not None and self._shell_id is not None:
+            return self._protocol, self._shell_id
+        ep = self.endpoint
+        protocol = Protocol(
+            endpoint=ep.url,
+            transport=ep.auth.value,
+            username=ep.username,
+            password=ep.password,
+            server_cert_validation="ignore",
+            read_timeout_sec=ep.read_timeout,
+            operation_timeout_sec=ep.operation_timeout,
+            proxy=None,  # never send loopback traffic through an environment proxy
+        )
+        shell_id = self._call(lambda: protocol.open_shell(codepage=65001), "open shell")
+        log.debug("%s: opened shell %s", self.description, shell_id)
+        self._protocol, self._shell_id = protocol, shell_id
+        return protocol, shell_id
+
+    def _drop(self) -> None:
+        """Forget the shell without talking to the guest (the connection is gone)."""
+        if self._protocol is not None:
+            self._protocol.transport.close_session()
+        self._protocol, self._shell_id = None, None
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        """Run one pywinrm call; turn every failure into a redacted TransportError."""
+        try:
+            return fn()
+        except WinRMOperationTimeoutError:
+            raise
+        except InvalidCredentialsError:
+            self._fail(what, "HTTP 401: credentials rejected",
+                       "check the guest's user name and password; WinRMAuth.BASIC needs Basic "
+                       "auth enabled in the guest (vm/windows/provision.ps1 does it)")
+        except WSManFaultError as exc:
+            code = f" wsman code {exc.wsman_fault_code}" if exc.wsman_fault_code else ""
+            self._fail(what, f"WinRM fault (HTTP {exc.code}{code}): {exc.reason}")
+        except WinRMTransportError as exc:
+            self._fail(what, f"HTTP {exc.code} from the WinRM service"
+                       + (f": {exc.response_text[:300]}" if exc.response_text else ""))
+        except requests.exceptions.ConnectionError as exc:
+            self._fail(what, f"connection refused or reset ({type(exc).__name__})")
+        except requests.exceptions.Timeout:
+            self._fail(what, f"no answer within {self.endpoint.read_timeout}s (HTTP read timeout)")
+        except (WinRMError, requests.exceptions.RequestException) as exc:
+            self._fail(what, f"{type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")
+
+    def _fail(self, what: str, fault: str, fix: str | None = None) -> None:
+        self.last_fault = redact(fault, self.endpoint.password)
+        self._drop()
+        raise TransportError(
+            f"{self.description}: {what} failed: {self.last_fault}",
+            fix or "check that the guest is up and WinRM listens on the forwarded port "
+                   "(the serial log and a screenshot show how far it booted)",
+        ) from None
+
+    # -- commands --
+
+    def _execute(self, command: str, timeout: float, shown: str) -> CommandResult:
+        """Run one cmd.exe command line; reconnect once if the shell died before it started."""
+        t0 = time.monotonic()
+        for attempt in (1, 2):
+            protocol, shell_id = self._connect()
+            try:
+                command_id = self._call(_bind(protocol.run_command, shell_id, command),
+                                        "start command")
+                break
+            except TransportError:
+                if attempt == 2:
+                    raise
+                log.debug("%s: shell lost, reconnecting once", self.description)
+        out, err, rc = self._collect(protocol, shell_id, command_id, t0 + timeout, shown)
+        return CommandResult(
+            command=shown, rc=rc,
+            stdout=out.decode("utf-8", errors="replace"),
+            stderr=err.decode("utf-8", errors="replace"),
+            elapsed=time.monotonic() - t0,
+        )
+
+    def _collect(self, protocol: Protocol, shell_id: str, command_id: str,
+                 deadline: float, shown: str) -> tuple[bytes, bytes, int]:
+        """Receive until the command is done or the deadline passes (then terminate it)."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        while True:
+            if time.monotonic() > deadline:
+                with contextlib.suppress(TransportError):
+                    self._call(lambda: protocol.cleanup_command(shell_id, command_id), "stop")
+                self.last_fault = "command timed out"
+                raise TransportError(
+                    f"{self.description}: command still running at its deadline, "
+                    f"terminated: {shown}",
+                    "raise the timeout, or look at what the guest is doing (screenshot)",
+                )
+            try:
+                o, e, rc, done = self._call(
+                    lambda: protocol.get_command_output_raw(shell_id, command_id), "receive")
+            except WinRMOperationTimeoutError:
+                continue  # no output during OperationTimeout: normal for long commands
+            out.append(o)
+            err.append(e)
+            if done:
+                break
+        try:
+            self._call(lambda: protocol.cleanup_command(shell_id, command_id), "clean up")
+        except TransportError:
+            log.debug("%s: cleanup of a finished command failed", self.description)
+        return b"".join(out), b"".join(err), rc
+
+    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+        shown = redact(command, self.endpoint.password)
+        log.debug("%s: run %s", self.description, shown[:200])
+        return self._execute(command, timeout, shown)
+
+    def run_script(self, script: str, timeout: float = 300.0) -> CommandResult:
+        """Run a PowerShell script of any length; rc is its exit code."""
+        return run_powershell(self, script, timeout,
+                              shown=redact(_first_line(script), self.endpoint.password))
+
+    def fetch(self, remote_path: str, local_path: Path) -> None:
+        fetch_by_chunks(self, remote_path, local_path)
+
+    def probe(self) -> None:
+        self.run("echo hotadd-ready", timeout=max(10.0, self.endpoint.read_timeout)).check()
+
+    def close(self) -> None:
+        protocol, shell_id = self._protocol, self._shell_id
+        self._protocol, self._shell_id = None, None
+        if protocol is None or shell_id is None:
+            return
+        try:
+            protocol.close_shell(shell_id)
+        except Exception as exc:  # the guest may be gone already: nothing left to release
+            log.debug("%s: delete shell failed: %s", self.description,
+                      redact(type(exc).__name__, self.endpoint.password))
+            protocol.transport.close_session()
+
+
+
+def _bind(fn: Callable[[str, str], str], a: str, b: str) -> Callable[[], str]:
+    return lambda: fn(a, b)
+
+
+def _first_line(script: str) -> str:
+    lines = [ln.strip() for ln in script.strip().splitlines() if ln.strip()]
+    head = lines[0] if lines else ""
+    return f"powershell script ({len(script)} chars): {head[:80]}"
+
+
+def run_powershell(transport: Transport, script: str, timeout: float = 300.0,
+                   *, shown: str | None = None) -> CommandResult:
+    """Run PowerShell of any length through `transport.run` (cmd.exe on the guest side).
+
+    Works for WinRM and for Windows OpenSSH (whose default shell is cmd.exe). The result's
+    rc/stdout/stderr are those of the script itself; staging failures raise TransportError.
+    """
+    t0 = time.monotonic()
+    plan = powershell_plan(script)
+    deadline = t0 + timeout
+    for step in plan.steps:
+        transport.run(step, timeout=max(1.0, deadline - time.monotonic())).check()
+    try:
+        res = transport.run(plan.run, timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if plan.cleanup is not None:
+            try:
+                transport.run(plan.cleanup, timeout=30.0)
+            except TransportError:
+                log.debug("could not delete a staged script")
+    return CommandResult(command=shown or _first_line(script), rc=res.rc, stdout=res.stdout,
+                         stderr=res.stderr, elapsed=time.monotonic() - t0)
+
+
+def fetch_by_chunks(transport: Transport, remote_path: str, local_path: Path,
+                    chunk: int = FETCH_CHUNK) -> None:
+    """Copy a guest file out as base64 text, `chunk` bytes per round trip."""
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    with open(local_path, "wb") as out:
+        while True:
+            res = transport.run(encoded_command(fetch_chunk_script(remote_path, offset, chunk)))
+            if res.rc != 0:
+                raise TransportError(
+                    f"{transport.description}: cannot read guest file {remote_path} "
+                    f"(rc={res.rc}): {res.stderr.strip()[-500:]}",
+                    "check that the path exists in the guest (e.g. the probe wrote records)",
+                )
+            text = re.sub(r"\s", "", res.stdout)
+            data = base64.b64decode(text, validate=True)
+            out.write(data)
+            offset += len(data)
+            if len(data) < chunk:
+                return
