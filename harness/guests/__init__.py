@@ -1,0 +1,1 @@
+"""Guests the harness boots: the Linux reference guest (and, elsewhere, Windows images)."""

@@ -1,0 +1,469 @@
+"""The reference guest: a Debian kernel + busybox initramfs with dropbear and the probe module.
+
+`build()` assembles it from Debian packages into the per-user cache, keyed by a hash of its
+inputs (the files in vm/reference/, this module, the kernel/busybox/dropbear package versions),
+so it is rebuilt exactly when one of them changes and costs one directory lookup otherwise.
+The kernel comes from `apt-get download linux-image-<release>` matching the installed
+linux-headers-amd64 (the probe module is built against those headers), never from the host's
+/boot. The guest-side helpers (`connect`, `load_probe`, ...) are what a scenario calls once the
+guest is up; booting it is the host layer's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from harness import paths
+from harness.errors import InfrastructureError, InputError, TransportError
+from harness.guests.cpio import CpioWriter
+from harness.progress import Progress
+from harness.transport.base import Transport
+from harness.transport.ssh import SshTransport
+
+SOURCE_DIR = paths.REPO_ROOT / "vm" / "reference"
+PROBE_SOURCE_DIR = SOURCE_DIR / "probe"
+
+#: Kernel command line. `console=ttyS0` for the serial log; `panic=0` leaves a panicked guest
+#: where it is (pvpanic tells the host); `mitigations=off` and `tsc=reliable` speed up TCG.
+CMDLINE = "console=ttyS0 quiet panic=0 mitigations=off tsc=reliable"
+
+#: Kernel modules the guest loads at boot (with their dependencies): network and pvpanic.
+BOOT_MODULES = ("virtio_pci", "virtio_net", "pvpanic_mmio", "pvpanic_pci")
+
+GUEST_USER = "root"
+GUEST_PROBE_PATH = "/lib/hotadd/hotadd_probe.ko"
+GUEST_PROBE_NAME = "hotadd_probe"
+GUEST_RECORDS_PATH = "/proc/hotadd_probe/records"
+
+#: Serial-console lines the guest prints (the host layer waits for / asserts on them).
+READY_MARKER = "hotadd-guest: ready"
+CPU_ONLINE_LINE = "hotadd-guest: cpu{cpu} online"
+CPU_ONLINE_FAILED_LINE = "hotadd-guest: cpu{cpu} online failed"
+PROBE_RECORD_PREFIX = "hotadd-probe: "
+
+_IMAGE_FILE = "image.json"
+_KEEP_BUILDS = 2
+_HEADERS_META = "linux-headers-amd64"
+_APT_FIX = "apt-get install linux-headers-amd64 busybox-static dropbear-bin kmod"
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A built reference guest: what the host layer boots and how to reach it."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    private_key: Path  # the client key dropbear authorizes (mode 0600)
+    host_key_line: str  # dropbear's host public key, "ssh-ed25519 AAAA..."
+    kernel_version: str  # uname -r of the guest, e.g. 6.1.0-56-amd64
+    build_dir: Path
+
+    def to_json(self) -> str:
+        data = {k: str(v) for k, v in dataclasses.asdict(self).items()}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ReferenceImage:
+        d = json.loads(text)
+        return cls(
+            kernel=Path(d["kernel"]),
+            initrd=Path(d["initrd"]),
+            cmdline=d["cmdline"],
+            private_key=Path(d["private_key"]),
+            host_key_line=d["host_key_line"],
+            kernel_version=d["kernel_version"],
+            build_dir=Path(d["build_dir"]),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    """Module parameters of the probe (see vm/reference/probe/hotadd_probe.c)."""
+
+    flags: int = 1  # 1 = replay CPUs already online (ADD_EXISTING), 0 = no replay
+    veto_cpu: int | None = None  # CPU whose prepare stage ("start") is vetoed
+    veto_errno: int = 12  # positive errno of the veto (12 = ENOMEM -> 0xC000009A)
+
+    def __post_init__(self) -> None:
+        if self.flags not in (0, 1):
+            raise InputError(f"probe flags={self.flags}: only 0 and 1 are defined",
+                             "use flags=1 (replay existing CPUs) or flags=0")
+        if self.veto_cpu is not None and self.veto_cpu < 0:
+            raise InputError(f"veto_cpu={self.veto_cpu} is not a CPU number",
+                             "give a CPU id >= 0, or None for no veto")
+        if not 1 <= self.veto_errno <= 4095:
+            raise InputError(f"veto_errno={self.veto_errno} is not a positive errno",
+                             "give an errno between 1 and 4095, e.g. 12 (ENOMEM)")
+
+    def insmod_args(self) -> list[str]:
+        return [
+            f"flags={self.flags}",
+            f"veto_cpu={-1 if self.veto_cpu is None else self.veto_cpu}",
+            f"veto_errno={self.veto_errno}",
+        ]
+
+
+# -- versions and inputs ----------------------------------------------------------------------
+
+
+def _run(argv: list[str], what: str, fix: str, cwd: Path | None = None) -> str:
+    """Run a build tool; return its stdout or raise InfrastructureError with its stderr."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise InfrastructureError(f"{what}: {argv[0]} is not installed", fix) from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-3000:]
+        raise InfrastructureError(f"{what} failed (exit {proc.returncode}): {tail}", fix)
+    return proc.stdout
+
+
+def _package_version(package: str) -> str | None:
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}\t${Version}", package],
+        capture_output=True, text=True, check=False,
+    )
+    status, _, version = proc.stdout.partition("\t")
+    return version if proc.returncode == 0 and status.endswith(" installed") else None
+
+
+@dataclass(frozen=True)
+class _Versions:
+    kernel_release: str  # 6.1.0-56-amd64
+    kernel_package: str  # 6.1.192-2
+    busybox: str
+    dropbear: str
+
+
+def _versions() -> _Versions:
+    if _package_version(_HEADERS_META) is None:
+        raise InfrastructureError(
+            "the kernel headers for the reference guest's probe module are not installed "
+            f"({_HEADERS_META})", f"apt-get install {_HEADERS_META}")
+    depends = _run(["dpkg-query", "-W", "-f=${Depends}", _HEADERS_META],
+                   "reading linux-headers-amd64's dependencies", _APT_FIX)
+    match = re.search(r"linux-headers-(\S+-amd64)", depends)
+    if match is None:
+        raise InfrastructureError(
+            f"cannot tell the kernel release from {_HEADERS_META}'s dependencies: {depends!r}",
+            f"reinstall it: apt-get install --reinstall {_HEADERS_META}")
+    release = match.group(1)
+    kernel_package = _package_version(f"linux-headers-{release}")
+    headers = Path(f"/usr/src/linux-headers-{release}")
+    if kernel_package is None or not (headers / "Makefile").is_file():
+        raise InfrastructureError(f"kernel headers {headers} are missing",
+                                  f"apt-get install {_HEADERS_META}")
+    busybox = _package_version("busybox-static")
+    dropbear = _package_version("dropbear-bin")
+    if busybox is None or dropbear is None:
+        raise InfrastructureError("busybox-static and dropbear-bin are needed to build the "
+                                  "reference guest", _APT_FIX)
+    return _Versions(release, kernel_package, busybox, dropbear)
+
+
+def _inputs_hash(v: _Versions) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(dataclasses.asdict(v), sort_keys=True).encode())
+    h.update(CMDLINE.encode())
+    files = sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file())
+    for p in [*files, Path(__file__), Path(__file__).with_name("cpio.py")]:
+        h.update(str(p.relative_to(paths.REPO_ROOT)).encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+# -- build steps ------------------------------------------------------------------------------
+
+
+def _kernel_deb(v: _Versions, debs: Path) -> Path:
+    """The linux-image .deb matching the headers (downloaded once into the cache)."""
+    name = f"linux-image-{v.kernel_release}"
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob(f"{name}_*.deb"))
+    wanted = [d for d in found if _deb_version(d) == v.kernel_package]
+    if wanted:
+        return wanted[0]
+    with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
+        _run(["apt-get", "download", f"{name}={v.kernel_package}"],
+             f"downloading {name} {v.kernel_package}",
+             "check that apt can reach the Debian archive (apt-get update), then retry",
+             cwd=Path(tmp))
+        got = sorted(Path(tmp).glob(f"{name}_*.deb"))
+        if not got:
+            raise InfrastructureError(f"apt-get download {name} produced no .deb",
+                                      "run apt-get update and retry")
+        for stale in found:
+            stale.unlink()
+        target = debs / got[0].name
+        got[0].replace(target)
+        return target
+
+
+def _deb_version(deb: Path) -> str:
+    out = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def _module_closure(modules_root: Path, wanted: tuple[str, ...]) -> list[Path]:
+    """The .ko files for `wanted` and everything they depend on, dependencies first."""
+    index = {p.name.removesuffix(".ko").replace("-", "_"): p for p in modules_root.rglob("*.ko")}
+    ordered: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        key = name.replace("-", "_")
+        if key in seen:
+            return
+        seen.add(key)
+        if key not in index:
+            raise InfrastructureError(f"kernel module {name} is not in the kernel package",
+                                      "the guest kernel must build it as a module or in")
+        ko = index[key]
+        deps = _run(["modinfo", "-F", "depends", str(ko)], f"modinfo {ko.name}", _APT_FIX)
+        for dep in filter(None, deps.strip().split(",")):
+            visit(dep)
+        ordered.append(ko)
+
+    for name in wanted:
+        visit(name)
+    return ordered
+
+
+def _build_probe(release: str, work: Path) -> Path:
+    """Compile the probe in a temporary copy of its sources; return the .ko."""
+    src = work / "probe"
+    shutil.copytree(PROBE_SOURCE_DIR, src)
+    _run(["make", "-s", f"KDIR=/usr/src/linux-headers-{release}"],
+         "building the probe module", f"apt-get install {_HEADERS_META} gcc make", cwd=src)
+    ko = src / "hotadd_probe.ko"
+    if not ko.is_file():
+        raise InfrastructureError("building the probe module produced no hotadd_probe.ko",
+                                  "read the make output above")
+    return ko
+
+
+def _make_keys(out: Path) -> tuple[Path, str, bytes, str]:
+    """Generate dropbear's host key and the client key.
+
+    Returns (dropbear host key file, host public key line, client private key PEM,
+    client public key line).
+    """
+    host_key = out / "dropbear_host_key"
+    _run(["dropbearkey", "-t", "ed25519", "-f", str(host_key)],
+         "generating the guest's host key", _APT_FIX)
+    pub = _run(["dropbearkey", "-y", "-f", str(host_key)], "reading the guest's host key",
+               _APT_FIX)
+    lines = [ln for ln in pub.splitlines() if ln.startswith("ssh-")]
+    if not lines:
+        raise InfrastructureError("dropbearkey -y printed no public key", _APT_FIX)
+    host_line = " ".join(lines[0].split()[:2])
+    client = Ed25519PrivateKey.generate()
+    private = client.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.OpenSSH,
+                                   serialization.NoEncryption())
+    public = client.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                              serialization.PublicFormat.OpenSSH)
+    return host_key, host_line, private, public.decode() + " hotadd-harness\n"
+
+
+def _shared_libraries(binary: Path) -> list[Path]:
+    """The shared libraries (and the loader) `binary` needs, as ldd resolves them."""
+    out = _run(["ldd", str(binary)], f"ldd {binary}", "apt-get install libc-bin")
+    libs: list[Path] = []
+    for line in out.splitlines():
+        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+_ETC_FILES = {
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+    "etc/group": "root:x:0:\n",
+    "etc/shadow": "root:*:19000:0:99999:7:::\n",
+    "etc/shells": "/bin/sh\n",
+    "etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+    "etc/hosts": "127.0.0.1 localhost\n10.0.2.15 hotadd-ref\n",
+}
+
+
+def _make_initramfs(target: Path, v: _Versions, modules: list[Path], probe_ko: Path,
+                    host_key: Path, authorized_key: str) -> None:
+    busybox = Path("/bin/busybox")
+    dropbear = Path("/usr/sbin/dropbear")
+    applets = _run([str(busybox), "--list"], "listing busybox applets", _APT_FIX).split()
+    cpio = CpioWriter()
+    for d in ("bin", "dev", "etc", "etc/dropbear", "etc/hotadd", "lib", "lib/hotadd",
+              "lib/modules", "proc", "root", "run", "sys", "tmp", "usr", "var"):
+        cpio.directory(d, 0o1777 if d == "tmp" else 0o700 if d == "root" else 0o755)
+    for link, to in (("sbin", "bin"), ("usr/bin", "../bin"), ("usr/sbin", "../bin"),
+                     ("lib64", "lib")):
+        cpio.symlink(link, to)
+    cpio.char_device("dev/console", 0o600, 5, 1)
+    cpio.char_device("dev/null", 0o666, 1, 3)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in applets:
+        if applet != "busybox":
+            cpio.symlink(f"bin/{applet}", "busybox")
+    cpio.file("bin/dropbear", dropbear.read_bytes(), 0o755)
+    for lib in _shared_libraries(dropbear):
+        rel = lib.relative_to("/")
+        if str(rel).startswith("lib64/"):
+            rel = Path("lib") / rel.relative_to("lib64")
+        cpio.parents_and_file(str(rel), lib.read_bytes(), 0o755)
+    cpio.file("init", (SOURCE_DIR / "init").read_bytes(), 0o755)
+    cpio.file("bin/hotadd-hotplug", (SOURCE_DIR / "hotadd-hotplug").read_bytes(), 0o755)
+    for name, text in _ETC_FILES.items():
+        cpio.file(name, text.encode(), 0o600 if name == "etc/shadow" else 0o644)
+    cpio.file("etc/dropbear/host_key", host_key.read_bytes(), 0o600)
+    cpio.directory("root/.ssh", 0o700)
+    cpio.file("root/.ssh/authorized_keys", authorized_key.encode(), 0o600)
+    for ko in modules:
+        cpio.file(f"lib/modules/{ko.name}", ko.read_bytes(), 0o644)
+    cpio.file("etc/hotadd/modules", "".join(f"{ko.name}\n" for ko in modules).encode(), 0o644)
+    cpio.file(GUEST_PROBE_PATH.lstrip("/"), probe_ko.read_bytes(), 0o644)
+    cpio.file("etc/hotadd/kernel-release", f"{v.kernel_release}\n".encode(), 0o644)
+    target.write_bytes(cpio.finish())
+
+
+@contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """Serialize builds (setup.sh and a test run may race) with an advisory lock."""
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Drop old builds (other input hashes), keeping the most recent few."""
+    builds = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and (p / _IMAGE_FILE).is_file() and p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[_KEEP_BUILDS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build(force: bool = False, progress: Progress | None = None) -> ReferenceImage:
+    """Build the reference guest (or return the cached build for the same inputs)."""
+    progress = progress or Progress(quiet=True)
+    v = _versions()
+    root = paths.guests_dir() / "reference"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / _inputs_hash(v)
+    with _build_lock(root):
+        if (final / _IMAGE_FILE).is_file() and not force:
+            return ReferenceImage.from_json((final / _IMAGE_FILE).read_text())
+        with progress.stage("guest build", f"reference guest for kernel {v.kernel_release}"):
+            image = _build_into(root, final, v, progress)
+        _prune(root, final)
+        return image
+
+
+def _build_into(root: Path, final: Path, v: _Versions, progress: Progress) -> ReferenceImage:
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
+    try:
+        out = staging / "out"
+        out.mkdir()
+        work = staging / "work"
+        work.mkdir()
+        progress.say(f"guest build: kernel package linux-image-{v.kernel_release} "
+                     f"{v.kernel_package}")
+        deb = _kernel_deb(v, root / "debs")
+        pkg = work / "pkg"
+        _run(["dpkg-deb", "-x", str(deb), str(pkg)], f"extracting {deb.name}",
+             "delete the cached .deb and retry (it may be truncated)")
+        shutil.copyfile(pkg / "boot" / f"vmlinuz-{v.kernel_release}", out / "vmlinuz")
+        modules = _module_closure(pkg / "lib" / "modules" / v.kernel_release, BOOT_MODULES)
+        progress.say("guest build: probe module")
+        probe_ko = _build_probe(v.kernel_release, work)
+        shutil.copyfile(probe_ko, out / "hotadd_probe.ko")
+        host_key, host_line, private, authorized = _make_keys(work)
+        key_path = out / "id_ed25519"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private)
+        (out / "host_key.pub").write_text(host_line + "\n")
+        progress.say("guest build: initramfs")
+        _make_initramfs(out / "initrd.img", v, modules, probe_ko, host_key, authorized)
+        shutil.rmtree(work)
+        if final.exists():
+            shutil.rmtree(final)
+        out.rename(final)
+        image = ReferenceImage(
+            kernel=final / "vmlinuz",
+            initrd=final / "initrd.img",
+            cmdline=CMDLINE,
+            private_key=final / "id_ed25519",
+            host_key_line=host_line,
+            kernel_version=v.kernel_release,
+            build_dir=final,
+        )
+        (final / _IMAGE_FILE).write_text(image.to_json())
+        return image
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- guest-side operations --------------------------------------------------------------------
+
+
+def connect(image: ReferenceImage, port: int) -> SshTransport:
+    """An SSH transport to the guest through the host's 127.0.0.1:`port` forward (lazy)."""
+    return SshTransport("127.0.0.1", port, username=GUEST_USER, private_key=image.private_key,
+                        host_key_line=image.host_key_line)
+
+
+def load_probe(t: Transport, params: ProbeParams) -> None:
+    """insmod the probe. A vetoed replay still loads (records say register_failed)."""
+    t.run(shlex.join(["insmod", GUEST_PROBE_PATH, *params.insmod_args()])).check()
+
+
+def unload_probe(t: Transport) -> None:
+    """rmmod the probe (it writes deregistered/unload first)."""
+    t.run(shlex.join(["rmmod", GUEST_PROBE_NAME])).check()
+
+
+def read_records(t: Transport) -> str:
+    """The probe's records, JSON Lines. Readable while it is loaded."""
+    return t.read_text(GUEST_RECORDS_PATH)
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """Parse the kernel's CPU list format ("0-1,3")."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError as exc:
+            raise TransportError(f"unexpected CPU list from the guest: {text!r}",
+                                 "check /sys/devices/system/cpu/online in the guest") from exc
+    return frozenset(cpus)
+
+
+def online_cpus(t: Transport) -> frozenset[int]:
+    """The CPUs the guest has online (/sys/devices/system/cpu/online)."""
+    return parse_cpu_list(t.read_text("/sys/devices/system/cpu/online"))

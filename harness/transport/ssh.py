@@ -1,0 +1,234 @@
+"""SSH transport (paramiko): how the harness reaches Linux guests such as the reference guest.
+
+One SSH connection per transport, opened on first use, reused for every command and re-opened
+once if it died (a command is retried only when it could not even be started, so nothing runs
+twice). No pty, so the exit status and stderr are the command's own. Authentication is by key
+only; the server's host key must be the one the caller expects (the guest build generated it),
+so a wrong port or a stale guest is refused instead of trusted. Files move with `cat` over an
+exec channel: dropbear, the reference guest's server, has no SFTP subsystem.
+"""
+
+from __future__ import annotations
+
+import select
+import shlex
+import time
+from pathlib import Path
+
+import paramiko
+
+from harness.errors import TransportError
+from harness.transport.base import CommandResult, Transport
+
+_CHUNK = 65536
+_SHOWN_COMMAND_MAX = 300
+
+# One round trip: upload the script on stdin into a temporary file, run it with stdin closed,
+# remove it, keep its exit status. 125 = the upload itself failed.
+_RUN_SCRIPT = (
+    'f=$(mktemp /tmp/hotadd-script.XXXXXX) || exit 125; '
+    'cat > "$f" || { rm -f "$f"; exit 125; }; '
+    'sh "$f" </dev/null; rc=$?; rm -f "$f"; exit $rc'
+)
+
+
+def _shown(command: str) -> str:
+    """The command as it may appear in results and errors (shortened; carries no secrets)."""
+    return command if len(command) <= _SHOWN_COMMAND_MAX else command[:_SHOWN_COMMAND_MAX] + "..."
+
+
+def parse_host_key(line: str) -> paramiko.PKey:
+    """The public key in an OpenSSH line "TYPE BASE64 [comment]"; raises ValueError."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise ValueError(f"not an OpenSSH public key line: {line!r}")
+    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"guest {parts[0]} {parts[1]}")
+    if entry is None:
+        raise ValueError(f"unsupported host key type {parts[0]!r}")
+    return entry.key
+
+
+class SshTransport(Transport):
+    """Commands and file reads over one paramiko SSH connection, key authentication only."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str,
+        private_key: Path,
+        host_key_line: str,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.username = username
+        self.private_key = private_key
+        self.host_key = parse_host_key(host_key_line)
+        self.connect_timeout = connect_timeout
+        self.description = f"ssh {username}@{host}:{port}"
+        self._client: paramiko.SSHClient | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connect(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        known = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        client.get_host_keys().add(known, self.host_key.get_name(), self.host_key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            pkey = paramiko.PKey.from_path(self.private_key)
+        except (OSError, paramiko.SSHException) as exc:
+            raise TransportError(
+                f"{self.description}: cannot read the private key {self.private_key}: {exc}",
+                "rebuild the guest (hotadd guest build --force) to regenerate its keys",
+            ) from exc
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.username,
+                pkey=pkey,
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                channel_timeout=self.connect_timeout,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise TransportError(
+                f"{self.description}: the server's host key is not the guest's "
+                f"(got {exc.key.get_name()} {exc.key.fingerprint})",
+                "check that the port forwards to the guest that was built with this key",
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise TransportError(
+                f"{self.description}: key authentication refused: {exc}",
+                "rebuild the guest (hotadd guest build --force) so its authorized key matches",
+            ) from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            client.close()
+            raise TransportError(
+                f"{self.description}: cannot connect: {exc or type(exc).__name__}",
+                "check that the guest is up and its SSH server listens",
+            ) from exc
+        return client
+
+    def _session(self, timeout: float) -> paramiko.Channel:
+        """A new exec channel on the live connection, reconnecting once if the old one died."""
+        for attempt in (1, 2):
+            if self._client is None:
+                self._client = self._connect()
+            transport = self._client.get_transport()
+            try:
+                if transport is None or not transport.is_active():
+                    raise paramiko.SSHException("connection no longer active")
+                return transport.open_session(timeout=min(timeout, self.connect_timeout))
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                self.close()
+                if attempt == 2:
+                    raise TransportError(
+                        f"{self.description}: cannot open a session: {exc}",
+                        "check that the guest is still up (read its serial log)",
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _exec(
+        self, command: str, timeout: float, stdin: bytes | None = None
+    ) -> tuple[int, bytes, bytes, float]:
+        """Run `command`; return (rc, stdout, stderr, elapsed). Raises TransportError."""
+        t0 = time.monotonic()
+        chan = self._session(timeout)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        try:
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            deadline = t0 + timeout
+            while True:
+                while chan.recv_ready():
+                    out.append(chan.recv(_CHUNK))
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(_CHUNK))
+                if chan.exit_status_ready() and chan.eof_received:
+                    if not (chan.recv_ready() or chan.recv_stderr_ready()):
+                        break
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransportError(
+                        f"{self.description}: command timed out after {timeout:.0f}s: "
+                        f"{_shown(command)}",
+                        "the guest may be hung: read its serial log",
+                    )
+                select.select([chan], [], [], min(remaining, 1.0))
+            rc = chan.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise TransportError(
+                f"{self.description}: connection lost during: {_shown(command)}: {exc}",
+                "check that the guest is still up (read its serial log)",
+            ) from exc
+        finally:
+            chan.close()
+        return rc, b"".join(out), b"".join(err), time.monotonic() - t0
+
+    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+        rc, out, err, elapsed = self._exec(command, timeout)
+        return CommandResult(
+            command=_shown(command),
+            rc=rc,
+            stdout=out.decode("utf-8", errors="replace"),
+            stderr=err.decode("utf-8", errors="replace"),
+            elapsed=elapsed,
+        )
+
+    def run_script(self, script: str, timeout: float = 300.0) -> CommandResult:
+        rc, out, err, elapsed = self._exec(_RUN_SCRIPT, timeout, stdin=script.encode("utf-8"))
+        return CommandResult(
+            command=f"<script, {len(script.splitlines())} lines>",
+            rc=rc,
+            stdout=out.decode("utf-8", errors="replace"),
+            stderr=err.decode("utf-8", errors="replace"),
+            elapsed=elapsed,
+        )
+
+    def read_bytes(self, remote_path: str, timeout: float = 120.0) -> bytes:
+        """The content of a guest file."""
+        command = "cat -- " + shlex.quote(remote_path)
+        rc, out, err, _ = self._exec(command, timeout)
+        if rc != 0:
+            raise TransportError(
+                f"{self.description}: cannot read {remote_path}: "
+                f"{err.decode('utf-8', errors='replace').strip()}",
+                "check that the file exists in the guest",
+            )
+        return out
+
+    def read_text(self, remote_path: str) -> str:
+        return self.read_bytes(remote_path).decode("utf-8", errors="replace")
+
+    def fetch(self, remote_path: str, local_path: Path) -> None:
+        local_path.write_bytes(self.read_bytes(remote_path))
+
+    def probe(self) -> None:
+        result = self.run("true", timeout=self.connect_timeout)
+        if not result.ok:
+            raise TransportError(
+                f"{self.description}: 'true' exited {result.rc}: {result.stderr.strip()}",
+                "check the guest's shell",
+            )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
