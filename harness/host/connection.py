@@ -1,0 +1,145 @@
+"""Opening libvirt: the default embedded QEMU driver, any other URI, and the one event thread.
+
+`qemu:///embed?root=DIR` runs libvirt's QEMU driver inside this process: nothing to start, and
+each root can be held by one process at a time (libvirt locks `DIR/run/qemu/driver.pid`). Events
+(lifecycle, QEMU monitor events such as ACPI_DEVICE_OST) need libvirt's default event loop,
+registered once per process before the first connection and run by one daemon thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import libvirt
+
+from harness import paths
+from harness.errors import LibvirtUnreachable
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+# libvirt prints every error to stderr by default; we raise them with context instead.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation and start its thread, once per process.
+
+    The thread only runs `virEventRunDefaultImpl()`; callbacks that run on it must not block
+    (see `harness.host.events`).
+    """
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def default_uri() -> str:
+    """HOTADD_LIBVIRT_URI if set, else the per-user embedded QEMU driver."""
+    return os.environ.get("HOTADD_LIBVIRT_URI") or paths.default_libvirt_uri()
+
+
+def embed_root(uri: str) -> Path | None:
+    """The root directory of a `qemu:///embed` URI, or None for any other URI."""
+    parts = urlsplit(uri)
+    if parts.scheme != "qemu" or parts.path != "/embed":
+        return None
+    roots = parse_qs(parts.query).get("root")
+    return Path(roots[0]) if roots else None
+
+
+def _prepare_embed_root(root: Path) -> None:
+    """Make the root usable: QEMU runs as the invoking user so it can read files under $HOME.
+
+    As root, libvirt's default would be the `libvirt-qemu` user, which cannot traverse /root.
+    """
+    etc = root / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "qemu.conf").write_text(
+        "# written by hotadd: run QEMU as the user who runs the harness\n"
+        f'user = "+{os.getuid()}"\ngroup = "+{os.getgid()}"\n'
+        "dynamic_ownership = 0\n"
+        'security_driver = "none"\n'
+        # QEMU's own stdout/stderr to a file: virtlogd is a daemon, and we want none
+        'stdio_handler = "file"\n'
+    )
+
+
+def _embed_root_busy(root: Path) -> bool:
+    """True when another process holds the embedded driver's lock on `root`."""
+    pidfile = root / "run" / "qemu" / "driver.pid"
+    try:
+        fd = os.open(pidfile, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _fix_for(uri: str, exc: libvirt.libvirtError) -> str:
+    root = embed_root(uri)
+    if root is not None:
+        if _embed_root_busy(root):
+            return (f"another process holds the embedded libvirt root {root}; wait for it to "
+                    "finish, or give this run its own root with --libvirt-uri "
+                    "'qemu:///embed?root=/some/other/dir' (or HOTADD_LIBVIRT_URI)")
+        if exc.get_error_code() == libvirt.VIR_ERR_INVALID_ARG:
+            return ("install libvirt's QEMU driver and its system user: "
+                    "apt-get install libvirt-daemon-driver-qemu libvirt-daemon-system")
+        return "install qemu-system-x86 and libvirt-daemon-driver-qemu (run ./setup.sh install)"
+    parts = urlsplit(uri)
+    if "+ssh" in parts.scheme:
+        return (f"check that 'ssh {parts.hostname}' works without a password and that libvirtd "
+                "runs there (systemctl status libvirtd)")
+    return ("start the libvirt daemon (systemctl start libvirtd, or 'virtlogd -d && libvirtd -d' "
+            "where there is no systemd), or use the daemonless default qemu:///embed")
+
+
+@dataclass(frozen=True)
+class HostVersions:
+    libvirt: str
+    qemu: str
+
+
+def _version(n: int) -> str:
+    return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
+
+
+def open_connection(uri: str | None = None) -> libvirt.virConnect:
+    """Open `uri` (default: `default_uri()`) with the event loop running.
+
+    Raises LibvirtUnreachable naming the URI and what to do about it.
+    """
+    uri = uri or default_uri()
+    ensure_event_loop()
+    root = embed_root(uri)
+    if root is not None:
+        _prepare_embed_root(root)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        problem = f"cannot open libvirt at {uri}: {exc.get_error_message()}"
+        raise LibvirtUnreachable(problem, _fix_for(uri, exc)) from exc
+    return conn
+
+
+def versions(conn: libvirt.virConnect) -> HostVersions:
+    return HostVersions(libvirt=_version(conn.getLibVersion()), qemu=_version(conn.getVersion()))

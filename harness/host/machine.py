@@ -1,0 +1,367 @@
+"""A running guest owned by this process: start, hot-add vCPUs, observe, tear down.
+
+Hot-adds go through libvirt (`setVcpu` / `setVcpusFlags`), never a raw monitor `device_add`,
+so libvirt's view stays true; the QEMU monitor is used for queries only. Teardown always runs
+(context manager) and removes the domain and the run's scratch directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import re
+import secrets
+import socket
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from harness.errors import DomainError, GuestCrashed, InputError, NoFreeVcpuSlot
+from harness.host import storage
+from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
+from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
+from harness.host.screenshot import ppm_to_png
+
+_STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "no state",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+
+def run_name(label: str) -> str:
+    """A domain name with the harness prefix and a unique run id, e.g. hotadd-ref-1a2b3c4d."""
+    safe = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "run"
+    return f"{NAME_PREFIX}{safe}-{secrets.token_hex(4)}"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the only address guests are ever forwarded to)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class HotplugMethod(enum.Enum):
+    SET_VCPU = "setVcpu"  # virDomainSetVcpu: one named vCPU id
+    SET_VCPUS = "setVcpusFlags"  # virDomainSetVcpusFlags: raise the count by one
+
+
+@dataclass(frozen=True)
+class CpuSlot:
+    """One CPU slot as QEMU sees it (query-hotpluggable-cpus)."""
+
+    socket_id: int
+    die_id: int
+    core_id: int
+    thread_id: int
+    qom_path: str | None  # None while the slot is empty
+
+    @property
+    def present(self) -> bool:
+        return self.qom_path is not None
+
+
+@dataclass(frozen=True)
+class PluggedVcpu:
+    """What one hot-add plugged."""
+
+    libvirt_id: int
+    slot: CpuSlot
+    method: HotplugMethod
+    t_wall: float  # Unix time just before the libvirt call (compare with QEMU event times)
+    call_seconds: float  # how long the libvirt call took
+
+
+@dataclass(frozen=True)
+class QemuView:
+    """QEMU's own view of the CPUs, independent of libvirt's bookkeeping."""
+
+    slots: tuple[CpuSlot, ...]
+    running_cpus: int  # query-cpus-fast entries
+
+    @property
+    def present(self) -> int:
+        return sum(1 for s in self.slots if s.present)
+
+    def slot_of_vcpu(self, libvirt_id: int) -> CpuSlot | None:
+        """The slot libvirt hot-plugged as vcpu<id> (QOM path /machine/peripheral/vcpuN)."""
+        for slot in self.slots:
+            if slot.qom_path == f"/machine/peripheral/vcpu{libvirt_id}":
+                return slot
+        return None
+
+
+class Machine:
+    """A transient domain started by this process. Use `Machine.start(...)` as a context manager.
+
+    Methods run on the caller's thread; events arrive on the libvirt event thread into
+    `self.events.log`.
+    """
+
+    def __init__(self, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path,
+                 dom: libvirt.virDomain, events: DomainEvents) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.scratch = scratch
+        self.dom = dom
+        self.events = events
+        self.keep = False  # set True to leave the guest running for a person to inspect
+        self._closed = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path) -> Machine:
+        """Create and start the transient domain. Owns `scratch` from here: on failure it is
+        removed, and nothing is left running."""
+        spec = dataclasses.replace(spec, metadata={
+            **spec.metadata, "pid": str(os.getpid()), "host": socket.gethostname(),
+            "scratch": str(scratch), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        xml = to_xml(spec)
+        xml_copy = spec.serial_log.parent / "domain.xml"
+        xml_copy.write_text(xml)
+        events = DomainEvents(conn, spec.name)
+        try:
+            dom = conn.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            events.close()
+            storage.remove_scratch(scratch)
+            raise DomainError(
+                f"libvirt/QEMU refused to start {spec.name}: {exc.get_error_message()}",
+                f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
+            ) from exc
+        machine = cls(conn, spec, scratch, dom, events)
+        xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
+        return machine
+
+    def close(self) -> None:
+        """Destroy the domain and remove the scratch dir, unless `keep` is set. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.events.close()
+        if self.keep:
+            return
+        try:
+            self.dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and self.dom.isActive():
+                raise
+        storage.remove_scratch(self.scratch)
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def forwarded_port(self, guest_port: int) -> int:
+        for fwd in self.spec.forwards:
+            if fwd.guest_port == guest_port:
+                return fwd.host_port
+        raise InputError(f"{self.name} has no forward for guest port {guest_port}",
+                         "add a Forward for it to the domain spec")
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state(self) -> str:
+        state, _reason = self.dom.state()
+        return _STATE_NAMES.get(state, str(state))
+
+    def panic(self) -> PanicEvent | None:
+        panics = self.events.log.of_type(PanicEvent)
+        return panics[0] if panics else None
+
+    def check_alive(self) -> None:
+        """Raise GuestCrashed (with the bugcheck, if any) or DomainError if the guest is gone."""
+        panic = self.panic()
+        state = self.state()
+        if panic is not None or state == "crashed":
+            detail = panic.describe() if panic else "guest crashed"
+            raise GuestCrashed(
+                f"{self.name} crashed: {detail}",
+                f"read the serial log {self.spec.serial_log} and the screenshot beside it",
+                bugcheck=panic.args if panic else None,
+            )
+        if state not in ("running", "blocked"):
+            raise DomainError(f"{self.name} is not running (state: {state})",
+                              f"read the serial log {self.spec.serial_log}")
+
+    def serial_text(self) -> str:
+        try:
+            return self.spec.serial_log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_serial(self, pattern: str, timeout: float,
+                    tick: Callable[[], None] | None = None) -> re.Match[str]:
+        """Wait until `pattern` (a regex) appears in the serial log; raise on timeout/crash."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = rx.search(self.serial_text())
+            if match:
+                return match
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise DomainError(
+                    f"{self.name}: {pattern!r} did not appear on the serial console in "
+                    f"{timeout:.0f}s", f"read the serial log {self.spec.serial_log}")
+            if tick is not None:
+                tick()
+            time.sleep(0.1)
+
+    # --- vCPUs ---------------------------------------------------------------------------
+
+    def vcpu_states(self) -> dict[int, bool]:
+        """libvirt's live view: vCPU id -> enabled."""
+        root = ET.fromstring(self.dom.XMLDesc(0))
+        return {int(v.get("id", "-1")): v.get("enabled") == "yes"
+                for v in root.iterfind("./vcpus/vcpu")}
+
+    def monitor(self, command: str, **arguments: Any) -> Any:
+        """A QMP *query* (never use this to change the guest: libvirt's view would go stale)."""
+        if not command.startswith("query-"):
+            raise InputError(f"refusing monitor command {command!r}: only query-* are allowed",
+                             "change the guest through libvirt APIs")
+        payload: dict[str, Any] = {"execute": command}
+        if arguments:
+            payload["arguments"] = arguments
+        try:
+            raw = libvirt_qemu.qemuMonitorCommand(self.dom, json.dumps(payload), 0)
+        except libvirt.libvirtError as exc:
+            raise DomainError(f"QEMU monitor {command} failed on {self.name}: "
+                              f"{exc.get_error_message()}", "is the domain running?") from exc
+        return json.loads(raw)["return"]
+
+    def qemu_view(self) -> QemuView:
+        slots = []
+        for entry in self.monitor("query-hotpluggable-cpus"):
+            props = entry.get("props", {})
+            slots.append(CpuSlot(
+                socket_id=int(props.get("socket-id", 0)), die_id=int(props.get("die-id", 0)),
+                core_id=int(props.get("core-id", 0)), thread_id=int(props.get("thread-id", 0)),
+                qom_path=entry.get("qom-path")))
+        slots.sort(key=lambda s: (s.socket_id, s.die_id, s.core_id, s.thread_id))
+        return QemuView(slots=tuple(slots), running_cpus=len(self.monitor("query-cpus-fast")))
+
+    def hotadd(self, vcpu_id: int | None = None,
+               method: HotplugMethod = HotplugMethod.SET_VCPU) -> PluggedVcpu:
+        """Plug one vCPU: `vcpu_id`, or the lowest free one. Returns what was plugged."""
+        self.check_alive()
+        before = self.vcpu_states()
+        maximum = len(before)
+        free = sorted(i for i, on in before.items() if not on)
+        if vcpu_id is None:
+            if not free:
+                raise NoFreeVcpuSlot(
+                    f"{self.name}: no free vCPU slot: all {maximum} vCPUs are online",
+                    "raise the max vCPU count (topology) or add fewer vCPUs")
+            vcpu_id = free[0]
+        elif vcpu_id not in before:
+            raise InputError(f"vCPU id {vcpu_id} is out of range 0..{maximum - 1}",
+                             f"choose one of the free vCPU ids {free}")
+        elif before[vcpu_id]:
+            raise NoFreeVcpuSlot(f"{self.name}: vCPU {vcpu_id} is already online",
+                                 f"choose one of the free vCPU ids {free}" if free else
+                                 "raise the max vCPU count (topology)")
+        if method is HotplugMethod.SET_VCPUS and vcpu_id != free[0]:
+            raise InputError(f"setVcpusFlags always plugs the lowest free vCPU ({free[0]}), "
+                             f"not {vcpu_id}", "use the setVcpu method to choose an id")
+        t_wall = time.time()
+        t0 = time.monotonic()
+        try:
+            if method is HotplugMethod.SET_VCPU:
+                self.dom.setVcpu(str(vcpu_id), 1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
+                online = sum(before.values())
+                self.dom.setVcpusFlags(online + 1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise DomainError(
+                f"QEMU/libvirt refused to hot-add vCPU {vcpu_id} on {self.name} "
+                f"({method.value}): {exc.get_error_message()}",
+                "check the topology and that the guest is running (hotadd doctor)",
+            ) from exc
+        call_seconds = time.monotonic() - t0
+        after = self.vcpu_states()
+        added = sorted(i for i, on in after.items() if on and not before.get(i, False))
+        if added != [vcpu_id]:
+            raise DomainError(f"hot-add of vCPU {vcpu_id} on {self.name} changed {added} instead",
+                              "this is a libvirt/QEMU inconsistency: report it with domain.xml")
+        slot = self.qemu_view().slot_of_vcpu(vcpu_id)
+        if slot is None:
+            raise DomainError(f"libvirt reports vCPU {vcpu_id} plugged, but QEMU shows no "
+                              f"/machine/peripheral/vcpu{vcpu_id}", "report it with domain.xml")
+        return PluggedVcpu(vcpu_id, slot, method, t_wall, call_seconds)
+
+    def wait_ost(self, plugged: PluggedVcpu, timeout: float,
+                 tick: Callable[[], None] | None = None) -> OstEvent | None:
+        """The guest's _OST answer for this add, or None if the guest never evaluated _OST."""
+        def match(e: Event) -> bool:
+            return isinstance(e, OstEvent) and e.vcpu_id == plugged.libvirt_id
+
+        def tick_and_check() -> None:
+            self.check_alive()
+            if tick is not None:
+                tick()
+
+        event = self.events.log.wait_for(match, timeout, tick_and_check)
+        return event if isinstance(event, OstEvent) else None
+
+    # --- artifacts -----------------------------------------------------------------------
+
+    def screenshot(self, path: Path) -> Path | None:
+        """Save the guest's screen as PNG; None if QEMU has nothing to show."""
+        stream = self.conn.newStream(0)
+        chunks: list[bytes] = []
+        try:
+            mime = self.dom.screenshot(stream, 0, 0)
+            while True:
+                data = stream.recv(262144)
+                if not data or not isinstance(data, bytes):
+                    break
+                chunks.append(data)
+            stream.finish()
+        except libvirt.libvirtError:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            return None
+        data = b"".join(chunks)
+        path.write_bytes(data if mime == "image/png" else ppm_to_png(data))
+        return path
+
+
+def owner_alive(pid: int) -> bool:
+    """Whether the process that started a run still exists on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
