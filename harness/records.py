@@ -183,9 +183,9 @@ _BUILDERS: Mapping[Kind, Callable[[Mapping[str, Any], int], Record]] = {
 def parse_record(text: str, line: int = 0) -> Record:
     """Parse one JSON object into a record; raises `_BadRecord` (internal) saying why not."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text.strip())
     except json.JSONDecodeError as exc:
-        raise _BadRecord(f"not JSON: {exc.msg} at column {exc.colno}") from None
+        raise _BadRecord(f"not JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise _BadRecord(f"expected a JSON object, got {type(obj).__name__}")
     if "v" not in obj:

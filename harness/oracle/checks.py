@@ -288,7 +288,7 @@ def check_processor_numbers(ctx: Context) -> Iterator[Hit]:
         pair = (r.group, r.number)
         first = by_nt.setdefault(r.nt_number, r)
         owner = by_pair.setdefault(pair, r)
-        if r.number >= 64:
+        if r.number >= 64 and ctx.profile is Profile.WINDOWS:
             yield _hit("procnum.consistent", f"nt {r.nt_number} has number {r.number}: a group "
                        "holds at most 64 processors", r)
         if (first.group, first.number) != pair:

@@ -116,8 +116,8 @@ RULES: tuple[Rule, ...] = (
          "a hot-added processor gets the next free nt_number (the lowest not active)", Source.RE,
          _W, linux=(_W, "Linux does not promise it; QEMU's arrival order makes it hold")),
     Rule("procnum.consistent",
-         "(group, number) is the same in every record of an nt_number, unique across "
-         "processors, and number < 64", Source.DOC, _F),
+         "(group, number) is the same in every record of an nt_number and unique across "
+         "processors; on Windows number < 64 (a group's size)", Source.DOC, _F),
     Rule("count.never_decreases", "active_count never decreases", Source.DOC, _F,
          linux=(_W, "Linux can take a CPU offline; the reference guest never does")),
     Rule("count.grows",
