@@ -190,7 +190,8 @@ def parse_record(text: str, line: int = 0) -> Record:
         raise _BadRecord(f"expected a JSON object, got {type(obj).__name__}")
     if "v" not in obj:
         raise _BadRecord('missing required field "v" (the format version)')
-    if obj["v"] != FORMAT_VERSION or isinstance(obj["v"], bool):
+    version = obj["v"]
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
         raise _BadRecord(f'unsupported format version "v" = {json.dumps(obj["v"])}; '
                          f"this harness reads version {FORMAT_VERSION}")
     kind = _enum_field(obj, "kind", Kind)

@@ -13,8 +13,9 @@ Windows profile gives when the vetoing driver is not told of the Failure (an ope
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from harness.errors import InputError
 from harness.oracle.host import HostFacts
@@ -197,3 +198,28 @@ class _Writer:
             group=group, number=number, status=status, op_status=op_status,
             active_count=active, irql=irql))
         self.t += self.step_ns
+
+
+# Editing traces: for tests that break one thing in a valid trace, and for hand-made variants.
+
+def renumber(records: Sequence[Record]) -> list[Record]:
+    """The same records with seq rewritten to 1, 2, 3, ... in list order."""
+    return [replace(r, seq=i) for i, r in enumerate(records, start=1)]
+
+
+def edited(records: Sequence[Record], index: int, **changes: Any) -> list[Record]:
+    """A copy with record `index` changed (dataclasses.replace semantics)."""
+    out = list(records)
+    out[index] = replace(out[index], **changes)
+    return out
+
+
+def without(records: Sequence[Record], *indices: int) -> list[Record]:
+    """A renumbered copy without the records at `indices`."""
+    drop = set(indices)
+    return renumber([r for i, r in enumerate(records) if i not in drop])
+
+
+def find(records: Sequence[Record], predicate: Callable[[Record], bool], nth: int = 0) -> int:
+    """Index of the nth record matching `predicate` (IndexError when there is none)."""
+    return [i for i, r in enumerate(records) if predicate(r)][nth]
