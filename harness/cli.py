@@ -20,9 +20,8 @@ COMMAND_MODULES = (
     "harness.scenario_command",  # hotadd run
     "harness.oracle.command",  # hotadd check
     "harness.doctor",  # hotadd doctor
-    "harness.guests.command",  # hotadd guest build / hotadd image build
+    "harness.guests.command",  # hotadd guest build
     "harness.host.sweep",  # hotadd sweep
-    "harness.report.command",  # hotadd report
 )
 
 

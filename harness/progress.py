@@ -22,6 +22,8 @@ class Progress:
     quiet: bool = False
     started: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
+    wait_interval: float = 5.0  # seconds between "still waiting" lines for one stage
+    _last_wait: dict[str, float] = field(default_factory=dict)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -31,7 +33,12 @@ class Progress:
             print(f"[{self.elapsed():7.1f}s] {message}", file=self.stream, flush=True)
 
     def waiting(self, stage: str, awaited: str, since: float) -> None:
-        """Report that `stage` is still waiting for `awaited` (call it from poll loops)."""
+        """Report that `stage` is still waiting for `awaited`; call it from poll loops freely,
+        it prints at most once per `wait_interval` per stage."""
+        now = time.monotonic()
+        if now - self._last_wait.get(stage, since) < self.wait_interval:
+            return
+        self._last_wait[stage] = now
         self.say(f"{stage}: waiting for {awaited} ({time.monotonic() - since:.1f}s)")
 
     @contextmanager

@@ -26,7 +26,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from harness.errors import DomainError, GuestCrashed, InputError, NoFreeVcpuSlot
+from harness.errors import DomainError, GuestCrashed, GuestNotReady, InputError, NoFreeVcpuSlot
 from harness.host import storage
 from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
@@ -218,7 +218,10 @@ class Machine:
 
     def wait_serial(self, pattern: str, timeout: float,
                     tick: Callable[[], None] | None = None) -> re.Match[str]:
-        """Wait until `pattern` (a regex) appears in the serial log; raise on timeout/crash."""
+        """Wait until `pattern` (a regex) appears in the serial log.
+
+        Raises GuestNotReady on timeout, GuestCrashed/DomainError if the guest died meanwhile.
+        """
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
@@ -227,7 +230,7 @@ class Machine:
                 return match
             self.check_alive()
             if time.monotonic() > deadline:
-                raise DomainError(
+                raise GuestNotReady(
                     f"{self.name}: {pattern!r} did not appear on the serial console in "
                     f"{timeout:.0f}s", f"read the serial log {self.spec.serial_log}")
             if tick is not None:

@@ -1,0 +1,91 @@
+"""What the scenario needs from a guest OS, whatever it is.
+
+A `GuestKind` knows how to prepare its image, describe its virtual hardware and open a session
+once the domain runs; a `GuestSession` loads and unloads the probe and reads what it wrote.
+The reference guest and Windows implement both; the scenario sees nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.host.domain import Accelerator, DomainSpec, Firmware, VcpuPlan
+from harness.host.machine import Machine
+from harness.oracle import Profile as OracleProfile
+from harness.progress import Progress
+from harness.transport.base import Transport
+
+STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the probe registers and whether it vetoes, in guest-neutral terms."""
+
+    add_existing: bool = True  # KE_PROCESSOR_CHANGE_ADD_EXISTING / replay of online CPUs
+    veto_index: int | None = None  # processor index (NtNumber / Linux CPU id) whose Start fails
+    veto_status: int = STATUS_INSUFFICIENT_RESOURCES  # NTSTATUS the veto reports
+
+
+@dataclass(frozen=True)
+class HardwareRequest:
+    """The run's hardware choices that every guest kind honours."""
+
+    name: str
+    vcpus: VcpuPlan
+    accelerator: Accelerator
+    run_dir: Path
+    scratch: Path
+    memory_mib: int | None = None  # None: the guest kind's default
+    firmware: Firmware | None = None  # None: the guest kind's default
+
+
+class GuestSession(abc.ABC):
+    """A running guest reached through a transport."""
+
+    transport: Transport
+
+    @abc.abstractmethod
+    def load_probe(self, settings: ProbeSettings) -> None:
+        """Load the probe; it registers (and replays) before this returns."""
+
+    @abc.abstractmethod
+    def unload_probe(self) -> None:
+        """Deregister and unload the probe."""
+
+    @abc.abstractmethod
+    def live_records(self) -> str:
+        """The records written so far, while the probe is loaded (JSON Lines)."""
+
+    @abc.abstractmethod
+    def final_records(self) -> str:
+        """Every record of the last probe load, after it was unloaded (JSON Lines)."""
+
+    @abc.abstractmethod
+    def processor_count(self) -> int:
+        """Processors the guest OS has online, read from a fresh process."""
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class GuestKind(abc.ABC):
+    """One guest OS: image, hardware flavour, readiness, and how to talk to it."""
+
+    name: str
+    oracle_profile: OracleProfile
+
+    @abc.abstractmethod
+    def prepare(self, progress: Progress) -> None:
+        """Build or locate the image (cached); raise InputError if it cannot exist here."""
+
+    @abc.abstractmethod
+    def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
+        """The domain for this guest, with the run's hardware choices applied."""
+
+    @abc.abstractmethod
+    def open_session(self, machine: Machine, progress: Progress,
+                     timeout: float) -> GuestSession:
+        """Wait until the guest is reachable and return a session; GuestNotReady otherwise."""
