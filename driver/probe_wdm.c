@@ -515,6 +515,8 @@ HapProbeStart(PCUNICODE_STRING RegistryPath, PHAP_PROBE *Probe)
     if (probe->CallbackHandle == NULL) {
         status = NT_SUCCESS(probe->ReplayStatus) ? STATUS_UNSUCCESSFUL : probe->ReplayStatus;
         HapAppendDriverEvent(probe, HapEventRegisterFailed, status);
+        /* The image goes away when DriverEntry fails: `unload` ends every load's records. */
+        HapAppendDriverEvent(probe, HapEventUnload, STATUS_SUCCESS);
         goto Exit;      /* HapProbeFree writes every record before DriverEntry fails */
     }
     HapAppendDriverEvent(probe, HapEventRegistered, STATUS_SUCCESS);

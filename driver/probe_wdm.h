@@ -27,8 +27,8 @@ typedef struct _HAP_PROBE HAP_PROBE, *PHAP_PROBE;
  * IRQL: PASSIVE_LEVEL (DriverEntry).
  * Returns STATUS_SUCCESS and the running probe in *Probe. On failure returns the status
  * DriverEntry must return, *Probe is NULL, and everything is undone; when the registration
- * itself failed (a veto during the replay) `register_failed` has been recorded and every
- * record is on disk before this returns.
+ * itself failed (a veto during the replay) `register_failed` and `unload` have been recorded
+ * and every record is on disk before this returns.
  */
 _IRQL_requires_(PASSIVE_LEVEL)
 _Must_inspect_result_
