@@ -64,7 +64,7 @@ RULES: tuple[Rule, ...] = (
     Rule("seq.first_load", "the first record is the driver's load", Source.FORMAT, _F),
     Rule("time.monotonic", "t_ns never decreases from one record to the next", Source.FORMAT, _F),
     Rule("driver.order",
-         "driver events run load, registered|register_failed, [deregistered], [unload], each "
+         "driver events run load, registered or register_failed, [deregistered], [unload], each "
          "once, and nothing follows unload", Source.FORMAT, _F),
     Rule("driver.deregister_before_unload",
          "a registered callback is deregistered before the driver unloads", Source.DOC, _F),
