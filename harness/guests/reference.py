@@ -182,10 +182,12 @@ def _inputs_hash(v: _Versions) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(v), sort_keys=True).encode())
     h.update(CMDLINE.encode())
-    files = sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file())
-    for p in [*files, Path(__file__), Path(__file__).with_name("cpio.py")]:
-        h.update(str(p.relative_to(paths.REPO_ROOT)).encode() + b"\0")
-        h.update(p.read_bytes() + b"\0")
+    sources = [(str(p.relative_to(SOURCE_DIR)), p) for p in sorted(SOURCE_DIR.rglob("*"))
+               if p.is_file()]
+    builders = [(f"harness/guests/{p.name}", p)
+                for p in (Path(__file__), Path(__file__).with_name("cpio.py"))]
+    for label, p in [*sources, *builders]:
+        h.update(label.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -447,6 +449,20 @@ def unload_probe(t: Transport) -> None:
 def read_records(t: Transport) -> str:
     """The probe's records, JSON Lines. Readable while it is loaded."""
     return t.read_text(GUEST_RECORDS_PATH)
+
+
+_CONSOLE_RECORD = re.compile(r"hotadd-probe: (\{.*\})\s*$")
+
+
+def records_from_console(text: str) -> str:
+    """The probe's records (JSON Lines) of its last load, taken from a serial log or dmesg.
+
+    The probe printk's every record, so this works after `rmmod` (when /proc/hotadd_probe is
+    gone, and `deregistered`/`unload` exist only there) and after a guest crash.
+    """
+    lines = [m.group(1) for m in map(_CONSOLE_RECORD.search, text.splitlines()) if m]
+    starts = [i for i, line in enumerate(lines) if '"event":"load"' in line]
+    return "".join(f"{line}\n" for line in lines[starts[-1]:]) if starts else ""
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:

@@ -70,6 +70,9 @@ class SshTransport(Transport):
         self.description = f"ssh {username}@{host}:{port}"
         self._client: paramiko.SSHClient | None = None
 
+    def __enter__(self) -> SshTransport:
+        return self
+
     # -- connection ---------------------------------------------------------------------------
 
     def _connect(self) -> paramiko.SSHClient:
@@ -158,10 +161,9 @@ class SshTransport(Transport):
                     out.append(chan.recv(_CHUNK))
                 while chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(_CHUNK))
-                if chan.exit_status_ready() and chan.eof_received:
-                    if not (chan.recv_ready() or chan.recv_stderr_ready()):
-                        break
-                    continue
+                done = chan.closed or (chan.exit_status_ready() and chan.eof_received)
+                if done and not (chan.recv_ready() or chan.recv_stderr_ready()):
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TransportError(
@@ -170,7 +172,10 @@ class SshTransport(Transport):
                         "the guest may be hung: read its serial log",
                     )
                 select.select([chan], [], [], min(remaining, 1.0))
-            rc = chan.recv_exit_status()
+            rc = chan.exit_status  # -1: the command died of a signal (no exit status)
+            transport = chan.get_transport()
+            if rc == -1 and (transport is None or not transport.is_active()):
+                raise EOFError("the connection closed before the command's exit status")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             raise TransportError(
