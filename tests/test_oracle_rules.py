@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import InputError
 from harness.oracle import (
     RULES,
     RULES_BY_ID,
@@ -108,6 +109,14 @@ def interleaved() -> list[Record]:
     return [replace(x, t_ns=i * 1000) for i, x in enumerate(renumber(out))]
 
 
+def start_after_replay_veto() -> list[Record]:
+    records = ProtocolModel(existing=3, replay_veto_at=1, deregister=False).records()
+    vetoed = records[find(records, nt(START, REPLAY, 1))]
+    assert isinstance(vetoed, NotifyRecord)
+    late = replace(vetoed, nt_number=2, number=2, op_status=0)
+    return insert_after(records, nt(START, REPLAY, 1), late)
+
+
 def after_deregister() -> list[Record]:
     r = TWO_ADDS.records()
     dereg = find(r, ev(DriverEvent.DEREGISTERED))
@@ -151,10 +160,7 @@ CASES = (
     Case("replay.ascending", lambda: swap(TWO_ADDS.records(), 1, 2), TWO_ADDS.records),
     Case("replay.completes", lambda: drop(TWO_ADDS.records(), nt(COMPLETE, REPLAY, 1)),
          TWO_ADDS.records),
-    Case("replay.veto_stops",
-         lambda: insert_after(REPLAY_VETO.records(), nt(START, REPLAY, 2),
-                              replace(REPLAY_VETO.records()[1], nt_number=2, number=2)),
-         REPLAY_VETO.records),
+    Case("replay.veto_stops", start_after_replay_veto, REPLAY_VETO.records),
     Case("replay.veto_failures", lambda: drop(REPLAY_VETO.records(), nt(FAILURE, REPLAY)),
          REPLAY_VETO.records),
     Case("replay.veto_register_failed",
@@ -269,14 +275,13 @@ def test_linux_number_may_exceed_a_windows_group() -> None:
 
 
 def test_model_rejects_impossible_runs() -> None:
-    from harness.errors import InputError
     for kwargs in ({"existing": 0}, {"replay_veto_at": 3, "existing": 3},
                    {"replay_veto_at": 0, "add_existing": False},
                    {"replay_veto_at": 0, "hotadds": (HotAdd(),)},
                    {"deregister": False, "unload": True},
                    {"profile": L, "replay_irql": 1}):
         with pytest.raises(InputError, match="impossible protocol model"):
-            ProtocolModel(**kwargs)  # type: ignore[arg-type]
+            ProtocolModel(**kwargs)
     with pytest.raises(InputError):
         HotAdd(veto=VETO, failure=STATUS_UNSUCCESSFUL)
     with pytest.raises(InputError):
