@@ -1,0 +1,908 @@
+"""The Windows guest: answer file, provisioning ISO, install.wim, the golden image, probe control.
+
+Everything Windows-specific that can be done from Linux lives here: rendering
+`vm/windows/Autounattend.xml.in`, building the provisioning ISO with xorriso (answer file,
+the version's virtio-win driver folders, the provisioning and probe-control PowerShell),
+reading the images inside install.wim with wimtools' `wiminfo`, the unattended image build
+(`hotadd image build`), and the guest-side probe operations, which only use the `Transport`
+interface (cmd.exe command lines carrying PowerShell), so WinRM and Windows OpenSSH both work.
+
+Secrets: the Administrator password comes from the caller (environment variable
+HOTADD_WINDOWS_PASSWORD by default), lands only in the answer file on the provisioning ISO
+(Windows' reversible encoding, not plain text) and in the transport's memory; the ISO is deleted
+when the build ends. It is never written to the manifest, logs or command lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import enum
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from harness.errors import (
+    GuestNotReady,
+    HotaddError,
+    InfrastructureError,
+    InputError,
+    TransportError,
+)
+from harness.host.domain import Firmware
+from harness.paths import REPO_ROOT
+from harness.progress import Progress
+from harness.transport.base import CommandResult, Transport
+from harness.transport.winrm import run_powershell
+
+VM_DIR = REPO_ROOT / "vm" / "windows"
+TEMPLATE = VM_DIR / "Autounattend.xml.in"
+PROVISION_SCRIPT = VM_DIR / "hotadd-provision.ps1"
+PROBE_SCRIPT = VM_DIR / "hotadd-probe.ps1"
+PASSWORD_ENV = "HOTADD_WINDOWS_PASSWORD"
+ADMIN_USER = "Administrator"
+PROVISION_LABEL = "HOTADD_PROV"
+DRIVER_LABEL = "HOTADD_DRV"
+WINPE_DRIVERS = "$WinPEDriver$"
+RECORDS_PATH = r"C:\ProgramData\HotAddProbe\records.jsonl"
+SERVICE_NAME = "HotAddProbe"
+PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
+UNATTEND_NS = "urn:schemas-microsoft-com:unattend"
+#: virtio-win folders the provisioning ISO carries: disk (blk and scsi), network, serial.
+VIRTIO_DRIVERS = ("viostor", "vioscsi", "NetKVM", "vioserial")
+
+
+class WindowsVersion(enum.Enum):
+    """Windows Server releases the harness knows, by marketing year."""
+
+    WS2016 = "2016"  # needs the ACPI0010 workaround (provisioning applies it)
+    WS2019 = "2019"
+    WS2022 = "2022"
+    WS2025 = "2025"
+
+    @property
+    def virtio_dir(self) -> str:
+        """virtio-win's per-release folder name (viostor/2k22/amd64, ...)."""
+        return "2k" + self.value[2:]
+
+    @property
+    def build(self) -> int:
+        return {"2016": 14393, "2019": 17763, "2022": 20348, "2025": 26100}[self.value]
+
+    @classmethod
+    def from_build(cls, build: int) -> WindowsVersion | None:
+        return next((v for v in cls if v.build == build), None)
+
+
+# ---- install.wim ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WimImage:
+    """One image inside install.wim, as wiminfo reports it."""
+
+    index: int
+    name: str
+    display_name: str = ""
+    edition_id: str = ""
+    installation_type: str = ""
+    build: int | None = None
+
+    @property
+    def version(self) -> WindowsVersion | None:
+        """From the build number, else from a year in the name."""
+        if self.build is not None and (v := WindowsVersion.from_build(self.build)):
+            return v
+        m = re.search(r"\b(2016|2019|2022|2025)\b", f"{self.name} {self.display_name}")
+        return WindowsVersion(m[1]) if m else None
+
+    def describe(self) -> str:
+        extra = f" ({self.display_name})" if self.display_name else ""
+        return f"{self.index}: {self.name}{extra}"
+
+
+def parse_wiminfo(text: str) -> tuple[WimImage, ...]:
+    """The images in `wiminfo WIM` output (blocks of "Key: value" lines starting at Index)."""
+    images: list[WimImage] = []
+    block: dict[str, str] = {}
+
+    def flush() -> None:
+        if "Index" in block:
+            build = block.get("Build", "")
+            images.append(WimImage(
+                index=int(block["Index"]), name=block.get("Name", ""),
+                display_name=block.get("Display Name", ""),
+                edition_id=block.get("Edition ID", ""),
+                installation_type=block.get("Installation Type", ""),
+                build=int(build) if build.isdigit() else None))
+        block.clear()
+
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z][A-Za-z ]*?):\s*(.*?)\s*$", line)
+        if not m:
+            continue
+        if m[1] == "Index":
+            flush()
+        block[m[1]] = m[2]
+    flush()
+    return tuple(images)
+
+
+def read_wim_images(wim: Path) -> tuple[WimImage, ...]:
+    """The images in a WIM/ESD file (wimtools' wiminfo)."""
+    proc = _tool(["wiminfo", str(wim)], "wimtools")
+    if proc.returncode != 0:
+        raise InputError(f"{wim} is not a readable WIM: {proc.stderr.strip()}",
+                         "give a Windows Server ISO whose sources/install.wim is intact")
+    images = parse_wiminfo(proc.stdout)
+    if not images:
+        raise InputError(f"{wim} holds no images", "give a Windows Server installation ISO")
+    return images
+
+
+@dataclass(frozen=True)
+class ImageSelector:
+    """Which install.wim image to install: by name (/IMAGE/NAME) or by index (/IMAGE/INDEX)."""
+
+    name: str | None = None
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.index is None):
+            raise InputError("choose the Windows image by name or by index (exactly one)",
+                             'e.g. --edition "Windows Server 2022 SERVERDATACENTER" or --index 4')
+        if self.index is not None and self.index < 1:
+            raise InputError(f"image index {self.index} must be >= 1", "indexes start at 1")
+
+    @classmethod
+    def parse(cls, text: str) -> ImageSelector:
+        """A number is an index, anything else a name."""
+        return cls(index=int(text)) if text.strip().isdigit() else cls(name=text.strip())
+
+    @property
+    def key(self) -> str:
+        return "/IMAGE/INDEX" if self.index is not None else "/IMAGE/NAME"
+
+    @property
+    def value(self) -> str:
+        return str(self.index) if self.index is not None else str(self.name)
+
+    def pick(self, images: Sequence[WimImage], source: str) -> WimImage:
+        """The matching image, or an InputError listing the ones that are there."""
+        for img in images:
+            if (self.index is not None and img.index == self.index) or (
+                    self.name is not None and img.name.casefold() == self.name.casefold()):
+                return img
+        present = "\n".join(f"    {img.describe()}" for img in images)
+        raise InputError(f"image {self.value!r} is not in {source}; it holds:\n{present}",
+                         "pass one of these names (or its index) with --edition")
+
+
+def check_edition(image: WimImage) -> WindowsVersion:
+    """Refuse editions known not to take CPU hot-add; return the Windows version."""
+    client = image.installation_type.casefold() == "client" or (
+        image.edition_id and not image.edition_id.casefold().startswith("server"))
+    if client or image.edition_id.casefold() == "serverrdsh":
+        raise InputError(
+            f"image {image.describe()} is a client edition (Edition ID "
+            f"{image.edition_id or '?'}, {image.installation_type or '?'}): only Windows Server "
+            "editions start hot-added processors without a restart",
+            "choose a Windows Server Standard or Datacenter image from the ISO")
+    version = image.version
+    if version is None:
+        raise InputError(f"cannot tell which Windows Server release {image.describe()} is "
+                         f"(build {image.build})",
+                         "use Windows Server 2019, 2022 or 2025 media (2016 needs a workaround)")
+    return version
+
+
+# ---- the answer file --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnattendSettings:
+    """What varies between rendered answer files."""
+
+    version: WindowsVersion
+    firmware: Firmware
+    image: ImageSelector
+    password: str = field(repr=False)
+    computer_name: str = "HOTADD-WIN"
+    locale: str = "en-US"
+    drive_letters: tuple[str, ...] = ("D", "E", "F", "G")
+
+    def __post_init__(self) -> None:
+        if not self.password:
+            raise InputError("the Windows Administrator password is empty",
+                             f"set {PASSWORD_ENV} to a password meeting Windows' complexity rules")
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,15}", self.computer_name):
+            raise InputError(f"computer name {self.computer_name!r} is not a NetBIOS name",
+                             "use up to 15 letters, digits and hyphens")
+
+
+def unattend_secret(password: str, suffix: str) -> str:
+    """Windows Setup's reversible password encoding (PlainText=false): base64 of the UTF-16LE
+    text password+suffix, suffix "AdministratorPassword" or "Password" by element."""
+    return base64.b64encode((password + suffix).encode("utf-16-le")).decode("ascii")
+
+
+def driver_paths(settings: UnattendSettings) -> list[str]:
+    """`<L>:\\$WinPEDriver$\\<driver>\\<2kNN>\\amd64` for every likely drive letter."""
+    return [f"{letter}:\\{WINPE_DRIVERS}\\{drv}\\{settings.version.virtio_dir}\\amd64"
+            for letter in settings.drive_letters for drv in VIRTIO_DRIVERS]
+
+
+def render_autounattend(settings: UnattendSettings, template: Path = TEMPLATE) -> str:
+    """The answer file for `settings`; raises InfrastructureError if the result is not XML."""
+    text = template.read_text(encoding="utf-8")
+    for fw in Firmware:
+        block = re.compile(rf"[ \t]*<!-- FIRMWARE:{fw.value} -->\n(.*?)"
+                           rf"[ \t]*<!-- /FIRMWARE:{fw.value} -->\n", re.S)
+        if not block.search(text):
+            raise InfrastructureError(f"{template} lacks the {fw.value} firmware block",
+                                      "restore the template from git")
+        text = block.sub(r"\1" if fw is settings.firmware else "", text)
+    paths = "\n".join(
+        f'        <PathAndCredentials wcm:action="add" wcm:keyValue="{i}">'
+        f"<Path>{escape(p)}</Path></PathAndCredentials>"
+        for i, p in enumerate(driver_paths(settings), start=1))
+    values = {
+        "LOCALE": settings.locale,
+        "IMAGE_KEY": settings.image.key,
+        "IMAGE_VALUE": settings.image.value,
+        "OS_PARTITION": "3" if settings.firmware is Firmware.UEFI else "1",
+        "COMPUTER_NAME": settings.computer_name,
+        "ADMIN_PASSWORD": unattend_secret(settings.password, "AdministratorPassword"),
+        "AUTOLOGON_PASSWORD": unattend_secret(settings.password, "Password"),
+        "PROVISION_SCRIPT": PROVISION_SCRIPT.name,
+    }
+    text = text.replace("@DRIVER_PATHS@", paths)
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", escape(value))
+    if left := re.findall(r"@[A-Z_]+@", text):
+        raise InfrastructureError(f"{template} has unknown placeholders {sorted(set(left))}",
+                                  "add them to render_autounattend or remove them")
+    try:
+        ET.fromstring(text.encode("utf-8"))
+    except ET.ParseError as exc:
+        raise InfrastructureError(f"rendered answer file is not well-formed XML: {exc}",
+                                  f"fix {template}") from None
+    return text
+
+
+# ---- ISOs -------------------------------------------------------------------------------------
+
+
+def _tool(argv: list[str], package: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False,
+                              timeout=timeout)
+    except FileNotFoundError:
+        raise InputError(f"{argv[0]} is not installed", f"apt-get install {package}") from None
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"{argv[0]} did not finish in {timeout:.0f}s",
+                                  "check the disk and the input files") from None
+
+
+def check_readable_iso(iso: Path, what: str) -> None:
+    """InputError unless `iso` exists, is a readable file and starts like an ISO 9660 image."""
+    if not iso.exists():
+        raise InputError(f"{what} {iso} does not exist", f"give the path of the {what}")
+    if not iso.is_file():
+        raise InputError(f"{what} {iso} is not a file", f"give the path of the {what} file")
+    try:
+        with iso.open("rb") as f:
+            f.seek(32769)  # the primary volume descriptor's "CD001" signature
+            magic = f.read(5)
+    except OSError as exc:
+        raise InputError(f"{what} {iso} cannot be read: {exc.strerror}",
+                         "check its permissions (the harness runs as you)") from None
+    if magic != b"CD001":
+        raise InputError(f"{what} {iso} is not an ISO 9660 image",
+                         f"give the {what} itself (.iso), not an archive or disk image")
+
+
+def list_iso(iso: Path) -> list[str]:
+    """Every file in an ISO, as absolute ISO paths ("/sources/install.wim")."""
+    proc = _tool(["xorriso", "-indev", str(iso), "-find", "/", "-type", "f"], "xorriso")
+    if proc.returncode != 0:
+        raise InputError(f"xorriso cannot read {iso}: {proc.stderr.strip()[-500:]}",
+                         "give a readable ISO image")
+    out = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("'") and line.endswith("'"):
+            out.append(line[1:-1].replace("'\"'\"'", "'"))
+    return out
+
+
+def extract_from_iso(iso: Path, pairs: Sequence[tuple[str, Path]]) -> None:
+    """Copy files or folders (ISO path -> local path) out of an ISO, made writable."""
+    argv = ["xorriso", "-osirrox", "on", "-indev", str(iso)]
+    for src, dst in pairs:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["-extract", src, str(dst)]
+    proc = _tool(argv, "xorriso")
+    if proc.returncode != 0:
+        raise InputError(f"could not extract {[s for s, _ in pairs]} from {iso}: "
+                         f"{proc.stderr.strip()[-500:]}", "check the ISO and free disk space")
+    for _, dst in pairs:
+        make_writable(dst)
+
+
+def make_writable(path: Path) -> None:
+    """ISO files come out read-only; make a tree removable again."""
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode | stat.S_IWUSR | stat.S_IRUSR | (
+                stat.S_IXUSR if p.is_dir() else 0))
+
+
+def build_iso(source: Path, output: Path, label: str) -> Path:
+    """An ISO 9660 + Joliet + Rock Ridge image of `source` (what Windows Setup reads)."""
+    proc = _tool(["xorriso", "-as", "genisoimage", "-o", str(output), "-V", label, "-J",
+                  "-joliet-long", "-r", str(source)], "xorriso")
+    if proc.returncode != 0:
+        raise InfrastructureError(f"xorriso could not build {output}: "
+                                  f"{proc.stderr.strip()[-500:]}", "check free disk space")
+    return output
+
+
+def stage_virtio(virtio_iso: Path, version: WindowsVersion, dest: Path) -> list[str]:
+    """Copy the version's amd64 folders of VIRTIO_DRIVERS into dest/$WinPEDriver$/..."""
+    files = list_iso(virtio_iso)
+    pairs: list[tuple[str, Path]] = []
+    missing: list[str] = []
+    for drv in VIRTIO_DRIVERS:
+        folder = f"/{drv}/{version.virtio_dir}/amd64"
+        if any(f.startswith(folder + "/") for f in files):
+            pairs.append((folder, dest / WINPE_DRIVERS / drv / version.virtio_dir / "amd64"))
+        else:
+            missing.append(folder)
+    if any(m.startswith(("/viostor/", "/NetKVM/")) for m in missing):
+        raise InputError(f"{virtio_iso} has no {', '.join(missing)} (drivers for Windows "
+                         f"Server {version.value})",
+                         "use a newer virtio-win ISO (Server 2025 needs 0.1.262 or later)")
+    extract_from_iso(virtio_iso, pairs)
+    return [p for p, _ in pairs]
+
+
+def stage_provisioning(settings: UnattendSettings, virtio_iso: Path, dest: Path) -> Path:
+    """The provisioning ISO's tree: answer file, scripts, virtio driver folders."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "Autounattend.xml").write_text(render_autounattend(settings), encoding="utf-8")
+    for script in (PROVISION_SCRIPT, PROBE_SCRIPT):
+        shutil.copyfile(script, dest / script.name)
+    stage_virtio(virtio_iso, settings.version, dest)
+    return dest
+
+
+# ---- the image build --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageTimeouts:
+    """Seconds per image-build stage (KVM figures; TCG would need hours)."""
+
+    boot_keys: float = 30.0  # pressing space for the ISO's "press any key" prompt
+    install: float = 5400.0  # Setup, reboots, first logon, provisioning, WinRM up
+    provision: float = 1200.0  # the reboot after provisioning, WinRM back
+    verify: float = 300.0
+    shutdown: float = 600.0
+
+
+@dataclass(frozen=True)
+class ImageBuildSpec:
+    """Inputs of `hotadd image build`."""
+
+    windows_iso: Path
+    virtio_iso: Path
+    image: ImageSelector
+    output: Path
+    password: str = field(repr=False)
+    firmware: Firmware = Firmware.UEFI
+    disk_gib: int = 40
+    memory_mib: int = 4096
+    vcpus: int = 2
+    force_tcg: bool = False
+    libvirt_uri: str | None = None
+    run_dir: Path | None = None  # logs, screenshot; default: <output>.build/
+    timeouts: StageTimeouts = field(default_factory=StageTimeouts)
+
+    def __post_init__(self) -> None:
+        if self.disk_gib < 32:
+            raise InputError(f"disk size {self.disk_gib} GiB is too small for Windows Server",
+                             "give at least 32 GiB (--disk-gib)")
+        if self.output.exists():
+            raise InputError(f"{self.output} already exists (golden images are never "
+                             "overwritten)", "choose another --output or remove the old image")
+        if not self.output.parent.is_dir():
+            raise InputError(f"the output directory {self.output.parent} does not exist",
+                             "create it first")
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir or self.output.with_name(self.output.name + ".build")
+
+
+@dataclass(frozen=True)
+class GoldenManifest:
+    """What a golden image is, stored beside it as <image>.json (no secrets)."""
+
+    image: str
+    windows_version: str
+    edition: str
+    image_index: int
+    build: int | None
+    firmware: str
+    disk_bus: str
+    nvram: str | None
+    user: str
+    winrm_port: int
+    created_utc: str
+    hotadd: dict[str, Any]
+    source_iso: str
+    virtio_iso: str
+    schema: str = "hotadd.windows-image/1"
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> GoldenManifest:
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(f"cannot read the image manifest {path}: {exc}",
+                             "rebuild the image with 'hotadd image build'") from None
+
+
+def manifest_path(image: Path) -> Path:
+    return image.with_name(image.name + ".json")
+
+
+def nvram_path(image: Path) -> Path:
+    return image.with_name(image.name + ".OVMF_VARS.fd")
+
+
+def check_accelerator(force_tcg: bool) -> tuple[Any, str]:
+    """KVM, or TCG only when forced (Windows Setup under TCG takes many hours)."""
+    from harness.host import accel
+    from harness.host.domain import Accelerator
+
+    status = accel.kvm_status()
+    if status.accelerator is Accelerator.KVM:
+        return Accelerator.KVM, status.reason
+    if not force_tcg:
+        raise InputError(f"no usable KVM: {status.reason}; installing Windows under TCG "
+                         "emulation takes many hours",
+                         "build the image on a KVM host, or pass --force-tcg to try anyway")
+    return Accelerator.TCG, f"forced TCG ({status.reason})"
+
+
+def windows_iso_images(iso: Path, work: Path, progress: Progress) -> tuple[WimImage, ...]:
+    """The images in the ISO's sources/install.wim (or install.esd)."""
+    files = list_iso(iso)
+    wims = [f for f in files if f.casefold() in ("/sources/install.wim", "/sources/install.esd")]
+    if not wims:
+        raise InputError(f"{iso} has no sources/install.wim or install.esd",
+                         "give a Windows Server installation ISO (not the virtio-win ISO)")
+    local = work / Path(wims[0]).name
+    progress.say(f"extracting {wims[0]} to read its image list")
+    extract_from_iso(iso, [(wims[0], local)])
+    try:
+        return read_wim_images(local)
+    finally:
+        local.unlink(missing_ok=True)
+
+
+class Installer:
+    """The installer VM, seen by the build flow. Wraps harness.host.machine.Machine so the
+    flow reads as stages and tests can see exactly what it asks of the host layer."""
+
+    def __init__(self, machine: Any, conn: Any) -> None:
+        self.machine = machine
+        self.conn = conn
+
+    def press_keys(self, seconds: float) -> None:
+        """Press space now and then for `seconds`: the Windows ISO's UEFI loader waits for
+        "any key" and otherwise falls through to the empty disk."""
+        import libvirt
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(libvirt.libvirtError):
+                self.machine.dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 50, [57], 1, 0)
+            self.machine.check_alive()
+            time.sleep(1.0)
+
+    def is_running(self) -> bool:
+        try:
+            return bool(self.machine.dom.isActive())
+        except Exception:  # libvirt: the transient domain is gone once it powered off
+            return False
+
+    def artifacts(self, run_dir: Path) -> str:
+        shot = None
+        with contextlib.suppress(Exception):
+            shot = self.machine.screenshot(run_dir / "screenshot.png")
+        serial = self.machine.spec.serial_log
+        return (f"screenshot {shot}; " if shot else "no screenshot; ") + f"serial log {serial}"
+
+    def close(self) -> None:
+        self.machine.close()
+        self.conn.close()
+
+
+def start_installer(spec: ImageBuildSpec, accelerator: Any, disk: Path, prov_iso: Path,
+                    nvram: Path | None, port: int) -> Installer:
+    """Boot the installer domain: Windows ISO first, provisioning ISO, the new disk (SATA:
+    Windows' inbox AHCI driver, so booting never depends on virtio drivers)."""
+    from harness.host import storage
+    from harness.host.connection import open_connection
+    from harness.host.domain import (
+        Cdrom,
+        Disk,
+        DiskBus,
+        DomainSpec,
+        Forward,
+        Profile,
+        Topology,
+        VcpuPlan,
+    )
+    from harness.host.machine import Machine, run_name
+    from harness.host.sweep import sweep
+
+    conn = open_connection(spec.libvirt_uri)
+    try:
+        sweep(conn)
+        name = run_name("winimage")
+        scratch = storage.run_scratch(name)
+        dom_spec = DomainSpec(
+            name=name, profile=Profile.WINDOWS,
+            vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=spec.vcpus), boot=spec.vcpus),
+            serial_log=spec.logs / "serial.log", memory_mib=spec.memory_mib,
+            firmware=spec.firmware, accelerator=accelerator, nvram=nvram,
+            disks=(Disk(disk, bus=DiskBus.SATA),),
+            cdroms=(Cdrom(spec.windows_iso.resolve()), Cdrom(prov_iso)),
+            forwards=(Forward(guest_port=5985, host_port=port),),
+            metadata={"purpose": "windows image build"},
+        )
+        return Installer(Machine.start(conn, dom_spec, scratch), conn)
+    except BaseException:
+        conn.close()
+        raise
+
+
+InstallerFactory = Callable[[ImageBuildSpec, Any, Path, Path, "Path | None", int], Installer]
+
+
+def build_image(spec: ImageBuildSpec, progress: Progress,
+                start: InstallerFactory = start_installer) -> GoldenManifest:
+    """Install Windows unattended into a new read-only golden qcow2 with a JSON manifest."""
+    from harness.host.machine import free_port
+
+    check_readable_iso(spec.windows_iso, "Windows ISO")
+    check_readable_iso(spec.virtio_iso, "virtio-win ISO")
+    accelerator, why = check_accelerator(spec.force_tcg)
+    progress.say(f"accelerator: {accelerator.value} ({why})")
+    spec.logs.mkdir(parents=True, exist_ok=True)
+    partial = spec.output.with_name(spec.output.name + ".partial")
+    work = Path(tempfile.mkdtemp(prefix=".hotadd-image-", dir=spec.output.parent))
+    try:
+        with progress.stage("read install.wim", str(spec.windows_iso)):
+            image = spec.image.pick(windows_iso_images(spec.windows_iso, work, progress),
+                                    str(spec.windows_iso))
+            version = check_edition(image)
+            progress.say(f"image {image.describe()}: Windows Server {version.value}, "
+                         f"edition {image.edition_id or '?'}")
+        settings = UnattendSettings(version=version, firmware=spec.firmware,
+                                    image=spec.image, password=spec.password)
+        with progress.stage("provisioning ISO", "answer file, scripts, virtio drivers"):
+            tree = stage_provisioning(settings, spec.virtio_iso, work / "prov")
+            prov_iso = build_iso(tree, work / "provision.iso", PROVISION_LABEL)
+            shutil.rmtree(tree)
+        with progress.stage("disk", f"{spec.disk_gib} GiB qcow2"):
+            partial.unlink(missing_ok=True)
+            proc = _tool(["qemu-img", "create", "-q", "-f", "qcow2", str(partial),
+                          f"{spec.disk_gib}G"], "qemu-utils")
+            if proc.returncode != 0:
+                raise InfrastructureError(f"qemu-img create failed: {proc.stderr.strip()}",
+                                          "check free disk space")
+        nvram = None
+        if spec.firmware is Firmware.UEFI:
+            from harness.host.domain import OVMF_VARS
+
+            nvram = work / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, nvram)
+        port = free_port()
+        installer = start(spec, accelerator, partial, prov_iso, nvram, port)
+        try:
+            facts = _install_and_verify(spec, installer, port, progress)
+        finally:
+            installer.close()
+        with progress.stage("finalize", str(spec.output)):
+            return _finalize(spec, image, version, partial, nvram, port, facts)
+    finally:
+        partial.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)  # the provisioning ISO holds the password
+
+
+@contextlib.contextmanager
+def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
+           run_dir: Path) -> Iterator[None]:
+    """A build stage whose failure names the stage and leaves screenshot + serial log."""
+    try:
+        with progress.stage(name, awaited):
+            yield
+    except HotaddError as exc:
+        where = installer.artifacts(run_dir)
+        raise type(exc)(f"image build stopped at stage '{name}': {exc.problem}",
+                        f"{exc.fix or 'see the logs'} ({where})") from None
+
+
+def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
+                        progress: Progress) -> dict[str, Any]:
+    from harness.transport.winrm import WinRMEndpoint, WinRMTransport
+
+    t = spec.timeouts
+    with _stage(progress, "boot installer", "pressing a key for the ISO's boot prompt",
+                installer, spec.logs):
+        installer.press_keys(t.boot_keys)
+    transport = WinRMTransport(WinRMEndpoint(port=port, username=ADMIN_USER,
+                                             password=spec.password))
+    with transport:
+        t0 = time.monotonic()
+        with _stage(progress, "install", "Windows Setup, first logon, provisioning, WinRM",
+                    installer, spec.logs):
+            transport.wait_ready(
+                t.install, still_alive=installer.machine.check_alive,
+                on_wait=lambda _e: progress.waiting("install", transport.description, t0),
+                hint=f"read the serial log {installer.machine.spec.serial_log}")
+        with _stage(progress, "provision", "the reboot after provisioning", installer,
+                    spec.logs):
+            state = wait_provisioned(transport, t.provision, installer.machine.check_alive)
+        with _stage(progress, "verify", "test signing, hot-add support", installer, spec.logs):
+            pre = preflight(transport)
+            failed = {k: v for k, v in state.get("steps", {}).items() if v != "ok"}
+            if failed:
+                raise InfrastructureError(f"provisioning steps failed: {failed}",
+                                          f"read {PROVISION_LOG} in the guest")
+            if pre.test_signing is not True:
+                raise InfrastructureError("test signing is not in effect after the reboot",
+                                          "is Secure Boot on? the image needs OVMF without it")
+        with _stage(progress, "shutdown", "the guest to power off", installer, spec.logs):
+            with contextlib.suppress(TransportError):
+                transport.run("shutdown.exe /s /t 0 /d p:4:1")
+            deadline = time.monotonic() + t.shutdown
+            while installer.is_running():
+                if time.monotonic() > deadline:
+                    raise GuestNotReady(f"the guest did not power off in {t.shutdown:.0f}s",
+                                        "look at the screenshot: an update may be installing")
+                time.sleep(2.0)
+    return {"preflight": asdict(pre), "provisioning": state}
+
+
+def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, partial: Path,
+              nvram: Path | None, port: int, facts: dict[str, Any]) -> GoldenManifest:
+    partial.rename(spec.output)
+    spec.output.chmod(0o444)
+    kept_nvram = None
+    if nvram is not None:
+        kept_nvram = nvram_path(spec.output)
+        shutil.copyfile(nvram, kept_nvram)
+        kept_nvram.chmod(0o444)
+    pre = facts["preflight"]
+    manifest = GoldenManifest(
+        image=spec.output.name, windows_version=version.value, edition=image.name,
+        image_index=image.index, build=pre.get("build") or image.build,
+        firmware=spec.firmware.value, disk_bus="sata",
+        nvram=kept_nvram.name if kept_nvram else None, user=ADMIN_USER, winrm_port=5985,
+        created_utc=datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        hotadd={"dyn_processor_enabled": pre.get("dyn_processor_enabled"),
+                "licence_dynamic_partitioning": pre.get("licence_dynamic_partitioning"),
+                "test_signing": pre.get("test_signing"), "wdf_version": pre.get("wdf_version"),
+                "edition_id": pre.get("edition")},
+        source_iso=spec.windows_iso.name, virtio_iso=spec.virtio_iso.name,
+    )
+    manifest.write(manifest_path(spec.output))
+    return manifest
+
+
+# ---- guest-side operations (any Transport whose shell is cmd.exe) ------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeParameters:
+    """The driver service's Parameters values (driver/probe_public.h); None = leave unset."""
+
+    flags: int = 1
+    veto_index: int | None = None
+    veto_status: int | None = None
+    veto_during_replay: bool | None = None
+
+    def call(self) -> str:
+        def num(v: int | bool | None) -> int:
+            return -1 if v is None else int(v)
+
+        return (f"Set-HotAddProbeParameters -Flags {self.flags} -VetoIndex "
+                f"{num(self.veto_index)} -VetoStatus {num(self.veto_status)} "
+                f"-VetoDuringReplay {num(self.veto_during_replay)}")
+
+
+@dataclass(frozen=True)
+class ServiceStart:
+    started: bool
+    code: int
+    state: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DriverInstall:
+    path: str
+    signed_in_guest: bool
+    signature: str
+
+
+@dataclass(frozen=True)
+class ProcessorCount:
+    """Counts read in a fresh guest process: WMI's, the kernel's (all groups), .NET's."""
+
+    logical: int
+    active_all_groups: int
+    environment: int
+
+
+@dataclass(frozen=True)
+class Preflight:
+    product: str
+    edition: str
+    build: int
+    installation_type: str
+    dyn_processor_enabled: bool
+    licence_dynamic_partitioning: int | None
+    test_signing: bool | None
+    secure_boot: bool | None
+    wdf_version: str
+    logical_processors: int
+    last_boot_utc: str
+
+
+def ps_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def probe_control(transport: Transport, call: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Run one hotadd-probe.ps1 function in the guest; its JSON result as a dict."""
+    script = PROBE_SCRIPT.read_text(encoding="utf-8") + "\n" + call + "\n"
+    res: CommandResult = run_powershell(transport, script, timeout,
+                                        shown=f"hotadd-probe.ps1: {call}")
+    res.check()
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        raise TransportError(f"{call}: no JSON result in the guest's output: "
+                             f"{res.stdout.strip()[-500:]}", "run it by hand in the guest")
+    try:
+        data: dict[str, Any] = json.loads(lines[-1])
+    except ValueError as exc:
+        raise TransportError(f"{call}: bad JSON from the guest ({exc}): {lines[-1][:300]}",
+                             "run it by hand in the guest") from None
+    return data
+
+
+def install_driver(transport: Transport, source: str) -> DriverInstall:
+    """Copy the .sys (a path, or a file name on any drive), sign it if unsigned, create the
+    kernel service."""
+    d = probe_control(transport, f"Install-HotAddProbe -Source {ps_literal(source)}")
+    return DriverInstall(path=str(d["path"]), signed_in_guest=bool(d["signed_in_guest"]),
+                         signature=str(d["signature"]))
+
+
+def set_parameters(transport: Transport, params: ProbeParameters) -> dict[str, int]:
+    return {str(k): int(v) for k, v in probe_control(transport, params.call()).items()}
+
+
+def start_service(transport: Transport) -> ServiceStart:
+    d = probe_control(transport, "Start-HotAddProbe")
+    return ServiceStart(bool(d["started"]), int(d["code"]), str(d["state"]), str(d["message"]))
+
+
+def stop_service(transport: Transport) -> None:
+    probe_control(transport, "Stop-HotAddProbe")
+
+
+def read_records(transport: Transport) -> str:
+    """The records file of the last probe load ("" if the probe never wrote one)."""
+    info = probe_control(transport, "Get-HotAddRecordsInfo")
+    if not info.get("exists"):
+        return ""
+    return transport.read_text(RECORDS_PATH)
+
+
+def processor_count(transport: Transport) -> ProcessorCount:
+    """Processor counts from a fresh process in a fresh shell (a new WinRM shell / SSH
+    connection: the old one may be a process that predates the hot-add)."""
+    transport.close()
+    d = probe_control(transport, "Get-HotAddProcessorCount")
+    return ProcessorCount(int(d["logical"]), int(d["active_all_groups"]), int(d["environment"]))
+
+
+def preflight(transport: Transport) -> Preflight:
+    d = probe_control(transport, "Get-HotAddPreflight")
+    try:
+        return Preflight(
+            product=str(d["product"]), edition=str(d["edition"]), build=int(d["build"]),
+            installation_type=str(d["installation_type"]),
+            dyn_processor_enabled=bool(d["dyn_processor_enabled"]),
+            licence_dynamic_partitioning=_opt_int(d.get("licence_dynamic_partitioning")),
+            test_signing=_opt_bool(d.get("test_signing")),
+            secure_boot=_opt_bool(d.get("secure_boot")), wdf_version=str(d["wdf_version"]),
+            logical_processors=int(d["logical_processors"]),
+            last_boot_utc=str(d["last_boot_utc"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TransportError(f"unexpected preflight answer from the guest ({exc}): {d}",
+                             "compare vm/windows/hotadd-probe.ps1 with the guest's copy") from None
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _opt_bool(v: Any) -> bool | None:
+    return None if v is None else bool(v)
+
+
+def wait_provisioned(transport: Transport, timeout: float,
+                     still_alive: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Wait until the provisioning marker exists and the guest booted after writing it."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if still_alive is not None:
+            still_alive()
+        try:
+            d = probe_control(transport, "Get-HotAddProvisioning", timeout=120)
+            marker = d.get("marker")
+            if marker and _utc(d["last_boot_utc"]) > _utc(str(marker["provisioned_utc"])):
+                return dict(marker)
+            last = "provisioning marker missing" if not marker else "not rebooted since"
+        except TransportError as exc:
+            last = exc.problem  # rebooting: WinRM goes away and comes back
+        time.sleep(5.0)
+    raise GuestNotReady(f"provisioning did not finish in {timeout:.0f}s ({last})",
+                        f"read {PROVISION_LOG} in the guest")
+
+
+def _utc(text: str) -> datetime:
+    """PowerShell's round-trip 'o' format (7 fraction digits) as an aware datetime."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", text.strip())
+    if not m:
+        raise TransportError(f"unexpected time stamp from the guest: {text!r}",
+                             "report this with the guest's PowerShell version")
+    frac = (m[2] or "0")[:6].ljust(6, "0")
+    tz = m[3] or "Z"
+    return datetime.fromisoformat(f"{m[1]}.{frac}{'+00:00' if tz == 'Z' else tz}")
+
+
+def password_from_env(name: str = PASSWORD_ENV) -> str:
+    """The Administrator password from the environment (never from the command line)."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise InputError(f"the Windows Administrator password is not set (${name} is empty)",
+                         f"export {name}=... (a lab password meeting Windows' complexity "
+                         "rules); it is never passed on a command line")
+    return value

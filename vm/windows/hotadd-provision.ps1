@@ -1,0 +1,134 @@
+<#
+  hotadd guest provisioning: runs once, at the first (auto)logon after an unattended install,
+  started by Autounattend.xml's FirstLogonCommands from the provisioning ISO.
+
+  Runs in: Windows Server 2016/2019/2022/2025, Windows PowerShell 5.1, as Administrator.
+  Does: virtio drivers into the driver store, network profile Private, WinRM for a *lab*
+  guest reached only through a 127.0.0.1 host forward (HTTP listener on 5985, Basic auth and
+  AllowUnencrypted on; NTLM stays enabled, it is the Windows default), firewall rule,
+  LocalAccountTokenFilterPolicy, test signing on, crash settings that keep a bugcheck on
+  screen, no automatic updates, the Server 2016 ACPI0010 workaround, then writes the marker
+  C:\ProgramData\HotAdd\provisioned.json and reboots (test signing needs the reboot).
+  The harness waits for WinRM *and* a boot newer than the marker before it trusts the image.
+#>
+$ErrorActionPreference = 'Stop'
+$stateDir = Join-Path $env:ProgramData 'HotAdd'
+New-Item -ItemType Directory -Force -Path $stateDir | Out-Null
+Start-Transcript -Path (Join-Path $stateDir 'provision.log') -Append | Out-Null
+$media = $PSScriptRoot
+$steps = [ordered]@{}
+
+function Invoke-Step {
+    param([string]$Name, [scriptblock]$Body)
+    Write-Output "hotadd-provision: $Name"
+    try {
+        & $Body
+        $steps[$Name] = 'ok'
+    } catch {
+        $steps[$Name] = "failed: $($_.Exception.Message)"
+        Write-Warning "$Name failed: $($_.Exception.Message)"
+    }
+}
+
+function Invoke-Native {
+    param([string]$Exe, [string[]]$Arguments)
+    # Windows PowerShell 5.1 turns native stderr into terminating errors under 'Stop'
+    $ErrorActionPreference = 'Continue'
+    $out = & $Exe @Arguments 2>&1 | Out-String
+    if ($LASTEXITCODE -ne 0) {
+        throw "$Exe $($Arguments -join ' ') exited $LASTEXITCODE`: $out"
+    }
+    $out
+}
+
+$build = [int](Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion').CurrentBuildNumber
+
+Invoke-Step 'virtio drivers' {
+    $drivers = Join-Path $media '$WinPEDriver$'
+    if (Test-Path -LiteralPath $drivers) {
+        # pnputil exits non-zero when some driver needs no install (already present): log, go on
+        & pnputil.exe /add-driver (Join-Path $drivers '*.inf') /subdirs /install | Out-Host
+    }
+}
+
+Invoke-Step 'network profile private' {
+    $deadline = (Get-Date).AddMinutes(2)
+    while (-not (Get-NetConnectionProfile -ErrorAction SilentlyContinue)) {
+        if ((Get-Date) -gt $deadline) { throw 'no network connection profile after 2 minutes' }
+        Start-Sleep -Seconds 2
+    }
+    Get-NetConnectionProfile | Set-NetConnectionProfile -NetworkCategory Private
+}
+
+Invoke-Step 'local account token filter' {
+    New-ItemProperty -Force -Path 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Policies\System' `
+        -Name LocalAccountTokenFilterPolicy -PropertyType DWord -Value 1 | Out-Null
+}
+
+Invoke-Step 'test signing' {
+    Invoke-Native 'bcdedit.exe' @('/set', '{current}', 'testsigning', 'on') | Out-Null
+}
+
+Invoke-Step 'crash settings' {
+    $cc = 'HKLM:\SYSTEM\CurrentControlSet\Control\CrashControl'
+    Set-ItemProperty -Path $cc -Name AutoReboot -Value 0      # keep the bugcheck on screen
+    Set-ItemProperty -Path $cc -Name CrashDumpEnabled -Value 7  # automatic memory dump
+}
+
+Invoke-Step 'no automatic updates' {
+    $au = 'HKLM:\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU'
+    New-Item -Force -Path $au | Out-Null
+    New-ItemProperty -Force -Path $au -Name NoAutoUpdate -PropertyType DWord -Value 1 | Out-Null
+}
+
+Invoke-Step 'power' {
+    Invoke-Native 'powercfg.exe' @('/hibernate', 'off') | Out-Null
+    Invoke-Native 'powercfg.exe' @('/change', 'monitor-timeout-ac', '0') | Out-Null
+    Invoke-Native 'powercfg.exe' @('/change', 'standby-timeout-ac', '0') | Out-Null
+}
+
+if ($build -eq 14393) {
+    # Server 2016: "HID Button over Interrupt" claims ACPI0010 (the processor container), so
+    # hot-added CPUs go unseen. Rebind the device to machine.inf, as `devcon update` would.
+    Invoke-Step 'server 2016 ACPI0010 workaround' {
+        Add-Type -Namespace HotAdd -Name NewDev -MemberDefinition @'
+[DllImport("newdev.dll", CharSet = CharSet.Unicode, SetLastError = true)]
+public static extern bool UpdateDriverForPlugAndPlayDevicesW(IntPtr hwnd, string hardwareId,
+    string fullInfPath, uint installFlags, out bool rebootRequired);
+'@
+        $reboot = $false
+        $inf = Join-Path $env:SystemRoot 'INF\machine.inf'
+        # INSTALLFLAG_FORCE = 1
+        if (-not [HotAdd.NewDev]::UpdateDriverForPlugAndPlayDevicesW([IntPtr]::Zero,
+                'ACPI\VEN_ACPI&DEV_0010', $inf, 1, [ref]$reboot)) {
+            $code = [Runtime.InteropServices.Marshal]::GetLastWin32Error()
+            throw "UpdateDriverForPlugAndPlayDevices(ACPI\VEN_ACPI&DEV_0010, machine.inf) failed: $code"
+        }
+    }
+}
+
+Invoke-Step 'winrm' {
+    # Lab only: Basic over HTTP is acceptable because the host forwards 5985 to 127.0.0.1 alone.
+    Invoke-Native 'winrm.cmd' @('quickconfig', '-quiet', '-force') | Out-Null
+    Set-Item -Path WSMan:\localhost\Service\Auth\Basic -Value $true
+    Set-Item -Path WSMan:\localhost\Service\AllowUnencrypted -Value $true
+    Set-Item -Path WSMan:\localhost\MaxTimeoutms -Value 1800000
+    Set-Item -Path WSMan:\localhost\Shell\MaxMemoryPerShellMB -Value 2048
+    Set-Service -Name WinRM -StartupType Automatic
+    $rule = Get-NetFirewallRule -Name 'hotadd-winrm-http' -ErrorAction SilentlyContinue
+    if (-not $rule) {
+        New-NetFirewallRule -Name 'hotadd-winrm-http' -DisplayName 'hotadd WinRM HTTP (lab)' `
+            -Direction Inbound -Protocol TCP -LocalPort 5985 -Action Allow -Profile Any | Out-Null
+    }
+    Restart-Service -Name WinRM
+}
+
+$marker = [ordered]@{
+    provisioned_utc = (Get-Date).ToUniversalTime().ToString('o')
+    build           = $build
+    steps           = $steps
+}
+$marker | ConvertTo-Json -Depth 4 | Set-Content -Encoding UTF8 -Path (Join-Path $stateDir 'provisioned.json')
+Write-Output 'hotadd-provision: done, rebooting'
+Stop-Transcript | Out-Null
+& shutdown.exe /r /t 10 /c 'hotadd provisioning finished' /d p:4:1
