@@ -6,8 +6,6 @@ bounded number of examples; the whole file takes a few seconds on 2 cores.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +16,7 @@ from harness.oracle.model import (
     STATUS_UNSUCCESSFUL,
     HotAdd,
     ProtocolModel,
+    edited,
     renumber,
 )
 from harness.records import (
@@ -125,6 +124,15 @@ def test_swapping_two_records_fails(model: ProtocolModel, data: st.DataObject) -
     assert "seq.complete" in failing_rules(swapped, model)
 
 
+def _some_notify(records: list[Record], data: st.DataObject) -> tuple[int, NotifyRecord]:
+    notifies = [i for i, r in enumerate(records) if isinstance(r, NotifyRecord)]
+    assume(notifies)
+    i = data.draw(st.sampled_from(notifies), label="changed")
+    record = records[i]
+    assert isinstance(record, NotifyRecord)
+    return i, record
+
+
 def _nt_rule(record: NotifyRecord, replay_vetoed: bool) -> str | None:
     """Which rule a changed nt_number must break, by the record's role (None: no promise)."""
     if record.phase is Phase.HOTADD:
@@ -142,33 +150,21 @@ def _nt_rule(record: NotifyRecord, replay_vetoed: bool) -> str | None:
 @given(models(), st.data())
 def test_changing_an_nt_number_fails(model: ProtocolModel, data: st.DataObject) -> None:
     records = model.records()
-    notifies = [i for i, r in enumerate(records) if isinstance(r, NotifyRecord)]
-    assume(notifies)
-    i = data.draw(st.sampled_from(notifies), label="changed")
-    record = records[i]
-    assert isinstance(record, NotifyRecord)
+    i, record = _some_notify(records, data)
     rule = _nt_rule(record, model.replay_veto_at is not None)
     assume(rule is not None)
     new = data.draw(st.integers(0, model.existing + len(model.hotadds) + 2).filter(
         lambda n: n != record.nt_number), label="new nt_number")
-    changed = list(records)
-    changed[i] = replace(record, nt_number=new)
-    assert rule in failing_rules(changed, model)
+    assert rule in failing_rules(edited(records, i, nt_number=new), model)
 
 
 @DETERMINISTIC
 @given(models(), st.data())
 def test_changing_a_status_fails(model: ProtocolModel, data: st.DataObject) -> None:
     records = model.records()
-    notifies = [i for i, r in enumerate(records) if isinstance(r, NotifyRecord)]
-    assume(notifies)
-    i = data.draw(st.sampled_from(notifies), label="changed")
-    record = records[i]
-    assert isinstance(record, NotifyRecord)
+    i, record = _some_notify(records, data)
     status = 0 if record.state is NotifyState.FAILURE else data.draw(ERRORS, label="status")
-    changed = list(records)
-    changed[i] = replace(record, status=status)
-    assert "status.values" in failing_rules(changed, model)
+    assert "status.values" in failing_rules(edited(records, i, status=status), model)
 
 
 @DETERMINISTIC
