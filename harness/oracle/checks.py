@@ -186,9 +186,10 @@ def _replay_completes(starts: list[NotifyRecord], closes: list[NotifyRecord]) ->
     if sorted(got) != sorted(set(started)):
         extra = sorted(n for n in set(got) if got.count(n) > started.count(n))
         missing = sorted(n for n in set(started) if n not in got)
-        offenders = [c for c in completes if c.nt_number in extra][:2]
-        yield _hit("replay.completes", f"replay Completes do not match the Starts: missing "
-                   f"{missing}, unexpected or repeated {extra}", *offenders)
+        offenders = ([s for s in starts if s.nt_number in missing]
+                     + [c for c in completes if c.nt_number in extra])
+        yield _hit("replay.completes", f"replay Completes do not match the Starts: no Complete "
+                   f"for {missing}, unexpected or repeated {extra}", *offenders[:4])
     for index, complete in enumerate(completes):
         if complete.nt_number != index:
             yield _hit("replay.ascending", f"replay Complete #{index} is for nt "

@@ -54,7 +54,7 @@ def check(records: Sequence[Record], profile: Profile, host: HostFacts | None = 
             if profile in RULES_BY_ID[hit.rule_id].profiles]
     findings = tuple(
         Finding(h.rule_id, RULES_BY_ID[h.rule_id].severity_in(profile), h.message, h.seqs)
-        for h in _capped(hits))
+        for h in sorted(_capped(hits), key=lambda h: min(h.seqs, default=0)))
     return Verdict(
         passed=all(f.severity is not Severity.FAIL for f in findings),
         findings=findings, timeline=build_timeline(trace), profile=profile,
