@@ -12,8 +12,10 @@ action="${1:-install}"
 [ $# -gt 0 ] && shift
 
 APT_PACKAGES=(
-  # QEMU + libvirt (the QEMU driver runs embedded in our process: no daemon needed)
-  qemu-system-x86 qemu-utils libvirt-daemon-driver-qemu libvirt-clients ovmf
+  # QEMU + libvirt (the QEMU driver runs embedded in our process: no daemon needed; the
+  # daemon package is there for the libvirt-qemu user the embedded driver needs as root)
+  qemu-system-x86 qemu-utils libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients
+  libxml2-utils ovmf
   # building libvirt-python from PyPI
   libvirt-dev pkg-config gcc make python3-venv python3-dev
   # the reference guest: kernel headers for the probe module, busybox, an SSH server, initramfs tools

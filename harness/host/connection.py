@@ -22,6 +22,7 @@ from harness.errors import LibvirtUnreachable
 
 _loop_lock = threading.Lock()
 _loop_started = False
+_embed_root_in_use: Path | None = None  # libvirt allows one embedded root per process
 
 # libvirt prints every error to stderr by default; we raise them with context instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -97,6 +98,9 @@ def _embed_root_busy(root: Path) -> bool:
 def _fix_for(uri: str, exc: libvirt.libvirtError) -> str:
     root = embed_root(uri)
     if root is not None:
+        if _embed_root_in_use is not None and _embed_root_in_use != root:
+            return (f"this process already uses the embedded root {_embed_root_in_use}; "
+                    "libvirt allows one per process: use that URI here too, or a subprocess")
         if _embed_root_busy(root):
             return (f"another process holds the embedded libvirt root {root}; wait for it to "
                     "finish, or give this run its own root with --libvirt-uri "
@@ -133,11 +137,14 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
     root = embed_root(uri)
     if root is not None:
         _prepare_embed_root(root)
+    global _embed_root_in_use
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
         problem = f"cannot open libvirt at {uri}: {exc.get_error_message()}"
         raise LibvirtUnreachable(problem, _fix_for(uri, exc)) from exc
+    if root is not None:
+        _embed_root_in_use = root
     return conn
 
 
