@@ -145,7 +145,7 @@ def test_spec_refuses_what_libvirt_would_choke_on(files, tmp_path: Path) -> None
 def test_auto_accelerator_is_honest_here() -> None:
     """auto picks kvm only with both /dev/kvm and vmx/svm; an explicit kvm that can't work is
     refused with the reason."""
-    has_virt = any(flag in open("/proc/cpuinfo").read().split() for flag in ("vmx", "svm"))
+    has_virt = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("vmx", "svm"))
     choice = resolve(Accelerator.AUTO)
     if Path("/dev/kvm").exists() and has_virt:
         assert choice.accelerator is Accelerator.KVM
