@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 DRIVER_DIR = Path(__file__).resolve().parent.parent / "driver"
-PORTABLE_SOURCES = (DRIVER_DIR / "probe_ring.c", DRIVER_DIR / "probe_format.c")
+PORTABLE_SOURCES = tuple(DRIVER_DIR / name for name in ("probe_ring.c", "probe_format.c",
+                                                      "probe_veto.c"))
 RING_HARNESS = DRIVER_DIR / "tests" / "ring_harness.c"
 MINGW_COMPAT = DRIVER_DIR / "tests" / "mingw_ddk_compat.h"
 
@@ -55,16 +56,38 @@ def run_checked(argv: list[str], *, stdin: str = "", timeout: float = 120) -> st
 
 
 @dataclass(frozen=True)
+class VetoPolicy:
+    """The service's VetoIndex / VetoStatus / VetoDuringReplay values."""
+
+    index: int
+    status: int
+    during_replay: bool = False
+
+
+NO_VETO = 0xFFFF_FFFF  # HAP_NO_VETO: VetoIndex absent
+
+
+@dataclass(frozen=True)
 class RingHarness:
     """The built ring_harness binary (see its header comment for the modes)."""
 
     binary: Path
 
-    def records(self, specs: Iterable[str], capacity: int = 64, drain_every: int = 0) -> str:
-        """Append one record per spec line, drain every `drain_every` appends; JSONL out."""
+    def records(self, specs: Iterable[str], capacity: int = 64, drain_every: int = 0,
+                veto: VetoPolicy | None = None) -> str:
+        """Append one record per spec line, drain every `drain_every` appends; JSONL out.
+
+        With `veto`, every notify's op_status is decided by the driver's veto policy.
+        """
         text = "".join(spec + "\n" for spec in specs)
-        return run_checked([str(self.binary), "records", str(capacity), str(drain_every)],
-                           stdin=text)
+        argv = [str(self.binary), "records", str(capacity), str(drain_every)]
+        if veto is not None:
+            argv += [str(veto.index), str(veto.status), str(int(veto.during_replay))]
+        return run_checked(argv, stdin=text)
+
+    def veto_race(self, threads: int) -> int:
+        """How many of `threads` simultaneous hot-add Starts of one index got vetoed."""
+        return int(run_checked([str(self.binary), "veto-race", str(threads)]))
 
     def concurrent(self, capacity: int, producers: int, per_producer: int) -> str:
         return run_checked([str(self.binary), "concurrent", str(capacity), str(producers),

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from driver_toolchain import (
     DRIVER_EVENTS,
+    NO_VETO,
     RingHarness,
+    VetoPolicy,
     assert_seq_complete,
     build_ring_harness,
     parse_lines,
@@ -189,6 +191,40 @@ def test_concurrent_producers_on_a_small_ring_account_for_every_record(
     assert dropped, "a 64-slot ring cannot absorb 80000 appends: losses must be reported"
     for values in _per_producer(records).values():
         assert values == sorted(set(values)), "a producer's records were reordered"
+
+
+# (state, phase, nt_number) the kernel delivers -> the op_status the callback leaves.
+VETO_CASES = {
+    "hot-add veto fires once": (
+        VetoPolicy(index=2, status=STATUS_INSUFFICIENT_RESOURCES),
+        [("start", "replay", 2, 0), ("complete", "replay", 2, 0), ("start", "hotadd", 3, 0),
+         ("start", "hotadd", 2, STATUS_INSUFFICIENT_RESOURCES), ("failure", "hotadd", 2, 0),
+         ("start", "hotadd", 2, 0), ("complete", "hotadd", 2, 0)]),
+    "replay veto": (
+        VetoPolicy(index=1, status=STATUS_INVALID_PARAMETER, during_replay=True),
+        [("start", "replay", 0, 0), ("start", "replay", 1, STATUS_INVALID_PARAMETER),
+         ("failure", "replay", 0, 0), ("start", "hotadd", 1, 0)]),
+    "no veto": (
+        VetoPolicy(index=NO_VETO, status=STATUS_INSUFFICIENT_RESOURCES),
+        [("start", "replay", 0, 0), ("complete", "replay", 0, 0), ("start", "hotadd", 1, 0),
+         ("failure", "hotadd", 1, 0)]),
+}
+
+
+@pytest.mark.parametrize("case", list(VETO_CASES))
+def test_veto_policy_fails_only_the_named_start(harness: RingHarness, case: str) -> None:
+    policy, steps = VETO_CASES[case]
+    lines = [spec("notify", state=state, phase=phase, nt=nt, op=0xDEAD)
+             for state, phase, nt, _ in steps]
+    records = parse_lines(harness.records(lines, veto=policy))
+    assert [r["op_status"] for r in records] == [op for *_, op in steps]
+
+
+@pytest.mark.parametrize("flavour", ["asan", "tsan"])
+def test_simultaneous_hot_add_starts_get_exactly_one_veto(
+        harness: RingHarness, tsan_harness: RingHarness, flavour: str) -> None:
+    binary = harness if flavour == "asan" else tsan_harness
+    assert binary.veto_race(threads=8) == 1
 
 
 @pytest.mark.parametrize(("ticks", "frequency"), [

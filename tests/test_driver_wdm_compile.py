@@ -132,7 +132,7 @@ def test_each_layer_includes_only_what_it_may() -> None:
     compiler = {"<sal.h>", "<intrin.h>"}
     portable = [DRIVER_DIR / name for name in ("probe_public.h", "probe_record.h",
                                                "probe_atomic.h", "probe_ring.c",
-                                               "probe_format.c")]
+                                               "probe_format.c", "probe_veto.c")]
     for path in portable:
         assert set(_includes(path)) <= (own - {'"probe_wdm.h"'}) | compiler, path.name
     assert [p.name for p in DRIVER_DIR.glob("*.[ch]") if "<wdf.h>" in _includes(p)] == [
@@ -156,7 +156,7 @@ def _function_body(source: str, name: str) -> str:
 UNSAFE_ABOVE_PASSIVE = re.compile(
     r"\b(Zw\w+|Nt\w+|Ex(Allocate|Free)\w*|KeWaitFor\w+|KeDelayExecutionThread|"
     r"PAGED_CODE|DbgPrint\w*|Rtl\w*Registry\w*|Io\w+|ObReference\w*|Ps\w+)\s*\(")
-CALLBACK_PATH = ("HapProcessorChangeCallback", "HapShouldVeto", "HapAppend", "HapNow")
+CALLBACK_PATH = ("HapProcessorChangeCallback", "HapAppend", "HapNow")
 
 
 def test_callback_path_is_nonpaged_and_safe_at_dispatch_level() -> None:
@@ -167,11 +167,12 @@ def test_callback_path_is_nonpaged_and_safe_at_dispatch_level() -> None:
         assert not UNSAFE_ABOVE_PASSIVE.search(body), f"{name}: {UNSAFE_ABOVE_PASSIVE.search(body)}"
         assert name not in paged, f"{name} must stay in nonpaged code"
     callback = _function_body(source, "HapProcessorChangeCallback")
-    # *OperationStatus is written once, on a Start the parameters say to veto.
+    # *OperationStatus is written once, when the veto policy (probe_veto.c, tested on the
+    # host: only a Start, only the named one) says so.
     writes = re.findall(r"\*OperationStatus\s*=[^=]", callback)
     assert len(writes) == 1
     guard = callback[:callback.index("*OperationStatus =")]
-    assert "KeProcessorAddStartNotify" in guard and "HapShouldVeto" in guard
+    assert "HapVetoDecision(" in guard and "if (veto != 0u)" in guard
 
 
 def test_every_pageable_routine_asserts_it() -> None:
