@@ -80,6 +80,31 @@ typedef struct _HAP_RING {
     unsigned int Mask;                  /* capacity - 1 */
 } HAP_RING;
 
+/* Which Start the callback vetoes: set once from the service's Parameters at load. */
+typedef struct _HAP_VETO_POLICY {
+    unsigned int VetoIndex;             /* NtNumber to veto, or HAP_NO_VETO */
+    unsigned int VetoStatus;            /* an NTSTATUS error, as unsigned */
+    unsigned int DuringReplay;          /* 1: the replay Start; 0: the first hot-add Start */
+    HAP_ATOMIC64 HotAddSpent;           /* the hot-add veto has fired */
+} HAP_VETO_POLICY;
+
+/*
+ * HapVetoInitialize - set the policy (VetoIndex HAP_NO_VETO: never veto).
+ * IRQL: any.
+ */
+void HapVetoInitialize(_Out_ HAP_VETO_POLICY *Policy, unsigned int VetoIndex,
+                       unsigned int VetoStatus, unsigned int DuringReplay);
+
+/*
+ * HapVetoDecision - the status the callback must leave in *OperationStatus for this
+ * notification: VetoStatus for a Start of VetoIndex in the phase the policy names (the
+ * hot-add veto fires once per load, so a retried add of the same index goes through), else
+ * 0, meaning "leave *OperationStatus alone". Complete and Failure are never vetoed.
+ * IRQL: any (one interlocked operation on the policy, which must be nonpaged).
+ */
+unsigned int HapVetoDecision(_Inout_ HAP_VETO_POLICY *Policy, unsigned int State,
+                             unsigned int NtNumber, int Replay);
+
 /*
  * HapRingInitialize - prepare an empty ring over Slots[Capacity].
  * IRQL: any (touches only the given memory). Returns 1, or 0 when Capacity is not a power of

@@ -36,7 +36,7 @@ struct _HAP_PROBE {
     HAP_RING_SLOT Slots[HAP_RING_CAPACITY];
 
     HAP_PARAMETERS Parameters;
-    volatile LONG HotAddVetoSpent;  /* the hot-add veto fires once */
+    HAP_VETO_POLICY Veto;           /* which Start to veto (probe_veto.c) */
 
     PVOID CallbackHandle;           /* from KeRegisterProcessorChangeCallback, or NULL */
     volatile LONG Registering;      /* 1 while inside the register call: phase "replay" */
@@ -79,7 +79,7 @@ static VOID HapProbeFree(_In_ PHAP_PROBE Probe);
 #pragma alloc_text(PAGE, HapWriteRecords)
 #pragma alloc_text(PAGE, HapProbeFree)
 #pragma alloc_text(PAGE, HapWorkerMain)
-/* HapProcessorChangeCallback, HapNow, HapAppend, HapShouldVeto stay in nonpaged .text. */
+/* HapProcessorChangeCallback, HapNow, HapAppend, HapAppendDriverEvent stay nonpaged. */
 #endif
 
 /* ---- Nonpaged: callable at any IRQL up to DISPATCH_LEVEL ------------------------------- */
@@ -128,27 +128,6 @@ HapAppendDriverEvent(_Inout_ PHAP_PROBE Probe, _In_ HAP_DRIVER_EVENT Event, _In_
 }
 
 /*
- * HapShouldVeto - decide whether this Start is the one the parameters say to veto.
- * IRQL: <= DISPATCH_LEVEL. Returns TRUE to veto (the hot-add veto fires only once per load).
- */
-static BOOLEAN
-HapShouldVeto(_Inout_ PHAP_PROBE Probe, _In_ ULONG NtNumber, _In_ BOOLEAN Replay)
-{
-    const HAP_PARAMETERS *parameters = &Probe->Parameters;
-
-    if (parameters->VetoIndex == HAP_NO_VETO || parameters->VetoIndex != NtNumber) {
-        return FALSE;
-    }
-    if (Replay) {
-        return parameters->VetoDuringReplay;
-    }
-    if (parameters->VetoDuringReplay) {
-        return FALSE;
-    }
-    return InterlockedCompareExchange(&Probe->HotAddVetoSpent, 1, 0) == 0;
-}
-
-/*
  * HapProcessorChangeCallback - the processor-change notification: record it, and on the one
  * Start the parameters name, veto it through *OperationStatus.
  * IRQL: PASSIVE_LEVEL for hot-adds; APC_LEVEL is possible during the registration replay.
@@ -168,13 +147,16 @@ HapProcessorChangeCallback(
     PROCESSOR_NUMBER mapped;
     HAP_RECORD record;
     NTSTATUS mapStatus;
+    unsigned int veto;
 
-    if (ChangeContext->State == KeProcessorAddStartNotify &&
-        HapShouldVeto(probe, ChangeContext->NtNumber, replay)) {
-        *OperationStatus = probe->Parameters.VetoStatus;
+    /* Nonzero only on the Start of KeProcessorAddStartNotify the parameters name. */
+    veto = HapVetoDecision(&probe->Veto, (unsigned int)ChangeContext->State,
+                           ChangeContext->NtNumber, replay);
+    if (veto != 0u) {
+        *OperationStatus = (NTSTATUS)veto;
         if (replay) {
             /* Registration is about to fail: tell DriverEntry why. */
-            probe->ReplayStatus = probe->Parameters.VetoStatus;
+            probe->ReplayStatus = (NTSTATUS)veto;
         }
     }
 
@@ -477,6 +459,8 @@ HapProbeStart(PCUNICODE_STRING RegistryPath, PHAP_PROBE *Probe)
     }
     (VOID)HapRingInitialize(&probe->Ring, probe->Slots, HAP_RING_CAPACITY);
     probe->Parameters = parameters;
+    HapVetoInitialize(&probe->Veto, parameters.VetoIndex, (unsigned int)parameters.VetoStatus,
+                      parameters.VetoDuringReplay);
     probe->ReplayStatus = STATUS_SUCCESS;
     probe->WriteStatus = STATUS_SUCCESS;
     probe->LoadTicks = KeQueryPerformanceCounter(&probe->Frequency).QuadPart;

@@ -7,9 +7,13 @@
  * (the callback, DriverEntry) append HAP_RECORDs, a consumer (the worker) drains to stdout.
  *
  * Modes (all output goes to stdout; exit status 0 unless the usage or an internal check fails):
- *   records CAPACITY DRAIN_EVERY  < spec lines
+ *   records CAPACITY DRAIN_EVERY [VETO_INDEX VETO_STATUS DURING_REPLAY]  < spec lines
  *       Each stdin line is one record, as space-separated key=value pairs (see ParseSpec).
  *       Every DRAIN_EVERY appends (0 = never) the consumer drains; a final drain follows.
+ *       With the veto arguments, each notify's op_status is what the driver's callback
+ *       leaves: HapVetoDecision of that policy (the spec's op is ignored).
+ *   veto-race THREADS
+ *       THREADS threads ask for the hot-add veto of one index at once; prints how many got it.
  *   concurrent CAPACITY PRODUCERS PER_PRODUCER
  *       PRODUCERS threads append PER_PRODUCER notify records each (nt_number = producer,
  *       status = its running counter) while the main thread drains; then a final drain.
@@ -137,7 +141,7 @@ ParseSpec(char *line, HAP_RECORD *record)
 }
 
 static int
-RunRecords(unsigned int capacity, unsigned long long drainEvery)
+RunRecords(unsigned int capacity, unsigned long long drainEvery, HAP_VETO_POLICY *policy)
 {
     char line[1024];
     unsigned long long appended = 0;
@@ -150,6 +154,12 @@ RunRecords(unsigned int capacity, unsigned long long drainEvery)
             continue;
         }
         ParseSpec(line, &record);
+        if (policy != NULL && record.Kind == HapKindNotify) {
+            /* What HapProcessorChangeCallback does before it builds the record. */
+            record.u.Notify.OpStatus = HapVetoDecision(policy, record.u.Notify.State,
+                                                       record.u.Notify.NtNumber,
+                                                       record.u.Notify.Phase == HapPhaseReplay);
+        }
         lastTime = record.TimeNs;
         (void)HapRingAppend(&gRing, &record);
         appended++;
@@ -222,6 +232,47 @@ RunConcurrent(unsigned int capacity, unsigned int producers, unsigned int perPro
     return 0;
 }
 
+static HAP_VETO_POLICY gRacePolicy;
+static volatile int gRaceGo;
+static volatile int gRaceVetoes;
+
+static void *
+RaceMain(void *argument)
+{
+    (void)argument;
+    while (!__atomic_load_n(&gRaceGo, __ATOMIC_ACQUIRE)) {
+        /* spin until every thread is ready */
+    }
+    if (HapVetoDecision(&gRacePolicy, HapStateStart, 5, 0) != 0u) {
+        __atomic_fetch_add(&gRaceVetoes, 1, __ATOMIC_ACQ_REL);
+    }
+    return NULL;
+}
+
+static int
+RunVetoRace(unsigned int threads)
+{
+    pthread_t *ids = calloc(threads, sizeof(*ids));
+    unsigned int index;
+
+    if (ids == NULL) {
+        Die("out of memory");
+    }
+    HapVetoInitialize(&gRacePolicy, 5, 0xC000009Au, 0);
+    for (index = 0; index < threads; index++) {
+        if (pthread_create(&ids[index], NULL, RaceMain, NULL) != 0) {
+            Die("pthread_create failed");
+        }
+    }
+    __atomic_store_n(&gRaceGo, 1, __ATOMIC_RELEASE);
+    for (index = 0; index < threads; index++) {
+        pthread_join(ids[index], NULL);
+    }
+    printf("%d\n", gRaceVetoes);
+    free(ids);
+    return 0;
+}
+
 static int
 RunLimits(void)
 {
@@ -252,7 +303,17 @@ int
 main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "records") == 0) {
-        return RunRecords((unsigned int)Number(argv[2]), Number(argv[3]));
+        return RunRecords((unsigned int)Number(argv[2]), Number(argv[3]), NULL);
+    }
+    if (argc == 7 && strcmp(argv[1], "records") == 0) {
+        HAP_VETO_POLICY policy;
+
+        HapVetoInitialize(&policy, (unsigned int)Number(argv[4]), (unsigned int)Number(argv[5]),
+                          (unsigned int)Number(argv[6]));
+        return RunRecords((unsigned int)Number(argv[2]), Number(argv[3]), &policy);
+    }
+    if (argc == 3 && strcmp(argv[1], "veto-race") == 0) {
+        return RunVetoRace((unsigned int)Number(argv[2]));
     }
     if (argc == 5 && strcmp(argv[1], "concurrent") == 0) {
         return RunConcurrent((unsigned int)Number(argv[2]), (unsigned int)Number(argv[3]),
@@ -265,7 +326,8 @@ main(int argc, char **argv)
     if (argc == 2 && strcmp(argv[1], "limits") == 0) {
         return RunLimits();
     }
-    fprintf(stderr, "usage: ring_harness records CAPACITY DRAIN_EVERY | concurrent CAPACITY "
-                    "PRODUCERS PER_PRODUCER | ticks TICKS FREQUENCY | limits\n");
+    fprintf(stderr, "usage: ring_harness records CAPACITY DRAIN_EVERY [VETO_INDEX VETO_STATUS "
+                    "DURING_REPLAY] | concurrent CAPACITY PRODUCERS PER_PRODUCER | "
+                    "veto-race THREADS | ticks TICKS FREQUENCY | limits\n");
     return 2;
 }
