@@ -165,7 +165,8 @@ def _replay_starts(ctx: Context, starts: list[NotifyRecord],
         yield _hit("replay.starts", f"no replay Start for processor(s) {missing}",
                    trace.registration or trace.load)
     if closes:
-        late = [s for s in starts if s.seq > closes[0].seq]
+        first_close = next(i for i, r in enumerate(trace.replay) if r is closes[0])
+        late = _of(trace.replay[first_close:], NotifyState.START)
         if late:
             yield _hit("replay.starts", f"Start for nt {late[0].nt_number} after the first "
                        f"{closes[0].state.value}: not all Starts came first", closes[0], late[0])
@@ -199,7 +200,8 @@ def _replay_completes(starts: list[NotifyRecord], closes: list[NotifyRecord]) ->
 
 def _replay_after_veto(ctx: Context, starts: list[NotifyRecord], closes: list[NotifyRecord],
                        veto: NotifyRecord) -> Iterator[Hit]:
-    later = [s for s in starts if s.seq > veto.seq]
+    at = next(i for i, s in enumerate(starts) if s is veto)
+    earlier, later = starts[:at], starts[at + 1:]
     if later:
         yield _hit("replay.veto_stops", f"{len(later)} replay Start(s) after the veto of nt "
                    f"{veto.nt_number}", veto, *later[:2])
@@ -207,7 +209,7 @@ def _replay_after_veto(ctx: Context, starts: list[NotifyRecord], closes: list[No
         yield _hit("replay.veto_failures", f"Complete for nt {complete.nt_number} in a "
                    "vetoed replay", complete)
     failures = _of(closes, NotifyState.FAILURE)
-    expected = sorted({s.nt_number for s in starts if s is not veto and s.seq < veto.seq})
+    expected = sorted({s.nt_number for s in earlier})
     got = sorted(f.nt_number for f in failures)
     if got != expected:
         yield _hit("replay.veto_failures", f"after the veto of nt {veto.nt_number} Failures "
