@@ -360,3 +360,9 @@ def test_docs_list_every_rule_as_the_code_has_it() -> None:
     doc = (ROOT / "docs" / "oracle-rules.md").read_text()
     assert rules_markdown() in doc, "regenerate the table: python -c 'from harness.oracle." \
                                     "rules import rules_markdown; print(rules_markdown())'"
+
+
+def test_a_second_load_in_the_same_file_fails() -> None:
+    twice = TWO_ADDS.records() + TWO_ADDS.records()
+    fails = {f.rule_id for f in check(twice, W).findings if f.severity is Severity.FAIL}
+    assert {"seq.complete", "driver.order", "notify.after_end"} <= fails
