@@ -201,9 +201,12 @@ def parse_record(text: str, line: int = 0) -> Record:
 def parse_records(source: str | os.PathLike[str] | Iterable[str]) -> list[Record]:
     """Read v1 records from a file path, or from an iterable of lines (named `<lines>`).
 
-    Blank lines are skipped. The first bad line raises `InputError` naming file:line and why;
-    ordering problems are not input errors, they are the oracle's business.
+    A str holding records itself (it has a newline or starts with "{") is read as text, not as
+    a path. Blank lines are skipped. The first bad line raises `InputError` naming file:line and
+    why; ordering problems are not input errors, they are the oracle's business.
     """
+    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
+        return _parse_lines(source.splitlines(), "<lines>")
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         try:

@@ -153,3 +153,11 @@ def test_missing_and_binary_files_are_input_errors(tmp_path: Path) -> None:
 def test_path_string_and_line_iterables_parse_the_same() -> None:
     path = TRACES / "win_hotadd_veto.jsonl"
     assert parse_records(str(path)) == parse_records(path.read_text().splitlines())
+
+
+def test_a_string_of_records_is_read_as_text_not_as_a_path() -> None:
+    text = (TRACES / "win_hotadd_veto.jsonl").read_text()
+    assert parse_records(text) == parse_records(TRACES / "win_hotadd_veto.jsonl")
+    assert len(parse_records(json.dumps(LOAD))) == 1
+    with pytest.raises(InputError, match='<lines>:2: missing required field "v"'):
+        parse_records(json.dumps(LOAD) + "\n" + "{}\n")
