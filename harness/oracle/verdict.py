@@ -101,12 +101,12 @@ def render_verdict(verdict: Verdict) -> str:
                      f"seq {seqs}: {f.message}")
     if verdict.timeline:
         lines.append("timeline (ms since probe load):")
-        lines.append(f"  {'nt':>4} {'grp:num':>7} {'phase':6} {'start':>10} {'end':8} "
+        lines.append(f"  {'nt':>4} {'grp:num':>7} {'phase':6} {'start':>10} {'closed by':9} "
                      f"{'at':>10} {'latency':>9} status")
         for t in verdict.timeline:
             end = t.end_state.value if t.end_state else "(open)"
             status = "-" if t.status is None else f"0x{t.status:08X}"
             lines.append(f"  {t.nt_number:>4} {f'{t.group}:{t.number}':>7} {t.phase.value:6} "
-                         f"{_ms(t.start_t_ns):>10} {end:8} {_ms(t.end_t_ns):>10} "
+                         f"{_ms(t.start_t_ns):>10} {end:9} {_ms(t.end_t_ns):>10} "
                          f"{_ms(t.latency_ns):>9} {status}")
     return "\n".join(lines) + "\n"
