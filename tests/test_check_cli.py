@@ -74,7 +74,9 @@ def test_json_schema() -> None:
     assert run.returncode == 0, run.stderr
     data = as_json(run)
     assert set(data) == {"schema", "verdict", "passed", "profile", "records", "counts",
-                         "findings", "timeline"}
+                         "rules_checked", "findings", "timeline"}
+    assert "linux.fixed_fields" in data["rules_checked"]
+    assert "irql.level" not in data["rules_checked"]
     assert (data["schema"], data["verdict"], data["passed"], data["profile"], data["records"]) \
         == ("hotadd.verdict/1", "pass", True, "linux", 8)
     assert data["counts"] == {"fail": 0, "warn": 0} and data["findings"] == []

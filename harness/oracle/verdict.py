@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.oracle.rules import RULES_BY_ID, Profile, Severity
+from harness.oracle.rules import RULES_BY_ID, Profile, Severity, rules_for
 from harness.records import NotifyState, Phase
 
 VERDICT_SCHEMA = "hotadd.verdict/1"
@@ -77,6 +77,7 @@ class Verdict:
             "profile": self.profile.value,
             "records": self.record_count,
             "counts": {s.value: self.count(s) for s in Severity},
+            "rules_checked": [rule.id for rule in rules_for(self.profile)],
             "findings": [f.to_dict() for f in self.findings],
             "timeline": [t.to_dict() for t in self.timeline],
         }
