@@ -178,3 +178,19 @@ def test_replay_veto_rolls_back_and_stays_loaded(guest: Guest) -> None:
     assert register_failed.status == STATUS_IO_DEVICE_ERROR
     verdict = check(records, OracleProfile.LINUX)
     assert verdict.passed, verdict.findings
+
+
+def test_errno_to_ntstatus_table_matches_the_module(guest: Guest) -> None:
+    """Every errno in NTSTATUS_BY_ERRNO (and one outside it) as the real module maps it."""
+    errnos = [*reference.NTSTATUS_BY_ERRNO, 7]  # 7 = E2BIG: not in the table
+    script = "".join(
+        f"insmod {reference.GUEST_PROBE_PATH} veto_cpu=0 veto_errno={e} && "
+        f"grep register_failed {reference.GUEST_RECORDS_PATH} && rmmod hotadd_probe\n"
+        for e in errnos)
+    out = guest.ssh.run_script("set -e\n" + script).check().stdout.splitlines()
+    got = [parse_records(line.splitlines())[0] for line in out]
+    assert [r.status for r in got if isinstance(r, DriverRecord)] == [
+        reference.ntstatus_for_errno(e) for e in errnos]
+    assert reference.ntstatus_for_errno(7) == reference.NTSTATUS_OTHER_ERRNO
+    assert reference.errno_for_ntstatus(0xC000009A) == 12
+    assert reference.errno_for_ntstatus(0x12345678) is None

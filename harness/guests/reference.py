@@ -12,6 +12,7 @@ guest is up; booting it is the host layer's business.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -21,7 +22,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from harness.transport.ssh import SshTransport
 
 SOURCE_DIR = paths.REPO_ROOT / "vm" / "reference"
 PROBE_SOURCE_DIR = SOURCE_DIR / "probe"
+APT_ARCHIVES = Path("/var/cache/apt/archives")
 
 #: Kernel command line. `console=ttyS0` for the serial log; `panic=0` leaves a panicked guest
 #: where it is (pvpanic tells the host); `mitigations=off` and `tsc=reliable` speed up TCG.
@@ -56,6 +58,33 @@ READY_MARKER = "hotadd-guest: ready"
 CPU_ONLINE_LINE = "hotadd-guest: cpu{cpu} online"
 CPU_ONLINE_FAILED_LINE = "hotadd-guest: cpu{cpu} online failed"
 PROBE_RECORD_PREFIX = "hotadd-probe: "
+
+#: The NTSTATUS the probe reports for a veto errno (in a vetoed start's op_status, the failure's
+#: status, and register_failed's status). Mirrors errno_to_ntstatus() in hotadd_probe.c;
+#: tests/test_probe_module.py checks the two agree in the real guest.
+NTSTATUS_BY_ERRNO: Mapping[int, int] = {
+    errno.ENOMEM: 0xC000009A,  # STATUS_INSUFFICIENT_RESOURCES
+    errno.EIO: 0xC0000185,  # STATUS_IO_DEVICE_ERROR
+    errno.EINVAL: 0xC000000D,  # STATUS_INVALID_PARAMETER
+    errno.EPERM: 0xC0000022,  # STATUS_ACCESS_DENIED
+    errno.EACCES: 0xC0000022,  # STATUS_ACCESS_DENIED
+    errno.ENODEV: 0xC000000E,  # STATUS_NO_SUCH_DEVICE
+    errno.EBUSY: 0xC00000AE,  # STATUS_PIPE_BUSY
+    errno.ETIMEDOUT: 0xC00000B5,  # STATUS_IO_TIMEOUT
+    errno.EOPNOTSUPP: 0xC00000BB,  # STATUS_NOT_SUPPORTED
+    errno.ENOSPC: 0xC000007F,  # STATUS_DISK_FULL
+}
+NTSTATUS_OTHER_ERRNO = 0xC0000001  # STATUS_UNSUCCESSFUL, for any errno not in the table
+
+
+def ntstatus_for_errno(err: int) -> int:
+    return NTSTATUS_BY_ERRNO.get(err, NTSTATUS_OTHER_ERRNO)
+
+
+def errno_for_ntstatus(status: int) -> int | None:
+    """An errno the probe reports as `status` (the first in the table), or None if none does."""
+    return next((e for e, s in NTSTATUS_BY_ERRNO.items() if s == status), None)
+
 
 _IMAGE_FILE = "image.json"
 _KEEP_BUILDS = 2
@@ -195,13 +224,21 @@ def _inputs_hash(v: _Versions) -> str:
 
 
 def _kernel_deb(v: _Versions, debs: Path) -> Path:
-    """The linux-image .deb matching the headers (downloaded once into the cache)."""
+    """The linux-image .deb matching the headers, kept in the cache.
+
+    Taken from apt's archive cache when it holds that version, else `apt-get download`.
+    """
     name = f"linux-image-{v.kernel_release}"
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{name}_*.deb"))
     wanted = [d for d in found if _deb_version(d) == v.kernel_package]
     if wanted:
         return wanted[0]
+    for archived in sorted(APT_ARCHIVES.glob(f"{name}_*.deb")):  # apt's own cache, if any
+        if _deb_version(archived) == v.kernel_package:
+            target = debs / archived.name
+            shutil.copyfile(archived, target)
+            return target
     with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
         _run(["apt-get", "download", f"{name}={v.kernel_package}"],
              f"downloading {name} {v.kernel_package}",
