@@ -255,10 +255,10 @@ def check_statuses(ctx: Context) -> Iterator[Hit]:
     for r in (*ctx.trace.replay, *ctx.trace.hotadd, *ctx.trace.after_end):
         if r.state is NotifyState.FAILURE:
             if nt_success(r.status):
-                yield _hit("status.values", f"Failure for nt {r.nt_number} carries success "
+                yield _hit("status.failure_error", f"Failure for nt {r.nt_number} carries success "
                            f"status 0x{r.status:08X}", r)
         elif r.status != 0:
-            yield _hit("status.values", f"{_nt(r)} carries status 0x{r.status:08X}, not 0", r)
+            yield _hit("status.success_zero", f"{_nt(r)} carries status 0x{r.status:08X}, not 0", r)
         if r.op_status != 0 and r.state is not NotifyState.START:
             yield _hit("op_status.only_on_start", f"{_nt(r)} set *OperationStatus to "
                        f"0x{r.op_status:08X}", r)
