@@ -368,3 +368,18 @@ def test_a_second_load_in_the_same_file_fails() -> None:
     twice = TWO_ADDS.records() + TWO_ADDS.records()
     fails = {f.rule_id for f in check(twice, W).findings if f.severity is Severity.FAIL}
     assert {"seq.complete", "driver.order", "notify.after_end"} <= fails
+
+
+def test_host_facts_are_validated() -> None:
+    with pytest.raises(ValueError, match="adds_performed must be a non-negative int"):
+        HostFacts(adds_performed=-1)
+    with pytest.raises(ValueError, match="cannot exceed"):
+        HostFacts(adds_performed=1, adds_expected_ok=2)
+    assert HostFacts().guest_count is None  # every cross-check optional
+
+
+def test_host_rules_are_skipped_for_unknown_facts() -> None:
+    verdict = check(TWO_ADDS.records(), W, HostFacts(guest_count=4))  # boot from the load record
+    assert verdict.passed and not verdict.findings
+    wrong = check(TWO_ADDS.records(), W, HostFacts(guest_count=5))
+    assert [f.rule_id for f in wrong.findings] == ["host.final_count"]
