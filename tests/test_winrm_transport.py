@@ -20,6 +20,7 @@ from harness.errors import GuestNotReady, TransportError
 from harness.transport.winrm import (
     CMD_LINE_LIMIT,
     REDACTED,
+    RemoteFileMissing,
     WinRMEndpoint,
     WinRMTransport,
     powershell_plan,
@@ -129,8 +130,10 @@ def test_fetch_copies_a_file_in_chunks(double: WinRMDouble, transport: WinRMTran
     winrm.fetch_by_chunks(transport, r"C:\ProgramData\HotAddProbe\records.jsonl", local, 4096)
     assert local.read_bytes() == data
     assert transport.read_text(r"C:\ProgramData\HotAddProbe\records.jsonl").endswith('{"v":1}\n')
-    with pytest.raises(TransportError, match=r"cannot read guest file C:\\nope"):
+    with pytest.raises(RemoteFileMissing, match=r"no guest file C:\\nope"):
         transport.fetch(r"C:\nope", tmp_path / "x")
+    with pytest.raises(TransportError, match=r"cannot read guest file Q:\\x \(rc=1\)"):
+        transport.fetch(r"Q:\x", tmp_path / "x")  # a path the double cannot map: a failure
 
 
 def test_wait_ready_rides_out_refused_connections_and_http_500(tmp_path: Path) -> None:

@@ -262,7 +262,8 @@ class WinRMDouble:
         """The intent table: what the harness's own PowerShell snippets do, done here."""
         stage = re.search(r"\$b=Join-Path \$env:TEMP '([\w.-]+)\.b64';"
                           r"\$p=Join-Path \$env:TEMP '([\w.-]+)\.ps1'", script)
-        chunk = re.search(r"\[IO\.File\]::Open\('((?:[^']|'')*)','Open','Read','ReadWrite'\);"
+        chunk = re.search(r"if\(-not \[IO\.File\]::Exists\('(?:[^']|'')*'\)\)\{exit (\d+)\};"
+                          r"\$f=\[IO\.File\]::Open\('((?:[^']|'')*)','Open','Read','ReadWrite'\);"
                           r"try\{\[void\]\$f\.Seek\((\d+),'Begin'\);\$b=New-Object byte\[\] (\d+)",
                           script)
         if stage:
@@ -273,12 +274,16 @@ class WinRMDouble:
             cmd.finish(b"", b"", 0)
         elif chunk:
             try:
-                with self.path(chunk[1].replace("''", "'")).open("rb") as f:
-                    f.seek(int(chunk[2]))
-                    data = f.read(int(chunk[3]))
-            except (OSError, ValueError) as exc:
+                target = self.path(chunk[2].replace("''", "'"))
+            except ValueError as exc:
                 cmd.finish(b"", f"Exception calling \"Open\": {exc}\r\n".encode(), 1)
                 return
+            if not target.is_file():
+                cmd.finish(b"", b"", int(chunk[1]))
+                return
+            with target.open("rb") as f:
+                f.seek(int(chunk[3]))
+                data = f.read(int(chunk[4]))
             cmd.finish(base64.b64encode(data), b"", 0)
         else:
             self._sh(cmd, script)

@@ -45,7 +45,7 @@ from harness.host.domain import Firmware
 from harness.paths import REPO_ROOT
 from harness.progress import Progress
 from harness.transport.base import CommandResult, Transport
-from harness.transport.winrm import run_powershell
+from harness.transport.winrm import RemoteFileMissing, run_powershell
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 TEMPLATE = VM_DIR / "Autounattend.xml.in"
@@ -827,10 +827,10 @@ def stop_service(transport: Transport) -> None:
 
 def read_records(transport: Transport) -> str:
     """The records file of the last probe load ("" if the probe never wrote one)."""
-    info = probe_control(transport, "Get-HotAddRecordsInfo")
-    if not info.get("exists"):
+    try:
+        return transport.read_text(RECORDS_PATH)
+    except RemoteFileMissing:
         return ""
-    return transport.read_text(RECORDS_PATH)
 
 
 def processor_count(transport: Transport) -> ProcessorCount:

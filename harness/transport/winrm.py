@@ -155,12 +155,22 @@ def ps_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+#: Exit code of the fetch script when the file does not exist.
+MISSING_FILE_RC = 44
+
+
+class RemoteFileMissing(TransportError):
+    """The guest file to fetch does not exist."""
+
+
 def fetch_chunk_script(remote_path: str, offset: int, count: int) -> str:
     """PowerShell printing base64 of `count` bytes at `offset` of a guest file (shared read:
-    the driver may still be appending to it)."""
+    the driver may still be appending to it); exit MISSING_FILE_RC if there is no such file."""
+    path = ps_quote(remote_path)
     return (
         "$ErrorActionPreference='Stop';"
-        f"$f=[IO.File]::Open({ps_quote(remote_path)},'Open','Read','ReadWrite');"
+        f"if(-not [IO.File]::Exists({path})){{exit {MISSING_FILE_RC}}};"
+        f"$f=[IO.File]::Open({path},'Open','Read','ReadWrite');"
         f"try{{[void]$f.Seek({offset},'Begin');$b=New-Object byte[] {count};"
         f"$n=$f.Read($b,0,{count});[Console]::Out.Write([Convert]::ToBase64String($b,0,$n))}}"
         "finally{$f.Close()}"
@@ -370,6 +380,9 @@ def fetch_by_chunks(transport: Transport, remote_path: str, local_path: Path,
     with open(local_path, "wb") as out:
         while True:
             res = transport.run(encoded_command(fetch_chunk_script(remote_path, offset, chunk)))
+            if res.rc == MISSING_FILE_RC:
+                raise RemoteFileMissing(f"{transport.description}: no guest file {remote_path}",
+                                        "check the path (did the probe write its records?)")
             if res.rc != 0:
                 raise TransportError(
                     f"{transport.description}: cannot read guest file {remote_path} "

@@ -1,0 +1,151 @@
+"""The Windows guest as a `GuestKind`: golden image + driver ISO in, WinRM session out.
+
+Each run boots a qcow2 overlay of the read-only golden image (`hotadd image build`) with the
+hardware the image was installed on (firmware and disk bus from its manifest), attaches a
+small ISO carrying the probe driver and the probe-control script, waits for WinRM on a
+127.0.0.1 forward, and drives the probe through `harness.guests.windows`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from harness.errors import InputError
+from harness.guests import windows
+from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.host import storage
+from harness.host.domain import Cdrom, Disk, DiskBus, DomainSpec, Firmware, Forward, Profile
+from harness.host.machine import Machine, free_port
+from harness.oracle import Profile as OracleProfile
+from harness.progress import Progress
+from harness.transport.base import Transport
+from harness.transport.winrm import WinRMEndpoint, WinRMTransport
+
+DRIVER_FILE = "hotaddprobe.sys"  # its name on the driver ISO
+WINRM_PORT = 5985
+
+
+def probe_parameters(settings: ProbeSettings, active: int | None) -> windows.ProbeParameters:
+    """The service Parameters for `settings`; `active` = processors online at load, which
+    decides whether the veto index names a replayed processor or a hot-added one."""
+    if settings.veto_index is None:
+        return windows.ProbeParameters(flags=1 if settings.add_existing else 0)
+    replay = settings.add_existing and active is not None and settings.veto_index < active
+    return windows.ProbeParameters(
+        flags=1 if settings.add_existing else 0, veto_index=settings.veto_index,
+        veto_status=settings.veto_status, veto_during_replay=replay)
+
+
+class WindowsSession(GuestSession):
+    """The probe driver in a running Windows guest, over any cmd.exe transport."""
+
+    def __init__(self, transport: Transport, driver_source: str = DRIVER_FILE) -> None:
+        self.transport = transport
+        self.driver_source = driver_source
+        self.installed: windows.DriverInstall | None = None
+        self.last_start: windows.ServiceStart | None = None
+
+    def load_probe(self, settings: ProbeSettings) -> None:
+        """Install (first time), set Parameters, start. A refused start is not an error here:
+        with a replay veto DriverEntry fails on purpose; the records tell the story."""
+        if self.installed is None:
+            self.installed = windows.install_driver(self.transport, self.driver_source)
+        active = None
+        if settings.veto_index is not None:
+            active = windows.processor_count(self.transport).active_all_groups
+        windows.set_parameters(self.transport, probe_parameters(settings, active))
+        self.last_start = windows.start_service(self.transport)
+
+    def unload_probe(self) -> None:
+        windows.stop_service(self.transport)
+
+    def live_records(self) -> str:
+        return windows.read_records(self.transport)
+
+    def final_records(self) -> str:
+        return windows.read_records(self.transport)
+
+    def processor_count(self) -> int:
+        return windows.processor_count(self.transport).logical
+
+
+class WindowsGuest(GuestKind):
+    name = "windows"
+    oracle_profile = OracleProfile.WINDOWS
+
+    def __init__(self, image: Path | None, driver: Path | None) -> None:
+        self.image = image
+        self.driver = driver
+        self._manifest: windows.GoldenManifest | None = None
+        self._password: str | None = None
+
+    @property
+    def manifest(self) -> windows.GoldenManifest:
+        if self._manifest is None:
+            raise InputError("the Windows guest was not prepared", "call prepare() first")
+        return self._manifest
+
+    def prepare(self, progress: Progress) -> None:
+        if self.image is None:
+            raise InputError("--guest windows needs a golden image",
+                             "build one with 'hotadd image build' and pass --image PATH")
+        if not self.image.is_file():
+            raise InputError(f"golden image {self.image} does not exist",
+                             "build it with 'hotadd image build' or fix --image")
+        manifest_file = windows.manifest_path(self.image)
+        if not manifest_file.is_file():
+            raise InputError(f"{self.image} has no manifest {manifest_file.name} beside it",
+                             "use an image made by 'hotadd image build'")
+        if self.driver is None or not self.driver.is_file():
+            raise InputError(f"the probe driver {self.driver or '(not given)'} is missing",
+                             "pass --driver PATH.sys (built from driver/, see driver/README.md)")
+        self._manifest = windows.GoldenManifest.read(manifest_file)
+        self._password = windows.password_from_env()
+        progress.say(f"windows image: Server {self.manifest.windows_version}, "
+                     f"{self.manifest.edition}, {self.manifest.firmware}")
+
+    def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
+        assert self.image is not None and self.driver is not None
+        m = self.manifest
+        firmware = Firmware(m.firmware)
+        if hw.firmware is not None and hw.firmware is not firmware:
+            raise InputError(f"the image was installed with {firmware.value} firmware, not "
+                             f"{hw.firmware.value}", f"use --firmware {firmware.value}")
+        nvram = None
+        if firmware is Firmware.UEFI:
+            nvram = hw.scratch / "OVMF_VARS.fd"
+            kept = self.image.with_name(m.nvram) if m.nvram else None
+            if kept is not None and kept.is_file():
+                shutil.copyfile(kept, nvram)
+                nvram.chmod(0o644)
+            else:
+                nvram = storage.nvram_copy(hw.scratch)
+        tree = hw.scratch / "driver-iso"
+        tree.mkdir()
+        shutil.copyfile(self.driver, tree / DRIVER_FILE)
+        shutil.copyfile(windows.PROBE_SCRIPT, tree / windows.PROBE_SCRIPT.name)
+        iso = windows.build_iso(tree, hw.scratch / "driver.iso", windows.DRIVER_LABEL)
+        shutil.rmtree(tree)
+        return DomainSpec(
+            name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
+            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
+            firmware=firmware, accelerator=hw.accelerator, nvram=nvram,
+            disks=(Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus)),),
+            cdroms=(Cdrom(iso),),
+            forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),),
+        )
+
+    def open_session(self, machine: Machine, progress: Progress,
+                     timeout: float) -> GuestSession:
+        assert self._password is not None
+        transport = WinRMTransport(WinRMEndpoint(
+            port=machine.forwarded_port(WINRM_PORT), username=self.manifest.user,
+            password=self._password))
+        t0 = time.monotonic()
+        transport.wait_ready(
+            timeout, still_alive=machine.check_alive,
+            on_wait=lambda _err: progress.waiting("winrm", transport.description, t0),
+            hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
+        return WindowsSession(transport)
