@@ -58,7 +58,7 @@ def test_unknown_fields_are_kept_and_written_back() -> None:
 
 
 def test_round_trip_of_every_sample_trace() -> None:
-    for path in sorted(TRACES.glob("[wl]*.jsonl")):
+    for path in sorted(TRACES.glob("[wlc]*.jsonl")):
         records = parse_records(path)
         text = dump_records(records)
         assert parse_records(text.splitlines()) == records, path.name
