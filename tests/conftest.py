@@ -13,7 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,12 +83,22 @@ def reference_image():  # type: ignore[no-untyped-def]
     return reference.build()
 
 
+@contextmanager
+def short_root() -> Iterator[Path]:
+    """A fresh embedded-libvirt root with a short path (QEMU's sockets live under it)."""
+    root = Path(tempfile.mkdtemp(prefix="hotadd-lv-", dir="/tmp"))
+    try:
+        yield root
+        assert not qemu_pids_mentioning(str(root)), f"hotadd left QEMU running under {root}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def cli_uri(tmp_path: Path) -> Iterator[str]:
+def cli_uri() -> Iterator[str]:
     """A libvirt root for one `hotadd` subprocess; asserts it left no QEMU behind."""
-    root = tmp_path / "libvirt"
-    yield f"qemu:///embed?root={root}"
-    assert not qemu_pids_mentioning(str(root)), f"hotadd left QEMU running under {root}"
+    with short_root() as root:
+        yield f"qemu:///embed?root={root}"
 
 
 def run_hotadd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

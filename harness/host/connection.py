@@ -18,11 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 import libvirt
 
 from harness import paths
-from harness.errors import LibvirtUnreachable
+from harness.errors import InputError, LibvirtUnreachable
 
 _loop_lock = threading.Lock()
 _loop_started = False
 _embed_root_in_use: Path | None = None  # libvirt allows one embedded root per process
+# ROOT/lib/qemu/domain-N-<20 chars of name>/monitor.sock must fit in sun_path (107 bytes).
+EMBED_ROOT_MAX = 52
 
 # libvirt prints every error to stderr by default; we raise them with context instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -136,6 +138,11 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
     ensure_event_loop()
     root = embed_root(uri)
     if root is not None:
+        if len(str(root)) > EMBED_ROOT_MAX:
+            raise InputError(
+                f"the embedded libvirt root {root} is {len(str(root))} characters long: QEMU's "
+                f"monitor socket under it would exceed the 107-byte UNIX socket path limit",
+                f"use a root path of at most {EMBED_ROOT_MAX} characters (e.g. under /tmp)")
         _prepare_embed_root(root)
     global _embed_root_in_use
     try:
