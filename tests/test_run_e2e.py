@@ -43,7 +43,7 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str
 
 
 def test_default_scenario_passes_with_artifacts(default_run) -> None:  # type: ignore[no-untyped-def]
-    code, result, run_dir = default_run
+    _, result, run_dir = default_run
     assert result["outcome"] == "pass" and result["exit_code"] == 0
     for name in ("records.jsonl", "serial.log", "domain.xml", "result.json"):
         assert (run_dir / name).stat().st_size > 0, name
