@@ -73,7 +73,7 @@ class HotAdd:
 class ProtocolModel:
     """A probe's life: load with `existing` processors, register, hot-adds, deregister, unload.
 
-    add_existing: pass KE_PROCESSOR_CHANGE_ADD_EXISTING (Linux: always replays; keep True).
+    add_existing: pass KE_PROCESSOR_CHANGE_ADD_EXISTING (the Linux probe's flags=1).
     replay_veto_at: veto the replay Start of processor k (registration then fails; no hot-adds).
     veto_failure_delivered: Windows only; whether a vetoing driver gets the Failure (open).
     replay_irql: Windows only; IRQL of replay callbacks (APC_LEVEL is what re says happens).
@@ -111,7 +111,8 @@ class ProtocolModel:
         if self.profile is Profile.LINUX:
             _require(self.veto_failure_delivered and self.replay_irql == 0,
                      "the Linux probe always writes the veto Failure and irql 0")
-            _require(self.existing + len(self.hotadds) <= 64, "the Linux probe's number is < 64")
+            _require(self.existing + len(self.hotadds) <= 256,
+                     "the Linux probe writes the CPU id as number, which the format caps at 255")
         _require(self.replay_irql in (0, APC_LEVEL), "replay_irql is 0 or APC_LEVEL")
 
     @property
