@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "harness.oracle.command",  # hotadd check
     "harness.doctor",  # hotadd doctor
     "harness.guests.command",  # hotadd guest build
+    "harness.guests.image_command",  # hotadd image build
     "harness.host.sweep",  # hotadd sweep
 )
 
