@@ -12,8 +12,10 @@ Commands are executed by a small deterministic interpreter, not by Windows:
 - the cmd.exe forms the harness emits (`>>"FILE" echo DATA`, `if exist F del`, `del /f /q F`)
   act on a scratch directory (`%TEMP%` and `C:\\` are mapped into it);
 - `powershell.exe ... -EncodedCommand B64` is decoded (UTF-16LE) and its intent looked up in a
-  tiny table (the staging decoder and the fetch-chunk reader, matched by regex); any other
-  script text, and `powershell.exe ... -File F`, run as portable `sh` script text;
+  tiny table (the staging decoder and the fetch-chunk reader, matched by regex; a script that
+  is vm/windows/hotadd-probe.ps1 plus a call line goes to `ProbeModel`, a model of what those
+  functions do to the guest); any other script text runs as portable `sh` script text;
+- `powershell.exe ... -File F` (a staged long script) is treated like the decoded text above;
 - any other command line runs with `sh -c`.
 Command lines longer than cmd.exe's 8191 characters fail as they do on Windows.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -82,8 +85,10 @@ class WinRMDouble:
         self.root = root
         self.temp = root / "TEMP"
         self.drive_c = root / "C"
-        self.temp.mkdir(parents=True, exist_ok=True)
-        self.drive_c.mkdir(parents=True, exist_ok=True)
+        self.drive_d = root / "D"  # an attached ISO
+        for d in (self.temp, self.drive_c, self.drive_d):
+            d.mkdir(parents=True, exist_ok=True)
+        self.probe = ProbeModel(self)
         self.username, self.password = username, password
         self.fail_first = fail_first
         self.listen_after = listen_after
@@ -227,7 +232,8 @@ class WinRMDouble:
     def path(self, windows_path: str) -> Path:
         """Map a guest path (%TEMP%\\x, $env:TEMP\\x, C:\\x) into the scratch directory."""
         p = windows_path.strip().strip('"')
-        for prefix, base in (("%TEMP%\\", self.temp), ("C:\\", self.drive_c)):
+        for prefix, base in (("%TEMP%\\", self.temp), ("C:\\", self.drive_c),
+                             ("D:\\", self.drive_d)):
             if p.upper().startswith(prefix.upper()):
                 return base.joinpath(*p[len(prefix):].split("\\"))
         raise ValueError(f"the double cannot map guest path {windows_path!r}")
@@ -254,7 +260,7 @@ class WinRMDouble:
         elif m := re.fullmatch(r"powershell\.exe [^\"]*-EncodedCommand (\S+)", line):
             self._powershell(cmd, base64.b64decode(m[1]).decode("utf-16-le"))
         elif m := re.fullmatch(r'powershell\.exe [^"]*-File ("[^"]+")', line):
-            self._sh(cmd, self.path(m[1]).read_text(encoding="utf-8-sig"))
+            self._powershell(cmd, self.path(m[1]).read_text(encoding="utf-8-sig"))
         else:
             self._sh(cmd, line)
 
@@ -285,6 +291,10 @@ class WinRMDouble:
                 f.seek(int(chunk[3]))
                 data = f.read(int(chunk[4]))
             cmd.finish(base64.b64encode(data), b"", 0)
+        elif "function Install-HotAddProbe" in script:
+            out, rc = self.probe.call(script.strip().splitlines()[-1])
+            cmd.finish(out.encode() + b"\r\n" if rc == 0 else b"",
+                       b"" if rc == 0 else out.encode(), rc)
         else:
             self._sh(cmd, script)
 
@@ -316,8 +326,96 @@ class WinRMDouble:
         threading.Thread(target=reap, daemon=True).start()
 
 
+class ProbeModel:
+    """What vm/windows/hotadd-probe.ps1's functions do to a Windows guest, as a tiny model:
+    the service's state and Parameters, the records file, the processor count. The harness's
+    call line (the script's last line) is parsed as PowerShell would bind it."""
+
+    RECORDS = "C:\\ProgramData\\HotAddProbe\\records.jsonl"
+
+    def __init__(self, double: WinRMDouble) -> None:
+        self.double = double
+        self.state = "Absent"
+        self.parameters: dict[str, int] = {}
+        self.logical = 2
+        self.start_code = 0  # what sc.exe start returns (e.g. 31 when DriverEntry fails)
+        self.calls: list[str] = []
+
+    def call(self, line: str) -> tuple[str, int]:
+        self.calls.append(line)
+        name, _, rest = line.partition(" ")
+        args = {k: v.strip("'").replace("''", "'") for k, v in
+                re.findall(r"-(\w+) ('(?:[^']|'')*'|-?\d+)", rest)}
+        handler = getattr(self, name.replace("-", "_").lower(), None)
+        if handler is None:
+            return f"The term '{name}' is not recognized", 1
+        result: dict[str, object] | str = handler(args)
+        if isinstance(result, str):
+            return result, 1
+        return json.dumps(result, separators=(",", ":")), 0
+
+    def _records(self) -> Path:
+        return self.double.path(self.RECORDS)
+
+    def install_hotaddprobe(self, args: dict[str, str]) -> dict[str, object] | str:
+        source = args["Source"]
+        candidates = [source] if ":" in source else [f"C:\\{source}", f"D:\\{source}"]
+        found = next((c for c in candidates if self.double.path(c).is_file()), None)
+        if found is None:
+            return f"no drive holds {source} (is the driver ISO attached?)"
+        self.state = "Stopped"
+        return {"service": "HotAddProbe", "path": "C:\\Windows\\System32\\drivers\\HotAddProbe.sys",
+                "source": found, "signed_in_guest": True, "signature": "Valid",
+                "signer": "CN=hotadd test signing (lab only)"}
+
+    def set_hotaddprobeparameters(self, args: dict[str, str]) -> dict[str, object] | str:
+        for key, value in args.items():
+            if int(value) < 0:
+                self.parameters.pop(key, None)
+            else:
+                self.parameters[key] = int(value)
+        return dict(self.parameters)
+
+    def start_hotaddprobe(self, args: dict[str, str]) -> dict[str, object] | str:
+        if self.state == "Absent":
+            return "sc.exe start: the service does not exist (1060)"
+        path = self._records()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [{"v": 1, "seq": 1, "t_ns": 0, "kind": "driver", "event": "load",
+                  "active_count": self.logical, "flags": self.parameters.get("Flags", 1)}]
+        if self.start_code == 0:
+            self.state = "Running"
+            lines.append({"v": 1, "seq": 2, "t_ns": 1000, "kind": "driver",
+                          "event": "registered"})
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return {"started": self.start_code == 0, "code": self.start_code, "state": self.state,
+                "message": "" if self.start_code == 0 else "A device attached to the system "
+                                                           "is not functioning."}
+
+    def stop_hotaddprobe(self, args: dict[str, str]) -> dict[str, object] | str:
+        code = 0 if self.state == "Running" else 1062
+        if self.state == "Running":
+            with self._records().open("a") as f:
+                f.write('{"v":1,"seq":3,"t_ns":2000,"kind":"driver","event":"deregistered"}\n')
+        self.state = "Stopped"
+        return {"stopped": True, "code": code, "state": self.state}
+
+    def get_hotaddprocessorcount(self, args: dict[str, str]) -> dict[str, object] | str:
+        return {"logical": self.logical, "active_all_groups": self.logical,
+                "environment": self.logical}
+
+    def get_hotaddpreflight(self, args: dict[str, str]) -> dict[str, object] | str:
+        return {"product": "Windows Server 2022 Datacenter Evaluation",
+                "edition": "ServerDatacenterEval", "build": 20348, "installation_type": "Server",
+                "dyn_processor_enabled": True, "licence_dynamic_partitioning": 1,
+                "test_signing": True, "secure_boot": None, "wdf_version": "1.33.20348.1",
+                "logical_processors": self.logical,
+                "last_boot_utc": "2026-11-24T07:00:00.1234567Z"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms stalls
     server_double: WinRMDouble
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
