@@ -7,6 +7,8 @@
  * the host tests call it under AddressSanitizer/UBSan.
  *
  * Only integers and fixed ASCII names are written, so no JSON string escaping is needed.
+ * Every routine in this file runs at any IRQL; the static helpers write into a bounded
+ * cursor and return nothing (an overflow is remembered and fails the whole line).
  */
 #include "probe_record.h"
 
@@ -166,6 +168,7 @@ HapFormatNotify(_In_ const HAP_RECORD *Record, _Inout_ HAP_OUT *Out)
     return 1;
 }
 
+_Use_decl_annotations_
 unsigned int
 HapFormatRecord(const HAP_RECORD *Record, unsigned long long Seq, char *Buffer,
                 unsigned int Capacity)
@@ -203,6 +206,7 @@ HapFormatRecord(const HAP_RECORD *Record, unsigned long long Seq, char *Buffer,
     return out.Length;
 }
 
+_Use_decl_annotations_
 unsigned long long
 HapTicksToNs(unsigned long long Ticks, unsigned long long Frequency)
 {

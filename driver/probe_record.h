@@ -28,6 +28,7 @@
 #define _Out_
 #define _Out_writes_bytes_(n)
 #define _In_reads_(n)
+#define _Use_decl_annotations_
 #endif
 
 /* One record as captured by a producer: raw values, formatted later at PASSIVE_LEVEL. */

@@ -15,6 +15,7 @@
  */
 #include "probe_record.h"
 
+_Use_decl_annotations_
 int
 HapRingInitialize(HAP_RING *Ring, HAP_RING_SLOT *Slots, unsigned int Capacity)
 {
@@ -37,6 +38,7 @@ HapRingInitialize(HAP_RING *Ring, HAP_RING_SLOT *Slots, unsigned int Capacity)
     return 1;
 }
 
+_Use_decl_annotations_
 int
 HapRingAppend(HAP_RING *Ring, const HAP_RECORD *Record)
 {
@@ -73,7 +75,8 @@ HapRingAppend(HAP_RING *Ring, const HAP_RECORD *Record)
     return 1;
 }
 
-/* Consumer: copy out the oldest published record, if any, and free its slot. */
+/* Consumer: copy out the oldest published record, if any, and free its slot.
+ * IRQL: any (the single consumer). Returns 1 with *Record filled, 0 when nothing is ready. */
 static int
 HapRingTake(_Inout_ HAP_RING *Ring, _Out_ HAP_RECORD *Record)
 {
@@ -90,7 +93,8 @@ HapRingTake(_Inout_ HAP_RING *Ring, _Out_ HAP_RECORD *Record)
     return 1;
 }
 
-/* Consumer: format a `dropped` line for Count lost records. */
+/* Consumer: format a `dropped` line for Count lost records, taking the next seq.
+ * IRQL: any (the single consumer). Returns the line length, 0 if Buffer is too small. */
 static unsigned int
 HapFormatDropped(_Inout_ HAP_RING *Ring, unsigned long long Count, unsigned long long TimeNs,
                  _Out_writes_bytes_(Capacity) char *Buffer, unsigned int Capacity)
@@ -116,6 +120,7 @@ HapFormatDropped(_Inout_ HAP_RING *Ring, unsigned long long Count, unsigned long
     return length;
 }
 
+_Use_decl_annotations_
 unsigned int
 HapDrain(HAP_RING *Ring, char *Buffer, unsigned int Capacity, int Final,
          unsigned long long NowNs)

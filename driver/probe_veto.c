@@ -8,6 +8,7 @@
  */
 #include "probe_record.h"
 
+_Use_decl_annotations_
 void
 HapVetoInitialize(HAP_VETO_POLICY *Policy, unsigned int VetoIndex, unsigned int VetoStatus,
                   unsigned int DuringReplay)
@@ -18,6 +19,7 @@ HapVetoInitialize(HAP_VETO_POLICY *Policy, unsigned int VetoIndex, unsigned int 
     Policy->HotAddSpent = 0;
 }
 
+_Use_decl_annotations_
 unsigned int
 HapVetoDecision(HAP_VETO_POLICY *Policy, unsigned int State, unsigned int NtNumber, int Replay)
 {

@@ -190,8 +190,9 @@ HapProcessorChangeCallback(
  * Returns STATUS_SUCCESS (read or absent), STATUS_OBJECT_TYPE_MISMATCH when the value is not
  * a 4-byte REG_DWORD, or the registry's error.
  */
+_Use_decl_annotations_
 static NTSTATUS
-HapQueryDword(_In_ HANDLE Key, _In_ PCWSTR Name, _Inout_ PULONG Value)
+HapQueryDword(HANDLE Key, PCWSTR Name, PULONG Value)
 {
     union {
         KEY_VALUE_PARTIAL_INFORMATION Information;
@@ -229,8 +230,9 @@ HapQueryDword(_In_ HANDLE Key, _In_ PCWSTR Name, _Inout_ PULONG Value)
  * Returns STATUS_SUCCESS, STATUS_OBJECT_TYPE_MISMATCH for a value that is not a REG_DWORD,
  * STATUS_INVALID_PARAMETER for VetoStatus not an error or VetoDuringReplay not 0/1.
  */
+_Use_decl_annotations_
 static NTSTATUS
-HapReadParameters(_In_ PCUNICODE_STRING RegistryPath, _Out_ PHAP_PARAMETERS Parameters)
+HapReadParameters(PCUNICODE_STRING RegistryPath, PHAP_PARAMETERS Parameters)
 {
     UNICODE_STRING parametersName = RTL_CONSTANT_STRING(L"Parameters");
     OBJECT_ATTRIBUTES attributes;
@@ -303,8 +305,9 @@ Exit:
  * records.jsonl for writing through to disk (readers may share it).
  * IRQL: PASSIVE_LEVEL. Returns STATUS_SUCCESS and a kernel handle, or the I/O error.
  */
+_Use_decl_annotations_
 static NTSTATUS
-HapOpenRecordFile(_Out_ PHANDLE File)
+HapOpenRecordFile(PHANDLE File)
 {
     UNICODE_STRING directoryName = RTL_CONSTANT_STRING(HAP_RECORD_DIR_W);
     UNICODE_STRING fileName = RTL_CONSTANT_STRING(HAP_RECORD_FILE_W);
@@ -353,8 +356,9 @@ Exit:
  * IRQL: PASSIVE_LEVEL. Returns nothing; the first write error is kept in WriteStatus and the
  * records of a failed write are lost (the ring must keep moving for the callback's sake).
  */
+_Use_decl_annotations_
 static VOID
-HapWriteRecords(_Inout_ PHAP_PROBE Probe, _In_ BOOLEAN Final)
+HapWriteRecords(PHAP_PROBE Probe, BOOLEAN Final)
 {
     IO_STATUS_BLOCK ioStatus;
     unsigned int length;
@@ -412,8 +416,9 @@ HapWorkerMain(PVOID StartContext)
  * Safe on a partly built probe (Worker and File may be NULL).
  * IRQL: PASSIVE_LEVEL; no callback may be registered any more. Returns nothing.
  */
+_Use_decl_annotations_
 static VOID
-HapProbeFree(_In_ PHAP_PROBE Probe)
+HapProbeFree(PHAP_PROBE Probe)
 {
     PAGED_CODE();
 
