@@ -41,9 +41,11 @@ SOURCE_DIR = paths.REPO_ROOT / "vm" / "reference"
 PROBE_SOURCE_DIR = SOURCE_DIR / "probe"
 APT_ARCHIVES = Path("/var/cache/apt/archives")
 
-#: Kernel command line. `console=ttyS0` for the serial log; `panic=0` leaves a panicked guest
-#: where it is (pvpanic tells the host); `mitigations=off` and `tsc=reliable` speed up TCG.
-CMDLINE = "console=ttyS0 quiet panic=0 mitigations=off tsc=reliable"
+#: Kernel command line. `console=ttyS0` for the serial log, with the boot messages (not `quiet`:
+#: a guest that never gets ready must leave a useful log; it costs no measurable boot time);
+#: `panic=0` leaves a panicked guest where it is (pvpanic tells the host); `mitigations=off`
+#: and `tsc=reliable` spare TCG work and clocksource-watchdog noise.
+CMDLINE = "console=ttyS0 panic=0 mitigations=off tsc=reliable"
 
 #: Kernel modules the guest loads at boot (with their dependencies): network and pvpanic.
 BOOT_MODULES = ("virtio_pci", "virtio_net", "pvpanic_mmio", "pvpanic_pci")
