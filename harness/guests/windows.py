@@ -599,7 +599,6 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
     check_readable_iso(spec.virtio_iso, "virtio-win ISO")
     accelerator, why = check_accelerator(spec.force_tcg)
     progress.say(f"accelerator: {accelerator.value} ({why})")
-    spec.logs.mkdir(parents=True, exist_ok=True)
     partial = spec.output.with_name(spec.output.name + ".partial")
     work = Path(tempfile.mkdtemp(prefix=".hotadd-image-", dir=spec.output.parent))
     try:
@@ -629,6 +628,7 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
             nvram = work / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, nvram)
         port = free_port()
+        spec.logs.mkdir(parents=True, exist_ok=True)
         installer = start(spec, accelerator, partial, prov_iso, nvram, port)
         try:
             facts = _install_and_verify(spec, installer, port, progress)
