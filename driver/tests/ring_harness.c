@@ -21,6 +21,7 @@
  *   limits                     prints the results of calls the API must refuse, one per line
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,11 +74,69 @@ DrainToStdout(int final, unsigned long long nowNs)
     }
 }
 
+/* The spec keys, and the HAP_RECORD field each one sets (kind 0: any kind). */
+typedef struct _SPEC_FIELD {
+    unsigned int Kind;
+    const char *Key;
+    size_t Offset;
+    size_t Size;
+} SPEC_FIELD;
+
+#define FIELD(kind, key, member) \
+    { (kind), (key), offsetof(HAP_RECORD, member), sizeof(((HAP_RECORD *)0)->member) }
+
+static const SPEC_FIELD gSpecFields[] = {
+    FIELD(0, "t", TimeNs),
+    FIELD(HapKindDriver, "event", u.Driver.Event),
+    FIELD(HapKindDriver, "active", u.Driver.ActiveCount),
+    FIELD(HapKindDriver, "flags", u.Driver.Flags),
+    FIELD(HapKindDriver, "status", u.Driver.Status),
+    FIELD(HapKindDriver, "veto_index", u.Driver.VetoIndex),
+    FIELD(HapKindDriver, "veto_status", u.Driver.VetoStatus),
+    FIELD(HapKindDriver, "veto_replay", u.Driver.VetoDuringReplay),
+    FIELD(HapKindDriver, "count", u.Driver.Count),
+    FIELD(HapKindNotify, "state", u.Notify.State),
+    FIELD(HapKindNotify, "phase", u.Notify.Phase),
+    FIELD(HapKindNotify, "nt", u.Notify.NtNumber),
+    FIELD(HapKindNotify, "group", u.Notify.Group),
+    FIELD(HapKindNotify, "number", u.Notify.Number),
+    FIELD(HapKindNotify, "status", u.Notify.Status),
+    FIELD(HapKindNotify, "op", u.Notify.OpStatus),
+    FIELD(HapKindNotify, "active", u.Notify.ActiveCount),
+    FIELD(HapKindNotify, "irql", u.Notify.Irql),
+    FIELD(HapKindNotify, "map_status", u.Notify.MapStatus),
+    FIELD(HapKindNotify, "map_group", u.Notify.MapGroup),
+    FIELD(HapKindNotify, "map_number", u.Notify.MapNumber),
+};
+
+/* Store Value, truncated to the field's width as the driver's casts would, at its offset. */
+static void
+SetField(HAP_RECORD *record, const char *key, unsigned long long value)
+{
+    size_t index;
+
+    for (index = 0; index < sizeof(gSpecFields) / sizeof(gSpecFields[0]); index++) {
+        const SPEC_FIELD *field = &gSpecFields[index];
+        unsigned char *target = (unsigned char *)record + field->Offset;
+
+        if ((field->Kind != 0 && field->Kind != record->Kind) || strcmp(field->Key, key) != 0) {
+            continue;
+        }
+        switch (field->Size) {
+        case 1: { unsigned char v = (unsigned char)value; memcpy(target, &v, 1); break; }
+        case 2: { unsigned short v = (unsigned short)value; memcpy(target, &v, 2); break; }
+        case 4: { unsigned int v = (unsigned int)value; memcpy(target, &v, 4); break; }
+        default: memcpy(target, &value, 8); break;
+        }
+        return;
+    }
+    Die("unknown key for this kind (kind= must come first)");
+}
+
 /*
- * One record from "key=value ..." with keys: t, kind (driver|notify), event, active, flags,
- * status, veto_index, veto_status, veto_replay, count, state, phase, nt, group, number, op,
- * irql, map_status, map_group, map_number. Enum values are given as numbers, so tests can
- * also feed values the formatter must refuse.
+ * One record from "key=value ..." lines: kind=driver|notify|N first, then the keys of
+ * gSpecFields. Enum values are given as numbers, so tests can also feed values the formatter
+ * must refuse.
  */
 static void
 ParseSpec(char *line, HAP_RECORD *record)
@@ -89,53 +148,20 @@ ParseSpec(char *line, HAP_RECORD *record)
     for (token = strtok_r(line, " \t\n", &save); token != NULL;
          token = strtok_r(NULL, " \t\n", &save)) {
         char *equals = strchr(token, '=');
-        const char *key = token;
-        const char *text;
-        unsigned long long value;
 
         if (equals == NULL) {
             Die("spec token without '='");
         }
         *equals = '\0';
-        text = equals + 1;
-        if (strcmp(key, "kind") == 0) {
-            if (strcmp(text, "driver") == 0) {
-                record->Kind = HapKindDriver;
-                record->u.Driver.VetoIndex = HAP_NO_VETO;
-            } else if (strcmp(text, "notify") == 0) {
-                record->Kind = HapKindNotify;
-                memset(&record->u, 0, sizeof(record->u));
-            } else {
-                record->Kind = (unsigned int)Number(text);
-            }
-            continue;
-        }
-        value = Number(text);
-        if (strcmp(key, "t") == 0) record->TimeNs = value;
-        else if (record->Kind == HapKindDriver) {
-            if (strcmp(key, "event") == 0) record->u.Driver.Event = (unsigned int)value;
-            else if (strcmp(key, "active") == 0) record->u.Driver.ActiveCount = (unsigned int)value;
-            else if (strcmp(key, "flags") == 0) record->u.Driver.Flags = (unsigned int)value;
-            else if (strcmp(key, "status") == 0) record->u.Driver.Status = (unsigned int)value;
-            else if (strcmp(key, "veto_index") == 0) record->u.Driver.VetoIndex = (unsigned int)value;
-            else if (strcmp(key, "veto_status") == 0) record->u.Driver.VetoStatus = (unsigned int)value;
-            else if (strcmp(key, "veto_replay") == 0) record->u.Driver.VetoDuringReplay = (unsigned int)value;
-            else if (strcmp(key, "count") == 0) record->u.Driver.Count = value;
-            else Die("unknown driver key");
+        if (strcmp(token, "kind") != 0) {
+            SetField(record, token, Number(equals + 1));
+        } else if (strcmp(equals + 1, "driver") == 0) {
+            record->Kind = HapKindDriver;
+            record->u.Driver.VetoIndex = HAP_NO_VETO;
+        } else if (strcmp(equals + 1, "notify") == 0) {
+            record->Kind = HapKindNotify;
         } else {
-            if (strcmp(key, "state") == 0) record->u.Notify.State = (unsigned int)value;
-            else if (strcmp(key, "phase") == 0) record->u.Notify.Phase = (unsigned int)value;
-            else if (strcmp(key, "nt") == 0) record->u.Notify.NtNumber = (unsigned int)value;
-            else if (strcmp(key, "group") == 0) record->u.Notify.Group = (unsigned short)value;
-            else if (strcmp(key, "number") == 0) record->u.Notify.Number = (unsigned char)value;
-            else if (strcmp(key, "status") == 0) record->u.Notify.Status = (unsigned int)value;
-            else if (strcmp(key, "op") == 0) record->u.Notify.OpStatus = (unsigned int)value;
-            else if (strcmp(key, "active") == 0) record->u.Notify.ActiveCount = (unsigned int)value;
-            else if (strcmp(key, "irql") == 0) record->u.Notify.Irql = (unsigned char)value;
-            else if (strcmp(key, "map_status") == 0) record->u.Notify.MapStatus = (unsigned int)value;
-            else if (strcmp(key, "map_group") == 0) record->u.Notify.MapGroup = (unsigned short)value;
-            else if (strcmp(key, "map_number") == 0) record->u.Notify.MapNumber = (unsigned char)value;
-            else Die("unknown notify key");
+            record->Kind = (unsigned int)Number(equals + 1);
         }
     }
 }
