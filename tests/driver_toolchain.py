@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,6 @@ def parse_lines(output: str) -> list[dict[str, Any]]:
     return records
 
 
-def assert_seq_complete(records: list[Mapping[str, Any]]) -> None:
+def assert_seq_complete(records: Sequence[Mapping[str, Any]]) -> None:
     """seq is 1, 2, 3, ... without gaps, as record format v1 requires."""
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
