@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +43,6 @@ STATUS_IO_DEVICE_ERROR = 0xC0000185
 class Guest:
     machine: Machine
     ssh: SshTransport
-    serial_log: Path
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def guest(conn: Any, reference_image: ReferenceImage,
             reference.connect(image, port) as ssh:
         machine.wait_serial(re.escape(reference.READY_MARKER), 90)
         ssh.wait_ready(30, still_alive=machine.check_alive, hint=f"read {serial}")
-        yield Guest(machine, ssh, serial)
+        yield Guest(machine, ssh)
 
 
 def _notify(records: list[Record]) -> list[tuple[NotifyState, Phase, int, int, int]]:

@@ -19,11 +19,6 @@ from harness.guests.reference import ProbeParams, ReferenceImage
 from harness.transport.ssh import parse_host_key
 
 
-@pytest.fixture(scope="module")
-def image() -> ReferenceImage:
-    return reference.build()
-
-
 def _cpio_listing(archive: Path) -> dict[str, str]:
     """GNU cpio's own reading of an archive: name -> `ls -l`-style mode string."""
     out = subprocess.run(["cpio", "-itv", "--quiet", "-F", str(archive)],
@@ -42,35 +37,37 @@ def _cpio_extract(archive: Path, member: str, dest: Path) -> bytes:
     return (dest / member).read_bytes()
 
 
-def test_build_is_cached_and_fast(image: ReferenceImage) -> None:
+def test_build_is_cached_and_fast(reference_image: ReferenceImage) -> None:
     t0 = time.monotonic()
     again = reference.build()
     assert time.monotonic() - t0 < 2
-    assert again == image
-    assert image.build_dir.parent == paths.guests_dir() / "reference"
-    assert image.kernel.is_file() and image.initrd.is_file()
-    assert image.cmdline.startswith("console=ttyS0")
+    assert again == reference_image
+    assert reference_image.build_dir.parent == paths.guests_dir() / "reference"
+    assert reference_image.kernel.is_file() and reference_image.initrd.is_file()
+    assert reference_image.cmdline.startswith("console=ttyS0")
 
 
-def test_private_key_is_private_and_authorized(image: ReferenceImage, tmp_path: Path) -> None:
-    assert stat.S_IMODE(image.private_key.stat().st_mode) == 0o600
-    key = paramiko.PKey.from_path(image.private_key)
-    authorized = _cpio_extract(image.initrd, "root/.ssh/authorized_keys", tmp_path).decode()
+def test_private_key_is_private_and_authorized(reference_image: ReferenceImage,
+                                               tmp_path: Path) -> None:
+    assert stat.S_IMODE(reference_image.private_key.stat().st_mode) == 0o600
+    key = paramiko.PKey.from_path(reference_image.private_key)
+    authorized = _cpio_extract(reference_image.initrd, "root/.ssh/authorized_keys",
+                               tmp_path).decode()
     assert authorized.split()[:2] == [key.get_name(), key.get_base64()]
-    host_key = parse_host_key(image.host_key_line)
+    host_key = parse_host_key(reference_image.host_key_line)
     assert host_key.get_name() == "ssh-ed25519"
-    assert image.private_key.read_text().count("PRIVATE KEY") == 2  # not in image.json
-    assert "PRIVATE" not in (image.build_dir / "image.json").read_text()
+    assert reference_image.private_key.read_text().count("PRIVATE KEY") == 2  # not in image.json
+    assert "PRIVATE" not in (reference_image.build_dir / "image.json").read_text()
 
 
-def test_initramfs_contents(image: ReferenceImage, tmp_path: Path) -> None:
-    listing = _cpio_listing(image.initrd)
+def test_initramfs_contents(reference_image: ReferenceImage, tmp_path: Path) -> None:
+    listing = _cpio_listing(reference_image.initrd)
     assert listing["init"].startswith("-rwx")
     assert listing["dev/console"].startswith("c")
     for name in ("bin/busybox", "bin/dropbear", "bin/hotadd-hotplug", "etc/dropbear/host_key",
                  reference.GUEST_PROBE_PATH.lstrip("/"), "lib/ld-linux-x86-64.so.2"):
         assert name in listing, name
-    modules = _cpio_extract(image.initrd, "etc/hotadd/modules", tmp_path).decode().split()
+    modules = _cpio_extract(reference_image.initrd, "etc/hotadd/modules", tmp_path).decode().split()
     for needed in ("virtio.ko", "virtio_pci.ko", "virtio_net.ko", "pvpanic-mmio.ko"):
         assert needed in modules
         assert f"lib/modules/{needed}" in listing
@@ -79,20 +76,20 @@ def test_initramfs_contents(image: ReferenceImage, tmp_path: Path) -> None:
     assert modules.index("pvpanic.ko") < modules.index("pvpanic-mmio.ko")
 
 
-def test_probe_module_matches_the_guest_kernel(image: ReferenceImage) -> None:
-    vermagic = subprocess.run(["modinfo", "-F", "vermagic", str(image.build_dir /
-                                                               "hotadd_probe.ko")],
+def test_probe_module_matches_the_guest_kernel(reference_image: ReferenceImage) -> None:
+    ko = str(reference_image.build_dir / "hotadd_probe.ko")
+    vermagic = subprocess.run(["modinfo", "-F", "vermagic", ko],
                               capture_output=True, text=True, check=True).stdout
-    assert vermagic.split()[0] == image.kernel_version
-    params = subprocess.run(["modinfo", "-F", "parm", str(image.build_dir / "hotadd_probe.ko")],
+    assert vermagic.split()[0] == reference_image.kernel_version
+    params = subprocess.run(["modinfo", "-F", "parm", ko],
                             capture_output=True, text=True, check=True).stdout
     assert {"veto_cpu", "veto_errno", "flags"} <= {p.split(":")[0] for p in params.splitlines()}
 
 
-def test_probe_builds_warning_free(image: ReferenceImage, tmp_path: Path) -> None:
+def test_probe_builds_warning_free(reference_image: ReferenceImage, tmp_path: Path) -> None:
     src = tmp_path / "probe"
     shutil.copytree(reference.PROBE_SOURCE_DIR, src)
-    proc = subprocess.run(["make", f"KDIR=/usr/src/linux-headers-{image.kernel_version}"],
+    proc = subprocess.run(["make", f"KDIR=/usr/src/linux-headers-{reference_image.kernel_version}"],
                           cwd=src, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "warning:" not in (proc.stdout + proc.stderr).lower()
@@ -116,16 +113,17 @@ def test_missing_headers_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
         reference.build()
 
 
-def test_force_rebuild_from_scratch(image: ReferenceImage, tmp_path: Path,
+def test_force_rebuild_from_scratch(reference_image: ReferenceImage, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A full build in an empty cache (the kernel .deb copied over to spare the download)."""
     monkeypatch.setenv("HOTADD_CACHE_DIR", str(tmp_path))
-    shutil.copytree(image.build_dir.parent / "debs", tmp_path / "guests" / "reference" / "debs")
+    shutil.copytree(reference_image.build_dir.parent / "debs",
+                    tmp_path / "guests" / "reference" / "debs")
     fresh = reference.build(force=True)
-    assert fresh.build_dir.name == image.build_dir.name  # same inputs, same key
+    assert fresh.build_dir.name == reference_image.build_dir.name  # same inputs, same key
     assert fresh.build_dir.parent == tmp_path / "guests" / "reference"
-    assert fresh.host_key_line != image.host_key_line  # new keys per build
-    assert fresh.kernel.read_bytes() == image.kernel.read_bytes()
+    assert fresh.host_key_line != reference_image.host_key_line  # new keys per build
+    assert fresh.kernel.read_bytes() == reference_image.kernel.read_bytes()
     assert not [p for p in fresh.build_dir.parent.iterdir() if p.name.startswith(".build-")]
 
 

@@ -32,20 +32,18 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def image() -> ReferenceImage:
-    return reference.build()
-
 
 @pytest.fixture(scope="module")
-def guest_port(image: ReferenceImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def guest_port(reference_image: ReferenceImage,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """Boot the reference guest under plain QEMU (TCG) and yield its forwarded SSH port."""
     serial = tmp_path_factory.mktemp("ssh-guest") / "serial.log"
     port = _free_port()
     qemu = subprocess.Popen([
         "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "512",
-        "-smp", "2,maxcpus=4", "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", image.cmdline, "-display", "none", "-serial", f"file:{serial}",
+        "-smp", "2,maxcpus=4", "-kernel", str(reference_image.kernel),
+        "-initrd", str(reference_image.initrd),
+        "-append", reference_image.cmdline, "-display", "none", "-serial", f"file:{serial}",
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0",
     ], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -65,8 +63,8 @@ def guest_port(image: ReferenceImage, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture()
-def ssh(image: ReferenceImage, guest_port: int) -> Iterator[SshTransport]:
-    with reference.connect(image, guest_port) as t:
+def ssh(reference_image: ReferenceImage, guest_port: int) -> Iterator[SshTransport]:
+    with reference.connect(reference_image, guest_port) as t:
         assert isinstance(t, SshTransport)
         yield t
 
@@ -144,28 +142,30 @@ def test_timeout_raises_and_transport_stays_usable(ssh: SshTransport) -> None:
     assert ssh.run("echo still here").stdout == "still here\n"
 
 
-def test_wrong_host_key_is_refused(image: ReferenceImage, guest_port: int) -> None:
-    with SshTransport("127.0.0.1", guest_port, username="root", private_key=image.private_key,
+def test_wrong_host_key_is_refused(reference_image: ReferenceImage, guest_port: int) -> None:
+    with SshTransport("127.0.0.1", guest_port, username="root",
+                      private_key=reference_image.private_key,
                       host_key_line=_other_key_line()) as t, \
             pytest.raises(TransportError, match="host key is not the guest's"):
         t.probe()
 
 
-def test_wrong_client_key_is_refused(image: ReferenceImage, guest_port: int,
+def test_wrong_client_key_is_refused(reference_image: ReferenceImage, guest_port: int,
                                      tmp_path: Path) -> None:
     key = tmp_path / "other_key"
     key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption()))
     with SshTransport("127.0.0.1", guest_port, username="root", private_key=key,
-                      host_key_line=image.host_key_line) as t, \
+                      host_key_line=reference_image.host_key_line) as t, \
             pytest.raises(TransportError, match="authentication refused"):
         t.probe()
 
 
-def test_unreachable_port_fails_fast(image: ReferenceImage) -> None:
+def test_unreachable_port_fails_fast(reference_image: ReferenceImage) -> None:
     t = SshTransport("127.0.0.1", _free_port(), username="root",
-                     private_key=image.private_key, host_key_line=image.host_key_line,
+                     private_key=reference_image.private_key,
+                     host_key_line=reference_image.host_key_line,
                      connect_timeout=2)
     with pytest.raises(TransportError, match="cannot connect"):
         t.probe()
