@@ -6,8 +6,9 @@
  * user-mode host tests under driver/tests/. It includes no headers, so it compiles with the
  * WDK's cl.exe, mingw-w64 and the host gcc alike.
  *
- * Record format v1 is documented in docs/record-format.md; the `dropped` driver event and the
- * `map_*` notify fields are this driver's additions and are described in driver/README.md.
+ * Record format v1 is documented in docs/record-format.md; the `dropped` driver event, the
+ * `veto_*` fields of `load` and the `map_*` fields of `notify` are this driver's additions,
+ * described in driver/README.md.
  */
 #ifndef HOTADD_PROBE_PUBLIC_H
 #define HOTADD_PROBE_PUBLIC_H
