@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -38,18 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP (a CI job's timeout, a lab scheduler) unwind like Ctrl-C, so every
+    context manager tears its VM down instead of leaving QEMU running."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; return its exit code. Never raises for expected failures."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         code: int = args.func(args)
         return code
     except HotaddError as exc:
         print(f"hotadd: error: {exc}", file=sys.stderr)
         return ExitCode.HARNESS_ERROR
-    except KeyboardInterrupt:
-        print("hotadd: interrupted; the run was torn down", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"hotadd: interrupted ({exc or 'SIGINT'}); the run was torn down",
+              file=sys.stderr)
         return ExitCode.HARNESS_ERROR
     except Exception:  # a bug in the harness is still a harness error, not a verdict
         traceback.print_exc()

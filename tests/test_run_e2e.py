@@ -123,3 +123,31 @@ def test_run_dir_is_self_contained(default_run, tmp_path: Path) -> None:  # type
                       "--boot-cpus", "2", "--guest-count", "4", "--json")
     assert proc.returncode == 0, proc.stdout
     assert json.loads(proc.stdout)["verdict"] == result["verdict"]["verdict"] == "pass"
+
+
+def test_sigterm_mid_run_tears_everything_down(cli_uri: str, tmp_path: Path) -> None:
+    """A CI timeout or scheduler kill (SIGTERM) during a run still leaves no QEMU and no
+    scratch behind (cli_uri asserts the QEMU part)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import xml.etree.ElementTree as ET
+
+    from harness import paths
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--libvirt-uri", cli_uri, "--run-dir",
+         str(tmp_path / "run")], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # wait until the guest is booting
+        if "ready:" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "interrupted (SIGTERM)" in err
+    name = ET.parse(tmp_path / "run" / "domain.xml").findtext("name")
+    assert name and name.startswith("hotadd-reference-")
+    assert not (paths.scratch_dir() / name).exists()
