@@ -41,6 +41,7 @@
 #define PROBE_FLAG_ADD_EXISTING 1
 #define PROBE_MAX_RECORDS 4096
 #define PROBE_JSON_MAX 256
+#define STATUS_UNSUCCESSFUL 0xC0000001
 
 static int veto_cpu = -1;
 module_param(veto_cpu, int, 0444);
@@ -134,7 +135,7 @@ static u32 errno_to_ntstatus(int err)
 	case ENOSPC:
 		return 0xC000007F; /* STATUS_DISK_FULL (no free dynamic hotplug state) */
 	default:
-		return 0xC0000001; /* STATUS_UNSUCCESSFUL */
+		return STATUS_UNSUCCESSFUL;
 	}
 }
 
@@ -265,8 +266,10 @@ static int probe_prepare_startup(unsigned int cpu)
 
 /*
  * CPUHP_BP_PREPARE_DYN teardown. Process context, control CPU. A CPU that was prepared but
- * never completed is being rolled back: "failure". An offlined CPU and deregistration are not
- * notifications (Windows has neither). Always returns 0.
+ * never completed is being rolled back: "failure", with the veto's status when our own replay
+ * veto caused it, else STATUS_UNSUCCESSFUL (a later hotplug state failed; Linux gives no
+ * reason). An offlined CPU and deregistration are not notifications (Windows has neither).
+ * Always returns 0.
  */
 static int probe_prepare_teardown(unsigned int cpu)
 {
@@ -276,7 +279,10 @@ static int probe_prepare_teardown(unsigned int cpu)
 	if (READ_ONCE(deregistering))
 		return 0;
 	if (t == TRACK_PREPARED)
-		notify_record(ST_FAILURE, cpu, READ_ONCE(last_veto_status), 0);
+		notify_record(ST_FAILURE, cpu,
+			      READ_ONCE(registering) ? READ_ONCE(last_veto_status) :
+						       STATUS_UNSUCCESSFUL,
+			      0);
 	else if (t == TRACK_GOING_DOWN)
 		pr_info("cpu%u went offline (not a notification)\n", cpu);
 	return 0;
