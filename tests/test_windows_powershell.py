@@ -81,7 +81,7 @@ def test_probe_control_calls_name_functions_that_exist() -> None:
     text = windows.PROBE_SCRIPT.read_text(encoding="utf-8")
     defined = {n for n in _function_names(text)}
     for call in ("Install-HotAddProbe", "Set-HotAddProbeParameters", "Start-HotAddProbe",
-                 "Stop-HotAddProbe", "Get-HotAddRecordsInfo", "Get-HotAddProcessorCount",
+                 "Stop-HotAddProbe", "Get-HotAddProcessorCount",
                  "Get-HotAddPreflight", "Get-HotAddProvisioning"):
         assert call in defined
         assert call in Path(windows.__file__).read_text(encoding="utf-8")

@@ -109,6 +109,19 @@ def test_a_single_oversized_command_fails_as_on_windows(transport: WinRMTranspor
     assert res.rc == 1 and "too long" in res.stderr
 
 
+def test_powershell_clixml_stderr_is_made_readable(transport: WinRMTransport) -> None:
+    clixml = ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/'
+              'powershell/2004/04"><Obj S="progress" RefId="0"><TN RefId="0"><T>System.'
+              'Management.Automation.PSCustomObject</T></TN></Obj><S S="Error">Cannot find '
+              "path C:/x_x000D__x000A_</S><S S=\"Error\">because it does not exist."
+              "_x000D__x000A_</S></Objs>")
+    res = transport.run(f"printf '%s' '{clixml}' >&2; exit 1")
+    assert res.rc == 1
+    assert res.stderr == "Cannot find path C:/x\r\nbecause it does not exist."
+    plain = transport.run("echo plain >&2")
+    assert plain.stderr.strip() == "plain"
+
+
 def test_plan_boundaries() -> None:
     small = powershell_plan("x" * 100)
     assert small.steps == () and small.cleanup is None

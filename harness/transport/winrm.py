@@ -23,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,21 @@ def redact(text: str, secret: str) -> str:
         if len(b64) >= 8:
             out = out.replace(b64[:-2], REDACTED)  # the tail depends on what follows
     return out
+
+
+def clean_clixml(stderr: str) -> str:
+    """PowerShell run by a remote shell writes its error (and progress) streams to stderr as
+    CLIXML ("#< CLIXML" then <Objs>); keep the error text people can read."""
+    head, _, body = stderr.partition("\n")
+    if head.strip() != "#< CLIXML":
+        return stderr
+    try:
+        root = ET.fromstring(body.strip())
+    except ET.ParseError:
+        return stderr
+    text = "".join(el.text or "" for el in root.iter()
+                   if el.tag.endswith("}S") and el.get("S") == "Error")
+    return re.sub(r"_x([0-9A-Fa-f]{4})_", lambda m: chr(int(m[1], 16)), text).strip()
 
 
 # ---- PowerShell delivery: plain cmd.exe command lines, shared with Windows over SSH ----
@@ -274,7 +290,7 @@ class WinRMTransport(Transport):
         return CommandResult(
             command=shown, rc=rc,
             stdout=out.decode("utf-8", errors="replace"),
-            stderr=err.decode("utf-8", errors="replace"),
+            stderr=clean_clixml(err.decode("utf-8", errors="replace")),
             elapsed=time.monotonic() - t0,
         )
 
@@ -369,7 +385,7 @@ def run_powershell(transport: Transport, script: str, timeout: float = 300.0,
             except TransportError:
                 log.debug("could not delete a staged script")
     return CommandResult(command=shown or _first_line(script), rc=res.rc, stdout=res.stdout,
-                         stderr=res.stderr, elapsed=time.monotonic() - t0)
+                         stderr=clean_clixml(res.stderr), elapsed=time.monotonic() - t0)
 
 
 def fetch_by_chunks(transport: Transport, remote_path: str, local_path: Path,

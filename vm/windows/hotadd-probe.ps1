@@ -11,6 +11,7 @@
   C:\ProgramData\HotAddProbe\records.jsonl (truncated by every load).
 #>
 $ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'  # progress records reach a remote stderr as CLIXML
 Set-StrictMode -Version 2
 
 $HotAddService = 'HotAddProbe'
@@ -18,7 +19,7 @@ $HotAddRecords = 'C:\ProgramData\HotAddProbe\records.jsonl'
 $HotAddCertSubject = 'CN=hotadd test signing (lab only)'
 
 function Write-HotAddResult {
-    param([Parameter(Mandatory)][System.Collections.IDictionary]$Result)
+    param([Parameter(Mandatory)][AllowEmptyCollection()][System.Collections.IDictionary]$Result)
     Write-Output (ConvertTo-Json -InputObject $Result -Compress -Depth 4)
 }
 
@@ -94,13 +95,13 @@ function Install-HotAddProbe {
         $signedHere = $true
         $signature = Get-AuthenticodeSignature -FilePath $target
     }
-    if ((Get-HotAddServiceState) -ne 'Absent') {
-        $del = Invoke-HotAddNative 'sc.exe' @('delete', $HotAddService)
-        if ($del.Code -ne 0) { throw "sc.exe delete $HotAddService failed ($($del.Code)): $($del.Output)" }
-    }
-    $create = Invoke-HotAddNative 'sc.exe' @('create', $HotAddService, 'type=', 'kernel',
+    # An existing service is reconfigured, not deleted: a delete stays pending while anything
+    # holds a handle to it, and the create after it would then fail.
+    $verb = 'create'
+    if ((Get-HotAddServiceState) -ne 'Absent') { $verb = 'config' }
+    $sc = Invoke-HotAddNative 'sc.exe' @($verb, $HotAddService, 'type=', 'kernel',
         'start=', 'demand', 'error=', 'normal', 'binPath=', $target, 'DisplayName=', 'HotAdd probe')
-    if ($create.Code -ne 0) { throw "sc.exe create $HotAddService failed ($($create.Code)): $($create.Output)" }
+    if ($sc.Code -ne 0) { throw "sc.exe $verb $HotAddService failed ($($sc.Code)): $($sc.Output)" }
     Write-HotAddResult ([ordered]@{
         service = $HotAddService; path = $target; source = $src
         signed_in_guest = $signedHere; signature = [string]$signature.Status
@@ -162,13 +163,6 @@ function Stop-HotAddProbe {
     }
     Wait-HotAddServiceState -State 'Stopped' -Seconds 60
     Write-HotAddResult ([ordered]@{ stopped = $true; code = $stop.Code; state = Get-HotAddServiceState })
-}
-
-function Get-HotAddRecordsInfo {
-    $exists = Test-Path -LiteralPath $HotAddRecords
-    $length = 0
-    if ($exists) { $length = (Get-Item -LiteralPath $HotAddRecords).Length }
-    Write-HotAddResult ([ordered]@{ path = $HotAddRecords; exists = $exists; length = $length })
 }
 
 function Get-HotAddProcessorCount {

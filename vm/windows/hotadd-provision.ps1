@@ -12,6 +12,7 @@
   The harness waits for WinRM *and* a boot newer than the marker before it trusts the image.
 #>
 $ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
 $stateDir = Join-Path $env:ProgramData 'HotAdd'
 New-Item -ItemType Directory -Force -Path $stateDir | Out-Null
 Start-Transcript -Path (Join-Path $stateDir 'provision.log') -Append | Out-Null
