@@ -59,7 +59,11 @@ def guest_port(reference_image: ReferenceImage,
         yield port
     finally:
         qemu.terminate()
-        qemu.wait(timeout=30)
+        try:
+            qemu.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            qemu.kill()
+            qemu.wait()
 
 
 @pytest.fixture()
