@@ -19,12 +19,16 @@ from harness.host import storage
 from harness.host.domain import Cdrom, Disk, DiskBus, DomainSpec, Firmware, Forward, Profile
 from harness.host.machine import Machine, free_port
 from harness.oracle import Profile as OracleProfile
+from harness.paths import REPO_ROOT
 from harness.progress import Progress
 from harness.transport.base import Transport
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 
 DRIVER_FILE = "hotaddprobe.sys"  # its name on the driver ISO
 WINRM_PORT = 5985
+#: Where driver/build.cmd leaves the driver, tried when --driver is not given.
+DEFAULT_DRIVERS = tuple(REPO_ROOT / "driver" / "build" / c / "HotAddProbe.sys"
+                        for c in ("Release", "Debug"))
 
 
 def probe_parameters(settings: ProbeSettings, active: int | None) -> windows.ProbeParameters:
@@ -98,9 +102,12 @@ class WindowsGuest(GuestKind):
         if not manifest_file.is_file():
             raise InputError(f"{self.image} has no manifest {manifest_file.name} beside it",
                              "use an image made by 'hotadd image build'")
+        if self.driver is None:
+            self.driver = next((p for p in DEFAULT_DRIVERS if p.is_file()), None)
         if self.driver is None or not self.driver.is_file():
-            raise InputError(f"the probe driver {self.driver or '(not given)'} is missing",
-                             "pass --driver PATH.sys (built from driver/, see driver/README.md)")
+            raise InputError(f"the probe driver {self.driver or '(not given, not built)'} is "
+                             "missing", "pass --driver PATH.sys (build it from driver/, see "
+                             "driver/README.md)")
         self._manifest = windows.GoldenManifest.read(manifest_file)
         self._password = windows.password_from_env()
         progress.say(f"windows image: Server {self.manifest.windows_version}, "
