@@ -15,31 +15,18 @@ from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
 
-# The probe reports a Linux veto errno as this NTSTATUS (vm/reference/probe/hotadd_probe.c).
-_ERRNO_FOR_STATUS = {
-    0xC000009A: errno.ENOMEM,  # STATUS_INSUFFICIENT_RESOURCES
-    0xC0000185: errno.EIO,  # STATUS_IO_DEVICE_ERROR
-}
-# dmesg lines look like "[   12.345678] hotadd-probe: {...}"
-_DMESG_RECORD = re.compile(r"^(?:\[[^\]]*\]\s*)?" + re.escape(reference.PROBE_RECORD_PREFIX)
-                           + r"(\{.*\})\s*$")
-
 
 def probe_params(settings: ProbeSettings) -> reference.ProbeParams:
-    if settings.veto_index is not None and settings.veto_status not in _ERRNO_FOR_STATUS:
-        known = ", ".join(f"0x{s:08X}" for s in _ERRNO_FOR_STATUS)
+    """The module parameters for `settings`: the veto NTSTATUS back to the errno the probe
+    reports as that status."""
+    err = reference.errno_for_ntstatus(settings.veto_status)
+    if settings.veto_index is not None and err is None:
+        known = ", ".join(sorted({f"0x{s:08X}" for s in reference.NTSTATUS_BY_ERRNO.values()}))
         raise InputError(
             f"the reference guest cannot veto with status 0x{settings.veto_status:08X}",
             f"use one of {known}")
-    return reference.ProbeParams(
-        flags=1 if settings.add_existing else 0, veto_cpu=settings.veto_index,
-        veto_errno=_ERRNO_FOR_STATUS.get(settings.veto_status, errno.ENOMEM))
-
-
-def last_load(lines: list[str]) -> list[str]:
-    """The records of the most recent probe load (a guest may have loaded it before)."""
-    starts = [i for i, line in enumerate(lines) if '"event":"load"' in line.replace(" ", "")]
-    return lines[starts[-1]:] if starts else lines
+    return reference.ProbeParams(flags=1 if settings.add_existing else 0,
+                                 veto_cpu=settings.veto_index, veto_errno=err or errno.ENOMEM)
 
 
 class ReferenceSession(GuestSession):
@@ -57,9 +44,7 @@ class ReferenceSession(GuestSession):
 
     def final_records(self) -> str:
         """From the kernel log: the probe prints every record there too, and /proc is gone."""
-        out = self.transport.run("dmesg").check().stdout
-        lines = [m.group(1) for m in map(_DMESG_RECORD.match, out.splitlines()) if m]
-        return "".join(line + "\n" for line in last_load(lines))
+        return reference.records_from_console(self.transport.run("dmesg").check().stdout)
 
     def processor_count(self) -> int:
         return len(reference.online_cpus(self.transport))

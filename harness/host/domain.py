@@ -263,14 +263,15 @@ def _qemu_netdev(root: ET.Element, spec: DomainSpec) -> None:
     """User-mode NIC with loopback-only forwards, passed through as QEMU arguments.
 
     libvirt 9.0's own <portForward> needs passt (broken on Debian 12); the passthrough is the
-    checked way, at the price of a "custom-argv" taint.
+    checked way, at the price of a "custom-argv" taint. `restrict=on` keeps the guest from
+    reaching anything but the forwards: it never leaves loopback.
     """
     if not spec.forwards:
         return
     fwds = ",".join(f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in spec.forwards)
     model = "e1000e" if spec.profile is Profile.WINDOWS else "virtio-net-pci"
     cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
-    for arg in ("-netdev", f"user,id=hotaddnet0,restrict=off,{fwds}",
+    for arg in ("-netdev", f"user,id=hotaddnet0,restrict=on,{fwds}",
                 "-device", f"{model},netdev=hotaddnet0,bus=pcie.0,addr={NIC_SLOT}"):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
 
