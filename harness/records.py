@@ -35,6 +35,8 @@ class DriverEvent(enum.Enum):
     REGISTER_FAILED = "register_failed"
     DEREGISTERED = "deregistered"
     UNLOAD = "unload"
+    # Records were lost before this line (the Windows probe's ring was full); carries `count`.
+    DROPPED = "dropped"
 
 
 class NotifyState(enum.Enum):
@@ -65,6 +67,7 @@ class DriverRecord:
     active_count: int | None = None  # required on `load`
     flags: int | None = None  # required on `load`
     status: int | None = None  # required on `register_failed`
+    count: int | None = None  # required on `dropped`: how many records were lost, >= 1
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     line: int = field(default=0, compare=False)
 
@@ -99,19 +102,22 @@ class NotifyRecord:
 Record = DriverRecord | NotifyRecord
 
 _COMMON = ("v", "seq", "t_ns", "kind")
-_DRIVER_FIELDS = ("event", "active_count", "flags", "status")
+_DRIVER_FIELDS = ("event", "active_count", "flags", "status", "count")
 _NOTIFY_FIELDS = ("state", "phase", "nt_number", "group", "number", "status", "op_status",
                   "active_count", "irql")
 _REQUIRED_BY_EVENT: Mapping[DriverEvent, tuple[str, ...]] = {
     DriverEvent.LOAD: ("active_count", "flags"),
     DriverEvent.REGISTER_FAILED: ("status",),
+    DriverEvent.DROPPED: ("count",),
 }
 # Upper bounds of the integer fields, from the C types the probes fill them from.
 _INT_MAX: Mapping[str, int] = {
     "seq": 2**64 - 1, "t_ns": 2**64 - 1, "active_count": UINT32_MAX, "flags": UINT32_MAX,
     "status": UINT32_MAX, "op_status": UINT32_MAX, "nt_number": UINT32_MAX,
-    "group": 0xFFFF, "number": 0xFF, "irql": 31,
+    "group": 0xFFFF, "number": 0xFF, "irql": 31, "count": 2**64 - 1,
 }
+# Lower bounds other than 0: a `dropped` line is only written when something was lost.
+_INT_MIN: Mapping[str, int] = {"count": 1}
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -127,8 +133,9 @@ def _int_field(obj: Mapping[str, Any], name: str) -> int:
     value = obj[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise _BadRecord(f'field "{name}" must be an integer, got {json.dumps(value)}')
-    if not 0 <= value <= _INT_MAX[name]:
-        raise _BadRecord(f'field "{name}" = {value} is outside 0..{_INT_MAX[name]}')
+    low = _INT_MIN.get(name, 0)
+    if not low <= value <= _INT_MAX[name]:
+        raise _BadRecord(f'field "{name}" = {value} is outside {low}..{_INT_MAX[name]}')
     return value
 
 
@@ -159,7 +166,8 @@ def _driver_record(obj: Mapping[str, Any], line: int) -> DriverRecord:
     return DriverRecord(
         seq=_int_field(obj, "seq"), t_ns=_int_field(obj, "t_ns"), event=event,
         active_count=_optional_int(obj, "active_count"), flags=_optional_int(obj, "flags"),
-        status=_optional_int(obj, "status"), extra=_extra(obj, _DRIVER_FIELDS), line=line,
+        status=_optional_int(obj, "status"), count=_optional_int(obj, "count"),
+        extra=_extra(obj, _DRIVER_FIELDS), line=line,
     )
 
 
@@ -241,7 +249,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
                            "kind": record.kind.value}
     if isinstance(record, DriverRecord):
         out["event"] = record.event.value
-        for name in ("active_count", "flags", "status"):
+        for name in _DRIVER_FIELDS[1:]:
             value = getattr(record, name)
             if value is not None:
                 out[name] = value

@@ -41,6 +41,20 @@ def test_fail_exits_1_and_names_rule_and_seqs() -> None:
     assert "FAIL hotadd.veto_honoured [doc] seq 3, 4:" in run.stdout
 
 
+def test_lost_records_are_a_failing_verdict_not_an_input_error() -> None:
+    """The Windows driver's ring overflowed: the trace reads fine and fails (exit 1)."""
+    trace = TRACES / "win_ring_overflow.jsonl"  # written by the driver's own ring code
+    run = hotadd_check(trace)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == ""
+    assert "FAIL records.none_dropped [format] seq 9: the probe lost 2 record(s)" in run.stdout
+    assert "HAP_RING_CAPACITY in driver/probe_public.h" in run.stdout
+    data = as_json(hotadd_check("--json", trace))
+    dropped = [f for f in data["findings"] if f["rule_id"] == "records.none_dropped"]
+    assert [(f["severity"], f["seqs"]) for f in dropped] == [("fail", [9]), ("fail", [18])]
+    assert "(4 in all, in 2 places)" in dropped[0]["message"]
+
+
 def test_profile_decides_the_severity() -> None:
     trace = TRACES / "win_bad_interleaved.jsonl"
     assert hotadd_check("--profile", "windows", trace).returncode == 0

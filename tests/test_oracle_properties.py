@@ -17,6 +17,7 @@ from harness.oracle.model import (
     HotAdd,
     ProtocolModel,
     edited,
+    lost,
     renumber,
 )
 from harness.records import (
@@ -200,3 +201,22 @@ def test_a_notify_after_the_end_fails(model: ProtocolModel, data: st.DataObject)
                         active_count=records[end].active_count or model.existing, irql=0)
     injected = renumber([*records[:end + 1], late, *records[end + 1:]])
     assert "notify.after_end" in failing_rules(injected, model)
+
+
+@DETERMINISTIC
+@given(models(), st.data())
+def test_losing_records_as_the_driver_does_fails_as_a_loss_not_as_damage(
+        model: ProtocolModel, data: st.DataObject) -> None:
+    """A full ring: one `dropped` line with its own seq replaces any run of records but load."""
+    records = model.records()
+    start = data.draw(st.integers(1, len(records) - 1), label="first lost")
+    stop = data.draw(st.integers(start + 1, len(records)), label="end of loss")
+    verdict = check(lost(records, start, stop), model.profile, model.host_facts())
+    losses = [f for f in verdict.findings if f.rule_id == "records.none_dropped"]
+    assert len(losses) == 1 and f"lost {stop - start} record(s)" in losses[0].message
+    assert not verdict.passed
+    rules = {f.rule_id for f in verdict.findings}
+    assert not rules & {"seq.complete", "seq.first_load", "time.monotonic"}, \
+        render_verdict(verdict)
+    if not any(isinstance(r, DriverRecord) for r in records[start:stop]):
+        assert "driver.order" not in rules, render_verdict(verdict)

@@ -35,6 +35,7 @@ from harness.oracle.model import (
     ProtocolModel,
     edited,
     find,
+    lost,
     renumber,
     without,
 )
@@ -117,6 +118,20 @@ def start_after_replay_veto() -> list[Record]:
     return insert_after(records, nt(START, REPLAY, 1), late)
 
 
+def second_add_lost() -> list[Record]:
+    """The driver's ring overflowed during the last hot-add: its Start and Complete are lost."""
+    r = TWO_ADDS.records()
+    second = find(r, nt(START, HOTADD), 1)
+    return lost(r, second, second + 2)
+
+
+def loss_reported_at(records: Sequence[Record], index: int, count: int = 1) -> list[Record]:
+    """A `dropped` line inserted before records[index] (at the end when index == len)."""
+    t_ns = records[min(index, len(records) - 1)].t_ns
+    line = DriverRecord(seq=0, t_ns=t_ns, event=DriverEvent.DROPPED, count=count)
+    return renumber([*records[:index], line, *records[index:]])
+
+
 def after_deregister() -> list[Record]:
     r = TWO_ADDS.records()
     dereg = find(r, ev(DriverEvent.DEREGISTERED))
@@ -143,6 +158,7 @@ CASES = (
          TWO_ADDS.records),
     Case("seq.first_load", lambda: drop(TWO_ADDS.records(), ev(DriverEvent.LOAD)),
          TWO_ADDS.records),
+    Case("records.none_dropped", second_add_lost, TWO_ADDS.records),
     Case("time.monotonic", lambda: at(TWO_ADDS.records(), ev(DriverEvent.REGISTERED), t_ns=0),
          TWO_ADDS.records),
     Case("driver.order", lambda: TWO_ADDS.records()[:1], TWO_ADDS.records),
@@ -383,3 +399,65 @@ def test_host_rules_are_skipped_for_unknown_facts() -> None:
     assert verdict.passed and not verdict.findings
     wrong = check(TWO_ADDS.records(), W, HostFacts(guest_count=5))
     assert [f.rule_id for f in wrong.findings] == ["host.final_count"]
+
+
+def test_lost_records_fail_once_naming_the_count_and_the_fix() -> None:
+    records = second_add_lost()
+    verdict = check(records, W)
+    (finding,) = verdict.findings  # no seq.complete: the dropped line took its own seq
+    dropped = records[find(records, ev(DriverEvent.DROPPED))]
+    assert (finding.rule_id, finding.severity, finding.seqs) == (
+        "records.none_dropped", Severity.FAIL, (dropped.seq,))
+    assert "lost 2 record(s)" in finding.message and "in all" not in finding.message
+    assert "HAP_RING_CAPACITY in driver/probe_public.h" in finding.message
+    assert "driver/README.md" in finding.message
+    assert not verdict.passed
+
+
+def test_every_loss_is_reported_with_the_total() -> None:
+    records = lost(second_add_lost(), 3, 4)  # and a replay Start before it
+    found = fired(check(records, W), "records.none_dropped")
+    assert [f.seqs for f in found] == [(4,), (find(records, ev(DriverEvent.DROPPED), 1) + 1,)]
+    assert all("(3 in all, in 2 places)" in f.message for f in found)
+
+
+@pytest.mark.parametrize("index", range(1, len(TWO_ADDS.records()) + 1))
+def test_a_dropped_line_anywhere_after_load_breaks_no_other_rule(index: int) -> None:
+    for model, profile in ((TWO_ADDS, W), (REPLAY_VETO, W), (LINUX, L)):
+        records = model.records()
+        if index > len(records):
+            continue
+        verdict = check(loss_reported_at(records, index), profile, model.host_facts())
+        assert [(f.rule_id, f.severity) for f in verdict.findings] == [
+            ("records.none_dropped", Severity.FAIL)], render_verdict(verdict)
+
+
+def test_a_dropped_line_before_load_is_out_of_order() -> None:
+    records = loss_reported_at(TWO_ADDS.records(), 0)
+    fails = {f.rule_id for f in check(records, W).findings}
+    assert fails == {"records.none_dropped", "seq.first_load", "driver.order"}
+
+
+def test_a_seq_gap_beside_a_dropped_line_is_still_damage() -> None:
+    # The driver numbers lines as it writes them: lost records never leave a gap, so a gap
+    # next to a `dropped` line is not excused by it.
+    records = second_add_lost()
+    at_drop = find(records, ev(DriverEvent.DROPPED))
+    gapped = [*records[:at_drop + 1], *(replace(r, seq=r.seq + 2) for r in records[at_drop + 1:])]
+    fails = {f.rule_id for f in check(gapped, W).findings}
+    assert fails == {"records.none_dropped", "seq.complete"}
+
+
+def test_the_model_loses_records_as_the_driver_does() -> None:
+    records = TWO_ADDS.records()
+    mid = lost(records, 2, 5)
+    assert len(mid) == len(records) - 2
+    assert mid[2] == DriverRecord(seq=3, t_ns=records[5].t_ns, event=DriverEvent.DROPPED,
+                                  count=3)
+    assert mid[3] == replace(records[5], seq=4)
+    end = lost(records, len(records) - 2, len(records))
+    assert end[-1] == DriverRecord(seq=len(records) - 1, t_ns=records[-1].t_ns,
+                                   event=DriverEvent.DROPPED, count=2)
+    for start, stop in ((0, 1), (3, 3), (2, len(records) + 1)):
+        with pytest.raises(ValueError, match="cannot lose"):
+            lost(records, start, stop)

@@ -90,10 +90,10 @@ def test_missing_notify_field_is_an_input_error(name: str) -> None:
 
 
 @pytest.mark.parametrize(("event", "name"), [("load", "active_count"), ("load", "flags"),
-                                             ("register_failed", "status")])
+                                             ("register_failed", "status"), ("dropped", "count")])
 def test_missing_driver_field_is_an_input_error(event: str, name: str) -> None:
     record = {"v": 1, "seq": 1, "t_ns": 0, "kind": "driver", "event": event,
-              "active_count": 1, "flags": 0, "status": 0xC0000001}
+              "active_count": 1, "flags": 0, "status": 0xC0000001, "count": 1}
     del record[name]
     message = parse_error(json.dumps(record))
     assert f'missing required field "{name}"' in message and event in message
@@ -117,6 +117,31 @@ def test_missing_driver_field_is_an_input_error(event: str, name: str) -> None:
 def test_ill_typed_field_is_an_input_error(field: str, value: Any, why: str) -> None:
     message = parse_error(json.dumps({**START, field: value}))
     assert message.startswith("<lines>:1: ") and why in message
+
+
+DROPPED = {"v": 1, "seq": 17, "t_ns": 81234567, "kind": "driver", "event": "dropped",
+           "count": 3}
+
+
+def test_a_dropped_line_is_a_driver_record_with_its_count() -> None:
+    """The Windows driver's report of records lost to a full ring (driver/probe_ring.c)."""
+    (record,) = parse_records(lines(DROPPED))
+    assert record == DriverRecord(seq=17, t_ns=81234567, event=DriverEvent.DROPPED, count=3)
+    assert json.loads(dump_records([record])) == DROPPED
+    biggest = {**DROPPED, "count": 2**64 - 1}  # the driver's counter is 64-bit
+    assert parse_records(lines(biggest))[0] == DriverRecord(
+        seq=17, t_ns=81234567, event=DriverEvent.DROPPED, count=2**64 - 1)
+
+
+@pytest.mark.parametrize(("count", "why"), [
+    (0, 'field "count" = 0 is outside 1..18446744073709551615'),
+    (2**64, "outside 1..18446744073709551615"),
+    ("3", "must be an integer"),
+    (True, "must be an integer"),
+])
+def test_a_dropped_line_needs_a_positive_count(count: Any, why: str) -> None:
+    message = parse_error(json.dumps(LOAD), json.dumps({**DROPPED, "count": count}))
+    assert message.startswith("<lines>:2: ") and why in message
 
 
 def test_driver_event_is_validated() -> None:

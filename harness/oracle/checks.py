@@ -91,10 +91,33 @@ _NEXT_EVENT: dict[DriverEvent | None, frozenset[DriverEvent]] = {
 }
 
 
+# Where the Windows probe's ring size is set: the fix for every `dropped` line.
+RING_SIZE_FIX = ("raise HAP_RING_CAPACITY in driver/probe_public.h (driver/README.md, "
+                 "\"The dropped event\"), rebuild the driver and run again")
+
+
+def check_losses(ctx: Context) -> Iterator[Hit]:
+    """A `dropped` line takes its own seq, so the loss is no seq gap: it is reported here."""
+    dropped = ctx.trace.dropped
+    total = sum(r.count or 0 for r in dropped)
+    in_all = f" ({total} in all, in {len(dropped)} places)" if len(dropped) > 1 else ""
+    for record in dropped:
+        yield _hit("records.none_dropped", f"the probe lost {record.count} record(s) just "
+                   f"before this point{in_all}: its record ring was full, so the trace is "
+                   "incomplete and other findings may be consequences of the loss; fix: "
+                   f"{RING_SIZE_FIX}", record)
+
+
 def check_driver(ctx: Context) -> Iterator[Hit]:
     state: DriverEvent | None = None
     unload: DriverRecord | None = None
     for record in ctx.trace.records:
+        if isinstance(record, DriverRecord) and record.event is DriverEvent.DROPPED:
+            # A loss report, not a life-cycle step (records.none_dropped judges it): after
+            # load it may come anywhere, last included (the final flush's report).
+            if state is None:
+                yield _hit("driver.order", "dropped before load", record)
+            continue
         if unload is not None and isinstance(record, DriverRecord):
             yield _hit("driver.order", f"{record.event.value} after unload", unload, record)
             continue
@@ -372,7 +395,7 @@ def check_host(ctx: Context) -> Iterator[Hit]:
 
 
 CHECKS: tuple[Check, ...] = (
-    check_sequence, check_driver, check_phase_labels, check_replay, check_hotadds,
+    check_sequence, check_losses, check_driver, check_phase_labels, check_replay, check_hotadds,
     check_statuses, check_indices, check_processor_numbers, check_counts, check_levels,
     check_after_end, check_host,
 )

@@ -224,3 +224,19 @@ def without(records: Sequence[Record], *indices: int) -> list[Record]:
 def find(records: Sequence[Record], predicate: Callable[[Record], bool], nth: int = 0) -> int:
     """Index of the nth record matching `predicate` (IndexError when there is none)."""
     return [i for i, r in enumerate(records) if predicate(r)][nth]
+
+
+def lost(records: Sequence[Record], start: int, stop: int) -> list[Record]:
+    """What the Windows probe writes when its ring overflows and records[start:stop] are lost.
+
+    One `dropped` line (count stop - start) takes their place and its own seq, so seq stays
+    gap-free; it carries the t_ns of the record after the loss, or, when the loss reaches the
+    end, of the last record lost (the driver's final flush comes after it). Losses before the
+    same kept record make one line. See driver/probe_ring.c (HapDrain).
+    """
+    if not 0 < start < stop <= len(records):
+        raise ValueError(f"cannot lose records[{start}:{stop}] of {len(records)}: the load "
+                         "record is never lost and at least one record must be")
+    t_ns = records[min(stop, len(records) - 1)].t_ns
+    dropped = DriverRecord(seq=0, t_ns=t_ns, event=DriverEvent.DROPPED, count=stop - start)
+    return renumber([*records[:start], dropped, *records[stop:]])

@@ -62,6 +62,9 @@ RULES: tuple[Rule, ...] = (
     Rule("seq.complete", "seq runs 1, 2, 3, ... in file order: no gap, repeat or reordering",
          Source.FORMAT, _F),
     Rule("seq.first_load", "the first record is the driver's load", Source.FORMAT, _F),
+    Rule("records.none_dropped",
+         'no record was lost: no "dropped" line (the Windows probe\'s record ring overflowed)',
+         Source.FORMAT, _F),
     Rule("time.monotonic", "t_ns never decreases from one record to the next", Source.FORMAT, _F),
     Rule("driver.order",
          "driver events run load, registered or register_failed, [deregistered], [unload], each "

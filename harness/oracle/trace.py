@@ -81,6 +81,7 @@ class Trace:
     hotadd: tuple[NotifyRecord, ...]  # notifies while registered
     after_end: tuple[NotifyRecord, ...]  # notifies after register_failed/deregistered/unload
     end: DriverRecord | None  # the record that ended the registration, if any
+    dropped: tuple[DriverRecord, ...] = ()  # `dropped` lines: records the probe lost
 
     @property
     def add_existing(self) -> bool:
@@ -122,4 +123,6 @@ def build_trace(records: Sequence[Record]) -> Trace:
         records=recs, load=load, registration=registration,
         replay=notifies(0, replay_stop), hotadd=notifies(replay_stop, stop),
         after_end=notifies(stop, len(recs)), end=end,
+        dropped=tuple(r for r in recs
+                      if isinstance(r, DriverRecord) and r.event is DriverEvent.DROPPED),
     )
