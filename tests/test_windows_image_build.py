@@ -143,3 +143,12 @@ def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_is
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["golden.qcow2.build"], \
         "no partial disk, no work dir, no provisioning ISO left"
+
+
+def test_restated_errors_keep_class_and_bugcheck() -> None:
+    from harness.errors import GuestCrashed
+
+    err = windows.restated(GuestCrashed("bsod", "look", bugcheck=(0x9F, 3, 0, 0, 0)),
+                           "stage 'install': bsod", "look (screenshot x)")
+    assert isinstance(err, GuestCrashed) and err.bugcheck == (0x9F, 3, 0, 0, 0)
+    assert str(err) == "stage 'install': bsod\n  fix: look (screenshot x)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import enum
 import json
 import os
@@ -641,6 +642,14 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
         shutil.rmtree(work, ignore_errors=True)  # the provisioning ISO holds the password
 
 
+def restated(exc: HotaddError, problem: str, fix: str) -> HotaddError:
+    """The same error (class, bugcheck and all) with a new message."""
+    new = copy.copy(exc)
+    new.problem, new.fix = problem, fix
+    new.args = (f"{problem}\n  fix: {fix}",)
+    return new
+
+
 @contextlib.contextmanager
 def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
            run_dir: Path) -> Iterator[None]:
@@ -649,9 +658,8 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
         with progress.stage(name, awaited):
             yield
     except HotaddError as exc:
-        where = installer.artifacts(run_dir)
-        raise type(exc)(f"image build stopped at stage '{name}': {exc.problem}",
-                        f"{exc.fix or 'see the logs'} ({where})") from None
+        raise restated(exc, f"image build stopped at stage '{name}': {exc.problem}",
+                       f"{exc.fix or 'see the logs'} ({installer.artifacts(run_dir)})") from None
 
 
 def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
