@@ -100,3 +100,11 @@ def _function_names(source: str) -> list[str]:
 
     walk(PARSER.parse(source.encode()).root_node)
     return names
+
+
+def test_critical_provisioning_steps_exist() -> None:
+    """The image build fails on these steps by name: a renamed step must not slip through."""
+    import re
+
+    steps = set(re.findall(r"Invoke-Step '([^']+)'", windows.PROVISION_SCRIPT.read_text()))
+    assert steps >= windows.CRITICAL_STEPS

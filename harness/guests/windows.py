@@ -60,6 +60,9 @@ WINPE_DRIVERS = "$WinPEDriver$"
 RECORDS_PATH = r"C:\ProgramData\HotAddProbe\records.jsonl"
 SERVICE_NAME = "HotAddProbe"
 PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
+#: hotadd-provision.ps1 steps without which the image is useless; others only warn.
+CRITICAL_STEPS = frozenset({"test signing", "winrm", "local account token filter",
+                            "server 2016 ACPI0010 workaround"})
 UNATTEND_NS = "urn:schemas-microsoft-com:unattend"
 #: virtio-win folders the provisioning ISO carries: disk (blk and scsi), network, serial.
 VIRTIO_DRIVERS = ("viostor", "vioscsi", "NetKVM", "vioserial")
@@ -456,6 +459,7 @@ class GoldenManifest:
     hotadd: dict[str, Any]
     source_iso: str
     virtio_iso: str
+    provisioning: dict[str, str] = field(default_factory=dict)  # step -> "ok" / "failed: ..."
     schema: str = "hotadd.windows-image/1"
 
     def write(self, path: Path) -> None:
@@ -686,9 +690,11 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
         with _stage(progress, "verify", "test signing, hot-add support", installer, spec.logs):
             pre = preflight(transport)
             failed = {k: v for k, v in state.get("steps", {}).items() if v != "ok"}
-            if failed:
-                raise InfrastructureError(f"provisioning steps failed: {failed}",
+            if fatal := {k: v for k, v in failed.items() if k in CRITICAL_STEPS}:
+                raise InfrastructureError(f"provisioning steps failed: {fatal}",
                                           f"read {PROVISION_LOG} in the guest")
+            for step, why in failed.items():
+                progress.say(f"warning: provisioning step {step!r} {why}")
             if pre.test_signing is not True:
                 raise InfrastructureError("test signing is not in effect after the reboot",
                                           "is Secure Boot on? the image needs OVMF without it")
@@ -725,6 +731,7 @@ def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, pa
                 "test_signing": pre.get("test_signing"), "wdf_version": pre.get("wdf_version"),
                 "edition_id": pre.get("edition")},
         source_iso=spec.windows_iso.name, virtio_iso=spec.virtio_iso.name,
+        provisioning={str(k): str(v) for k, v in facts["provisioning"].get("steps", {}).items()},
     )
     manifest.write(manifest_path(spec.output))
     return manifest

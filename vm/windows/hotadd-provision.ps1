@@ -124,6 +124,42 @@ Invoke-Step 'winrm' {
     Restart-Service -Name WinRM
 }
 
+Invoke-Step 'forget the password' {
+    # The golden image should keep only the account's hash: no cached answer file, no
+    # AutoLogon secret (nothing here needs an interactive logon once provisioning ran).
+    foreach ($f in @('Panther\unattend.xml', 'Panther\Unattend\unattend.xml', 'Panther\Autounattend.xml')) {
+        Remove-Item -Force -ErrorAction SilentlyContinue -LiteralPath (Join-Path $env:SystemRoot $f)
+    }
+    $winlogon = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon'
+    Set-ItemProperty -Path $winlogon -Name AutoAdminLogon -Value '0'
+    foreach ($name in 'DefaultPassword', 'AutoLogonCount') {
+        Remove-ItemProperty -Path $winlogon -Name $name -ErrorAction SilentlyContinue
+    }
+    Add-Type -Namespace HotAdd -Name Lsa -MemberDefinition @'
+[StructLayout(LayoutKind.Sequential, CharSet = CharSet.Unicode)]
+public struct LSA_UNICODE_STRING { public ushort Length; public ushort MaximumLength; public string Buffer; }
+[StructLayout(LayoutKind.Sequential)]
+public struct LSA_OBJECT_ATTRIBUTES { public int Length; public IntPtr RootDirectory; public IntPtr ObjectName; public uint Attributes; public IntPtr SecurityDescriptor; public IntPtr SecurityQualityOfService; }
+[DllImport("advapi32.dll")] public static extern uint LsaOpenPolicy(IntPtr system, ref LSA_OBJECT_ATTRIBUTES attributes, uint access, out IntPtr handle);
+[DllImport("advapi32.dll")] public static extern uint LsaStorePrivateData(IntPtr handle, ref LSA_UNICODE_STRING key, IntPtr data);
+[DllImport("advapi32.dll")] public static extern uint LsaClose(IntPtr handle);
+'@
+    # AutoLogon from an answer file keeps the password as the LSA secret DefaultPassword
+    $attributes = New-Object 'HotAdd.Lsa+LSA_OBJECT_ATTRIBUTES'
+    $policy = [IntPtr]::Zero
+    $status = [HotAdd.Lsa]::LsaOpenPolicy([IntPtr]::Zero, [ref]$attributes, 0x000F0FFF, [ref]$policy)  # POLICY_ALL_ACCESS
+    if ($status -ne 0) { throw "LsaOpenPolicy failed: 0x$('{0:X8}' -f $status)" }
+    try {
+        $key = New-Object 'HotAdd.Lsa+LSA_UNICODE_STRING'
+        $key.Buffer = 'DefaultPassword'
+        $key.Length = [uint16]($key.Buffer.Length * 2)
+        $key.MaximumLength = [uint16]($key.Length + 2)
+        [void][HotAdd.Lsa]::LsaStorePrivateData($policy, [ref]$key, [IntPtr]::Zero)  # NULL deletes
+    } finally {
+        [void][HotAdd.Lsa]::LsaClose($policy)
+    }
+}
+
 $marker = [ordered]@{
     provisioned_utc = (Get-Date).ToUniversalTime().ToString('o')
     build           = $build
