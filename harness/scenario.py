@@ -5,7 +5,10 @@ spec -> connect + sweep -> guest image -> domain -> boot -> session -> load prob
 -> unload -> (optionally one more add, expecting silence) -> collect -> oracle + host checks
 -> run directory (records.jsonl, serial.log, domain.xml, result.json, screenshot on failure).
 
-Nothing here knows which guest OS runs: that is `harness.guests.base.GuestKind`.
+The steps are objects so that the pytest plugin can drive them too: `open_host` (libvirt),
+`Guest` (boot, session, save/restore), `Attempt` (one probe load: load, adds, unload, verdict).
+`run_scenario` composes them. Nothing here knows which guest OS runs: that is
+`harness.guests.base.GuestKind`.
 """
 
 from __future__ import annotations
@@ -15,18 +18,24 @@ import dataclasses
 import enum
 import json
 import platform
+import re
+import shutil
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import libvirt
+
 from harness import __version__
-from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError
+from harness.errors import DomainError, ExitCode, GuestCrashed, HotaddError, InputError
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
-from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, run_name
+from harness.host.events import DomainEvents
+from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
 from harness.oracle import HostFacts, Verdict, check
 from harness.oracle import Profile as OracleProfile
@@ -174,6 +183,8 @@ class RunResult:
     versions: dict[str, str]
     error: str | None = None  # a harness error (exit 2) or a guest crash (exit 1)
     crashed: str | None = None  # the crash description (bugcheck) if the guest died
+    clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
+    after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
 
     @property
     def passed(self) -> bool:
@@ -199,8 +210,10 @@ class RunResult:
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "host_checks": [c.to_dict() for c in self.host_checks],
             "adds": [a.to_dict() for a in self.adds],
+            "add_after_unload": self.after_unload.to_dict() if self.after_unload else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
+            "guest_clock": {"t0_host_wall": self.clock_offset},
         }
 
 
@@ -234,30 +247,353 @@ def default_run_dir(domain: str) -> Path:
     return Path.cwd() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{domain}"
 
 
-# --- the run ----------------------------------------------------------------------------------
+def base_versions() -> dict[str, str]:
+    return {"hotadd": __version__, "python": platform.python_version()}
 
-@dataclass
-class _Run:
-    """Mutable state of one run while it happens; frozen into a RunResult at the end."""
 
-    spec: ScenarioSpec
-    kind: GuestKind
-    progress: Progress
-    domain: str
-    run_dir: Path
-    versions: dict[str, str] = field(default_factory=dict)
-    adds: list[AddOutcome] = field(default_factory=list)
-    plugged: list[PluggedVcpu] = field(default_factory=list)
-    checks: list[HostCheck] = field(default_factory=list)
-    clock_offset: float | None = None  # host Unix time of guest t_ns == 0
+# --- the steps --------------------------------------------------------------------------------
 
-    def result(self, verdict: Verdict | None, error: str | None = None,
-               crashed: str | None = None) -> RunResult:
+@dataclass(frozen=True)
+class Host:
+    """An open libvirt connection and what it runs (one per `hotadd run`, one per pytest
+    session)."""
+
+    conn: libvirt.virConnect
+    accelerator: Accelerator
+    versions: Mapping[str, str]
+
+
+@contextlib.contextmanager
+def open_host(spec: ScenarioSpec, progress: Progress) -> Iterator[Host]:
+    """Resolve the accelerator, connect to libvirt and sweep what crashed runs left behind."""
+    choice = accel.resolve(spec.accelerator)
+    progress.say(f"accelerator: {choice.accelerator.value} ({choice.reason})")
+    with progress.stage("connect", "libvirt"):
+        conn = open_connection(spec.libvirt_uri)
+        try:
+            found = dataclasses.asdict(versions(conn))
+            swept = sweep(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if swept.removed_domains or swept.removed_scratch:
+            progress.say(swept.describe())
+    try:
+        yield Host(conn, choice.accelerator, {**base_versions(), **found,
+                                              "accelerator": choice.accelerator.value})
+    finally:
+        conn.close()
+
+
+class Guest:
+    """A booted guest: its machine, the guest kind, and a session while one is open.
+
+    `hotadd run` boots one and runs one `Attempt` on it. The pytest plugin boots one per
+    session, takes a checkpoint (`save`) before any test touched it and `restore`s it for each
+    test, since hot-added vCPUs cannot be removed again. All methods run on the caller's thread.
+    """
+
+    def __init__(self, spec: ScenarioSpec, kind: GuestKind, host: Host, machine: Machine) -> None:
+        self.spec = spec
+        self.kind = kind
+        self.host = host
+        self.machine = machine
+        self.session: GuestSession | None = None
+        self.running = True
+        self._boot_spec = machine.spec
+        self._saved: Path | None = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def boot(cls, spec: ScenarioSpec, kind: GuestKind, host: Host, progress: Progress,
+             name: str, run_dir: Path) -> Iterator[Guest]:
+        """Start the domain (serial.log and domain.xml in `run_dir`); tear it down on exit
+        unless `keep()` was called."""
+        scratch = storage.run_scratch(name)
+        hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan, accelerator=host.accelerator,
+                             run_dir=run_dir, scratch=scratch, memory_mib=spec.memory_mib,
+                             firmware=spec.firmware)
+        try:
+            domain_spec = kind.domain_spec(hw)
+        except BaseException:
+            storage.remove_scratch(scratch)
+            raise
+        with progress.stage("boot", f"{name} ({spec.vcpu_plan.boot} of "
+                                    f"{spec.vcpu_plan.maximum} vCPUs, {spec.topology})"):
+            machine = Machine.start(host.conn, domain_spec, scratch)
+        guest = cls(spec, kind, host, machine)
+        try:
+            yield guest
+        finally:
+            guest.close_session()
+            machine.close()
+
+    @property
+    def name(self) -> str:
+        return self.machine.name
+
+    def connect(self, progress: Progress) -> GuestSession:
+        """Wait for the guest's transport and open a session (stage "ready")."""
+        self.close_session()
+        with progress.stage("ready", "the guest's transport"):
+            self.session = self.kind.open_session(self.machine, progress, self.spec.ready_timeout)
+        return self.session
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.close()
+
+    def keep(self, progress: Progress) -> None:
+        """Leave the guest running when this process lets go of it, for a person to inspect."""
+        self.machine.keep = True
+        progress.say(f"keeping {self.name} for inspection (serial log "
+                     f"{self.machine.spec.serial_log}); 'hotadd sweep' removes it once this "
+                     "process has ended")
+
+    # --- checkpoint: the plugin's "known state" without a boot per test -------------------
+
+    def save(self, path: Path, progress: Progress) -> None:
+        """Save the running guest to `path` (virDomainSave: the domain stops) and copy its
+        writable disks beside it, so every `restore` starts from exactly this state."""
+        self.close_session()
+        with progress.stage("save", f"{self.name} to {path.name}"):
+            try:
+                self.machine.dom.save(str(path))
+            except libvirt.libvirtError as exc:
+                raise DomainError(f"libvirt could not save {self.name}: "
+                                  f"{exc.get_error_message()}",
+                                  "check free space under the cache directory") from exc
+            self.running = False
+            for disk in self._writable_files():
+                shutil.copyfile(disk, _saved_copy(disk))
+        self._saved = path
+
+    def restore(self, run_dir: Path, progress: Progress) -> None:
+        """Start the guest again from the `save`d state, with its serial console (and a copy of
+        its live domain XML) in `run_dir`."""
+        if self._saved is None:
+            raise InputError(f"{self.name} has no saved state", "call Guest.save() first")
+        if self.running:
+            self.stop()
+        serial = run_dir / "serial.log"
+        with progress.stage("restore", f"{self.name} from {self._saved.name}"):
+            for disk in self._writable_files():
+                shutil.copyfile(_saved_copy(disk), disk)
+            conn = self.host.conn
+            xml = _serial_to(conn.saveImageGetXMLDesc(str(self._saved), 0),
+                             self._boot_spec.serial_log, serial)
+            # the console so far (the boot, the guest kind's ready marker), then this restore's
+            shutil.copyfile(self._boot_spec.serial_log, serial)
+            self.machine.events.close()  # events of the previous incarnation would mislead
+            self.machine.events = DomainEvents(conn, self.name)
+            try:
+                conn.restoreFlags(str(self._saved), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                self.machine.dom = conn.lookupByName(self.name)
+            except libvirt.libvirtError as exc:
+                raise DomainError(f"libvirt could not restore {self.name} from {self._saved}: "
+                                  f"{exc.get_error_message()}",
+                                  f"read the serial log {serial}; run 'hotadd doctor'") from exc
+            self.running = True
+            self.machine.spec = dataclasses.replace(self._boot_spec, serial_log=serial)
+            (run_dir / "domain.xml").write_text(self.machine.dom.XMLDesc(0))
+
+    def stop(self) -> None:
+        """Destroy the running domain (its saved state stays for the next `restore`)."""
+        self.close_session()
+        if self.running:
+            self.running = False
+            try:
+                self.machine.dom.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise DomainError(f"libvirt could not stop {self.name}: "
+                                      f"{exc.get_error_message()}", "run 'hotadd sweep'") from exc
+
+    def _writable_files(self) -> list[Path]:
+        spec = self._boot_spec
+        files = [d.path for d in spec.disks if not d.readonly]
+        return files + ([spec.nvram] if spec.nvram is not None else [])
+
+
+def _serial_to(xml: str, old: Path, new: Path) -> str:
+    """Domain XML with the serial console file moved from `old` to `new`, appended to."""
+    source = re.compile(r"<source\s+path=(['\"])" + re.escape(str(old)) + r"\1([^>]*)>")
+    if not source.search(xml):
+        raise DomainError(f"the saved domain XML has no serial console file {old}",
+                          "report it with the saved domain XML (virsh save-image-dumpxml)")
+    return source.sub(lambda m: f"<source path='{new}'"
+                      + re.sub(r"append=(['\"])off\1", "append='on'", m.group(2)) + ">", xml)
+
+
+def _saved_copy(path: Path) -> Path:
+    return path.with_name(f"{path.name}.saved")
+
+
+class Attempt:
+    """One probe load on a running guest, step by step: `load`, `add`..., `unload`,
+    optionally `add_after_unload`, then `finish` for the verdict. `run()` does what the spec
+    says in one go (that is `hotadd run`); the pytest plugin calls the steps itself."""
+
+    def __init__(self, guest: Guest, spec: ScenarioSpec, run_dir: Path,
+                 progress: Progress) -> None:
+        self.guest = guest
+        self.spec = spec
+        self.run_dir = run_dir
+        self.progress = progress
+        self.versions = dict(guest.host.versions)
+        self.adds: list[AddOutcome] = []
+        self.plugged: list[PluggedVcpu] = []
+        self.clock_offset: float | None = None  # host Unix time of guest t_ns == 0
+        self._boot_count: int | None = None
+        self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
+        self.after_unload: AddOutcome | None = None
+        self._unloaded = False
+
+    @property
+    def session(self) -> GuestSession:
+        if self.guest.session is None:
+            raise InputError("the guest has no open session", "call Guest.connect() first")
+        return self.guest.session
+
+    @property
+    def machine(self) -> Machine:
+        return self.guest.machine
+
+    def load(self) -> None:
+        with self.progress.stage("load", "the probe to register"):
+            self.session.load_probe(self.spec.probe)
+            loaded_at = time.time()
+            self._boot_count = self.session.processor_count()
+        records = parse_records(self.session.live_records().splitlines())
+        self.clock_offset = loaded_at - records[-1].t_ns / 1e9 if records else None
+
+    def add(self, vcpu_id: int | None = None) -> AddOutcome:
+        """Hot-add one vCPU (`vcpu_id`, or the lowest free one) and wait for the guest's _OST
+        and the probe's start + complete/failure."""
+        if self._after_adds is not None:
+            raise InputError("the probe is unloaded: no more adds it could see",
+                             "use add_after_unload() for an add the probe must not see")
+        index = len(self.adds) + 1
+        with self.progress.stage(f"add {index}", "setVcpu, _OST and the probe's records"):
+            outcome = self._one_add(index, vcpu_id)
+        self.adds.append(outcome)
+        return outcome
+
+    def unload(self) -> None:
+        """Note the guest's and QEMU's counts, then deregister and unload the probe."""
+        self._after_adds = (self.session.processor_count(), self.machine.qemu_view())
+        with self.progress.stage("unload", "the probe to deregister"):
+            self.session.unload_probe()
+        self._unloaded = True
+
+    def add_after_unload(self) -> AddOutcome:
+        """One more hot-add with the probe gone: the guest answers _OST, the probe must not."""
+        if not self._unloaded:
+            self.unload()
+        with self.progress.stage("add after unload", "_OST (no record expected)"):
+            plugged = self.machine.hotadd(method=self.spec.method)
+            self.plugged.append(plugged)
+            ost = self.machine.wait_ost(plugged, self.spec.ack_timeout)
+            self.machine.check_alive()
+        self.after_unload = AddOutcome(
+            index=len(self.adds) + 1, plugged=plugged, ost_status=ost.status if ost else None,
+            ost_ms=(ost.t_wall - plugged.t_wall) * 1000 if ost else None, guest_index=None,
+            end_state="none", start_ms_approx=None, end_ms_approx=None, start_to_end_ms=None)
+        return self.after_unload
+
+    def run(self) -> RunResult:
+        """The whole scenario of `self.spec`."""
+        spec = self.spec
+        self.load()
+        if not spec.replay_vetoed:
+            for i in range(spec.adds):
+                self.add(spec.vcpu_ids[i] if spec.vcpu_ids else None)
+        self.unload()
+        if spec.add_after_unload:
+            self.add_after_unload()
+        return self.finish()
+
+    def finish(self) -> RunResult:
+        """Collect the records (records.jsonl), run the oracle and the host checks."""
+        if not self._unloaded:
+            self.unload()
+        assert self._after_adds is not None
+        guest_count, qemu = self._after_adds
+        if self.spec.adds != len(self.adds) and not self.spec.replay_vetoed:
+            # steps taken one by one: judge what was done, not what the spec planned
+            self.spec = dataclasses.replace(self.spec, adds=len(self.adds), vcpu_ids=(),
+                                            add_after_unload=self.after_unload is not None)
+        with self.progress.stage("collect", "the probe's records"):
+            text = self.session.final_records()
+            (self.run_dir / "records.jsonl").write_text(text)
+            final = parse_records(text.splitlines())
+        performed = len(self.adds)
+        facts = HostFacts(
+            adds_performed=performed,
+            adds_expected_ok=self.spec.adds_expected_ok if performed == self.spec.adds else None,
+            boot_cpus=self._boot_count, guest_count=guest_count)
+        verdict = check(final, self.guest.kind.oracle_profile, facts)
+        checks = _host_checks(self, qemu.present, qemu.running_cpus, guest_count)
+        return self._result(verdict, checks)
+
+    def failed(self, exc: HotaddError) -> RunResult:
+        """The result of an attempt that raised: a screenshot, and after a crash the records
+        the serial console still has (the transport is gone)."""
+        if self.guest.running:
+            _screenshot(self.machine, self.run_dir)
+            if isinstance(exc, GuestCrashed):
+                _save_records_from_serial(self.machine, self.run_dir)
+        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
+        return self._result(None, (), error=str(exc), crashed=crashed)
+
+    def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
+                error: str | None = None, crashed: str | None = None) -> RunResult:
         self.progress.timings["total"] = self.progress.elapsed()
-        return RunResult(self.spec, self.run_dir, self.domain, verdict, tuple(self.checks),
+        return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
-                         error, crashed)
+                         error, crashed, self.clock_offset, self.after_unload)
 
+    def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
+        spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
+        seen = _hotadd_notifies(session.live_records())
+        plugged = machine.hotadd(vcpu_id, spec.method)
+        self.plugged.append(plugged)
+        t0 = time.monotonic()
+        ost = machine.wait_ost(plugged, spec.ack_timeout,
+                               tick=lambda: progress.waiting(f"add {index}", "ACPI _OST", t0))
+        start: NotifyRecord | None = None
+        end: NotifyRecord | None = None
+        deadline = time.monotonic() + spec.ack_timeout
+        while time.monotonic() < deadline:
+            new = _hotadd_notifies(session.live_records())[len(seen):]
+            start = next((r for r in new if r.state is NotifyState.START), None)
+            end = next((r for r in new if start and r.state is not NotifyState.START
+                        and r.nt_number == start.nt_number), None)
+            if end is not None:
+                break
+            machine.check_alive()
+            progress.waiting(f"add {index}", "the probe's start and complete/failure", t0)
+            time.sleep(0.1)
+        return AddOutcome(
+            index=index, plugged=plugged,
+            ost_status=ost.status if ost else None,
+            ost_ms=(ost.t_wall - plugged.t_wall) * 1000 if ost else None,
+            guest_index=start.nt_number if start else None,
+            end_state=end.state.value if end else "none",
+            start_ms_approx=self._host_ms(plugged, start),
+            end_ms_approx=self._host_ms(plugged, end),
+            start_to_end_ms=(end.t_ns - start.t_ns) / 1e6 if start and end else None,
+        )
+
+    def _host_ms(self, plugged: PluggedVcpu, record: NotifyRecord | None) -> float | None:
+        """Host ms from the add to a guest record, through the load-time clock offset."""
+        if record is None or self.clock_offset is None:
+            return None
+        return (self.clock_offset + record.t_ns / 1e9 - plugged.t_wall) * 1000
+
+
+# --- one run, composed ------------------------------------------------------------------------
 
 def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunResult:
     """Run one scenario. Returns a result for pass, verdict failure, and guest crashes alike;
@@ -268,15 +604,32 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
     run_dir = spec.run_dir or default_run_dir(domain)
     run_dir.mkdir(parents=True, exist_ok=True)
     kind = guest_kind(spec)
-    run = _Run(spec, kind, progress, domain, run_dir)
-    run.versions = {"hotadd": __version__, "python": platform.python_version()}
     try:
-        result = _run(run)
+        result = _run(spec, kind, progress, domain, run_dir)
     except HotaddError as exc:
         crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
-        result = run.result(None, error=str(exc), crashed=crashed)
+        progress.timings["total"] = progress.elapsed()
+        result = RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
+                           base_versions(), str(exc), crashed)
     write_result(result)
     return result
+
+
+def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
+         run_dir: Path) -> RunResult:
+    with progress.stage("prepare", f"{kind.name} guest image"):
+        kind.prepare(progress)
+    with open_host(spec, progress) as host, \
+            Guest.boot(spec, kind, host, progress, domain, run_dir) as guest:
+        attempt = Attempt(guest, spec, run_dir, progress)
+        try:
+            guest.connect(progress)
+            result = attempt.run()
+        except HotaddError as exc:
+            result = attempt.failed(exc)
+        if not result.passed and spec.keep_on_failure and guest.running:
+            guest.keep(progress)
+        return result
 
 
 def write_result(result: RunResult) -> Path:
@@ -285,156 +638,28 @@ def write_result(result: RunResult) -> Path:
     return path
 
 
-def _run(run: _Run) -> RunResult:
-    spec, progress = run.spec, run.progress
-    with progress.stage("prepare", f"{run.kind.name} guest image"):
-        run.kind.prepare(progress)
-    choice = accel.resolve(spec.accelerator)
-    progress.say(f"accelerator: {choice.accelerator.value} ({choice.reason})")
-    with progress.stage("connect", "libvirt"):
-        conn = open_connection(spec.libvirt_uri)
-        run.versions |= dataclasses.asdict(versions(conn))
-        run.versions["accelerator"] = choice.accelerator.value
-        swept = sweep(conn)
-        if swept.removed_domains or swept.removed_scratch:
-            progress.say(swept.describe())
-    try:
-        scratch = storage.run_scratch(run.domain)
-        hw = HardwareRequest(name=run.domain, vcpus=spec.vcpu_plan,
-                             accelerator=choice.accelerator, run_dir=run.run_dir, scratch=scratch,
-                             memory_mib=spec.memory_mib, firmware=spec.firmware)
-        try:
-            domain_spec = run.kind.domain_spec(hw)
-        except BaseException:
-            storage.remove_scratch(scratch)
-            raise
-        with progress.stage("boot", f"{run.domain} ({spec.vcpu_plan.boot} of "
-                                    f"{spec.vcpu_plan.maximum} vCPUs, {spec.topology})"):
-            machine = Machine.start(conn, domain_spec, scratch)
-        with machine:
-            result = _in_guest(run, machine)
-            if not result.passed and spec.keep_on_failure:
-                machine.keep = True
-                progress.say(f"keeping {run.domain} for inspection (serial log "
-                             f"{domain_spec.serial_log}); 'hotadd sweep' removes it")
-            return result
-    finally:
-        conn.close()
-
-
-def _in_guest(run: _Run, machine: Machine) -> RunResult:
-    spec, progress = run.spec, run.progress
-    try:
-        with progress.stage("ready", "the guest's transport"):
-            session = run.kind.open_session(machine, progress, spec.ready_timeout)
-        with session.transport:
-            return _with_probe(run, machine, session)
-    except GuestCrashed as exc:
-        _screenshot(machine, run.run_dir)
-        _save_records_from_serial(machine, run.run_dir)
-        raise exc
-    except HotaddError:
-        _screenshot(machine, run.run_dir)
-        raise
-
-
-def _with_probe(run: _Run, machine: Machine, session: GuestSession) -> RunResult:
-    spec, progress = run.spec, run.progress
-    with progress.stage("load", "the probe to register"):
-        session.load_probe(spec.probe)
-        loaded_at = time.time()
-        boot_count = session.processor_count()
-    records = parse_records(session.live_records().splitlines())
-    run.clock_offset = loaded_at - records[-1].t_ns / 1e9 if records else None
-    if not spec.replay_vetoed:
-        for i in range(spec.adds):
-            vcpu_id = spec.vcpu_ids[i] if spec.vcpu_ids else None
-            with progress.stage(f"add {i + 1}", "setVcpu, _OST and the probe's records"):
-                run.adds.append(_one_add(run, machine, session, i + 1, vcpu_id))
-    guest_count = session.processor_count()
-    qemu = machine.qemu_view()
-    with progress.stage("unload", "the probe to deregister"):
-        session.unload_probe()
-    if spec.add_after_unload:
-        with progress.stage("add after unload", "_OST (no record expected)"):
-            plugged = machine.hotadd(method=spec.method)
-            run.plugged.append(plugged)
-            machine.wait_ost(plugged, spec.ack_timeout)
-            machine.check_alive()
-    with progress.stage("collect", "the probe's records"):
-        text = session.final_records()
-        (run.run_dir / "records.jsonl").write_text(text)
-        final = parse_records(text.splitlines())
-    performed = len(run.adds)
-    facts = HostFacts(adds_performed=performed,
-                      adds_expected_ok=spec.adds_expected_ok if performed == spec.adds else None,
-                      boot_cpus=boot_count, guest_count=guest_count)
-    verdict = check(final, run.kind.oracle_profile, facts)
-    run.checks.extend(_host_checks(run, qemu.present, qemu.running_cpus, guest_count))
-    return run.result(verdict)
-
-
-def _one_add(run: _Run, machine: Machine, session: GuestSession, index: int,
-             vcpu_id: int | None) -> AddOutcome:
-    spec, progress = run.spec, run.progress
-    seen = _hotadd_notifies(session.live_records())
-    plugged = machine.hotadd(vcpu_id, spec.method)
-    run.plugged.append(plugged)
-    t0 = time.monotonic()
-    ost = machine.wait_ost(plugged, spec.ack_timeout,
-                           tick=lambda: progress.waiting(f"add {index}", "ACPI _OST", t0))
-    start: NotifyRecord | None = None
-    end: NotifyRecord | None = None
-    deadline = time.monotonic() + spec.ack_timeout
-    while time.monotonic() < deadline:
-        new = _hotadd_notifies(session.live_records())[len(seen):]
-        start = next((r for r in new if r.state is NotifyState.START), None)
-        end = next((r for r in new if start and r.state is not NotifyState.START
-                    and r.nt_number == start.nt_number), None)
-        if end is not None:
-            break
-        machine.check_alive()
-        progress.waiting(f"add {index}", "the probe's start and complete/failure", t0)
-        time.sleep(0.1)
-    return AddOutcome(
-        index=index, plugged=plugged,
-        ost_status=ost.status if ost else None,
-        ost_ms=(ost.t_wall - plugged.t_wall) * 1000 if ost else None,
-        guest_index=start.nt_number if start else None,
-        end_state=end.state.value if end else "none",
-        start_ms_approx=run_ms(run, plugged, start), end_ms_approx=run_ms(run, plugged, end),
-        start_to_end_ms=(end.t_ns - start.t_ns) / 1e6 if start and end else None,
-    )
-
-
-def run_ms(run: _Run, plugged: PluggedVcpu, record: NotifyRecord | None) -> float | None:
-    """Host ms from the add to a guest record, through the load-time clock offset."""
-    if record is None or run.clock_offset is None:
-        return None
-    return (run.clock_offset + record.t_ns / 1e9 - plugged.t_wall) * 1000
-
-
 def _hotadd_notifies(text: str) -> list[NotifyRecord]:
     return [r for r in parse_records(text.splitlines())
             if isinstance(r, NotifyRecord) and r.phase is Phase.HOTADD]
 
 
-def _host_checks(run: _Run, qemu_present: int, qemu_running: int,
+def _host_checks(attempt: Attempt, qemu_present: int, qemu_running: int,
                  guest_count: int) -> list[HostCheck]:
-    spec = run.spec
+    spec = attempt.spec
     plan = spec.vcpu_plan
-    expected_present = plan.boot + len(run.adds)
+    adds = attempt.adds
+    expected_present = plan.boot + len(adds)
     # Linux always answers _OST; whether Windows does is an open question (a warning).
-    ost_severity = (Severity.FAIL if run.kind.oracle_profile is OracleProfile.LINUX
+    ost_severity = (Severity.FAIL if attempt.guest.kind.oracle_profile is OracleProfile.LINUX
                     else Severity.WARN)
     checks = [
         HostCheck("qemu.present", Severity.FAIL, qemu_present == expected_present,
                   f"QEMU shows {qemu_present} CPUs plugged, expected {plan.boot} boot + "
-                  f"{len(run.adds)} added = {expected_present}"),
+                  f"{len(adds)} added = {expected_present}"),
         HostCheck("qemu.running", Severity.FAIL, qemu_running == qemu_present,
                   f"query-cpus-fast lists {qemu_running} CPUs for {qemu_present} plugged"),
     ]
-    for add in run.adds:
+    for add in adds:
         ok = add.ost_status == 0
         checks.append(HostCheck(
             "ost.status", ost_severity, ok,
@@ -449,7 +674,7 @@ def _host_checks(run: _Run, qemu_present: int, qemu_running: int,
 
 
 def _screenshot(machine: Machine, run_dir: Path) -> None:
-    with contextlib.suppress(HotaddError):
+    with contextlib.suppress(HotaddError, libvirt.libvirtError):
         machine.screenshot(run_dir / "screenshot.png")
 
 

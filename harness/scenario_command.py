@@ -13,9 +13,9 @@ from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, Topology
 from harness.host.machine import HotplugMethod
-from harness.oracle import render_verdict
 from harness.progress import Progress
-from harness.scenario import GuestChoice, RunResult, ScenarioSpec, run_scenario
+from harness.report.text import render_result
+from harness.scenario import GuestChoice, ScenarioSpec, run_scenario
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -93,42 +93,6 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
         libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
         keep_on_failure=args.keep_on_failure, ready_timeout=args.ready_timeout,
         ack_timeout=args.ack_timeout, image=args.image, driver=args.driver)
-
-
-def render_adds(result: RunResult) -> str:
-    """The host side of each add: libvirt call -> _OST -> probe start -> complete/failure."""
-    if not result.adds:
-        return "hot-adds: none performed"
-    lines = ["hot-adds (ms after the host's setVcpu; ~ = guest clock mapped to host time):",
-             f"  {'#':>2} {'vCPU':>4} {'socket/core/thread':>18} {'_OST':>12} "
-             f"{'start':>10} {'end':>18} {'start->end':>10}"]
-    for a in result.adds:
-        s = a.plugged.slot
-        ost = (f"{a.ost_ms:.1f} ({a.ost_status})" if a.ost_ms is not None else "none")
-        start = f"~{a.start_ms_approx:.1f}" if a.start_ms_approx is not None else "-"
-        end = (f"{a.end_state} ~{a.end_ms_approx:.1f}" if a.end_ms_approx is not None
-               else a.end_state)
-        took = f"{a.start_to_end_ms:.1f}" if a.start_to_end_ms is not None else "-"
-        lines.append(f"  {a.index:>2} {a.plugged.libvirt_id:>4} "
-                     f"{f'{s.socket_id}/{s.core_id}/{s.thread_id}':>18} {ost:>12} {start:>10} "
-                     f"{end:>18} {took:>10}")
-    return "\n".join(lines)
-
-
-def render_result(result: RunResult) -> str:
-    parts = [render_adds(result)]
-    if result.verdict is not None:
-        parts.append(render_verdict(result.verdict))
-    failed = [c for c in result.host_checks if not c.passed]
-    parts.append("host checks: " + ("all passed" if not failed else "\n" + "\n".join(
-        f"  [{c.severity.value}] {c.check_id}: {c.message}" for c in failed)))
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    parts.append(f"timings: {timings}")
-    if result.error:
-        parts.append(f"error: {result.error}")
-    outcome = result.to_dict()["outcome"].upper()
-    parts.append(f"result: {outcome} (exit {int(result.exit_code)}); artifacts in {result.run_dir}")
-    return "\n\n".join(parts)
 
 
 def run_command(args: argparse.Namespace) -> int:
