@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def errno_for_ntstatus(status: int) -> int | None:
 
 _IMAGE_FILE = "image.json"
 _KEEP_BUILDS = 2
+_PRUNE_AFTER_S = 24 * 3600
 _HEADERS_META = "linux-headers-amd64"
 _APT_FIX = "apt-get install linux-headers-amd64 busybox-static dropbear-bin kmod"
 
@@ -397,12 +399,15 @@ def _build_lock(root: Path) -> Iterator[None]:
 
 
 def _prune(root: Path, keep: Path) -> None:
-    """Drop old builds (other input hashes), keeping the most recent few."""
+    """Drop old builds (other input hashes), keeping the most recent few and any used in the
+    last day (another checkout on this host may be booting it right now)."""
     builds = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
                      and (p / _IMAGE_FILE).is_file() and p != keep),
                     key=lambda p: p.stat().st_mtime, reverse=True)
+    recent = time.time() - _PRUNE_AFTER_S
     for old in builds[_KEEP_BUILDS - 1:]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.stat().st_mtime < recent:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def build(force: bool = False, progress: Progress | None = None) -> ReferenceImage:
@@ -414,6 +419,7 @@ def build(force: bool = False, progress: Progress | None = None) -> ReferenceIma
     final = root / _inputs_hash(v)
     with _build_lock(root):
         if (final / _IMAGE_FILE).is_file() and not force:
+            os.utime(final)  # mark it in use, so a build for other inputs won't prune it
             return ReferenceImage.from_json((final / _IMAGE_FILE).read_text())
         with progress.stage("guest build", f"reference guest for kernel {v.kernel_release}"):
             image = _build_into(root, final, v, progress)
