@@ -24,11 +24,15 @@ def cache_dir() -> Path:
     return root
 
 
-def libvirt_embed_root() -> Path:
-    """Root directory for `qemu:///embed` (libvirt's QEMU driver inside this process)."""
-    path = cache_dir() / "libvirt"
+def _subdir(name: str) -> Path:
+    path = cache_dir() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def libvirt_embed_root() -> Path:
+    """Root directory for `qemu:///embed` (libvirt's QEMU driver inside this process)."""
+    return _subdir("libvirt")
 
 
 def default_libvirt_uri() -> str:
@@ -37,13 +41,9 @@ def default_libvirt_uri() -> str:
 
 def guests_dir() -> Path:
     """Built guest artefacts (reference guest kernel/initramfs/keys, Windows golden images)."""
-    path = cache_dir() / "guests"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _subdir("guests")
 
 
 def scratch_dir() -> Path:
     """Per-run disposable files (overlays, NVRAM copies) that the sweep may remove."""
-    path = cache_dir() / "scratch"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _subdir("scratch")
