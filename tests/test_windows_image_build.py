@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import windows_media
+from winrm_double import WinRMDouble
 
 from harness import cli
-from harness.errors import ExitCode, GuestNotReady, InputError
+from harness.errors import ExitCode, GuestNotReady, InfrastructureError, InputError
 from harness.guests import image_command, windows
 from harness.guests.windows import ImageBuildSpec, ImageSelector, StageTimeouts
 from harness.host.accel import kvm_status
@@ -152,3 +154,104 @@ def test_restated_errors_keep_class_and_bugcheck() -> None:
                            "stage 'install': bsod", "look (screenshot x)")
     assert isinstance(err, GuestCrashed) and err.bugcheck == (0x9F, 3, 0, 0, 0)
     assert str(err) == "stage 'install': bsod\n  fix: look (screenshot x)"
+
+
+def test_throttled_progress() -> None:
+    seen: list[str] = []
+    say = windows.throttled(seen.append, period=60)
+    for i in range(5):
+        say(str(i))
+    assert seen == ["0"]
+
+
+class InstallerDouble(windows.Installer):
+    """Stands for the installer VM running Windows: the Windows side itself is the WinRM
+    double; this only answers what the flow asks the VM (alive? still running? artifacts)."""
+
+    def __init__(self, double: WinRMDouble, serial_log: Path) -> None:
+        self.double = double
+        self.machine = SimpleNamespace(check_alive=lambda: None,
+                                       spec=SimpleNamespace(serial_log=serial_log))
+        self.keys = 0.0
+        self.closed = False
+
+    def press_keys(self, seconds: float) -> None:
+        self.keys = seconds
+
+    def is_running(self) -> bool:
+        return not any(c.startswith("shutdown.exe /s") for c in self.double.command_lines)
+
+    def artifacts(self, run_dir: Path) -> str:
+        return f"serial log {self.machine.spec.serial_log}"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
+                         double: WinRMDouble, provision: float = 20,
+                         ) -> tuple[ImageBuildSpec, InstallerDouble, windows.GoldenManifest]:
+    spec = ImageBuildSpec(windows_iso, virtio_iso, ImageSelector(index=2),
+                          tmp_path / "golden.qcow2", password=PASSWORD, force_tcg=True,
+                          timeouts=StageTimeouts(boot_keys=1, install=20, provision=provision,
+                                                 verify=20, shutdown=20))
+    made: list[InstallerDouble] = []
+
+    def start(s: ImageBuildSpec, accelerator: object, disk: Path, iso: Path,
+              nvram: Path | None, port: int) -> windows.Installer:
+        assert disk.name == "golden.qcow2.partial" and disk.is_file()
+        assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows.list_iso(iso))
+        assert nvram is not None and nvram.is_file()
+        double.port = port  # the forward the VM would have: the double listens there
+        double.__enter__()
+        made.append(InstallerDouble(double, s.logs / "serial.log"))
+        return made[0]
+
+    try:
+        manifest = windows.build_image(spec, Progress(quiet=True), start=start)
+    finally:
+        double.__exit__(None, None, None)
+    return spec, made[0], manifest
+
+
+def test_build_success_path_against_the_double(tmp_path: Path, windows_iso: Path,
+                                               virtio_iso: Path) -> None:
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    double.probe.marker = {"provisioned_utc": "2026-11-24T06:59:30.0000000Z",
+                           "build": 20348, "steps": {"winrm": "ok", "test signing": "ok",
+                                                     "power": "failed: no"}}
+    spec, installer, manifest = build_against_double(tmp_path, windows_iso, virtio_iso, double)
+    out = spec.output
+    assert out.is_file() and (out.stat().st_mode & 0o777) == 0o444
+    assert windows.nvram_path(out).is_file()
+    saved = windows.GoldenManifest.read(windows.manifest_path(out))
+    assert saved == manifest
+    assert (saved.windows_version, saved.image_index, saved.firmware) == ("2022", 2, "uefi")
+    assert saved.hotadd["dyn_processor_enabled"] is True
+    assert saved.provisioning["power"] == "failed: no"
+    assert PASSWORD not in windows.manifest_path(out).read_text()
+    assert installer.closed and installer.keys == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "golden.qcow2", "golden.qcow2.OVMF_VARS.fd", "golden.qcow2.build", "golden.qcow2.json",
+        "guest"]
+
+
+@pytest.mark.parametrize(("problem", "stage"), [
+    ("critical step failed", "verify"), ("test signing off", "verify"),
+    ("no reboot after provisioning", "provision")])
+def test_build_refuses_an_unusable_guest(problem: str, stage: str, tmp_path: Path,
+                                         windows_iso: Path, virtio_iso: Path) -> None:
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    steps = {"winrm": "ok", "test signing": "ok"}
+    provisioned = "2026-11-24T06:59:30Z"
+    if problem == "critical step failed":
+        steps["test signing"] = "failed: bcdedit exited 1"
+    elif problem == "test signing off":
+        double.probe.test_signing = False
+    else:
+        provisioned = "2026-11-24T07:05:00Z"  # after the current boot: still the same boot
+    double.probe.marker = {"provisioned_utc": provisioned, "steps": steps}
+    with pytest.raises(InfrastructureError, match=f"stopped at stage '{stage}'"):
+        build_against_double(tmp_path, windows_iso, virtio_iso, double, provision=2)
+    assert not (tmp_path / "golden.qcow2").exists()
+    assert not (tmp_path / "golden.qcow2.partial").exists()

@@ -339,6 +339,9 @@ class ProbeModel:
         self.parameters: dict[str, int] = {}
         self.logical = 2
         self.start_code = 0  # what sc.exe start returns (e.g. 31 when DriverEntry fails)
+        self.marker: dict[str, object] | None = None  # C:\\ProgramData\\HotAdd\\provisioned.json
+        self.last_boot_utc = "2026-11-24T07:00:00.1234567Z"
+        self.test_signing = True
         self.calls: list[str] = []
 
     def call(self, line: str) -> tuple[str, int]:
@@ -408,9 +411,12 @@ class ProbeModel:
         return {"product": "Windows Server 2022 Datacenter Evaluation",
                 "edition": "ServerDatacenterEval", "build": 20348, "installation_type": "Server",
                 "dyn_processor_enabled": True, "licence_dynamic_partitioning": 1,
-                "test_signing": True, "secure_boot": None, "wdf_version": "1.33.20348.1",
-                "logical_processors": self.logical,
-                "last_boot_utc": "2026-11-24T07:00:00.1234567Z"}
+                "test_signing": self.test_signing, "secure_boot": None,
+                "wdf_version": "1.33.20348.1", "logical_processors": self.logical,
+                "last_boot_utc": self.last_boot_utc}
+
+    def get_hotaddprovisioning(self, args: dict[str, str]) -> dict[str, object] | str:
+        return {"marker": self.marker, "last_boot_utc": self.last_boot_utc}
 
 
 class _Handler(BaseHTTPRequestHandler):

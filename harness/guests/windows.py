@@ -646,6 +646,19 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
         shutil.rmtree(work, ignore_errors=True)  # the provisioning ISO holds the password
 
 
+def throttled(fn: Callable[[str], None], period: float = 30.0) -> Callable[[str], None]:
+    """`fn`, called at most once per `period` seconds (progress while waiting for an hour)."""
+    last = [-period]
+
+    def call(arg: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= period:
+            last[0] = now
+            fn(arg)
+
+    return call
+
+
 def restated(exc: HotaddError, problem: str, fix: str) -> HotaddError:
     """The same error (class, bugcheck and all) with a new message."""
     new = copy.copy(exc)
@@ -682,7 +695,8 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
                     installer, spec.logs):
             transport.wait_ready(
                 t.install, still_alive=installer.machine.check_alive,
-                on_wait=lambda _e: progress.waiting("install", transport.description, t0),
+                on_wait=throttled(lambda _e: progress.waiting("install", transport.description,
+                                                              t0)),
                 hint=f"read the serial log {installer.machine.spec.serial_log}")
         with _stage(progress, "provision", "the reboot after provisioning", installer,
                     spec.logs):

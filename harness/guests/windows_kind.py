@@ -153,6 +153,7 @@ class WindowsGuest(GuestKind):
         t0 = time.monotonic()
         transport.wait_ready(
             timeout, still_alive=machine.check_alive,
-            on_wait=lambda _err: progress.waiting("winrm", transport.description, t0),
+            on_wait=windows.throttled(
+                lambda _err: progress.waiting("winrm", transport.description, t0), 10.0),
             hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
         return WindowsSession(transport)
