@@ -187,3 +187,26 @@ def test_sweep_removes_a_crashed_runs_domain(conn: libvirt.virConnect, tmp_path:
     assert name not in [d.name() for d in conn.listAllDomains(0)]
     assert not qemu_pids_mentioning(f"guest={name}") and not scratch.exists()
     machine.close()  # already gone: must not raise
+
+
+def test_guest_panic_is_reported_as_a_crash(guest: Machine,
+                                            reference_image: reference.ReferenceImage,
+                                            tmp_path: Path) -> None:
+    """A guest kernel panic arrives as pvpanic's GUEST_PANICKED: the domain is kept (on_crash
+    preserve), check_alive() raises GuestCrashed naming the serial log, and a screenshot of the
+    dead guest can still be taken."""
+    from harness.errors import GuestCrashed
+    from harness.host.events import PanicEvent
+
+    with reference.connect(reference_image, guest.forwarded_port(22)) as ssh:
+        ssh.wait_ready(60)
+        ssh.run("(sleep 0.2; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &").check()
+    event = guest.events.log.wait_for(lambda e: isinstance(e, PanicEvent), 60)
+    assert isinstance(event, PanicEvent)
+    with pytest.raises(GuestCrashed, match="crashed: guest panic") as info:
+        guest.check_alive()
+    assert str(guest.spec.serial_log) in str(info.value)
+    with pytest.raises(GuestCrashed):
+        guest.hotadd()
+    shot = guest.screenshot(tmp_path / "crash.png")
+    assert shot is not None and shot.read_bytes().startswith(b"\x89PNG")
