@@ -1,0 +1,4 @@
+"""placeholder"""
+from pathlib import Path
+def write_report(directory: Path) -> Path:
+    return directory / "report.html"
