@@ -21,6 +21,13 @@ windows_iso = windows_media.windows_iso
 virtio_iso = windows_media.virtio_iso
 
 
+def test_windows_iso_files_live_in_udf(windows_iso: Path) -> None:
+    """Why input ISOs are read with 7-Zip: xorriso sees only the ISO 9660 bridge."""
+    assert windows.list_iso(windows_iso) == ["/README.TXT"]
+    assert {"/sources/install.wim", "/setup.exe"} <= set(windows.iso_members(windows_iso))
+    windows.check_readable_iso(windows_iso, "Windows ISO")
+
+
 def test_wiminfo_parsing_of_a_real_wim(windows_iso: Path, tmp_path: Path) -> None:
     images = windows.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
     assert [i.index for i in images] == [1, 2, 3]
@@ -75,7 +82,7 @@ def test_missing_unreadable_and_wrong_isos(tmp_path: Path, windows_iso: Path,
         windows.check_readable_iso(tmp_path, "Windows ISO")
     junk = tmp_path / "junk.iso"
     junk.write_bytes(b"\0" * 40000)
-    with pytest.raises(InputError, match="is not an ISO 9660 image"):
+    with pytest.raises(InputError, match="is not an ISO 9660 / UDF image"):
         windows.check_readable_iso(junk, "Windows ISO")
     windows.check_readable_iso(windows_iso, "Windows ISO")
     with pytest.raises(InputError, match=r"no sources/install\.wim"):
@@ -97,9 +104,9 @@ def test_provisioning_iso_contents_listed_back(virtio_iso: Path, tmp_path: Path)
                            text=True, check=True).stdout
     assert f"Volume Id    : {windows.PROVISION_LABEL}" in label
     back = tmp_path / "back"
-    windows.extract_from_iso(iso, [("/Autounattend.xml", back / "a.xml")])
-    assert (back / "a.xml").read_text() == (tree / "Autounattend.xml").read_text()
-    assert "Lab-Pa55word!" not in (back / "a.xml").read_text()
+    windows.extract_members(iso, ["/Autounattend.xml"], back)
+    assert (back / "Autounattend.xml").read_text() == (tree / "Autounattend.xml").read_text()
+    assert "Lab-Pa55word!" not in (back / "Autounattend.xml").read_text()
 
 
 def test_virtio_iso_without_the_version_folders(virtio_iso: Path, tmp_path: Path) -> None:

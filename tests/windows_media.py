@@ -1,11 +1,14 @@
 """Stand-in Windows media for tests: a real WIM (wimcapture) carrying the image properties a
-Windows Server install.wim has, inside a real ISO 9660 image; and a virtio-win-shaped ISO."""
+Windows Server install.wim has, inside an ISO built the way Microsoft's are (UDF holding the
+files, an ISO 9660 bridge holding only README.TXT); and a virtio-win-shaped ISO 9660 image."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
+import pycdlib
 import pytest
 
 SERVER_2022 = {
@@ -39,6 +42,26 @@ def make_iso(tree: Path, out: Path, label: str) -> Path:
     return out
 
 
+UDF_README = b'This disc contains a "UDF" file system and requires an operating system\r\n'
+
+
+def make_udf_bridge_iso(tree: Path, out: Path, label: str) -> Path:
+    """Like oscdimg -u2: every file in UDF, the ISO 9660 tree only has README.TXT."""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, udf="2.60", vol_ident=label)
+    iso.add_fp(io.BytesIO(UDF_README), len(UDF_README), iso_path="/README.TXT;1",
+               udf_path="/README.TXT")
+    for path in sorted(tree.rglob("*")):
+        udf = "/" + path.relative_to(tree).as_posix()
+        if path.is_dir():
+            iso.add_directory(udf_path=udf)
+        else:
+            iso.add_file(str(path), udf_path=udf)
+    iso.write(str(out))
+    iso.close()
+    return out
+
+
 @pytest.fixture(scope="module")
 def windows_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("winiso")
@@ -49,7 +72,7 @@ def windows_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("Windows 10 Pro", CLIENT),
     ])
     (tmp / "tree" / "setup.exe").write_bytes(b"MZ")
-    return make_iso(tmp / "tree", tmp / "server2022.iso", "SSS_X64FREE_EN-US_DV9")
+    return make_udf_bridge_iso(tmp / "tree", tmp / "server2022.iso", "SSS_X64FREE_EN-US_DV9")
 
 
 @pytest.fixture(scope="module")

@@ -301,25 +301,26 @@ def _tool(argv: list[str], package: str, timeout: float = 3600) -> subprocess.Co
 
 
 def check_readable_iso(iso: Path, what: str) -> None:
-    """InputError unless `iso` exists, is a readable file and starts like an ISO 9660 image."""
+    """InputError unless `iso` exists, is a readable file and starts like an optical image
+    (ISO 9660, or the UDF bridge Windows media use)."""
     if not iso.exists():
         raise InputError(f"{what} {iso} does not exist", f"give the path of the {what}")
     if not iso.is_file():
         raise InputError(f"{what} {iso} is not a file", f"give the path of the {what} file")
     try:
         with iso.open("rb") as f:
-            f.seek(32769)  # the primary volume descriptor's "CD001" signature
+            f.seek(32769)  # the first volume descriptor's identifier
             magic = f.read(5)
     except OSError as exc:
         raise InputError(f"{what} {iso} cannot be read: {exc.strerror}",
                          "check its permissions (the harness runs as you)") from None
-    if magic != b"CD001":
-        raise InputError(f"{what} {iso} is not an ISO 9660 image",
+    if magic not in (b"CD001", b"BEA01"):
+        raise InputError(f"{what} {iso} is not an ISO 9660 / UDF image",
                          f"give the {what} itself (.iso), not an archive or disk image")
 
 
 def list_iso(iso: Path) -> list[str]:
-    """Every file in an ISO, as absolute ISO paths ("/sources/install.wim")."""
+    """Every file in the ISO 9660/Joliet/Rock Ridge tree of an ISO we built ("/a/b")."""
     proc = _tool(["xorriso", "-indev", str(iso), "-find", "/", "-type", "f"], "xorriso")
     if proc.returncode != 0:
         raise InputError(f"xorriso cannot read {iso}: {proc.stderr.strip()[-500:]}",
@@ -331,18 +332,44 @@ def list_iso(iso: Path) -> list[str]:
     return out
 
 
-def extract_from_iso(iso: Path, pairs: Sequence[tuple[str, Path]]) -> None:
-    """Copy files or folders (ISO path -> local path) out of an ISO, made writable."""
-    argv = ["xorriso", "-osirrox", "on", "-indev", str(iso)]
-    for src, dst in pairs:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        argv += ["-extract", src, str(dst)]
-    proc = _tool(argv, "xorriso")
+# Input media are read with 7-Zip, not xorriso: Windows ISOs are UDF with an ISO 9660 "bridge"
+# that holds only a README.TXT, and xorriso reads ISO 9660 alone.
+
+def seven_zip() -> str:
+    for name in ("7zz", "7z"):
+        if path := shutil.which(name):
+            return path
+    raise InputError("7-Zip is not installed (needed to read the UDF file system of Windows "
+                     "ISOs)", "apt-get install 7zip")
+
+
+def iso_members(iso: Path) -> list[str]:
+    """Every file in an input ISO (UDF or ISO 9660, as 7-Zip picks), as "/a/b" paths."""
+    proc = _tool([seven_zip(), "l", "-slt", "-ba", str(iso)], "7zip")
     if proc.returncode != 0:
-        raise InputError(f"could not extract {[s for s, _ in pairs]} from {iso}: "
-                         f"{proc.stderr.strip()[-500:]}", "check the ISO and free disk space")
-    for _, dst in pairs:
-        make_writable(dst)
+        raise InputError(f"7-Zip cannot read {iso}: {proc.stderr.strip()[-500:]}",
+                         "give a readable ISO image")
+    out: list[str] = []
+    for block in proc.stdout.split("\n\n"):
+        fields = dict(line.split(" = ", 1) for line in block.splitlines() if " = " in line)
+        if "Path" in fields and fields.get("Folder", "-") != "+":
+            out.append("/" + fields["Path"].replace("\\", "/"))
+    return out
+
+
+def extract_members(iso: Path, members: Sequence[str], dest: Path, *, flat: bool = False,
+                    ) -> None:
+    """Extract "/a/b" members (or "/a/*" subtrees) of an input ISO into `dest`, writable;
+    `flat` drops their folders."""
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [seven_zip(), "e" if flat else "x", "-y", f"-o{dest}", str(iso),
+            *(m.lstrip("/") for m in members)]
+    proc = _tool(argv, "7zip")
+    if proc.returncode not in (0, 1):  # 1: warnings only, files extracted
+        raise InputError(f"could not extract {list(members)} from {iso}: "
+                         f"{(proc.stderr or proc.stdout).strip()[-500:]}",
+                         "check the ISO and free disk space")
+    make_writable(dest)
 
 
 def make_writable(path: Path) -> None:
@@ -366,21 +393,18 @@ def build_iso(source: Path, output: Path, label: str) -> Path:
 
 def stage_virtio(virtio_iso: Path, version: WindowsVersion, dest: Path) -> list[str]:
     """Copy the version's amd64 folders of VIRTIO_DRIVERS into dest/$WinPEDriver$/..."""
-    files = list_iso(virtio_iso)
-    pairs: list[tuple[str, Path]] = []
+    files = iso_members(virtio_iso)
+    present: list[str] = []
     missing: list[str] = []
     for drv in VIRTIO_DRIVERS:
         folder = f"/{drv}/{version.virtio_dir}/amd64"
-        if any(f.startswith(folder + "/") for f in files):
-            pairs.append((folder, dest / WINPE_DRIVERS / drv / version.virtio_dir / "amd64"))
-        else:
-            missing.append(folder)
+        (present if any(f.startswith(folder + "/") for f in files) else missing).append(folder)
     if any(m.startswith(("/viostor/", "/NetKVM/")) for m in missing):
         raise InputError(f"{virtio_iso} has no {', '.join(missing)} (drivers for Windows "
                          f"Server {version.value})",
                          "use a newer virtio-win ISO (Server 2025 needs 0.1.262 or later)")
-    extract_from_iso(virtio_iso, pairs)
-    return [p for p, _ in pairs]
+    extract_members(virtio_iso, [f"{p}/*" for p in present], dest / WINPE_DRIVERS)
+    return present
 
 
 def stage_provisioning(settings: UnattendSettings, virtio_iso: Path, dest: Path) -> Path:
@@ -500,14 +524,14 @@ def check_accelerator(force_tcg: bool) -> tuple[Any, str]:
 
 def windows_iso_images(iso: Path, work: Path, progress: Progress) -> tuple[WimImage, ...]:
     """The images in the ISO's sources/install.wim (or install.esd)."""
-    files = list_iso(iso)
+    files = iso_members(iso)
     wims = [f for f in files if f.casefold() in ("/sources/install.wim", "/sources/install.esd")]
     if not wims:
         raise InputError(f"{iso} has no sources/install.wim or install.esd",
                          "give a Windows Server installation ISO (not the virtio-win ISO)")
     local = work / Path(wims[0]).name
     progress.say(f"extracting {wims[0]} to read its image list")
-    extract_from_iso(iso, [(wims[0], local)])
+    extract_members(iso, [wims[0]], work, flat=True)
     try:
         return read_wim_images(local)
     finally:
