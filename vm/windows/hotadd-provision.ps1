@@ -110,14 +110,17 @@ public static extern bool UpdateDriverForPlugAndPlayDevicesW(IntPtr hwnd, string
 
 Invoke-Step 'winrm' {
     # Lab only: Basic over HTTP is acceptable because the host forwards 5985 to 127.0.0.1 alone.
-    Invoke-Native 'winrm.cmd' @('quickconfig', '-quiet', '-force') | Out-Null
+    Enable-PSRemoting -Force -SkipNetworkProfileCheck | Out-Null  # service, listener, rules
+    if (-not (Get-ChildItem -Path WSMan:\localhost\Listener |
+              Where-Object { $_.Keys -contains 'Transport=HTTP' })) {
+        New-Item -Path WSMan:\localhost\Listener -Transport HTTP -Address * -Force | Out-Null
+    }
     Set-Item -Path WSMan:\localhost\Service\Auth\Basic -Value $true
     Set-Item -Path WSMan:\localhost\Service\AllowUnencrypted -Value $true
     Set-Item -Path WSMan:\localhost\MaxTimeoutms -Value 1800000
     Set-Item -Path WSMan:\localhost\Shell\MaxMemoryPerShellMB -Value 2048
     Set-Service -Name WinRM -StartupType Automatic
-    $rule = Get-NetFirewallRule -Name 'hotadd-winrm-http' -ErrorAction SilentlyContinue
-    if (-not $rule) {
+    if (-not (Get-NetFirewallRule -Name 'hotadd-winrm-http' -ErrorAction SilentlyContinue)) {
         New-NetFirewallRule -Name 'hotadd-winrm-http' -DisplayName 'hotadd WinRM HTTP (lab)' `
             -Direction Inbound -Protocol TCP -LocalPort 5985 -Action Allow -Profile Any | Out-Null
     }
