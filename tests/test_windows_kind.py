@@ -75,13 +75,16 @@ def test_prepare_refuses_what_cannot_run(tmp_path: Path, driver: Path,
         WindowsGuest(image, driver).prepare(quiet)
 
 
-def test_firmware_must_match_the_image(tmp_path: Path, driver: Path,
+def test_refuses_tcg_and_a_firmware_mismatch(tmp_path: Path, driver: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(windows.PASSWORD_ENV, "Run-Pa55word!")
     guest = WindowsGuest(golden(tmp_path), driver)
     guest.prepare(Progress(quiet=True))
     hw = hardware(tmp_path, Firmware.BIOS)
     try:
+        with pytest.raises(InputError, match="TCG emulation takes far too long"):
+            guest.domain_spec(hw)
+        guest.allow_tcg = True
         with pytest.raises(InputError, match="installed with uefi firmware"):
             guest.domain_spec(hw)
     finally:
@@ -95,7 +98,7 @@ def test_domain_starts_under_qemu_and_takes_a_hotadd(conn, tmp_path: Path,  # ty
     monkeypatch.setenv(windows.PASSWORD_ENV, "Run-Pa55word!")
     image = golden(tmp_path)
     before = image.read_bytes()
-    guest = WindowsGuest(image, driver)
+    guest = WindowsGuest(image, driver, allow_tcg=True)
     guest.prepare(Progress(quiet=True))
     hw = hardware(tmp_path)
     spec = guest.domain_spec(hw)

@@ -16,7 +16,16 @@ from harness.errors import InputError
 from harness.guests import windows
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import storage
-from harness.host.domain import Cdrom, Disk, DiskBus, DomainSpec, Firmware, Forward, Profile
+from harness.host.domain import (
+    Accelerator,
+    Cdrom,
+    Disk,
+    DiskBus,
+    DomainSpec,
+    Firmware,
+    Forward,
+    Profile,
+)
 from harness.host.machine import Machine, free_port
 from harness.oracle import Profile as OracleProfile
 from harness.paths import REPO_ROOT
@@ -26,6 +35,8 @@ from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 
 DRIVER_FILE = "hotaddprobe.sys"  # its name on the driver ISO
 WINRM_PORT = 5985
+#: Windows Server takes 30-90 s to boot to WinRM on KVM; shorter waits only fail spuriously.
+MIN_READY_TIMEOUT = 300.0
 #: Where driver/build.cmd leaves the driver, tried when --driver is not given.
 DEFAULT_DRIVERS = tuple(REPO_ROOT / "driver" / "build" / c / "HotAddProbe.sys"
                         for c in ("Release", "Debug"))
@@ -79,9 +90,11 @@ class WindowsGuest(GuestKind):
     name = "windows"
     oracle_profile = OracleProfile.WINDOWS
 
-    def __init__(self, image: Path | None, driver: Path | None) -> None:
+    def __init__(self, image: Path | None, driver: Path | None, *,
+                 allow_tcg: bool = False) -> None:
         self.image = image
         self.driver = driver
+        self.allow_tcg = allow_tcg  # tests only: Windows itself needs hours to boot under TCG
         self._manifest: windows.GoldenManifest | None = None
         self._password: str | None = None
 
@@ -115,6 +128,9 @@ class WindowsGuest(GuestKind):
 
     def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
         assert self.image is not None and self.driver is not None
+        if hw.accelerator is not Accelerator.KVM and not self.allow_tcg:
+            raise InputError("Windows under TCG emulation takes far too long to boot for a run",
+                             "run the Windows scenario on a KVM host (--accel kvm)")
         m = self.manifest
         firmware = Firmware(m.firmware)
         if hw.firmware is not None and hw.firmware is not firmware:
@@ -152,7 +168,7 @@ class WindowsGuest(GuestKind):
             password=self._password))
         t0 = time.monotonic()
         transport.wait_ready(
-            timeout, still_alive=machine.check_alive,
+            max(timeout, MIN_READY_TIMEOUT), still_alive=machine.check_alive,
             on_wait=windows.throttled(
                 lambda _err: progress.waiting("winrm", transport.description, t0), 10.0),
             hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
