@@ -726,7 +726,7 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
                     spec.logs):
             state = wait_provisioned(transport, t.provision, installer.machine.check_alive)
         with _stage(progress, "verify", "test signing, hot-add support", installer, spec.logs):
-            pre = preflight(transport)
+            pre = preflight(transport, t.verify)
             failed = {k: v for k, v in state.get("steps", {}).items() if v != "ok"}
             if fatal := {k: v for k, v in failed.items() if k in CRITICAL_STEPS}:
                 raise InfrastructureError(f"provisioning steps failed: {fatal}",
@@ -894,8 +894,9 @@ def processor_count(transport: Transport) -> ProcessorCount:
     return ProcessorCount(int(d["logical"]), int(d["active_all_groups"]), int(d["environment"]))
 
 
-def preflight(transport: Transport) -> Preflight:
-    d = probe_control(transport, "Get-HotAddPreflight")
+def preflight(transport: Transport, timeout: float = 300.0) -> Preflight:
+    """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1)."""
+    d = probe_control(transport, "Get-HotAddPreflight", timeout)
     try:
         return Preflight(
             product=str(d["product"]), edition=str(d["edition"]), build=int(d["build"]),
