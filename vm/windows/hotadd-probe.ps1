@@ -165,6 +165,18 @@ function Stop-HotAddProbe {
     Write-HotAddResult ([ordered]@{ stopped = $true; code = $stop.Code; state = Get-HotAddServiceState })
 }
 
+function Get-HotAddRecords {
+    # The records file as text (for people in a lab guest; the harness fetches the file in
+    # base64 chunks instead). Shared read: the driver may still be writing it.
+    $text = ''
+    $exists = Test-Path -LiteralPath $HotAddRecords
+    if ($exists) {
+        $f = [IO.File]::Open($HotAddRecords, 'Open', 'Read', 'ReadWrite')
+        try { $text = (New-Object IO.StreamReader($f)).ReadToEnd() } finally { $f.Close() }
+    }
+    Write-HotAddResult ([ordered]@{ path = $HotAddRecords; exists = $exists; text = $text })
+}
+
 function Get-HotAddProcessorCount {
     # Run from a fresh process (a process started before a hot-add keeps its old view).
     Add-Type -Namespace HotAdd -Name Kernel32 -MemberDefinition @'
