@@ -6,7 +6,8 @@ deletes it. `run()` runs a command line in that shell (cmd.exe, the WinRM defaul
 Windows OpenSSH), `run_script()` runs PowerShell of any length: short scripts go as
 `-EncodedCommand`, longer ones are staged into a temp file in chunks that each stay under
 cmd.exe's 8191-character limit, then run with `-File`. The staging and the chunked base64
-`fetch` are plain command lines, so `powershell_commands()` also serves Windows over SSH.
+`fetch` are plain command lines, so `run_powershell()` and `fetch_by_chunks()` also serve
+Windows over SSH (whose default shell is cmd.exe too).
 
 Authentication: HTTP Basic over unencrypted HTTP, for a *lab* guest whose WinRM port is only
 forwarded to 127.0.0.1 (the provisioning script enables exactly that); NTLM (with pywinrm's
