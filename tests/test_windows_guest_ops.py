@@ -81,6 +81,17 @@ def test_veto_parameters_reach_the_guest(double: WinRMDouble,
     assert [json.loads(x)["event"] for x in session.final_records().splitlines()] == ["load"]
 
 
+def test_live_records_hold_complete_lines_only(double: WinRMDouble,
+                                               transport: WinRMTransport) -> None:
+    session = WindowsSession(transport)
+    session.load_probe(ProbeSettings())
+    path = double.path(r"C:\ProgramData\HotAddProbe\records.jsonl")
+    with path.open("a") as f:
+        f.write('{"v":1,"seq":3,"t_ns":5,"kind":"noti')  # the writer is mid-line
+    assert session.live_records().endswith('"registered"}\n')
+    assert session.final_records().endswith('"kind":"noti')
+
+
 def test_probe_parameters_mapping() -> None:
     p = probe_parameters(ProbeSettings(veto_index=2), active=2)
     assert (p.veto_index, p.veto_during_replay) == (2, False)

@@ -77,7 +77,9 @@ class WindowsSession(GuestSession):
         windows.stop_service(self.transport)
 
     def live_records(self) -> str:
-        return windows.read_records(self.transport)
+        """Complete lines only: the driver's writer may be half-way through the last one."""
+        text = windows.read_records(self.transport)
+        return text[: text.rfind("\n") + 1]
 
     def final_records(self) -> str:
         return windows.read_records(self.transport)
