@@ -67,6 +67,8 @@ def test_answer_file(version: WindowsVersion, firmware: Firmware) -> None:
         assert text(disk, "u:ModifyPartitions/u:ModifyPartition[u:PartitionID='1']/u:Format") \
             == "FAT32"
         assert target == "3"
+        orders = [o.text for o in disk.findall("u:ModifyPartitions/u:ModifyPartition/u:Order", NS)]
+        assert orders == ["1", "2"]  # consecutive; the MSR partition is left alone
     else:
         assert types == ["Primary"]
         assert text(disk, "u:ModifyPartitions/u:ModifyPartition[u:PartitionID='1']/u:Active") \

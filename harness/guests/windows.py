@@ -30,7 +30,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -763,7 +763,7 @@ def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, pa
         image_index=image.index, build=pre.get("build") or image.build,
         firmware=spec.firmware.value, disk_bus="sata",
         nvram=kept_nvram.name if kept_nvram else None, user=ADMIN_USER, winrm_port=5985,
-        created_utc=datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         hotadd={"dyn_processor_enabled": pre.get("dyn_processor_enabled"),
                 "licence_dynamic_partitioning": pre.get("licence_dynamic_partitioning"),
                 "test_signing": pre.get("test_signing"), "wdf_version": pre.get("wdf_version"),
