@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError
+from harness.errors import HotaddError, InputError
 from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, Topology
 from harness.host.machine import HotplugMethod
 from harness.progress import Progress
+from harness.report.html import write_report
 from harness.report.text import render_result
 from harness.scenario import GuestChoice, ScenarioSpec, run_scenario
 
@@ -98,9 +99,15 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
 def run_command(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     result = run_scenario(spec, Progress(quiet=args.quiet))
+    try:
+        report = f"report: {write_report(result.run_dir)}"
+    except HotaddError as exc:  # the run's outcome stands; only the page is missing
+        report = f"report: not written: {exc}"
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         print()
+        print(report, file=sys.stderr)
     else:
         print(render_result(result))
+        print(report)
     return int(result.exit_code)
