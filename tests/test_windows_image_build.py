@@ -117,7 +117,8 @@ def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_is
         windows_iso=windows_iso, virtio_iso=virtio_iso,
         image=ImageSelector(name="Windows Server 2022 SERVERDATACENTER"), output=out,
         password=PASSWORD, firmware=Firmware.UEFI, memory_mib=512, force_tcg=True,
-        timeouts=StageTimeouts(boot_keys=2, install=8, provision=5, verify=5, shutdown=5))
+        timeouts=StageTimeouts(boot_keys=2, install=8, provision=5, verify=5, shutdown=5,
+                               winrm_read=3))
     seen: list[object] = []
 
     def start(*args: object) -> windows.Installer:

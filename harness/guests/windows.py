@@ -429,6 +429,7 @@ class StageTimeouts:
     provision: float = 1200.0  # the reboot after provisioning, WinRM back
     verify: float = 300.0
     shutdown: float = 600.0
+    winrm_read: int = 30  # HTTP read timeout of one WinRM request (a silent guest costs this)
 
 
 @dataclass(frozen=True)
@@ -711,8 +712,9 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
     with _stage(progress, "boot installer", "pressing a key for the ISO's boot prompt",
                 installer, spec.logs):
         installer.press_keys(t.boot_keys)
-    transport = WinRMTransport(WinRMEndpoint(port=port, username=ADMIN_USER,
-                                             password=spec.password))
+    transport = WinRMTransport(WinRMEndpoint(
+        port=port, username=ADMIN_USER, password=spec.password, read_timeout=t.winrm_read,
+        operation_timeout=max(1, min(20, t.winrm_read - 5))))
     with transport:
         t0 = time.monotonic()
         with _stage(progress, "install", "Windows Setup, first logon, provisioning, WinRM",
