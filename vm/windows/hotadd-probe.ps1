@@ -113,7 +113,8 @@ function Set-HotAddProbeParameters {
     # Write the Parameters key; a value given as -1 is removed (the driver's default applies).
     param([long]$Flags = 1, [long]$VetoIndex = -1, [long]$VetoStatus = -1, [long]$VetoDuringReplay = -1)
     $key = "HKLM:\SYSTEM\CurrentControlSet\Services\$HotAddService\Parameters"
-    New-Item -Path $key -Force | Out-Null
+    # (New-Item -Force on an existing registry key would wipe the key first)
+    if (-not (Test-Path -Path $key)) { New-Item -Path $key | Out-Null }
     $values = [ordered]@{ Flags = $Flags; VetoIndex = $VetoIndex; VetoStatus = $VetoStatus; VetoDuringReplay = $VetoDuringReplay }
     foreach ($name in @($values.Keys)) {
         $value = $values[$name]

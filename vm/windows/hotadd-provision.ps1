@@ -78,7 +78,7 @@ Invoke-Step 'crash settings' {
 
 Invoke-Step 'no automatic updates' {
     $au = 'HKLM:\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU'
-    New-Item -Force -Path $au | Out-Null
+    if (-not (Test-Path -Path $au)) { New-Item -Force -Path $au | Out-Null }  # -Force: parents
     New-ItemProperty -Force -Path $au -Name NoAutoUpdate -PropertyType DWord -Value 1 | Out-Null
 }
 
