@@ -37,10 +37,10 @@ from typing import Any
 
 import pytest
 
+from harness import paths
 from harness.errors import HotaddError, InputError
 from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host import accel
-from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Topology
 from harness.host.machine import HotplugMethod, run_name
 from harness.progress import Progress
@@ -74,7 +74,8 @@ _NEXT_WANTS_GUEST = pytest.StashKey[bool]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hotadd", "hotadd: vCPU hot-add scenarios on a real guest")
     group.addoption("--hotadd-libvirt-uri", metavar="URI",
-                    help=f"libvirt URI (default: HOTADD_LIBVIRT_URI or {default_uri()})")
+                    help="libvirt URI (default: HOTADD_LIBVIRT_URI, else "
+                         f"{paths.default_libvirt_uri()})")
     group.addoption("--hotadd-guest", choices=[c.value for c in GuestChoice],
                     default=GuestChoice.REFERENCE.value, help="guest kind (default: reference)")
     group.addoption("--hotadd-image", type=Path, metavar="PATH",
@@ -157,11 +158,13 @@ def missing_for(item: pytest.Item, spec: ScenarioSpec) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    reason = missing_for(item, item.config.stash[_LAB].spec)
-    if reason is not None:
-        pytest.skip(reason)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip (before any fixture, so before any guest boots) what this session cannot run."""
+    spec = config.stash[_LAB].spec
+    for item in items:
+        reason = missing_for(item, spec)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.hookimpl(hookwrapper=True)
