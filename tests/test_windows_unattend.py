@@ -77,16 +77,15 @@ def test_answer_file(version: WindowsVersion, firmware: Firmware) -> None:
     assert text(disk, f"u:ModifyPartitions/u:ModifyPartition[u:PartitionID='{target}']"
                       "/u:Format") == "NTFS"
 
-    for pass_, comp in (("windowsPE", "Microsoft-Windows-PnpCustomizationsWinPE"),
-                        ("offlineServicing", "Microsoft-Windows-PnpCustomizationsNonWinPE")):
-        paths = [p.text or "" for p in component(root, pass_, comp).findall(
-            "u:DriverPaths/u:PathAndCredentials/u:Path", NS)]
-        keys = [p.get(f"{{{NS['wcm']}}}keyValue") for p in component(root, pass_, comp).findall(
-            "u:DriverPaths/u:PathAndCredentials", NS)]
-        assert len(set(keys)) == len(keys)
-        assert f"E:\\$WinPEDriver$\\viostor\\{version.virtio_dir}\\amd64" in paths
-        assert f"D:\\$WinPEDriver$\\vioscsi\\{version.virtio_dir}\\amd64" in paths
-        assert all(f"\\{version.virtio_dir}\\amd64" in p for p in paths)
+    pnp = component(root, "windowsPE", "Microsoft-Windows-PnpCustomizationsWinPE")
+    paths = [p.text or "" for p in pnp.findall("u:DriverPaths/u:PathAndCredentials/u:Path", NS)]
+    keys = [p.get(f"{{{NS['wcm']}}}keyValue")
+            for p in pnp.findall("u:DriverPaths/u:PathAndCredentials", NS)]
+    assert len(set(keys)) == len(keys)
+    assert f"E:\\$WinPEDriver$\\viostor\\{version.virtio_dir}\\amd64" in paths
+    assert f"D:\\$WinPEDriver$\\vioscsi\\{version.virtio_dir}\\amd64" in paths
+    assert all(f"\\{version.virtio_dir}\\amd64" in p for p in paths)
+    assert root.find("u:settings[@pass='offlineServicing']", NS) is None
 
     shell = component(root, "oobeSystem", "Microsoft-Windows-Shell-Setup")
     admin = shell.find("u:UserAccounts/u:AdministratorPassword", NS)
