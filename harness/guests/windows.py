@@ -36,6 +36,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from harness.errors import (
+    DomainError,
     GuestNotReady,
     HotaddError,
     InfrastructureError,
@@ -554,9 +555,13 @@ class Installer:
 
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            with contextlib.suppress(libvirt.libvirtError):
-                self.machine.dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 50, [57], 1, 0)
             self.machine.check_alive()
+            try:
+                self.machine.dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 50, [57], 1, 0)
+            except libvirt.libvirtError as exc:
+                raise DomainError(f"could not press a key in the installer VM: "
+                                  f"{exc.get_error_message()}",
+                                  "check the domain has a keyboard (hotadd doctor)") from exc
             time.sleep(1.0)
 
     def is_running(self) -> bool:
