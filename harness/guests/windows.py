@@ -47,7 +47,7 @@ from harness.host.domain import Firmware
 from harness.paths import REPO_ROOT
 from harness.progress import Progress
 from harness.transport.base import CommandResult, Transport
-from harness.transport.winrm import RemoteFileMissing, run_powershell
+from harness.transport.winrm import RemoteFileMissing, fetch_by_chunks, run_powershell
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 TEMPLATE = VM_DIR / "Autounattend.xml.in"
@@ -886,11 +886,15 @@ def stop_service(transport: Transport) -> None:
 
 
 def read_records(transport: Transport) -> str:
-    """The records file of the last probe load ("" if the probe never wrote one)."""
-    try:
-        return transport.read_text(RECORDS_PATH)
-    except RemoteFileMissing:
-        return ""
+    """The records file of the last probe load ("" if the probe never wrote one). Fetched
+    with cmd.exe command lines, so any Windows transport works (not only WinRM's fetch)."""
+    with tempfile.TemporaryDirectory(prefix="hotadd-records-") as tmp:
+        local = Path(tmp) / "records.jsonl"
+        try:
+            fetch_by_chunks(transport, RECORDS_PATH, local)
+        except RemoteFileMissing:
+            return ""
+        return local.read_text(encoding="utf-8", errors="replace")
 
 
 def processor_count(transport: Transport) -> ProcessorCount:
