@@ -364,18 +364,16 @@ def render_svg(tl: Timeline, title: str = "") -> str:
                            f'stroke="{COLORS["wait"]}" stroke-width="2" '
                            'stroke-dasharray="4,3"/>')
                 if s.t1_ms is None:
-                    out.append(f'<text x="{xb - 2:.1f}" y="{y + 29:.1f}" text-anchor="end" '
-                               f'fill="{COLORS["failure"]}" font-weight="bold">no probe start'
-                               '</text>')
+                    out.append(_end_label(labels, s.lane, xb, y, "no probe start",
+                                          COLORS["failure"]))
                 continue
             fill = {SpanKind.COMPLETE: COLORS["complete"], SpanKind.FAILURE: COLORS["failure"],
                     SpanKind.OPEN: "url(#hatch)"}[s.kind]
             out.append(f'<rect x="{xa:.1f}" y="{y - 4:.1f}" width="{max(xb - xa, 1):.1f}" '
                        f'height="8" rx="2" fill="{fill}" opacity="0.55"/>')
             if s.kind is SpanKind.OPEN:
-                out.append(f'<text x="{xb - 2:.1f}" y="{y + 29:.1f}" text-anchor="end" '
-                           f'fill="{COLORS["open"]}" font-weight="bold">no complete/failure'
-                           '</text>')
+                out.append(_end_label(labels, s.lane, xb, y, "no complete/failure",
+                                      COLORS["open"]))
         for p in tl.points:
             if p.lane not in lane_y or not panel.owns(p.t_ms):
                 continue
@@ -384,6 +382,17 @@ def render_svg(tl: Timeline, title: str = "") -> str:
     out.append(_legend(height - 26))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _end_label(labels: _Labels, lane: str, x_end: float, y: float, text: str,
+               color: str) -> str:
+    """A bold label ending at `x_end`, low in the lane (what never happened); the badges of
+    findings sit above the line, the marks' own labels just below it."""
+    width = 6.8 * len(text)
+    row = labels.place(lane, x_end - 2 - width / 2, text, (2, 1))
+    ty = y + 19 + 11 * (row - 1)
+    return (f'<text x="{x_end - 2:.1f}" y="{ty:.1f}" text-anchor="end" fill="{color}" '
+            f'font-weight="bold">{escape(text)}</text>')
 
 
 def _glyph(p: Point, x: float, y: float, bounds: tuple[float, float], panel: Panel,
