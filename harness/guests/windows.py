@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from harness import __version__
 from harness.errors import (
     DomainError,
     GuestNotReady,
@@ -486,6 +487,7 @@ class GoldenManifest:
     source_iso: str
     virtio_iso: str
     provisioning: dict[str, str] = field(default_factory=dict)  # step -> "ok" / "failed: ..."
+    hotadd_version: str = __version__
     schema: str = "hotadd.windows-image/1"
 
     def write(self, path: Path) -> None:
@@ -743,6 +745,10 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
             if pre.test_signing is not True:
                 raise InfrastructureError("test signing is not in effect after the reboot",
                                           "is Secure Boot on? the image needs OVMF without it")
+            if not pre.dyn_processor_enabled:
+                progress.say(f"warning: {pre.product} ({pre.edition}) does not report dynamic "
+                             "processor support (SharedUserData DbgDynProcessorEnabled): "
+                             "hot-added CPUs may stay offline; the manifest records it")
         with _stage(progress, "shutdown", "the guest to power off", installer, spec.logs):
             with contextlib.suppress(TransportError):
                 transport.run("shutdown.exe /s /t 0 /d p:4:1")
