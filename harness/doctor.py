@@ -138,6 +138,7 @@ def run_checks() -> list[Check]:
         _tool("qemu-img", "qemu-img", "apt-get install qemu-utils"),
         _tool("xorriso (Windows provisioning ISO)", "xorriso", "apt-get install xorriso"),
         _tool("wiminfo (Windows image names)", "wiminfo", "apt-get install wimtools"),
+        _tool("7-Zip (reading Windows ISOs)", "7zz", "apt-get install 7zip"),
         _tool("virt-xml-validate", "virt-xml-validate", "apt-get install libvirt-clients"),
         _reference_guest(),
         _disk(),
