@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from winrm_double import WinRMDouble
 
-from harness.errors import TransportError
+from harness.errors import GuestCrashed, TransportError
 from harness.guests import windows
 from harness.guests.base import ProbeSettings
 from harness.guests.windows_kind import DRIVER_FILE, WindowsSession, probe_parameters
@@ -90,6 +90,24 @@ def test_live_records_hold_complete_lines_only(double: WinRMDouble,
         f.write('{"v":1,"seq":3,"t_ns":5,"kind":"noti')  # the writer is mid-line
     assert session.live_records().endswith('"registered"}\n')
     assert session.final_records().endswith('"kind":"noti')
+
+
+def test_a_crashed_guest_is_reported_as_the_crash(tmp_path: Path) -> None:
+    """When the guest stops answering, the machine's check decides: a bugcheck wins."""
+    with WinRMDouble(tmp_path / "g", password=PASSWORD) as d:
+        port = d.port
+    bugcheck = (0x9F, 3, 0, 0, 0)
+
+    def crashed() -> None:
+        raise GuestCrashed("guest crashed: bugcheck 0x9F", "screenshot", bugcheck=bugcheck)
+
+    t = WinRMTransport(WinRMEndpoint(port=port, username="Administrator", password=PASSWORD,
+                                     operation_timeout=1, read_timeout=2))
+    with pytest.raises(GuestCrashed) as err:
+        WindowsSession(t, still_alive=crashed).processor_count()
+    assert err.value.bugcheck == bugcheck
+    with pytest.raises(TransportError, match="connection refused"):
+        WindowsSession(t, still_alive=lambda: None).live_records()
 
 
 def test_probe_parameters_mapping() -> None:

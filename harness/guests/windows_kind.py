@@ -8,11 +8,13 @@ small ISO carrying the probe driver and the probe-control script, waits for WinR
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from harness.errors import InputError
+from harness.errors import InputError, TransportError
 from harness.guests import windows
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import storage
@@ -54,38 +56,58 @@ def probe_parameters(settings: ProbeSettings, active: int | None) -> windows.Pro
 
 
 class WindowsSession(GuestSession):
-    """The probe driver in a running Windows guest, over any cmd.exe transport."""
+    """The probe driver in a running Windows guest, over any cmd.exe transport.
 
-    def __init__(self, transport: Transport, driver_source: str = DRIVER_FILE) -> None:
+    `still_alive` (the machine's check) is consulted whenever the guest stops answering, so a
+    bugcheck surfaces as GuestCrashed with its code, not as a transport timeout.
+    """
+
+    def __init__(self, transport: Transport, driver_source: str = DRIVER_FILE,
+                 still_alive: Callable[[], None] | None = None) -> None:
         self.transport = transport
         self.driver_source = driver_source
+        self.still_alive = still_alive
         self.installed: windows.DriverInstall | None = None
         self.last_start: windows.ServiceStart | None = None
+
+    @contextlib.contextmanager
+    def _guest(self) -> Iterator[None]:
+        try:
+            yield
+        except TransportError:
+            if self.still_alive is not None:
+                self.still_alive()  # raises GuestCrashed (with the bugcheck) if that is why
+            raise
 
     def load_probe(self, settings: ProbeSettings) -> None:
         """Install (first time), set Parameters, start. A refused start is not an error here:
         with a replay veto DriverEntry fails on purpose; the records tell the story."""
-        if self.installed is None:
-            self.installed = windows.install_driver(self.transport, self.driver_source)
-        active = None
-        if settings.veto_index is not None:
-            active = windows.processor_count(self.transport).active_all_groups
-        windows.set_parameters(self.transport, probe_parameters(settings, active))
-        self.last_start = windows.start_service(self.transport)
+        with self._guest():
+            if self.installed is None:
+                self.installed = windows.install_driver(self.transport, self.driver_source)
+            active = None
+            if settings.veto_index is not None:
+                active = windows.processor_count(self.transport).active_all_groups
+            windows.set_parameters(self.transport, probe_parameters(settings, active))
+            self.last_start = windows.start_service(self.transport)
 
     def unload_probe(self) -> None:
-        windows.stop_service(self.transport)
+        with self._guest():
+            windows.stop_service(self.transport)
 
     def live_records(self) -> str:
         """Complete lines only: the driver's writer may be half-way through the last one."""
-        text = windows.read_records(self.transport)
+        with self._guest():
+            text = windows.read_records(self.transport)
         return text[: text.rfind("\n") + 1]
 
     def final_records(self) -> str:
-        return windows.read_records(self.transport)
+        with self._guest():
+            return windows.read_records(self.transport)
 
     def processor_count(self) -> int:
-        return windows.processor_count(self.transport).logical
+        with self._guest():
+            return windows.processor_count(self.transport).logical
 
 
 class WindowsGuest(GuestKind):
@@ -174,4 +196,4 @@ class WindowsGuest(GuestKind):
             on_wait=windows.throttled(
                 lambda _err: progress.waiting("winrm", transport.description, t0), 10.0),
             hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
-        return WindowsSession(transport)
+        return WindowsSession(transport, still_alive=machine.check_alive)
