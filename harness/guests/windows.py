@@ -707,8 +707,14 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
         with progress.stage(name, awaited):
             yield
     except HotaddError as exc:
-        raise restated(exc, f"image build stopped at stage '{name}': {exc.problem}",
-                       f"{exc.fix or 'see the logs'} ({installer.artifacts(run_dir)})") from None
+        cause: HotaddError = exc
+        if isinstance(exc, TransportError):  # the guest went silent: crashed or switched off?
+            try:
+                installer.machine.check_alive()
+            except HotaddError as dead:
+                cause = dead
+        raise restated(cause, f"image build stopped at stage '{name}': {cause.problem}",
+                       f"{cause.fix or 'see the logs'} ({installer.artifacts(run_dir)})") from None
 
 
 def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
