@@ -160,12 +160,13 @@ class DomainSpec:
         if self.direct_boot is None and not self.disks and not self.cdroms:
             raise InputError("the guest has nothing to boot from",
                              "give a kernel/initrd, a disk image or an ISO")
-        for path in self._input_files():
+        for path in self.input_files():
             if not path.exists():
                 raise InputError(f"{path} does not exist",
                                  "build or download it first (see README), or fix the path")
 
-    def _input_files(self) -> list[Path]:
+    def input_files(self) -> list[Path]:
+        """Files QEMU must be able to open (disks, ISOs, kernel/initrd)."""
         files = [d.path for d in self.disks] + [c.path for c in self.cdroms]
         if self.direct_boot:
             files += [self.direct_boot.kernel, self.direct_boot.initrd]

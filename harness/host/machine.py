@@ -135,6 +135,11 @@ class Machine:
             **spec.metadata, "pid": str(os.getpid()), "host": socket.gethostname(),
             "scratch": str(scratch), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
+        try:
+            _check_system_qemu_can_reach(conn, spec)
+        except InputError:
+            storage.remove_scratch(scratch)
+            raise
         xml = to_xml(spec)
         xml_copy = spec.serial_log.parent / "domain.xml"
         xml_copy.write_text(xml)
@@ -355,6 +360,22 @@ class Machine:
         data = b"".join(chunks)
         path.write_bytes(data if mime == "image/png" else ppm_to_png(data))
         return path
+
+
+def _check_system_qemu_can_reach(conn: libvirt.virConnect, spec: DomainSpec) -> None:
+    """Under a system libvirtd, QEMU runs as an unprivileged user (libvirt-qemu on Debian):
+    libvirt relabels the files themselves, but every directory above them must be searchable
+    by others. Say so before QEMU fails with a bare "Permission denied"."""
+    if conn.getURI() != "qemu:///system":
+        return
+    for path in spec.input_files():
+        for parent in path.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise InputError(
+                    f"{path} is under {parent}, which other users cannot search: QEMU under "
+                    "qemu:///system runs as an unprivileged user and cannot open it",
+                    "set HOTADD_CACHE_DIR to a directory others can search (e.g. "
+                    "/var/lib/hotadd), or use the default daemonless qemu:///embed")
 
 
 def owner_alive(pid: int) -> bool:
