@@ -99,6 +99,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 MARKERS = (
+    "hotadd: the test uses a hotadd guest (set by the plugin on tests using its fixtures)",
     "hotadd_windows: the test needs the Windows guest (--hotadd-guest windows)",
     "hotadd_kvm: the test needs KVM (hardware virtualisation), not TCG",
     "hotadd_vcpus(total=None, free=None): the test needs a guest with at least `total` vCPUs "
@@ -158,10 +159,14 @@ def missing_for(item: pytest.Item, spec: ScenarioSpec) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the marker added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip (before any fixture, so before any guest boots) what this session cannot run."""
+    """Mark the tests that use a guest `hotadd` (`-m "not hotadd"` leaves them out), and skip
+    (before any fixture, so before any guest boots) what this session cannot run."""
     spec = config.stash[_LAB].spec
     for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in GUEST_FIXTURES):
+            item.add_marker(pytest.mark.hotadd)
         reason = missing_for(item, spec)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
@@ -209,13 +214,14 @@ class Lab:
         self.spec = spec
         self.progress = Progress(quiet=config.getoption("verbose") < 1)
         self.report: Path | None = None
+        self.report_error: str | None = None
+        self._test_dirs: list[Path] = []  # this session's, in the order the tests ran
         self.kept: list[str] = []
         self._artifacts: Path | None = config.getoption("hotadd_artifacts")
         self._stack = contextlib.ExitStack()  # the host connection
         self._guest_stack = contextlib.ExitStack()  # the current guest
         self._host: Any = None
         self._guest: Guest | None = None
-        self._tests = 0
 
     @property
     def artifacts(self) -> Path:
@@ -235,6 +241,7 @@ class Lab:
         path = self.artifacts / name
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
+        self._test_dirs.append(path)
         return path
 
     def guest(self) -> Guest:
@@ -280,13 +287,18 @@ class Lab:
 
     def finish(self) -> None:
         self.close()
-        if self._tests and self._artifacts is not None:
-            self.report = write_report(self._artifacts)
+        if self._test_dirs and self._artifacts is not None:
+            try:
+                self.report = write_report(self._artifacts, self._test_dirs)
+            except HotaddError as exc:  # the tests' outcomes stand; only the page is missing
+                self.report_error = str(exc)
 
     def summary_lines(self) -> list[str]:
         lines = []
         if self.report is not None:
             lines.append(f"hotadd: report {self.report}")
+        if self.report_error is not None:
+            lines.append(f"hotadd: report not written: {self.report_error}")
         lines += [f"hotadd: kept for inspection: {k}; 'hotadd sweep' removes it"
                   for k in self.kept]
         return lines
@@ -334,11 +346,14 @@ def hotadd_guest(hotadd_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Ho
     """A booted guest in its saved state: probe not loaded, boot vCPUs only."""
     lab = hotadd_lab
     guest = lab.guest()
-    lab._tests += 1
     test_dir = lab.test_dir(request.node.nodeid)
     progress = Progress(quiet=lab.progress.quiet)
-    guest.restore(test_dir, progress)
-    guest.connect(progress)
+    try:
+        guest.restore(test_dir, progress)
+        guest.connect(progress)
+    except BaseException:
+        _write_test_file(test_dir, request.node.nodeid, {}, "error")
+        raise
     handle = HotaddGuest(guest, test_dir, progress, lab.spec)
     yield handle
     reports = request.node.stash.get(_REPORTS, {})
@@ -483,8 +498,8 @@ def hotadd_probe(hotadd: HotaddHelper) -> LoadedProbe:
     return hotadd.probe()
 
 
-def _write_test_file(test_dir: Path, nodeid: str, reports: dict[str, pytest.TestReport]) -> None:
-    outcome = "passed"
+def _write_test_file(test_dir: Path, nodeid: str, reports: dict[str, pytest.TestReport],
+                     outcome: str = "passed") -> None:
     for when in ("setup", "call"):
         report = reports.get(when)
         if report is not None and not report.passed:

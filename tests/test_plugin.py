@@ -124,6 +124,15 @@ def test_unmarked_sessions_boot_nothing(suite: pytest.Pytester) -> None:
     assert "hotadd: report" not in result.stdout.str()
 
 
+def test_guest_tests_are_marked_hotadd(suite: pytest.Pytester) -> None:
+    suite.makepyfile("""
+        def test_needs_a_guest(hotadd): pass
+        def test_plain(): pass
+    """)
+    result = suite.runpytest(*PLUGIN, "--strict-markers", "-m", "not hotadd")
+    result.assert_outcomes(passed=1, deselected=1)
+
+
 def _properties(junit: Path) -> dict[str, dict[str, str]]:
     root = ET.parse(junit).getroot()
     return {case.get("name", ""): {p.get("name", ""): p.get("value", "")
@@ -163,6 +172,7 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
     one = props["test_adds_one"]
     assert one["hotadd.outcome"] == "pass" and one["hotadd.verdict"] == "pass"
     assert one["hotadd.findings"] == "0"
+    assert one["hotadd.guest"].startswith("reference://hotadd-reference-")
     assert one["hotadd.add.1.end_state"] == "complete"
     assert 0 < float(one["hotadd.add.1.ost_ms"]) < float(one["hotadd.add.1.end_ms"])
     assert one["hotadd.add.1"].startswith("vCPU 2 -> CPU 2: complete")

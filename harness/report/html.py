@@ -21,6 +21,7 @@ from harness.report.timeline import build_timeline, render_svg
 
 REPORT_FILE = "report.html"
 RESULT_FILE = "result.json"
+TEST_FILE = "test.json"  # written by the pytest plugin: node id and pytest's outcome
 ARTIFACTS = ("result.json", "records.jsonl", "serial.log", "domain.xml", "screenshot.png")
 
 
@@ -41,15 +42,19 @@ class ScenarioView:
 
 
 def scenario_dirs(directory: Path) -> list[Path]:
-    """The run directories under `directory`: itself, or its subdirectories with results."""
+    """The run directories under `directory`: itself, or its subdirectories holding a result
+    or a pytest test's record (a test may have failed before any run)."""
     if (directory / RESULT_FILE).is_file():
         return [directory]
-    return sorted(p.parent for p in directory.glob(f"*/{RESULT_FILE}"))
+    return sorted({p.parent for name in (RESULT_FILE, TEST_FILE)
+                   for p in directory.glob(f"*/{name}")})
 
 
 def load_scenario(run_dir: Path, relative_to: Path) -> ScenarioView:
     try:
-        result = json.loads((run_dir / RESULT_FILE).read_text())
+        result = (json.loads((run_dir / RESULT_FILE).read_text())
+                  if (run_dir / RESULT_FILE).is_file() or not (run_dir / TEST_FILE).is_file()
+                  else {"outcome": "none"})
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {run_dir / RESULT_FILE}: {exc}",
                          "give a run directory written by 'hotadd run' or the pytest plugin"
@@ -62,17 +67,19 @@ def load_scenario(run_dir: Path, relative_to: Path) -> ScenarioView:
         except InputError as exc:
             records_error = str(exc)
     test = {}
-    if (run_dir / "test.json").is_file():
-        test = json.loads((run_dir / "test.json").read_text())
+    if (run_dir / TEST_FILE).is_file():
+        test = json.loads((run_dir / TEST_FILE).read_text())
     name = test.get("nodeid") or (run_dir.name if run_dir != relative_to else
                                    f"hotadd run {run_dir.name}")
     return ScenarioView(name, run_dir, result, tuple(records), records_error,
                         test.get("outcome"))
 
 
-def write_report(directory: Path) -> Path:
-    """Write `directory`/report.html for the run directories found there; return its path."""
-    dirs = scenario_dirs(directory)
+def write_report(directory: Path, run_dirs: list[Path] | None = None) -> Path:
+    """Write `directory`/report.html for `run_dirs` (default: every run directory found
+    there); return its path."""
+    dirs = scenario_dirs(directory) if run_dirs is None else [
+        d for d in run_dirs if (d / RESULT_FILE).is_file() or (d / TEST_FILE).is_file()]
     if not dirs:
         raise InputError(f"{directory} holds no {RESULT_FILE}",
                          "give a run directory ('hotadd run --run-dir') or a pytest "
