@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+import libvirt
+
 from harness import __version__
 from harness.errors import (
     DomainError,
@@ -44,11 +46,33 @@ from harness.errors import (
     InputError,
     TransportError,
 )
-from harness.host.domain import Firmware
+from harness.host import accel, storage
+from harness.host.connection import open_connection
+from harness.host.domain import (
+    OVMF_VARS,
+    Accelerator,
+    Cdrom,
+    Disk,
+    DiskBus,
+    DomainSpec,
+    Firmware,
+    Forward,
+    Profile,
+    Topology,
+    VcpuPlan,
+)
+from harness.host.machine import Machine, free_port, run_name
+from harness.host.sweep import sweep
 from harness.paths import REPO_ROOT
 from harness.progress import Progress
 from harness.transport.base import CommandResult, Transport
-from harness.transport.winrm import RemoteFileMissing, fetch_by_chunks, run_powershell
+from harness.transport.winrm import (
+    RemoteFileMissing,
+    WinRMEndpoint,
+    WinRMTransport,
+    fetch_by_chunks,
+    run_powershell,
+)
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 TEMPLATE = VM_DIR / "Autounattend.xml.in"
@@ -511,11 +535,8 @@ def nvram_path(image: Path) -> Path:
     return image.with_name(image.name + ".OVMF_VARS.fd")
 
 
-def check_accelerator(force_tcg: bool) -> tuple[Any, str]:
+def check_accelerator(force_tcg: bool) -> tuple[Accelerator, str]:
     """KVM, or TCG only when forced (Windows Setup under TCG takes many hours)."""
-    from harness.host import accel
-    from harness.host.domain import Accelerator
-
     status = accel.kvm_status()
     if status.accelerator is Accelerator.KVM:
         return Accelerator.KVM, status.reason
@@ -546,15 +567,13 @@ class Installer:
     """The installer VM, seen by the build flow. Wraps harness.host.machine.Machine so the
     flow reads as stages and tests can see exactly what it asks of the host layer."""
 
-    def __init__(self, machine: Any, conn: Any) -> None:
+    def __init__(self, machine: Machine, conn: libvirt.virConnect) -> None:
         self.machine = machine
         self.conn = conn
 
     def press_keys(self, seconds: float) -> None:
         """Press space now and then for `seconds`: the Windows ISO's UEFI loader waits for
         "any key" and otherwise falls through to the empty disk."""
-        import libvirt
-
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.machine.check_alive()
@@ -584,25 +603,10 @@ class Installer:
         self.conn.close()
 
 
-def start_installer(spec: ImageBuildSpec, accelerator: Any, disk: Path, prov_iso: Path,
+def start_installer(spec: ImageBuildSpec, accelerator: Accelerator, disk: Path, prov_iso: Path,
                     nvram: Path | None, port: int) -> Installer:
     """Boot the installer domain: Windows ISO first, provisioning ISO, the new disk (SATA:
     Windows' inbox AHCI driver, so booting never depends on virtio drivers)."""
-    from harness.host import storage
-    from harness.host.connection import open_connection
-    from harness.host.domain import (
-        Cdrom,
-        Disk,
-        DiskBus,
-        DomainSpec,
-        Forward,
-        Profile,
-        Topology,
-        VcpuPlan,
-    )
-    from harness.host.machine import Machine, run_name
-    from harness.host.sweep import sweep
-
     conn = open_connection(spec.libvirt_uri)
     try:
         sweep(conn)
@@ -624,14 +628,13 @@ def start_installer(spec: ImageBuildSpec, accelerator: Any, disk: Path, prov_iso
         raise
 
 
-InstallerFactory = Callable[[ImageBuildSpec, Any, Path, Path, "Path | None", int], Installer]
+InstallerFactory = Callable[[ImageBuildSpec, Accelerator, Path, Path, "Path | None", int],
+                            Installer]
 
 
 def build_image(spec: ImageBuildSpec, progress: Progress,
                 start: InstallerFactory = start_installer) -> GoldenManifest:
     """Install Windows unattended into a new read-only golden qcow2 with a JSON manifest."""
-    from harness.host.machine import free_port
-
     check_readable_iso(spec.windows_iso, "Windows ISO")
     check_readable_iso(spec.virtio_iso, "virtio-win ISO")
     accelerator, why = check_accelerator(spec.force_tcg)
@@ -660,8 +663,6 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
                                           "check free disk space")
         nvram = None
         if spec.firmware is Firmware.UEFI:
-            from harness.host.domain import OVMF_VARS
-
             nvram = work / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, nvram)
         port = free_port()
@@ -719,8 +720,6 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
 
 def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
                         progress: Progress) -> dict[str, Any]:
-    from harness.transport.winrm import WinRMEndpoint, WinRMTransport
-
     t = spec.timeouts
     with _stage(progress, "boot installer", "pressing a key for the ISO's boot prompt",
                 installer, spec.logs):
