@@ -4,6 +4,7 @@ the real reference guest under QEMU/libvirt)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -199,3 +200,31 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
     assert "hotadd-guest: ready" in serial and "hotadd-probe: " in serial
     page = (art / "report.html").read_text()
     assert page.count("<svg") == 2 and "test_probe_fixture_then_a_failing_assertion" in page
+
+
+@pytest.mark.vm
+def test_keep_on_failure_leaves_the_failing_guest_running(suite: pytest.Pytester,
+                                                          conn) -> None:  # type: ignore[no-untyped-def]
+    """--hotadd-keep-on-failure: the failing test's guest stays up, named in the summary."""
+    from harness.host import storage
+
+    suite.makepyfile("""
+        def test_fails(hotadd_guest):
+            assert hotadd_guest.processor_count() == 99
+    """)
+    art = suite.path / "art"
+    result = suite.runpytest(*PLUGIN, "--hotadd-keep-on-failure", f"--hotadd-artifacts={art}")
+    result.assert_outcomes(failed=1)
+    kept = [line for line in result.outlines if line.startswith("hotadd: kept for inspection: ")]
+    assert len(kept) == 1, result.outlines
+    name = kept[0].split(": ")[2].split()[0]
+    try:
+        dom = conn.lookupByName(name)
+        assert dom.isActive()
+        [test_dir] = [p for p in art.iterdir() if p.name.endswith("test_fails")]
+        assert str(test_dir / "serial.log") in kept[0]
+        assert (test_dir / "screenshot.png").is_file()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.lookupByName(name).destroy()
+        storage.remove_scratch(paths.scratch_dir() / name)
