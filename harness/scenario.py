@@ -682,5 +682,7 @@ def _save_records_from_serial(machine: Machine, run_dir: Path) -> None:
     """After a crash the transport is gone; the serial console still has what was printed."""
     lines = [line.split("hotadd-probe: ", 1)[1] for line in machine.serial_text().splitlines()
              if "hotadd-probe: {" in line]
+    loads = [i for i, line in enumerate(lines) if '"event":"load"' in line.replace(" ", "")]
+    lines = lines[loads[-1]:] if loads else lines  # the last probe load's, like final_records
     if lines:
         (run_dir / "records.jsonl").write_text("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from harness import paths
@@ -203,8 +204,8 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
 
 
 @pytest.mark.vm
-def test_keep_on_failure_leaves_the_failing_guest_running(suite: pytest.Pytester,
-                                                          conn) -> None:  # type: ignore[no-untyped-def]
+def test_keep_on_failure_leaves_the_failing_guest_running(
+        suite: pytest.Pytester, conn: libvirt.virConnect) -> None:
     """--hotadd-keep-on-failure: the failing test's guest stays up, named in the summary."""
     from harness.host import storage
 
