@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from harness import paths
-from harness.errors import HotaddError, InputError
+from harness.errors import HotaddError, InfrastructureError, InputError
 from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host import accel
 from harness.host.domain import Accelerator, Topology
@@ -53,6 +53,7 @@ from harness.scenario import (
     Attempt,
     Guest,
     GuestChoice,
+    Host,
     RunResult,
     ScenarioSpec,
     guest_kind,
@@ -220,8 +221,9 @@ class Lab:
         self._artifacts: Path | None = config.getoption("hotadd_artifacts")
         self._stack = contextlib.ExitStack()  # the host connection
         self._guest_stack = contextlib.ExitStack()  # the current guest
-        self._host: Any = None
+        self._host: Host | None = None
         self._guest: Guest | None = None
+        self._boot_failure: HotaddError | None = None  # later tests fail fast with it
 
     @property
     def artifacts(self) -> Path:
@@ -246,26 +248,37 @@ class Lab:
 
     def guest(self) -> Guest:
         """The saved guest, booting (and saving) it first if there is none."""
+        if self._boot_failure is not None:
+            raise InfrastructureError(
+                f"the session's guest failed to start earlier: {self._boot_failure.problem}",
+                self._boot_failure.fix)
         if self._guest is None:
-            spec, progress = self.spec, self.progress
-            kind = guest_kind(spec)
-            with progress.stage("prepare", f"{kind.name} guest image"):
-                kind.prepare(progress)
-            if self._host is None:
-                self._host = self._stack.enter_context(open_host(spec, progress))
-            name = run_name(spec.guest.value)
-            boot_dir = self.artifacts / f"_boot-{name}"
-            boot_dir.mkdir(parents=True, exist_ok=True)
-            guest = self._guest_stack.enter_context(
-                Guest.boot(spec, kind, self._host, progress, name, boot_dir))
             try:
-                guest.connect(progress)
-                guest.save(guest.machine.scratch / "checkpoint.save", progress)
-            except BaseException:
-                self.release()
+                self._guest = self._boot()
+            except HotaddError as exc:
+                self._boot_failure = exc
                 raise
-            self._guest = guest
         return self._guest
+
+    def _boot(self) -> Guest:
+        spec, progress = self.spec, self.progress
+        kind = guest_kind(spec)
+        with progress.stage("prepare", f"{kind.name} guest image"):
+            kind.prepare(progress)
+        if self._host is None:
+            self._host = self._stack.enter_context(open_host(spec, progress))
+        name = run_name(spec.guest.value)
+        boot_dir = self.artifacts / f"_boot-{name}"
+        boot_dir.mkdir(parents=True, exist_ok=True)
+        guest = self._guest_stack.enter_context(
+            Guest.boot(spec, kind, self._host, progress, name, boot_dir))
+        try:
+            guest.connect(progress)
+            guest.save(guest.machine.scratch / "checkpoint.save", progress)
+        except BaseException:
+            self.release()
+            raise
+        return guest
 
     def keep(self, guest: Guest) -> None:
         """Leave `guest` running for a person; the next test boots a new one."""

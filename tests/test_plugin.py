@@ -229,3 +229,20 @@ def test_keep_on_failure_leaves_the_failing_guest_running(
         with contextlib.suppress(Exception):
             conn.lookupByName(name).destroy()
         storage.remove_scratch(paths.scratch_dir() / name)
+
+
+@pytest.mark.vm
+def test_a_guest_that_never_gets_ready_errors_each_test_once(suite: pytest.Pytester) -> None:
+    """The first test's error names the serial log; later tests fail at once with it instead
+    of waiting for another boot."""
+    suite.makepyfile("""
+        def test_first(hotadd_guest): pass
+        def test_second(hotadd_guest): pass
+    """)
+    result = suite.runpytest(*PLUGIN, "--hotadd-ready-timeout", "1",
+                             f"--hotadd-artifacts={suite.path / 'art'}")
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str()
+    assert "GuestNotReady" in out and "serial.log" in out
+    assert "the session's guest failed to start earlier" in out
+    assert result.duration < 60
