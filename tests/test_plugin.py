@@ -180,6 +180,8 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
     assert one["hotadd.add.1"].startswith("vCPU 2 -> CPU 2: complete")
     assert one["hotadd.version.libvirt"] and one["hotadd.version.qemu"]
     assert one["hotadd.version.accelerator"] in ("tcg", "kvm")
+    assert float(one["hotadd.time.restore"]) < float(one["hotadd.time.total"])
+    assert float(one["hotadd.time.add_1"]) > 0
     assert "hotadd.outcome" not in props["test_gets_the_saved_state_back"]  # no run, no verdict
     assert props["test_probe_fixture_then_a_failing_assertion"]["hotadd.verdict"] == "pass"
 

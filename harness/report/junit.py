@@ -55,7 +55,8 @@ def junit_properties(result: RunResult) -> list[tuple[str, str]]:
     if result.after_unload is not None:
         props.append(("hotadd.add_after_unload", describe_add(result.after_unload)))
     props += [(f"hotadd.version.{k}", str(v)) for k, v in sorted(result.versions.items())]
-    props += [(f"hotadd.time.{k}", f"{v:.3f}") for k, v in result.timings.items()]
+    props += [(f"hotadd.time.{k.replace(' ', '_')}", f"{v:.3f}")
+              for k, v in result.timings.items()]
     return props
 
 
