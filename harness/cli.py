@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "harness.guests.command",  # hotadd guest build
     "harness.guests.image_command",  # hotadd image build
     "harness.host.sweep",  # hotadd sweep
+    "harness.report.command",  # hotadd report
 )
 
 

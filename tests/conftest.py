@@ -27,6 +27,13 @@ SESSION_ROOT = TEST_ROOTS / str(os.getpid())
 os.environ["HOTADD_LIBVIRT_URI"] = f"qemu:///embed?root={SESSION_ROOT}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The shipped scenarios (marked `hotadd` by the plugin) boot guests too: mark them `vm`."""
+    for item in items:
+        if item.get_closest_marker("hotadd"):
+            item.add_marker(pytest.mark.vm)
+
+
 def qemu_pids_mentioning(text: str) -> list[int]:
     """PIDs of running QEMU processes whose command line contains `text` (a root or a name)."""
     pids = []
