@@ -18,8 +18,6 @@ import dataclasses
 import enum
 import json
 import platform
-import re
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +27,11 @@ from typing import Any
 import libvirt
 
 from harness import __version__
-from harness.errors import DomainError, ExitCode, GuestCrashed, HotaddError, InputError
+from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
-from harness.host.events import DomainEvents
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
 from harness.oracle import HostFacts, Verdict, check
@@ -299,8 +296,6 @@ class Guest:
         self.host = host
         self.machine = machine
         self.session: GuestSession | None = None
-        self.running = True
-        self._boot_spec = machine.spec
         self._saved: Path | None = None
 
     @classmethod
@@ -353,20 +348,15 @@ class Guest:
 
     # --- checkpoint: the plugin's "known state" without a boot per test -------------------
 
+    @property
+    def running(self) -> bool:
+        return self.machine.running
+
     def save(self, path: Path, progress: Progress) -> None:
-        """Save the running guest to `path` (virDomainSave: the domain stops) and copy its
-        writable disks beside it, so every `restore` starts from exactly this state."""
+        """Checkpoint the guest (it stops); every `restore` starts from exactly this state."""
         self.close_session()
         with progress.stage("save", f"{self.name} to {path.name}"):
-            try:
-                self.machine.dom.save(str(path))
-            except libvirt.libvirtError as exc:
-                raise DomainError(f"libvirt could not save {self.name}: "
-                                  f"{exc.get_error_message()}",
-                                  "check free space under the cache directory") from exc
-            self.running = False
-            for disk in self._writable_files():
-                shutil.copyfile(disk, _saved_copy(disk))
+            self.machine.save(path)
         self._saved = path
 
     def restore(self, run_dir: Path, progress: Progress) -> None:
@@ -374,60 +364,15 @@ class Guest:
         its live domain XML) in `run_dir`."""
         if self._saved is None:
             raise InputError(f"{self.name} has no saved state", "call Guest.save() first")
-        if self.running:
-            self.stop()
-        serial = run_dir / "serial.log"
+        self.close_session()
         with progress.stage("restore", f"{self.name} from {self._saved.name}"):
-            for disk in self._writable_files():
-                shutil.copyfile(_saved_copy(disk), disk)
-            conn = self.host.conn
-            xml = _serial_to(conn.saveImageGetXMLDesc(str(self._saved), 0),
-                             self._boot_spec.serial_log, serial)
-            # the console so far (the boot, the guest kind's ready marker), then this restore's
-            shutil.copyfile(self._boot_spec.serial_log, serial)
-            self.machine.events.close()  # events of the previous incarnation would mislead
-            self.machine.events = DomainEvents(conn, self.name)
-            try:
-                conn.restoreFlags(str(self._saved), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-                self.machine.dom = conn.lookupByName(self.name)
-            except libvirt.libvirtError as exc:
-                raise DomainError(f"libvirt could not restore {self.name} from {self._saved}: "
-                                  f"{exc.get_error_message()}",
-                                  f"read the serial log {serial}; run 'hotadd doctor'") from exc
-            self.running = True
-            self.machine.spec = dataclasses.replace(self._boot_spec, serial_log=serial)
+            self.machine.restore(self._saved, run_dir / "serial.log")
             (run_dir / "domain.xml").write_text(self.machine.dom.XMLDesc(0))
 
     def stop(self) -> None:
         """Destroy the running domain (its saved state stays for the next `restore`)."""
         self.close_session()
-        if self.running:
-            self.running = False
-            try:
-                self.machine.dom.destroy()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise DomainError(f"libvirt could not stop {self.name}: "
-                                      f"{exc.get_error_message()}", "run 'hotadd sweep'") from exc
-
-    def _writable_files(self) -> list[Path]:
-        spec = self._boot_spec
-        files = [d.path for d in spec.disks if not d.readonly]
-        return files + ([spec.nvram] if spec.nvram is not None else [])
-
-
-def _serial_to(xml: str, old: Path, new: Path) -> str:
-    """Domain XML with the serial console file moved from `old` to `new`, appended to."""
-    source = re.compile(r"<source\s+path=(['\"])" + re.escape(str(old)) + r"\1([^>]*)>")
-    if not source.search(xml):
-        raise DomainError(f"the saved domain XML has no serial console file {old}",
-                          "report it with the saved domain XML (virsh save-image-dumpxml)")
-    return source.sub(lambda m: f"<source path='{new}'"
-                      + re.sub(r"append=(['\"])off\1", "append='on'", m.group(2)) + ">", xml)
-
-
-def _saved_copy(path: Path) -> Path:
-    return path.with_name(f"{path.name}.saved")
+        self.machine.stop()
 
 
 class Attempt:

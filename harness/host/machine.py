@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 import xml.etree.ElementTree as ET
@@ -123,6 +124,8 @@ class Machine:
         self.dom = dom
         self.events = events
         self.keep = False  # set True to leave the guest running for a person to inspect
+        self.running = True  # False between stop()/save() and restore()
+        self._boot_spec = spec
         self._closed = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -165,11 +168,7 @@ class Machine:
         self.events.close()
         if self.keep:
             return
-        try:
-            self.dom.destroy()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and self.dom.isActive():
-                raise
+        self.stop()
         storage.remove_scratch(self.scratch)
 
     def __enter__(self) -> Machine:
@@ -182,6 +181,60 @@ class Machine:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def stop(self) -> None:
+        """Destroy the running domain; the scratch dir (and any saved state) stays."""
+        if not self.running:
+            return
+        self.running = False
+        try:
+            self.dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
+                                            libvirt.VIR_ERR_OPERATION_INVALID):
+                raise DomainError(f"libvirt could not stop {self.name}: "
+                                  f"{exc.get_error_message()}", "run 'hotadd sweep'") from exc
+
+    # --- checkpoint: a known state without a boot --------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Save the running guest to `path` (virDomainSave: the domain stops) and copy its
+        writable disks and NVRAM beside them, so every `restore` starts from exactly this."""
+        try:
+            self.dom.save(str(path))
+        except libvirt.libvirtError as exc:
+            raise DomainError(f"libvirt could not save {self.name}: {exc.get_error_message()}",
+                              "check free space under the cache directory") from exc
+        self.running = False
+        for disk in self._writable_files():
+            shutil.copyfile(disk, _saved_copy(disk))
+
+    def restore(self, saved: Path, serial_log: Path) -> None:
+        """Start again from the state `save` wrote to `saved`. The serial console goes to
+        `serial_log`, which starts as a copy of the boot console (so markers printed while
+        booting, like a guest's ready line, are still there) and is appended to."""
+        self.stop()
+        for disk in self._writable_files():
+            shutil.copyfile(_saved_copy(disk), disk)
+        xml = _serial_to(self.conn.saveImageGetXMLDesc(str(saved), 0),
+                         self._boot_spec.serial_log, serial_log)
+        shutil.copyfile(self._boot_spec.serial_log, serial_log)
+        self.events.close()  # events of the previous incarnation would mislead
+        self.events = DomainEvents(self.conn, self.name)
+        try:
+            self.conn.restoreFlags(str(saved), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            self.dom = self.conn.lookupByName(self.name)
+        except libvirt.libvirtError as exc:
+            raise DomainError(f"libvirt could not restore {self.name} from {saved}: "
+                              f"{exc.get_error_message()}",
+                              f"read the serial log {serial_log}; run 'hotadd doctor'") from exc
+        self.running = True
+        self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
+
+    def _writable_files(self) -> list[Path]:
+        spec = self._boot_spec
+        files = [d.path for d in spec.disks if not d.readonly]
+        return files + ([spec.nvram] if spec.nvram is not None else [])
 
     def forwarded_port(self, guest_port: int) -> int:
         for fwd in self.spec.forwards:
@@ -360,6 +413,20 @@ class Machine:
         data = b"".join(chunks)
         path.write_bytes(data if mime == "image/png" else ppm_to_png(data))
         return path
+
+
+def _serial_to(xml: str, old: Path, new: Path) -> str:
+    """Domain XML with the serial console file moved from `old` to `new`, appended to."""
+    source = re.compile(r"<source\s+path=(['\"])" + re.escape(str(old)) + r"\1([^>]*)>")
+    if not source.search(xml):
+        raise DomainError(f"the saved domain XML has no serial console file {old}",
+                          "report it with the saved domain XML (virsh save-image-dumpxml)")
+    return source.sub(lambda m: f"<source path='{new}'"
+                      + re.sub(r"append=(['\"])off\1", "append='on'", m.group(2)) + ">", xml)
+
+
+def _saved_copy(path: Path) -> Path:
+    return path.with_name(f"{path.name}.saved")
 
 
 def _check_system_qemu_can_reach(conn: libvirt.virConnect, spec: DomainSpec) -> None:
