@@ -34,7 +34,7 @@ from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
-from harness.oracle import HostFacts, Verdict, check
+from harness.oracle import HostFacts, Severity, Verdict, check
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.records import NotifyRecord, NotifyState, Phase, parse_records
@@ -45,11 +45,6 @@ RESULT_SCHEMA = "hotadd.result/1"
 class GuestChoice(enum.Enum):
     REFERENCE = "reference"
     WINDOWS = "windows"
-
-
-class Severity(enum.Enum):
-    FAIL = "fail"
-    WARN = "warn"
 
 
 @dataclass(frozen=True)
