@@ -48,6 +48,21 @@ def parse_host_key(line: str) -> paramiko.PKey:
     return entry.key
 
 
+class _ExpectHostKey(paramiko.MissingHostKeyPolicy):
+    """Accept exactly one host key, compared by its bytes (not by paramiko object equality,
+    which fails across two imports of paramiko's key classes, as pytester's in-process runs
+    produce); anything else is refused."""
+
+    def __init__(self, expected: paramiko.PKey) -> None:
+        self.expected = expected
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        if (key.get_name(), key.asbytes()) != (self.expected.get_name(),
+                                               self.expected.asbytes()):
+            raise paramiko.BadHostKeyException(hostname, key, self.expected)
+
+
 class SshTransport(Transport):
     """Commands and file reads over one paramiko SSH connection, key authentication only."""
 
@@ -77,9 +92,7 @@ class SshTransport(Transport):
 
     def _connect(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        known = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-        client.get_host_keys().add(known, self.host_key.get_name(), self.host_key)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.set_missing_host_key_policy(_ExpectHostKey(self.host_key))
         try:
             pkey = paramiko.PKey.from_path(self.private_key)
         except (OSError, paramiko.SSHException) as exc:
