@@ -483,7 +483,10 @@ class Attempt:
         if self.guest.running:
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
-                _save_records_from_serial(self.machine, self.run_dir)
+                # the transport is gone; the serial console still has what the probe printed
+                records = self.guest.kind.console_records(self.machine.serial_text())
+                if records:
+                    (self.run_dir / "records.jsonl").write_text(records)
         crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
         return self._result(None, (), error=str(exc), crashed=crashed)
 
@@ -616,13 +619,3 @@ def _host_checks(attempt: Attempt, qemu_present: int, qemu_running: int,
 def _screenshot(machine: Machine, run_dir: Path) -> None:
     with contextlib.suppress(HotaddError, libvirt.libvirtError):
         machine.screenshot(run_dir / "screenshot.png")
-
-
-def _save_records_from_serial(machine: Machine, run_dir: Path) -> None:
-    """After a crash the transport is gone; the serial console still has what was printed."""
-    lines = [line.split("hotadd-probe: ", 1)[1] for line in machine.serial_text().splitlines()
-             if "hotadd-probe: {" in line]
-    loads = [i for i, line in enumerate(lines) if '"event":"load"' in line.replace(" ", "")]
-    lines = lines[loads[-1]:] if loads else lines  # the last probe load's, like final_records
-    if lines:
-        (run_dir / "records.jsonl").write_text("\n".join(lines) + "\n")

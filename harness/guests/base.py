@@ -89,3 +89,8 @@ class GuestKind(abc.ABC):
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> GuestSession:
         """Wait until the guest is reachable and return a session; GuestNotReady otherwise."""
+
+    def console_records(self, serial_text: str) -> str:
+        """The last probe load's records from the serial console (JSON Lines), for when the
+        transport is gone (a crash). Empty for guests whose probe does not print there."""
+        return ""

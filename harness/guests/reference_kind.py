@@ -79,6 +79,9 @@ class ReferenceGuest(GuestKind):
             forwards=(Forward(guest_port=22, host_port=free_port()),),
         )
 
+    def console_records(self, serial_text: str) -> str:
+        return reference.records_from_console(serial_text)
+
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> GuestSession:
         t0 = time.monotonic()
