@@ -347,6 +347,19 @@ static const struct seq_operations records_seq_ops = {
 };
 
 /*
+ * Register one dynamic hotplug state. With ADD_EXISTING (`replay`) the kernel calls @startup
+ * for every CPU already at that state before returning; without it, only for later CPUs.
+ * Caller holds cpus_read_lock(). Returns the state number or a negative errno.
+ */
+static int setup_state(enum cpuhp_state state, const char *name, int (*startup)(unsigned int),
+		       int (*teardown)(unsigned int), bool replay)
+{
+	if (replay)
+		return cpuhp_setup_state_cpuslocked(state, name, startup, teardown);
+	return cpuhp_setup_state_nocalls_cpuslocked(state, name, startup, teardown);
+}
+
+/*
  * Register both states. With ADD_EXISTING both are set up inside one cpus_read_lock() region,
  * so no hot-add can slip between the replay of "start" and the replay of "complete".
  * Returns 0 or the negative errno of the failed registration (the states are then removed).
@@ -358,26 +371,14 @@ static int probe_register(void)
 
 	cpus_read_lock();
 	WRITE_ONCE(registering, true);
-	if (replay)
-		ret = cpuhp_setup_state_cpuslocked(CPUHP_BP_PREPARE_DYN, "hotadd_probe:prepare",
-						   probe_prepare_startup, probe_prepare_teardown);
-	else
-		ret = cpuhp_setup_state_nocalls_cpuslocked(CPUHP_BP_PREPARE_DYN,
-							   "hotadd_probe:prepare",
-							   probe_prepare_startup,
-							   probe_prepare_teardown);
+	ret = setup_state(CPUHP_BP_PREPARE_DYN, "hotadd_probe:prepare", probe_prepare_startup,
+			  probe_prepare_teardown, replay);
 	if (ret < 0)
 		goto out;
 	prepare_state = ret;
 
-	if (replay)
-		ret = cpuhp_setup_state_cpuslocked(CPUHP_AP_ONLINE_DYN, "hotadd_probe:online",
-						   probe_online_startup, probe_online_teardown);
-	else
-		ret = cpuhp_setup_state_nocalls_cpuslocked(CPUHP_AP_ONLINE_DYN,
-							   "hotadd_probe:online",
-							   probe_online_startup,
-							   probe_online_teardown);
+	ret = setup_state(CPUHP_AP_ONLINE_DYN, "hotadd_probe:online", probe_online_startup,
+			  probe_online_teardown, replay);
 	if (ret < 0) {
 		WRITE_ONCE(deregistering, true);
 		__cpuhp_remove_state_cpuslocked(prepare_state, true);
