@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from winrm_double import WinRMDouble
 
 from harness.errors import GuestCrashed, TransportError
 from harness.guests import windows
 from harness.guests.base import ProbeSettings
 from harness.guests.windows_kind import DRIVER_FILE, WindowsSession, probe_parameters
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
+from tests.support.winrm_double import WinRMDouble
 
 PASSWORD = "Ops-Pa55word!"
 

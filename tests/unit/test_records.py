@@ -20,7 +20,7 @@ from harness.records import (
     parse_records,
 )
 
-TRACES = Path(__file__).parent / "data" / "traces"
+TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 
 LOAD = {"v": 1, "seq": 1, "t_ns": 0, "kind": "driver", "event": "load", "active_count": 2,
         "flags": 1}

@@ -139,10 +139,9 @@ def test_fetch_is_binary_exact(ssh: SshTransport, tmp_path: Path) -> None:
 
 
 def test_timeout_raises_and_transport_stays_usable(ssh: SshTransport) -> None:
-    t0 = time.monotonic()
+    # the command would outlive the test's own budget: only the transport's timeout ends it
     with pytest.raises(TransportError, match="timed out"):
-        ssh.run("sleep 10", timeout=1)
-    assert time.monotonic() - t0 < 5
+        ssh.run("sleep 100000", timeout=1)
     assert ssh.run("echo still here").stdout == "still here\n"
 
 
@@ -173,9 +172,7 @@ def test_unreachable_port_fails_fast(reference_image: ReferenceImage) -> None:
                      connect_timeout=2)
     with pytest.raises(TransportError, match="cannot connect"):
         t.probe()
-    t0 = time.monotonic()
     with pytest.raises(GuestNotReady, match="not reachable after 1s"):
         t.wait_ready(1, hint="read the serial log")
-    assert time.monotonic() - t0 < 6
     t.close()
     t.close()

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from driver_toolchain import RingHarness, build_ring_harness
 from test_driver_oracle import MODELS, _as_spec, _parameters_for
 
 from harness.oracle import Profile, Severity, check, render_verdict
 from harness.oracle.checks import MAX_REPORTS_PER_RULE
 from harness.oracle.model import lost
 from harness.records import DriverEvent, DriverRecord, Record, parse_records
+from tests.support.driver_toolchain import RingHarness, build_ring_harness
 
 # Drained after every 3rd append, a 2-slot ring loses every 3rd append.
 CAPACITY, DRAIN_EVERY = 2, 3

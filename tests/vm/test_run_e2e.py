@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_hotadd, short_root
+from tests.support.processes import run_hotadd, short_root
 
 pytestmark = pytest.mark.vm
 

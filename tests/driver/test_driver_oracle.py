@@ -12,14 +12,6 @@ without a single finding.
 from __future__ import annotations
 
 import pytest
-from driver_toolchain import (
-    NO_VETO,
-    RingHarness,
-    VetoPolicy,
-    build_ring_harness,
-    parse_lines,
-    spec,
-)
 
 from harness.oracle import Profile, check
 from harness.oracle.model import (
@@ -30,6 +22,14 @@ from harness.oracle.model import (
     ProtocolModel,
 )
 from harness.records import DriverRecord, NotifyRecord, NotifyState, Phase, Record, parse_records
+from tests.support.driver_toolchain import (
+    NO_VETO,
+    RingHarness,
+    VetoPolicy,
+    build_ring_harness,
+    parse_lines,
+    spec,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import windows_media
 
 from harness.errors import InputError
 from harness.guests import windows
 from harness.guests.windows import ImageSelector, UnattendSettings, WimImage, WindowsVersion
 from harness.host.domain import Firmware
 from harness.progress import Progress
+from tests.support import windows_media
 
 # the stand-in media, as fixtures of this module
 windows_iso = windows_media.windows_iso

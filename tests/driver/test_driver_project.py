@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from driver_toolchain import DRIVER_DIR
+from tests.support.driver_toolchain import DRIVER_DIR
 
 REPO = DRIVER_DIR.parent
 MSBUILD = "{http://schemas.microsoft.com/developer/msbuild/2003}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-DRIVER_DIR = Path(__file__).resolve().parent.parent / "driver"
+DRIVER_DIR = Path(__file__).resolve().parents[2] / "driver"
 PORTABLE_SOURCES = tuple(DRIVER_DIR / name for name in ("probe_ring.c", "probe_format.c",
                                                       "probe_veto.c"))
 RING_HARNESS = DRIVER_DIR / "tests" / "ring_harness.c"

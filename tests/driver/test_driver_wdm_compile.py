@@ -15,7 +15,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from driver_toolchain import DRIVER_DIR, MINGW_CC, MINGW_COMPAT, PORTABLE_SOURCES, require_tool
+
+from tests.support.driver_toolchain import (
+    DRIVER_DIR,
+    MINGW_CC,
+    MINGW_COMPAT,
+    PORTABLE_SOURCES,
+    require_tool,
+)
 
 WDM_SOURCE = DRIVER_DIR / "probe_wdm.c"
 LINK_STUB = DRIVER_DIR / "tests" / "mingw_link_stub.c"

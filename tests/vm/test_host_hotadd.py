@@ -29,7 +29,7 @@ from harness.host.domain import (
 from harness.host.events import OstEvent
 from harness.host.machine import HotplugMethod, Machine, free_port, run_name
 from harness.host.sweep import sweep
-from tests.conftest import qemu_pids_mentioning
+from tests.support.processes import qemu_pids_mentioning
 
 pytestmark = pytest.mark.vm
 

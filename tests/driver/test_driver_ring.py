@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from driver_toolchain import (
+
+from tests.support.driver_toolchain import (
     DRIVER_EVENTS,
     NO_VETO,
     RingHarness,
@@ -252,7 +253,7 @@ def test_api_refuses_bad_capacities_and_short_buffers(harness: RingHarness) -> N
 
 
 def test_event_numbers_match_the_public_header() -> None:
-    header = (Path(__file__).resolve().parent.parent / "driver" / "probe_public.h").read_text()
+    header = (Path(__file__).resolve().parents[2] / "driver" / "probe_public.h").read_text()
     assert "HapEventLoad = 1," in header
     order = ["HapEventLoad", "HapEventRegistered", "HapEventRegisterFailed",
              "HapEventDeregistered", "HapEventUnload", "HapEventDropped"]

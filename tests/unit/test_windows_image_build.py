@@ -10,8 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import windows_media
-from winrm_double import WinRMDouble
 
 from harness import cli
 from harness.errors import ExitCode, GuestNotReady, InfrastructureError, InputError
@@ -20,6 +18,8 @@ from harness.guests.windows import ImageBuildSpec, ImageSelector, StageTimeouts
 from harness.host.accel import kvm_status
 from harness.host.domain import Accelerator, Firmware
 from harness.progress import Progress
+from tests.support import windows_media
+from tests.support.winrm_double import WinRMDouble
 
 # the stand-in media, as fixtures of this module
 windows_iso = windows_media.windows_iso

@@ -50,7 +50,7 @@ from harness.records import (
     parse_records,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRACES = ROOT / "tests" / "data" / "traces"
 VETO = STATUS_INSUFFICIENT_RESOURCES
 W, L = Profile.WINDOWS, Profile.LINUX

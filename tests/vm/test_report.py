@@ -20,7 +20,7 @@ from harness.records import NotifyRecord, NotifyState, Phase, dump_records, pars
 from harness.report import command
 from harness.report.html import REPORT_FILE
 from harness.report.timeline import COLORS, Mark, build_timeline
-from tests.conftest import qemu_pids_mentioning, run_hotadd
+from tests.support.processes import qemu_pids_mentioning, run_hotadd
 
 CHROMIUM = shutil.which("chromium")
 
