@@ -1,8 +1,8 @@
 """The `hotadd` command line: parse, call one function, map the outcome to an exit code.
 
-Each subcommand lives beside the code it drives, in a module exposing
-`add_parser(subparsers) -> None` that sets `func=callable(args) -> int` on its parser. This file
-only lists those modules, so adding a command never means editing another command's code.
+Each subcommand is one module of `harness.commands` exposing `add_parser(subparsers) -> None`
+that sets `func=callable(args) -> int` on its parser. This file only lists those modules, so
+adding a command never means editing another command's code.
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ from collections.abc import Sequence
 from harness import __version__
 from harness.errors import ExitCode, HotaddError
 
-COMMAND_MODULES = (
-    "harness.scenario_command",  # hotadd run
-    "harness.oracle.command",  # hotadd check
-    "harness.doctor",  # hotadd doctor
-    "harness.guests.command",  # hotadd guest build
-    "harness.guests.image_command",  # hotadd image build
-    "harness.host.sweep",  # hotadd sweep
-    "harness.report.command",  # hotadd report
-)
+COMMAND_MODULES = tuple(f"harness.commands.{name}" for name in (
+    "run", "check", "doctor", "guest", "image", "sweep", "report"))
 
 
 def build_parser() -> argparse.ArgumentParser:

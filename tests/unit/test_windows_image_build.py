@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from harness import cli
+from harness.commands import image as image_command
 from harness.errors import ExitCode, GuestNotReady, InfrastructureError, InputError
-from harness.guests import image_command, windows
+from harness.guests import windows
 from harness.guests.windows import ImageBuildSpec, ImageSelector, StageTimeouts
 from harness.host.accel import kvm_status
 from harness.host.domain import Accelerator, Firmware
@@ -30,7 +31,7 @@ NO_KVM = kvm_status().accelerator is not Accelerator.KVM
 
 
 def hotadd(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("harness.guests.image_command",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("harness.commands.image",))
     return cli.main(argv)
 
 

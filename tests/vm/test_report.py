@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.commands import report as command
 from harness.oracle import HostFacts, Profile, check
 from harness.records import NotifyRecord, NotifyState, Phase, dump_records, parse_records
-from harness.report import command
 from harness.report.html import REPORT_FILE
 from harness.report.timeline import COLORS, Mark, build_timeline
 from tests.support.processes import qemu_pids_mentioning, run_hotadd
@@ -39,7 +39,7 @@ def veto_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def regenerate(run_dir: Path) -> Path:
     """`hotadd report RUN_DIR`, through the CLI when it is registered there."""
-    if "harness.report.command" in cli.COMMAND_MODULES:
+    if "harness.commands.report" in cli.COMMAND_MODULES:
         proc = run_hotadd("report", str(run_dir))
         assert proc.returncode == 0, proc.stderr
         return Path(proc.stdout.strip())
