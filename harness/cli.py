@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from harness import __version__
-from harness.errors import ExitCode, HotaddError
+from harness.errors import HotaddError, exit_code
 
 COMMAND_MODULES = tuple(f"harness.commands.{name}" for name in (
     "run", "check", "doctor", "guest", "image", "sweep", "report"))
@@ -50,16 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except HotaddError as exc:
         print(f"hotadd: error: {exc}", file=sys.stderr)
-        return ExitCode.HARNESS_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt as exc:
         print(f"hotadd: interrupted ({exc or 'SIGINT'}); the run was torn down",
               file=sys.stderr)
-        return ExitCode.HARNESS_ERROR
-    except Exception:  # a bug in the harness is still a harness error, not a verdict
+        return exit_code(exc)
+    except Exception as exc:  # a bug in the harness is still a harness error, not a verdict
         traceback.print_exc()
         print("hotadd: internal error (a bug in hotadd: please report it with the trace above)",
               file=sys.stderr)
-        return ExitCode.HARNESS_ERROR
+        return exit_code(exc)
 
 
 def run() -> int:

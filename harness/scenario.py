@@ -27,7 +27,7 @@ from typing import Any
 import libvirt
 
 from harness import __version__
-from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError
+from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError, Outcome, exit_code
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
@@ -173,8 +173,8 @@ class RunResult:
     adds: tuple[AddOutcome, ...]
     timings: dict[str, float]
     versions: dict[str, str]
-    error: str | None = None  # a harness error (exit 2) or a guest crash (exit 1)
-    crashed: str | None = None  # the crash description (bugcheck) if the guest died
+    error: str | None = None  # what stopped the run: a harness error, or the guest's crash
+    crashed: str | None = None  # the crash (bugcheck) if the guest died under test (a verdict)
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
 
@@ -184,18 +184,21 @@ class RunResult:
                 and all(c.passed or c.severity is Severity.WARN for c in self.host_checks))
 
     @property
-    def exit_code(self) -> ExitCode:
+    def outcome(self) -> Outcome:
         if self.passed:
-            return ExitCode.PASS
-        if self.error is not None and self.crashed is None:
-            return ExitCode.HARNESS_ERROR
-        return ExitCode.VERDICT_FAIL
+            return Outcome.PASS
+        if self.error is None or self.crashed is not None:
+            return Outcome.FAIL
+        return Outcome.ERROR
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code(self.outcome)
 
     def to_dict(self) -> dict[str, Any]:
-        outcome = ("pass" if self.passed else
-                   "error" if self.exit_code is ExitCode.HARNESS_ERROR else "fail")
         return {
-            "schema": RESULT_SCHEMA, "outcome": outcome, "exit_code": int(self.exit_code),
+            "schema": RESULT_SCHEMA, "outcome": self.outcome.value,
+            "exit_code": int(self.exit_code),
             "domain": self.domain, "run_dir": str(self.run_dir), "error": self.error,
             "crashed": self.crashed,
             "scenario": _spec_dict(self.spec),
@@ -389,6 +392,7 @@ class Attempt:
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
         self._unloaded = False
+        self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
 
     @property
     def session(self) -> GuestSession:
@@ -402,6 +406,8 @@ class Attempt:
 
     def load(self) -> None:
         with self.progress.stage("load", "the probe to register"):
+            self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
+            self.probe_touched = True
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
             self._boot_count = self.session.processor_count()
@@ -480,6 +486,9 @@ class Attempt:
     def failed(self, exc: HotaddError) -> RunResult:
         """The result of an attempt that raised: a screenshot, and after a crash the records
         the serial console still has (the transport is gone)."""
+        exc = self.machine.cause_of(exc)
+        if isinstance(exc, GuestCrashed) and self.probe_touched:
+            exc.under_test = True
         if self.guest.running:
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
@@ -487,8 +496,7 @@ class Attempt:
                 records = self.guest.kind.console_records(self.machine.serial_text())
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
-        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
-        return self._result(None, (), error=str(exc), crashed=crashed)
+        return self._result(None, (), error=str(exc), crashed=_crash_under_test(exc))
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
                 error: str | None = None, crashed: str | None = None) -> RunResult:
@@ -550,10 +558,9 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
     try:
         result = _run(spec, kind, progress, domain, run_dir)
     except HotaddError as exc:
-        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
         progress.timings["total"] = progress.elapsed()
         result = RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
-                           base_versions(), str(exc), crashed)
+                           base_versions(), str(exc), _crash_under_test(exc))
     write_result(result)
     return result
 
@@ -579,6 +586,11 @@ def write_result(result: RunResult) -> Path:
     path = result.run_dir / "result.json"
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return path
+
+
+def _crash_under_test(exc: HotaddError) -> str | None:
+    """The crash to report as a verdict, if `exc` is a crash of the guest under test."""
+    return str(exc.problem) if isinstance(exc, GuestCrashed) and exc.under_test else None
 
 
 def _hotadd_notifies(text: str) -> list[NotifyRecord]:

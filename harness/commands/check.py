@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from harness.errors import ExitCode, InputError
+from harness.errors import InputError, Outcome, exit_code
 from harness.oracle.engine import check
 from harness.oracle.host import HostFacts
 from harness.oracle.rules import Profile
@@ -69,4 +69,4 @@ def run_check(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_verdict(verdict))
-    return ExitCode.PASS if verdict.passed else ExitCode.VERDICT_FAIL
+    return exit_code(Outcome.PASS if verdict.passed else Outcome.FAIL)

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from harness.doctor import render, run_checks
+from harness.errors import Outcome, exit_code
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -18,7 +19,7 @@ def _command(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(render(checks))
-    return 0 if all(c.ok for c in checks) else 2
+    return exit_code(Outcome.PASS if all(c.ok for c in checks) else Outcome.ERROR)
 
 
 def add_parser(sub: Any) -> None:

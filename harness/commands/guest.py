@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.errors import ExitCode
+from harness.errors import Outcome, exit_code
 from harness.progress import Progress
 
 
@@ -14,7 +14,7 @@ def _build(args: argparse.Namespace) -> int:
     progress = Progress()
     image = reference.build(force=args.force, progress=progress)
     print(f"reference guest: {image.build_dir} (kernel {image.kernel_version})")
-    return ExitCode.PASS
+    return exit_code(Outcome.PASS)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

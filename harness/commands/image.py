@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.errors import ExitCode
+from harness.errors import Outcome, exit_code
 from harness.host.domain import Firmware
 from harness.progress import Progress
 
@@ -27,7 +27,7 @@ def _build(args: argparse.Namespace) -> int:
     manifest = windows.build_image(spec, Progress())
     print(f"golden image: {spec.output} (read-only; Windows Server {manifest.windows_version}, "
           f"{manifest.edition}); manifest {windows.manifest_path(spec.output)}")
-    return ExitCode.PASS
+    return exit_code(Outcome.PASS)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def _list(args: argparse.Namespace) -> int:
     for img in images:
         print(f"{img.index}\t{img.name}\t{img.edition_id}\t{img.installation_type}\t"
               f"{img.build or ''}")
-    return ExitCode.PASS
+    return exit_code(Outcome.PASS)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from harness.errors import Outcome, exit_code
 from harness.report.html import write_report
 
 
@@ -21,4 +22,4 @@ def add_parser(sub: Any) -> None:
 
 def report_command(args: argparse.Namespace) -> int:
     print(write_report(args.run_dir))
-    return 0
+    return exit_code(Outcome.PASS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from harness.errors import Outcome, exit_code
 from harness.host.connection import default_uri, open_connection
 from harness.host.sweep import sweep
 
@@ -14,7 +15,7 @@ def _command(args: argparse.Namespace) -> int:
         print(sweep(conn).describe())
     finally:
         conn.close()
-    return 0
+    return exit_code(Outcome.PASS)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

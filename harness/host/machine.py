@@ -27,7 +27,14 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from harness.errors import DomainError, GuestCrashed, GuestNotReady, InputError, NoFreeVcpuSlot
+from harness.errors import (
+    DomainError,
+    GuestCrashed,
+    GuestNotReady,
+    HotaddError,
+    InputError,
+    NoFreeVcpuSlot,
+)
 from harness.host import storage
 from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
@@ -267,6 +274,20 @@ class Machine:
         if state not in ("running", "blocked"):
             raise DomainError(f"{self.name} is not running (state: {state})",
                               f"read the serial log {self.spec.serial_log}")
+
+    def cause_of(self, exc: HotaddError) -> HotaddError:
+        """`exc`, or the guest's crash behind it: a transport that went silent is often a guest
+        that died, and the crash is the error to report."""
+        if isinstance(exc, GuestCrashed):
+            return exc
+        try:
+            self.check_alive()
+        except HotaddError as dead:
+            dead.__cause__ = exc
+            return dead
+        except libvirt.libvirtError:  # the domain itself is gone: the original error stands
+            pass
+        return exc
 
     def serial_text(self) -> str:
         try:
