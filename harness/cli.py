@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from harness import __version__
 from harness.errors import HotaddError, exit_code
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, _frame: object) -> None:
+def _terminate(signum: int, _frame: object) -> NoReturn:
     """SIGTERM/SIGHUP (a CI job's timeout, a lab scheduler) unwind like Ctrl-C, so every
     context manager tears its VM down instead of leaving QEMU running."""
     raise KeyboardInterrupt(signal.Signals(signum).name)
