@@ -344,6 +344,16 @@ class Guest:
                      f"{self.machine.spec.serial_log}); 'hotadd sweep' removes it once this "
                      "process has ended")
 
+    def processor_count(self) -> int:
+        """Processors the guest OS has online now."""
+        if self.session is None:
+            raise InputError(f"{self.name} has no open session", "call Guest.connect() first")
+        return self.session.processor_count()
+
+    def free_slots(self) -> list[int]:
+        """libvirt vCPU ids still free for a hot-add (libvirt's live view)."""
+        return sorted(i for i, on in self.machine.vcpu_states().items() if not on)
+
     # --- checkpoint: the plugin's "known state" without a boot per test -------------------
 
     @property
