@@ -20,7 +20,7 @@ class Profile(enum.Enum):
 
 
 class Source(enum.Enum):
-    """The tags of docs/processor-change-semantics.md."""
+    """Where a rule's fact comes from (the tags of docs/processor-change-semantics.md)."""
 
     DOC = "doc"  # Microsoft documentation
     RE = "re"  # third-party reverse engineering: plausible, not authoritative
