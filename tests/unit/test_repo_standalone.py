@@ -92,7 +92,7 @@ def test_doc_pointers_in_harness_and_docs_resolve() -> None:
 
 
 @pytest.mark.parametrize(("text", "bad"), [
-    ("see [facts](../../shared/reference/x.md)", True),
+    ("see [facts](../../" + "sh" + "ared/reference/x.md)", True),
     ("see [facts](processor-change-semantics.md)", False),
     ("see [missing](nowhere.md)", True),
     ("[Learn](https://learn.microsoft.com/en-us/x)", False),
@@ -103,8 +103,8 @@ def test_the_link_check_catches_a_link_outside(text: str, bad: bool) -> None:
 
 
 @pytest.mark.parametrize(("line", "bad"), [
-    ("facts: `" + "/work/" + "shared/reference/x.md`", True),
-    ("(see `" + "../shared" + "/reference/x.md`)", True),
+    ("facts: `/wo" + "rk/shared/reference/x.md`", True),
+    ("(see `../sh" + "ared/reference/x.md`)", True),
     (".github/workflows/driver.yml", False),
 ])
 def test_the_outside_pattern(line: str, bad: bool) -> None:
