@@ -29,10 +29,10 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args, get_type_hints
 from xml.sax.saxutils import escape
 
 import libvirt
@@ -73,6 +73,9 @@ from harness.transport.winrm import (
     fetch_by_chunks,
     run_powershell,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 TEMPLATE = VM_DIR / "Autounattend.xml.in"
@@ -796,9 +799,18 @@ def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, pa
 # ---- guest-side operations (any Transport whose shell is cmd.exe) ------------------------------
 
 
+# Every hotadd-probe.ps1 function prints one JSON object. Its keys are declared once, here: a
+# reply type's FUNCTION and field names (in the script's order). The script's hashtable literals
+# and the WinRM test double follow them; tests/unit/test_probe_replies.py parses the script.
+
+
 @dataclass(frozen=True)
 class ProbeParameters:
-    """The driver service's Parameters values (driver/probe_public.h); None = leave unset."""
+    """The driver service's Parameters values (driver/probe_public.h); None = leave unset.
+    Set-HotAddProbeParameters takes them as NAMES and replies with those that are set."""
+
+    FUNCTION: ClassVar[str] = "Set-HotAddProbeParameters"
+    NAMES: ClassVar[tuple[str, ...]] = ("Flags", "VetoIndex", "VetoStatus", "VetoDuringReplay")
 
     flags: int = 1
     veto_index: int | None = None
@@ -809,13 +821,31 @@ class ProbeParameters:
         def num(v: int | bool | None) -> int:
             return -1 if v is None else int(v)
 
-        return (f"Set-HotAddProbeParameters -Flags {self.flags} -VetoIndex "
-                f"{num(self.veto_index)} -VetoStatus {num(self.veto_status)} "
-                f"-VetoDuringReplay {num(self.veto_during_replay)}")
+        values = (self.flags, self.veto_index, self.veto_status, self.veto_during_replay)
+        return " ".join([self.FUNCTION, *(f"-{name} {num(value)}"
+                                          for name, value in zip(self.NAMES, values, strict=True))])
+
+
+@dataclass(frozen=True)
+class DriverInstall:
+    """Install-HotAddProbe's reply."""
+
+    FUNCTION: ClassVar[str] = "Install-HotAddProbe"
+
+    service: str
+    path: str
+    source: str
+    signed_in_guest: bool
+    signature: str
+    signer: str
 
 
 @dataclass(frozen=True)
 class ServiceStart:
+    """Start-HotAddProbe's reply: a refused start is a result (the replay-veto scenario)."""
+
+    FUNCTION: ClassVar[str] = "Start-HotAddProbe"
+
     started: bool
     code: int
     state: str
@@ -823,15 +853,33 @@ class ServiceStart:
 
 
 @dataclass(frozen=True)
-class DriverInstall:
+class ServiceStop:
+    """Stop-HotAddProbe's reply (code 1062: it was not running)."""
+
+    FUNCTION: ClassVar[str] = "Stop-HotAddProbe"
+
+    stopped: bool
+    code: int
+    state: str
+
+
+@dataclass(frozen=True)
+class RecordsText:
+    """Get-HotAddRecords' reply, for people in a lab guest (the harness fetches the file in
+    chunks instead); declared so its keys are checked like the others."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddRecords"
+
     path: str
-    signed_in_guest: bool
-    signature: str
+    exists: bool
+    text: str
 
 
 @dataclass(frozen=True)
 class ProcessorCount:
     """Counts read in a fresh guest process: WMI's, the kernel's (all groups), .NET's."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddProcessorCount"
 
     logical: int
     active_all_groups: int
@@ -839,7 +887,23 @@ class ProcessorCount:
 
 
 @dataclass(frozen=True)
+class Provisioning:
+    """Get-HotAddProvisioning's reply: hotadd-provision.ps1's marker (None until it finished)
+    and the current boot time."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddProvisioning"
+
+    marker: dict[str, Any] | None
+    last_boot_utc: str
+
+
+@dataclass(frozen=True)
 class Preflight:
+    """Get-HotAddPreflight's reply: can the guest take CPU hot-add and load a test-signed
+    driver."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddPreflight"
+
     product: str
     edition: str
     build: int
@@ -851,6 +915,45 @@ class Preflight:
     wdf_version: str
     logical_processors: int
     last_boot_utc: str
+
+
+#: Every reply type, by the function that prints it.
+PROBE_REPLIES: tuple[type[DataclassInstance], ...] = (
+    DriverInstall, ServiceStart, ServiceStop, RecordsText, ProcessorCount, Provisioning,
+    Preflight)
+
+_Reply = TypeVar("_Reply", bound="DataclassInstance")
+
+
+def parse_reply(reply: type[_Reply], data: dict[str, Any]) -> _Reply:
+    """`data` as the reply type: every declared key present, values of the declared types
+    (bool/int/str converted as before, None only where the type allows it)."""
+    hints = get_type_hints(reply)
+    values: dict[str, Any] = {}
+    function = getattr(reply, "FUNCTION", reply.__name__)
+    for f in fields(reply):
+        if f.name not in data:
+            raise TransportError(f"{function}: the guest's reply lacks {f.name!r}: {data}",
+                                 "compare vm/windows/hotadd-probe.ps1 with the guest's copy")
+        values[f.name] = _reply_value(hints[f.name], data[f.name], f"{function}.{f.name}")
+    return reply(**values)
+
+
+def _reply_value(hint: Any, value: Any, where: str) -> Any:
+    options = get_args(hint) or (hint,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        if kind in (bool, int, str) and value is not None:
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                break
+        if getattr(kind, "__origin__", None) is dict and isinstance(value, dict):
+            return value
+    want = getattr(hint, "__name__", hint)
+    raise TransportError(f"{where}: unexpected value {value!r} from the guest (want {want})",
+                         "compare vm/windows/hotadd-probe.ps1 with the guest's copy")
 
 
 def ps_literal(text: str) -> str:
@@ -878,9 +981,8 @@ def probe_control(transport: Transport, call: str, timeout: float = 300.0) -> di
 def install_driver(transport: Transport, source: str) -> DriverInstall:
     """Copy the .sys (a path, or a file name on any drive), sign it if unsigned, create the
     kernel service."""
-    d = probe_control(transport, f"Install-HotAddProbe -Source {ps_literal(source)}")
-    return DriverInstall(path=str(d["path"]), signed_in_guest=bool(d["signed_in_guest"]),
-                         signature=str(d["signature"]))
+    call = f"{DriverInstall.FUNCTION} -Source {ps_literal(source)}"
+    return parse_reply(DriverInstall, probe_control(transport, call))
 
 
 def set_parameters(transport: Transport, params: ProbeParameters) -> dict[str, int]:
@@ -888,12 +990,11 @@ def set_parameters(transport: Transport, params: ProbeParameters) -> dict[str, i
 
 
 def start_service(transport: Transport) -> ServiceStart:
-    d = probe_control(transport, "Start-HotAddProbe")
-    return ServiceStart(bool(d["started"]), int(d["code"]), str(d["state"]), str(d["message"]))
+    return parse_reply(ServiceStart, probe_control(transport, ServiceStart.FUNCTION))
 
 
-def stop_service(transport: Transport) -> None:
-    probe_control(transport, "Stop-HotAddProbe")
+def stop_service(transport: Transport) -> ServiceStop:
+    return parse_reply(ServiceStop, probe_control(transport, ServiceStop.FUNCTION))
 
 
 def read_records(transport: Transport) -> str:
@@ -912,34 +1013,12 @@ def processor_count(transport: Transport) -> ProcessorCount:
     """Processor counts from a fresh process in a fresh shell (a new WinRM shell / SSH
     connection: the old one may be a process that predates the hot-add)."""
     transport.close()
-    d = probe_control(transport, "Get-HotAddProcessorCount")
-    return ProcessorCount(int(d["logical"]), int(d["active_all_groups"]), int(d["environment"]))
+    return parse_reply(ProcessorCount, probe_control(transport, ProcessorCount.FUNCTION))
 
 
 def preflight(transport: Transport, timeout: float = 300.0) -> Preflight:
     """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1)."""
-    d = probe_control(transport, "Get-HotAddPreflight", timeout)
-    try:
-        return Preflight(
-            product=str(d["product"]), edition=str(d["edition"]), build=int(d["build"]),
-            installation_type=str(d["installation_type"]),
-            dyn_processor_enabled=bool(d["dyn_processor_enabled"]),
-            licence_dynamic_partitioning=_opt_int(d.get("licence_dynamic_partitioning")),
-            test_signing=_opt_bool(d.get("test_signing")),
-            secure_boot=_opt_bool(d.get("secure_boot")), wdf_version=str(d["wdf_version"]),
-            logical_processors=int(d["logical_processors"]),
-            last_boot_utc=str(d["last_boot_utc"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TransportError(f"unexpected preflight answer from the guest ({exc}): {d}",
-                             "compare vm/windows/hotadd-probe.ps1 with the guest's copy") from None
-
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
-
-
-def _opt_bool(v: Any) -> bool | None:
-    return None if v is None else bool(v)
+    return parse_reply(Preflight, probe_control(transport, Preflight.FUNCTION, timeout))
 
 
 def wait_provisioned(transport: Transport, timeout: float,
@@ -951,9 +1030,10 @@ def wait_provisioned(transport: Transport, timeout: float,
         if still_alive is not None:
             still_alive()
         try:
-            d = probe_control(transport, "Get-HotAddProvisioning", timeout=120)
-            marker = d.get("marker")
-            if marker and _utc(d["last_boot_utc"]) > _utc(str(marker["provisioned_utc"])):
+            state = parse_reply(Provisioning,
+                                probe_control(transport, Provisioning.FUNCTION, timeout=120))
+            marker = state.marker
+            if marker and _utc(state.last_boot_utc) > _utc(str(marker["provisioned_utc"])):
                 return dict(marker)
             last = "provisioning marker missing" if not marker else "not rebooted since"
         except TransportError as exc:

@@ -33,10 +33,12 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from harness.guests import windows
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -329,9 +331,11 @@ class WinRMDouble:
 class ProbeModel:
     """What vm/windows/hotadd-probe.ps1's functions do to a Windows guest, as a tiny model:
     the service's state and Parameters, the records file, the processor count. The harness's
-    call line (the script's last line) is parsed as PowerShell would bind it."""
+    call line (the script's last line) is parsed as PowerShell would bind it. Replies are built
+    from the harness's reply types (`windows.PROBE_REPLIES`), the one declaration of their keys
+    that the script is checked against too."""
 
-    RECORDS = "C:\\ProgramData\\HotAddProbe\\records.jsonl"
+    RECORDS = windows.RECORDS_PATH
 
     def __init__(self, double: WinRMDouble) -> None:
         self.double = double
@@ -367,11 +371,14 @@ class ProbeModel:
         if found is None:
             return f"no drive holds {source} (is the driver ISO attached?)"
         self.state = "Stopped"
-        return {"service": "HotAddProbe", "path": "C:\\Windows\\System32\\drivers\\HotAddProbe.sys",
-                "source": found, "signed_in_guest": True, "signature": "Valid",
-                "signer": "CN=hotadd test signing (lab only)"}
+        return asdict(windows.DriverInstall(
+            service="HotAddProbe", path="C:\\Windows\\System32\\drivers\\HotAddProbe.sys",
+            source=found, signed_in_guest=True, signature="Valid",
+            signer="CN=hotadd test signing (lab only)"))
 
     def set_hotaddprobeparameters(self, args: dict[str, str]) -> dict[str, object] | str:
+        if unknown := set(args) - set(windows.ProbeParameters.NAMES):
+            return f"A parameter cannot be found that matches parameter name {sorted(unknown)}"
         for key, value in args.items():
             if int(value) < 0:
                 self.parameters.pop(key, None)
@@ -391,9 +398,10 @@ class ProbeModel:
             lines.append({"v": 1, "seq": 2, "t_ns": 1000, "kind": "driver",
                           "event": "registered"})
         path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-        return {"started": self.start_code == 0, "code": self.start_code, "state": self.state,
-                "message": "" if self.start_code == 0 else "A device attached to the system "
-                                                           "is not functioning."}
+        return asdict(windows.ServiceStart(
+            started=self.start_code == 0, code=self.start_code, state=self.state,
+            message="" if self.start_code == 0 else "A device attached to the system is not "
+                                                    "functioning."))
 
     def stop_hotaddprobe(self, args: dict[str, str]) -> dict[str, object] | str:
         code = 0 if self.state == "Running" else 1062
@@ -401,22 +409,28 @@ class ProbeModel:
             with self._records().open("a") as f:
                 f.write('{"v":1,"seq":3,"t_ns":2000,"kind":"driver","event":"deregistered"}\n')
         self.state = "Stopped"
-        return {"stopped": True, "code": code, "state": self.state}
+        return asdict(windows.ServiceStop(stopped=True, code=code, state=self.state))
+
+    def get_hotaddrecords(self, args: dict[str, str]) -> dict[str, object] | str:
+        path = self._records()
+        return asdict(windows.RecordsText(path=self.RECORDS, exists=path.is_file(),
+                                          text=path.read_text() if path.is_file() else ""))
 
     def get_hotaddprocessorcount(self, args: dict[str, str]) -> dict[str, object] | str:
-        return {"logical": self.logical, "active_all_groups": self.logical,
-                "environment": self.logical}
+        return asdict(windows.ProcessorCount(logical=self.logical,
+                                             active_all_groups=self.logical,
+                                             environment=self.logical))
 
     def get_hotaddpreflight(self, args: dict[str, str]) -> dict[str, object] | str:
-        return {"product": "Windows Server 2022 Datacenter Evaluation",
-                "edition": "ServerDatacenterEval", "build": 20348, "installation_type": "Server",
-                "dyn_processor_enabled": True, "licence_dynamic_partitioning": 1,
-                "test_signing": self.test_signing, "secure_boot": None,
-                "wdf_version": "1.33.20348.1", "logical_processors": self.logical,
-                "last_boot_utc": self.last_boot_utc}
+        return asdict(windows.Preflight(
+            product="Windows Server 2022 Datacenter Evaluation", edition="ServerDatacenterEval",
+            build=20348, installation_type="Server", dyn_processor_enabled=True,
+            licence_dynamic_partitioning=1, test_signing=self.test_signing, secure_boot=None,
+            wdf_version="1.33.20348.1", logical_processors=self.logical,
+            last_boot_utc=self.last_boot_utc))
 
     def get_hotaddprovisioning(self, args: dict[str, str]) -> dict[str, object] | str:
-        return {"marker": self.marker, "last_boot_utc": self.last_boot_utc}
+        return asdict(windows.Provisioning(marker=self.marker, last_boot_utc=self.last_boot_utc))
 
 
 class _Handler(BaseHTTPRequestHandler):
