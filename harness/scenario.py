@@ -127,7 +127,8 @@ class ScenarioSpec:
             given = [name for name, value in (("--image", self.image), ("--driver", self.driver))
                      if value is not None]
             if given:
-                raise InputError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --guest windows only; the "
+                verb = "is" if len(given) == 1 else "are"
+                raise InputError(f"{' and '.join(given)} {verb} for --guest windows only; the "
                                  "reference guest is built by hotadd",
                                  f"add --guest windows, or leave {' and '.join(given)} out")
         for name, value in (("--ready-timeout", self.ready_timeout),
