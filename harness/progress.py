@@ -46,8 +46,8 @@ class Progress:
     def stage(self, name: str, awaited: str = "") -> Iterator[None]:
         """Time a stage and record it in `timings` under `name`, even when it fails."""
         t0 = time.monotonic()
-        self.say(f"{name}: {awaited}..." if awaited else f"{name}...")
-        try:
+        try:  # the announcement too: a signal sent on seeing it must land in this stage
+            self.say(f"{name}: {awaited}..." if awaited else f"{name}...")
             yield
         except KeyboardInterrupt:
             self.timings[name] = time.monotonic() - t0

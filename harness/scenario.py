@@ -407,10 +407,11 @@ class Guest:
             yield guest
 
     def _teardown(self, progress: Progress) -> None:
-        self.close_session()
-        if not self.machine.keep:
-            progress.say(f"teardown: {self.name}")
-        self.machine.close()
+        with interrupts.shielded():  # from the announcement on: a Ctrl-C waits for the end
+            if not self.machine.keep:
+                progress.say(f"teardown: {self.name}")
+            self.close_session()
+            self.machine.close()
 
     @property
     def name(self) -> str:
@@ -663,7 +664,8 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
     except KeyboardInterrupt as exc:  # after the teardown: result.json, then the CLI's message
         cut = Interruption.of(exc, progress)
         done = partial[0] if partial else bare(cut.describe())
-        write_result(dataclasses.replace(done, interrupted=cut, error=cut.describe()))
+        with interrupts.shielded():  # another Ctrl-C must not cost the result
+            write_result(dataclasses.replace(done, interrupted=cut, error=cut.describe()))
         raise
     write_result(result)
     return result
