@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
 
-from harness import __version__
+from harness import __version__, interrupts
 from harness.errors import HotaddError, exit_code
 
 COMMAND_MODULES = tuple(f"harness.commands.{name}" for name in (
@@ -34,18 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    """SIGTERM/SIGHUP (a CI job's timeout, a lab scheduler) unwind like Ctrl-C, so every
-    context manager tears its VM down instead of leaving QEMU running."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; return its exit code. Never raises for expected failures."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+    # SIGTERM/SIGHUP (a CI job's timeout, a lab scheduler) unwind like Ctrl-C, so every
+    # context manager tears its VM down instead of leaving QEMU running.
+    interrupts.install()
     try:
         code: int = args.func(args)
         return code
@@ -53,8 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hotadd: error: {exc}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt as exc:
-        print(f"hotadd: interrupted ({exc or 'SIGINT'}); the run was torn down",
-              file=sys.stderr)
+        left = interrupts.leftovers()
+        if left:
+            print(f"hotadd: interrupted ({interrupts.signal_name(exc)}) before the teardown "
+                  f"finished: left behind {'; '.join(left)}\n  fix: run 'hotadd sweep' "
+                  "(with the same --libvirt-uri) to remove them", file=sys.stderr)
+        else:
+            print(f"hotadd: interrupted ({interrupts.signal_name(exc)}); the run was torn "
+                  "down", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:  # a bug in the harness is still a harness error, not a verdict
         traceback.print_exc()

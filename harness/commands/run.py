@@ -14,23 +14,50 @@ from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, Topology
 from harness.host.machine import HotplugMethod
 from harness.progress import Progress
+from harness.records import UINT32_MAX
 from harness.report.html import write_report
 from harness.report.text import render_result
-from harness.scenario import GuestChoice, ScenarioSpec, run_scenario
+from harness.scenario import NTSTATUS_ERROR_MIN, GuestChoice, ScenarioSpec, run_scenario
+
+DEFAULT_ADDS = 2
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    """"3,1" -> (3, 1). An empty list or item is refused: it would silently mean "no ids"."""
+    parts = [x.strip() for x in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of vCPU ids (e.g. 3,2); leave --vcpu-ids "
+            "out to add the next free vCPUs")
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(int(x) for x in parts)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ids") from exc
 
 
 def _status(text: str) -> int:
+    """An NTSTATUS error code, checked here so a bad one never costs a boot."""
     try:
-        return int(text, 0)
+        value = int(text, 0)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an NTSTATUS (e.g. 0xC000009A)") from exc
+    if not NTSTATUS_ERROR_MIN <= value <= UINT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an NTSTATUS error code: a veto status is a 32-bit value "
+            "0x80000000..0xFFFFFFFF (NT_SUCCESS is false), e.g. 0xC000009A")
+    return value
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        return value
+    return parse
 
 
 def add_parser(sub: Any) -> None:
@@ -42,7 +69,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--guest", choices=[c.value for c in GuestChoice], default="reference")
     g.add_argument("--image", type=Path, help="Windows golden image (hotadd image build)")
     g.add_argument("--driver", type=Path, help="Windows probe driver .sys (default: from image)")
-    g.add_argument("--memory", type=int, metavar="MIB", help="guest memory")
+    g.add_argument("--memory", type=_positive(int), metavar="MIB", help="guest memory")
     g.add_argument("--firmware", choices=[f.value for f in Firmware])
     g.add_argument("--accel", choices=[a.value for a in Accelerator], default="auto")
     t = p.add_argument_group("vCPUs")
@@ -53,7 +80,9 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--boot-vcpus", type=int, default=2)
     t.add_argument("--max-vcpus", type=int,
                    help="must equal sockets*dies*cores*threads (checked)")
-    t.add_argument("--adds", type=int, default=2, help="vCPUs to hot-add, one at a time")
+    t.add_argument("--adds", type=int, default=None,
+                   help=f"vCPUs to hot-add, one at a time (default {DEFAULT_ADDS}, or one per "
+                        "--vcpu-ids id)")
     t.add_argument("--vcpu-ids", type=_int_list, default=(), metavar="ID,ID",
                    help="libvirt vCPU ids to add, in order (default: the next free one)")
     t.add_argument("--method", choices=[m.value for m in HotplugMethod], default="setVcpu")
@@ -62,8 +91,8 @@ def add_parser(sub: Any) -> None:
     pr = p.add_argument_group("probe")
     pr.add_argument("--veto-cpu", type=int, metavar="INDEX",
                     help="processor index whose Start the probe vetoes (an online one: replay)")
-    pr.add_argument("--veto-status", type=_status, default=STATUS_INSUFFICIENT_RESOURCES,
-                    help="NTSTATUS of the veto (default 0xC000009A)")
+    pr.add_argument("--veto-status", type=_status, default=None,
+                    help="NTSTATUS of the veto (default 0xC000009A); needs --veto-cpu")
     pr.add_argument("--no-add-existing", action="store_true",
                     help="register without KE_PROCESSOR_CHANGE_ADD_EXISTING (no replay)")
     r = p.add_argument_group("run")
@@ -71,8 +100,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--run-dir", type=Path, help="artifacts directory (default ./runs/TIME-NAME)")
     r.add_argument("--keep-on-failure", action="store_true",
                    help="leave the guest running when the run fails")
-    r.add_argument("--ready-timeout", type=float, default=120.0)
-    r.add_argument("--ack-timeout", type=float, default=60.0)
+    r.add_argument("--ready-timeout", type=_positive(float), default=120.0)
+    r.add_argument("--ack-timeout", type=_positive(float), default=60.0)
     r.add_argument("--json", action="store_true", help="print result.json to stdout")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run_command)
@@ -83,17 +112,28 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
     if args.max_vcpus is not None and args.max_vcpus != topology.total:
         raise InputError(f"--max-vcpus {args.max_vcpus} != topology {topology} = "
                          f"{topology.total}", "make sockets*dies*cores*threads equal max vCPUs")
-    return ScenarioSpec(
+    if args.veto_status is not None and args.veto_cpu is None:
+        raise InputError("--veto-status was given without --veto-cpu: nothing would be vetoed",
+                         "add --veto-cpu INDEX, or leave --veto-status out")
+    if args.adds is None:
+        adds = len(args.vcpu_ids) if args.vcpu_ids else DEFAULT_ADDS
+    else:
+        adds = args.adds  # with --vcpu-ids too: ScenarioSpec refuses a count that differs
+    spec = ScenarioSpec(
         guest=GuestChoice(args.guest), topology=topology, boot_vcpus=args.boot_vcpus,
-        adds=len(args.vcpu_ids) if args.vcpu_ids else args.adds, vcpu_ids=args.vcpu_ids,
+        adds=adds, vcpu_ids=args.vcpu_ids,
         method=HotplugMethod(args.method),
-        probe=ProbeSettings(add_existing=not args.no_add_existing, veto_index=args.veto_cpu,
-                            veto_status=args.veto_status),
+        probe=ProbeSettings(
+            add_existing=not args.no_add_existing, veto_index=args.veto_cpu,
+            veto_status=(STATUS_INSUFFICIENT_RESOURCES if args.veto_status is None
+                         else args.veto_status)),
         add_after_unload=args.add_after_unload, accelerator=Accelerator(args.accel),
         firmware=Firmware(args.firmware) if args.firmware else None, memory_mib=args.memory,
         libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
         keep_on_failure=args.keep_on_failure, ready_timeout=args.ready_timeout,
         ack_timeout=args.ack_timeout, image=args.image, driver=args.driver)
+    spec.check_veto_reached()
+    return spec
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
+from harness import interrupts
 from harness.errors import (
     DomainError,
     GuestCrashed,
@@ -164,6 +165,7 @@ class Machine:
                 f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
             ) from exc
         machine = cls(conn, spec, scratch, dom, events)
+        interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
         xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
         return machine
 
@@ -171,12 +173,13 @@ class Machine:
         """Destroy the domain and remove the scratch dir, unless `keep` is set. Idempotent."""
         if self._closed:
             return
-        self._closed = True
-        self.events.close()
-        if self.keep:
-            return
-        self.stop()
-        storage.remove_scratch(self.scratch)
+        with interrupts.shielded():  # a Ctrl-C now would leave QEMU or the scratch dir
+            self._closed = True
+            self.events.close()
+            if not self.keep:
+                self.stop()
+                storage.remove_scratch(self.scratch)
+            interrupts.release(self.name)
 
     def __enter__(self) -> Machine:
         return self
