@@ -15,11 +15,12 @@ from winrm_double import WinRMDouble
 
 from harness import cli
 from harness.errors import ExitCode, GuestNotReady, InfrastructureError, InputError
-from harness.guests import image_command, windows
-from harness.guests.windows import ImageBuildSpec, ImageSelector, StageTimeouts
+from harness.guests import image_command, windows_image, windows_setup
+from harness.guests.windows_image import ImageBuildSpec, StageTimeouts
+from harness.guests.windows_setup import ImageSelector
 from harness.host.accel import kvm_status
 from harness.host.domain import Accelerator, Firmware
-from harness.progress import Progress
+from harness.progress import Progress, throttled
 
 # the stand-in media, as fixtures of this module
 windows_iso = windows_media.windows_iso
@@ -49,14 +50,14 @@ def test_cli_registers_build_and_list() -> None:
 
 def test_missing_password(monkeypatch: pytest.MonkeyPatch, windows_iso: Path, virtio_iso: Path,
                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.delenv(windows.PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(windows_setup.PASSWORD_ENV, raising=False)
     assert hotadd(base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2"), monkeypatch) == 2
     assert "HOTADD_WINDOWS_PASSWORD" in capsys.readouterr().err
 
 
 def test_missing_iso(monkeypatch: pytest.MonkeyPatch, virtio_iso: Path, tmp_path: Path,
                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(windows.PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
     code = hotadd(base_args(tmp_path / "missing.iso", virtio_iso, tmp_path / "g.qcow2"),
                   monkeypatch)
     err = capsys.readouterr().err
@@ -68,7 +69,7 @@ def test_missing_iso(monkeypatch: pytest.MonkeyPatch, virtio_iso: Path, tmp_path
 def test_refuses_tcg_unless_forced(monkeypatch: pytest.MonkeyPatch, windows_iso: Path,
                                    virtio_iso: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(windows.PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
     assert hotadd(base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2"), monkeypatch) == 2
     err = capsys.readouterr().err
     assert "no usable KVM" in err and "--force-tcg" in err
@@ -83,7 +84,7 @@ def test_refuses_tcg_unless_forced(monkeypatch: pytest.MonkeyPatch, windows_iso:
 def test_image_choice_errors(edition: str, expected: list[str], monkeypatch: pytest.MonkeyPatch,
                              windows_iso: Path, virtio_iso: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(windows.PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
     argv = base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2")
     argv[argv.index("--edition") + 1] = edition
     assert hotadd([*argv, "--force-tcg"], monkeypatch) == 2
@@ -121,9 +122,9 @@ def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_is
                                winrm_read=3))
     seen: list[object] = []
 
-    def start(*args: object) -> windows.Installer:
+    def start(*args: object) -> windows_image.Installer:
         seen.extend(args)
-        installer = windows.start_installer(*args)  # type: ignore[arg-type]
+        installer = windows_image.start_installer(*args)  # type: ignore[arg-type]
         seen.append(installer)
         return installer
 
@@ -131,7 +132,7 @@ def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_is
 
     log = io.StringIO()
     with pytest.raises(GuestNotReady) as err:
-        windows.build_image(spec, Progress(stream=log), start=start)
+        windows_image.build_image(spec, Progress(stream=log), start=start)
     msg = str(err.value)
     assert "image build stopped at stage 'install'" in msg
     assert str(spec.logs / "serial.log") in msg
@@ -141,7 +142,7 @@ def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_is
     for stage in ("read install.wim", "provisioning ISO", "disk", "boot installer", "install"):
         assert f"{stage}:" in log.getvalue()
     installer = seen[-1]
-    assert isinstance(installer, windows.Installer) and not installer.is_running()
+    assert isinstance(installer, windows_image.Installer) and not installer.is_running()
     assert seen[1] is Accelerator.TCG
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["golden.qcow2.build"], \
@@ -151,7 +152,7 @@ def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_is
 def test_restated_errors_keep_class_and_bugcheck() -> None:
     from harness.errors import GuestCrashed
 
-    err = windows.restated(GuestCrashed("bsod", "look", bugcheck=(0x9F, 3, 0, 0, 0)),
+    err = windows_image.restated(GuestCrashed("bsod", "look", bugcheck=(0x9F, 3, 0, 0, 0)),
                            "stage 'install': bsod", "look (screenshot x)")
     assert isinstance(err, GuestCrashed) and err.bugcheck == (0x9F, 3, 0, 0, 0)
     assert str(err) == "stage 'install': bsod\n  fix: look (screenshot x)"
@@ -159,13 +160,13 @@ def test_restated_errors_keep_class_and_bugcheck() -> None:
 
 def test_throttled_progress() -> None:
     seen: list[str] = []
-    say = windows.throttled(seen.append, period=60)
+    say = throttled(seen.append, period=60)
     for i in range(5):
         say(str(i))
     assert seen == ["0"]
 
 
-class InstallerDouble(windows.Installer):
+class InstallerDouble(windows_image.Installer):
     """Stands for the installer VM running Windows: the Windows side itself is the WinRM
     double; this only answers what the flow asks the VM (alive? still running? artifacts)."""
 
@@ -191,7 +192,7 @@ class InstallerDouble(windows.Installer):
 
 def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
                          double: WinRMDouble, provision: float = 20,
-                         ) -> tuple[ImageBuildSpec, InstallerDouble, windows.GoldenManifest]:
+                         ) -> tuple[ImageBuildSpec, InstallerDouble, windows_image.GoldenManifest]:
     spec = ImageBuildSpec(windows_iso, virtio_iso, ImageSelector(index=2),
                           tmp_path / "golden.qcow2", password=PASSWORD, force_tcg=True,
                           timeouts=StageTimeouts(boot_keys=1, install=20, provision=provision,
@@ -199,9 +200,9 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
     made: list[InstallerDouble] = []
 
     def start(s: ImageBuildSpec, accelerator: object, disk: Path, iso: Path,
-              nvram: Path | None, port: int) -> windows.Installer:
+              nvram: Path | None, port: int) -> windows_image.Installer:
         assert disk.name == "golden.qcow2.partial" and disk.is_file()
-        assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows.list_iso(iso))
+        assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows_setup.list_iso(iso))
         assert nvram is not None and nvram.is_file()
         double.port = port  # the forward the VM would have: the double listens there
         double.__enter__()
@@ -209,7 +210,7 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
         return made[0]
 
     try:
-        manifest = windows.build_image(spec, Progress(quiet=True), start=start)
+        manifest = windows_image.build_image(spec, Progress(quiet=True), start=start)
     finally:
         double.__exit__(None, None, None)
     return spec, made[0], manifest
@@ -224,13 +225,13 @@ def test_build_success_path_against_the_double(tmp_path: Path, windows_iso: Path
     spec, installer, manifest = build_against_double(tmp_path, windows_iso, virtio_iso, double)
     out = spec.output
     assert out.is_file() and (out.stat().st_mode & 0o777) == 0o444
-    assert windows.nvram_path(out).is_file()
-    saved = windows.GoldenManifest.read(windows.manifest_path(out))
+    assert windows_image.nvram_path(out).is_file()
+    saved = windows_image.GoldenManifest.read(windows_image.manifest_path(out))
     assert saved == manifest
     assert (saved.windows_version, saved.image_index, saved.firmware) == ("2022", 2, "uefi")
     assert saved.hotadd["dyn_processor_enabled"] is True
     assert saved.provisioning["power"] == "failed: no"
-    assert PASSWORD not in windows.manifest_path(out).read_text()
+    assert PASSWORD not in windows_image.manifest_path(out).read_text()
     assert installer.closed and installer.keys == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "golden.qcow2", "golden.qcow2.OVMF_VARS.fd", "golden.qcow2.build", "golden.qcow2.json",

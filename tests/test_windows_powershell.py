@@ -11,7 +11,7 @@ import pytest
 import tree_sitter_powershell
 from tree_sitter import Language, Node, Parser
 
-from harness.guests import windows
+from harness.guests import windows_control, windows_image, windows_setup
 from harness.paths import REPO_ROOT
 from harness.transport import winrm
 
@@ -69,22 +69,22 @@ def test_generated_snippets_parse() -> None:
     snippets = [
         base64.b64decode(decoder).decode("utf-16-le"),
         winrm.fetch_chunk_script(r"C:\Program Data\it's\records.jsonl", 1024, 4096),
-        windows.ProbeParameters(flags=1, veto_index=3, veto_status=0xC000009A,
+        windows_control.ProbeParameters(flags=1, veto_index=3, veto_status=0xC000009A,
                                 veto_during_replay=False).call(),
-        f"Install-HotAddProbe -Source {windows.ps_literal('hotaddprobe.sys')}",
+        f"Install-HotAddProbe -Source {windows_control.ps_literal('hotaddprobe.sys')}",
     ]
     for snippet in snippets:
         assert syntax_errors(snippet) == [], snippet
 
 
 def test_probe_control_calls_name_functions_that_exist() -> None:
-    text = windows.PROBE_SCRIPT.read_text(encoding="utf-8")
+    text = windows_control.PROBE_SCRIPT.read_text(encoding="utf-8")
     defined = {n for n in _function_names(text)}
     for call in ("Install-HotAddProbe", "Set-HotAddProbeParameters", "Start-HotAddProbe",
                  "Stop-HotAddProbe", "Get-HotAddProcessorCount",
                  "Get-HotAddPreflight", "Get-HotAddProvisioning"):
         assert call in defined
-        assert call in Path(windows.__file__).read_text(encoding="utf-8")
+        assert call in Path(windows_control.__file__).read_text(encoding="utf-8")
 
 
 def _function_names(source: str) -> list[str]:
@@ -106,5 +106,5 @@ def test_critical_provisioning_steps_exist() -> None:
     """The image build fails on these steps by name: a renamed step must not slip through."""
     import re
 
-    steps = set(re.findall(r"Invoke-Step '([^']+)'", windows.PROVISION_SCRIPT.read_text()))
-    assert steps >= windows.CRITICAL_STEPS
+    steps = set(re.findall(r"Invoke-Step '([^']+)'", windows_setup.PROVISION_SCRIPT.read_text()))
+    assert steps >= windows_image.CRITICAL_STEPS

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness.errors import InputError
-from harness.guests import windows
-from harness.guests.windows import ImageSelector, UnattendSettings, WindowsVersion
+from harness.guests import windows_setup
+from harness.guests.windows_setup import ImageSelector, UnattendSettings, WindowsVersion
 from harness.host.domain import Firmware
 
 NS = {"u": "urn:schemas-microsoft-com:unattend",
@@ -21,7 +21,7 @@ VERSIONS = [WindowsVersion.WS2019, WindowsVersion.WS2022, WindowsVersion.WS2025]
 
 def render(version: WindowsVersion, firmware: Firmware,
            image: ImageSelector | None = None) -> ET.Element:
-    text = windows.render_autounattend(UnattendSettings(
+    text = windows_setup.render_autounattend(UnattendSettings(
         version=version, firmware=firmware, password=PASSWORD,
         image=image or ImageSelector(name=f"Windows Server {version.value} SERVERDATACENTER")))
     assert PASSWORD not in text
@@ -99,8 +99,8 @@ def test_answer_file(version: WindowsVersion, firmware: Firmware) -> None:
     assert [text(c, "u:Order") for c in cmds] == ["1"]
     line = text(cmds[0], "u:CommandLine")
     assert line.startswith("cmd.exe /c for %d in (D E F G")
-    assert f"if exist %d:\\{windows.PROVISION_SCRIPT.name} " in line
-    assert f"-File %d:\\{windows.PROVISION_SCRIPT.name}" in line
+    assert f"if exist %d:\\{windows_setup.PROVISION_SCRIPT.name} " in line
+    assert f"-File %d:\\{windows_setup.PROVISION_SCRIPT.name}" in line
     assert text(shell, "u:OOBE/u:HideEULAPage") == "true"
     assert text(component(root, "specialize", "Microsoft-Windows-Shell-Setup"),
                 "u:ComputerName") == "HOTADD-WIN"
@@ -142,4 +142,4 @@ def test_selector_and_settings_errors() -> None:
 
 
 def test_template_itself_is_well_formed() -> None:
-    ET.fromstring(windows.TEMPLATE.read_bytes())
+    ET.fromstring(windows_setup.TEMPLATE.read_bytes())

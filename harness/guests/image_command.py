@@ -15,29 +15,29 @@ from harness.progress import Progress
 
 
 def _build(args: argparse.Namespace) -> int:
-    from harness.guests import windows
+    from harness.guests import windows_image, windows_setup
 
-    spec = windows.ImageBuildSpec(
+    spec = windows_image.ImageBuildSpec(
         windows_iso=args.iso, virtio_iso=args.virtio_iso,
-        image=windows.ImageSelector.parse(args.edition), output=args.output,
-        password=windows.password_from_env(args.password_env),
+        image=windows_setup.ImageSelector.parse(args.edition), output=args.output,
+        password=windows_setup.password_from_env(args.password_env),
         firmware=Firmware(args.firmware), disk_gib=args.disk_gib, memory_mib=args.memory_mib,
         force_tcg=args.force_tcg, libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
     )
-    manifest = windows.build_image(spec, Progress())
+    manifest = windows_image.build_image(spec, Progress())
     print(f"golden image: {spec.output} (read-only; Windows Server {manifest.windows_version}, "
-          f"{manifest.edition}); manifest {windows.manifest_path(spec.output)}")
+          f"{manifest.edition}); manifest {windows_image.manifest_path(spec.output)}")
     return ExitCode.PASS
 
 
 def _list(args: argparse.Namespace) -> int:
     import tempfile
 
-    from harness.guests import windows
+    from harness.guests import windows_setup
 
-    windows.check_readable_iso(args.iso, "Windows ISO")
+    windows_setup.check_readable_iso(args.iso, "Windows ISO")
     with tempfile.TemporaryDirectory(prefix="hotadd-wim-") as tmp:
-        images = windows.windows_iso_images(args.iso, Path(tmp), Progress())
+        images = windows_setup.windows_iso_images(args.iso, Path(tmp), Progress())
     for img in images:
         print(f"{img.index}\t{img.name}\t{img.edition_id}\t{img.installation_type}\t"
               f"{img.build or ''}")
