@@ -6,6 +6,8 @@ partial disk, no provisioning ISO (it holds the password) and no running guest."
 from __future__ import annotations
 
 import argparse
+import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,11 +192,18 @@ class InstallerDouble(windows_image.Installer):
         self.closed = True
 
 
+DATACENTER = ImageSelector(index=2)
+
+
 def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
                          double: WinRMDouble, provision: float = 20,
+                         image: ImageSelector = DATACENTER,
+                         product_key: str | None = None, answer: list[str] | None = None,
                          ) -> tuple[ImageBuildSpec, InstallerDouble, windows_image.GoldenManifest]:
-    spec = ImageBuildSpec(windows_iso, virtio_iso, ImageSelector(index=2),
+    """Build against the double; `answer` receives the answer file the installer VM got."""
+    spec = ImageBuildSpec(windows_iso, virtio_iso, image,
                           tmp_path / "golden.qcow2", password=PASSWORD, force_tcg=True,
+                          product_key=product_key,
                           timeouts=StageTimeouts(boot_keys=1, install=20, provision=provision,
                                                  verify=20, shutdown=20))
     made: list[InstallerDouble] = []
@@ -203,6 +212,11 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
               nvram: Path | None, port: int) -> windows_image.Installer:
         assert disk.name == "golden.qcow2.partial" and disk.is_file()
         assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows_setup.list_iso(iso))
+        if answer is not None:
+            back = iso.with_name("answer-back")
+            windows_setup.extract_members(iso, ["/Autounattend.xml"], back)
+            answer.append((back / "Autounattend.xml").read_text(encoding="utf-8"))
+            shutil.rmtree(back)
         assert nvram is not None and nvram.is_file()
         double.port = port  # the forward the VM would have: the double listens there
         double.__enter__()
@@ -257,3 +271,82 @@ def test_build_refuses_an_unusable_guest(problem: str, stage: str, tmp_path: Pat
         build_against_double(tmp_path, windows_iso, virtio_iso, double, provision=2)
     assert not (tmp_path / "golden.qcow2").exists()
     assert not (tmp_path / "golden.qcow2.partial").exists()
+
+
+KEY = "ABCDE-12345-FGHIJ-67890-KLMNO"
+NS = {"u": "urn:schemas-microsoft-com:unattend"}
+
+
+def test_volume_media_without_a_key_are_refused_naming_the_fix(
+        monkeypatch: pytest.MonkeyPatch, windows_iso: Path, virtio_iso: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Image 4 of the stand-in ISO says EDITIONID ServerStandard: Setup would stop at the key
+    page while the build waited its whole budget."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
+    argv = base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2")
+    argv[argv.index("--edition") + 1] = "Windows Server 2022 SERVERSTANDARD"
+    assert hotadd([*argv, "--force-tcg"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "not evaluation media (Edition ID ServerStandard)" in err
+    assert "product-key page" in err and "--product-key-env NAME" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_product_key_env_must_be_set(monkeypatch: pytest.MonkeyPatch, windows_iso: Path,
+                                     virtio_iso: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
+    monkeypatch.delenv("LAB_KEY", raising=False)
+    argv = [*base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2"),
+            "--product-key-env", "LAB_KEY", "--force-tcg"]
+    assert hotadd(argv, monkeypatch) == 2
+    assert "$LAB_KEY, which is empty or unset" in capsys.readouterr().err
+
+
+def test_product_key_reaches_the_answer_file_and_nothing_else(
+        tmp_path: Path, windows_iso: Path, virtio_iso: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LAB_KEY", KEY.lower())
+    key = windows_setup.product_key_from_env("LAB_KEY")
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    double.probe.marker = {"provisioned_utc": "2026-11-24T06:59:30Z",
+                           "steps": {"winrm": "ok", "test signing": "ok"}}
+    answer: list[str] = []
+    spec, _, manifest = build_against_double(
+        tmp_path, windows_iso, virtio_iso, double,
+        image=ImageSelector(name="windows server 2022 serverstandard"), product_key=key,
+        answer=answer)
+    root = ET.fromstring(answer[0])
+    pe = root.find("u:settings[@pass='windowsPE']/u:component[@name='Microsoft-Windows-Setup']",
+                   NS)
+    assert pe is not None and pe.findtext("u:UserData/u:ProductKey/u:Key", None, NS) == KEY
+    assert root.findtext("u:settings[@pass='specialize']/u:component"
+                         "[@name='Microsoft-Windows-Shell-Setup']/u:ProductKey", None, NS) == KEY
+    # selected by the index install.wim gave it, not by the spelling on the command line
+    assert pe.findtext("u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData/u:Key", None,
+                       NS) == "/IMAGE/INDEX"
+    assert pe.findtext("u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData/u:Value", None,
+                       NS) == "4"
+    assert manifest.image_index == 4
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file() and path.stat().st_size < 10_000_000:
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in repr(spec)
+    captured = capsys.readouterr()
+    assert KEY not in captured.out + captured.err
+
+
+def test_evaluation_answer_file_selects_by_index(tmp_path: Path, windows_iso: Path,
+                                                 virtio_iso: Path) -> None:
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    double.probe.marker = {"provisioned_utc": "2026-11-24T06:59:30Z",
+                           "steps": {"winrm": "ok", "test signing": "ok"}}
+    answer: list[str] = []
+    build_against_double(tmp_path, windows_iso, virtio_iso, double,
+                         image=ImageSelector(name="WINDOWS SERVER 2022 serverdatacenter"),
+                         answer=answer)
+    root = ET.fromstring(answer[0])
+    assert [m.findtext("u:Key", None, NS) for m in root.iter(f"{{{NS['u']}}}MetaData")] == \
+        ["/IMAGE/INDEX"]
+    assert root.findtext(".//u:MetaData/u:Value", None, NS) == "2"
+    assert root.find(".//u:ProductKey", NS) is None

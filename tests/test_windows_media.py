@@ -30,7 +30,7 @@ def test_windows_iso_files_live_in_udf(windows_iso: Path) -> None:
 
 def test_wiminfo_parsing_of_a_real_wim(windows_iso: Path, tmp_path: Path) -> None:
     images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
-    assert [i.index for i in images] == [1, 2, 3]
+    assert [i.index for i in images] == [1, 2, 3, 4]
     dc = images[1]
     assert dc == WimImage(index=2, name="Windows Server 2022 SERVERDATACENTER",
                           display_name=windows_media.SERVER_2022["DISPLAYNAME"],
@@ -91,7 +91,7 @@ def test_missing_unreadable_and_wrong_isos(tmp_path: Path, windows_iso: Path,
 
 def test_provisioning_iso_contents_listed_back(virtio_iso: Path, tmp_path: Path) -> None:
     settings = UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI,
-                                ImageSelector(name="Windows Server 2022 SERVERDATACENTER"),
+                                WimImage(index=2, name="Windows Server 2022 SERVERDATACENTER"),
                                 password="Lab-Pa55word!")
     tree = windows_setup.stage_provisioning(settings, virtio_iso, tmp_path / "prov")
     iso = windows_setup.build_iso(tree, tmp_path / "provision.iso", windows_setup.PROVISION_LABEL)

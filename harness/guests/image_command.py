@@ -1,7 +1,7 @@
 """`hotadd image build`: a Windows Server golden image from an installation ISO.
 
-The password is read from an environment variable (never a command-line argument, which
-other users could read in the process list).
+The password and any product key are read from environment variables (never command-line
+arguments, which other users could read in the process list).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def _build(args: argparse.Namespace) -> int:
         windows_iso=args.iso, virtio_iso=args.virtio_iso,
         image=windows_setup.ImageSelector.parse(args.edition), output=args.output,
         password=windows_setup.password_from_env(args.password_env),
+        product_key=(windows_setup.product_key_from_env(args.product_key_env)
+                     if args.product_key_env else None),
         firmware=Firmware(args.firmware), disk_gib=args.disk_gib, memory_mib=args.memory_mib,
         force_tcg=args.force_tcg, libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
     )
@@ -69,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        help="logs and screenshots (default: OUTPUT.build/)")
     build.add_argument("--password-env", default="HOTADD_WINDOWS_PASSWORD",
                        help="environment variable holding the Administrator password")
+    build.add_argument("--product-key-env", metavar="NAME", default=None,
+                       help="environment variable holding the product key, for media other "
+                            "than evaluation (whose Setup would stop at the key page)")
     build.set_defaults(func=_build)
     listing = actions.add_parser("list", help="list the images inside a Windows ISO")
     listing.add_argument("--iso", type=Path, required=True, help="Windows Server ISO")

@@ -42,6 +42,7 @@ from harness.guests.windows_setup import (
     WindowsVersion,
     build_iso,
     check_edition,
+    check_licence,
     check_readable_iso,
     run_tool,
     stage_provisioning,
@@ -94,6 +95,7 @@ class ImageBuildSpec:
     image: ImageSelector
     output: Path
     password: str = field(repr=False)
+    product_key: str | None = field(default=None, repr=False)  # None: evaluation media
     firmware: Firmware = Firmware.UEFI
     disk_gib: int = 40
     memory_mib: int = 4096
@@ -257,10 +259,12 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
             image = spec.image.pick(windows_iso_images(spec.windows_iso, work, progress),
                                     str(spec.windows_iso))
             version = check_edition(image)
+            check_licence(image, spec.product_key)
             progress.say(f"image {image.describe()}: Windows Server {version.value}, "
-                         f"edition {image.edition_id or '?'}")
-        settings = UnattendSettings(version=version, firmware=spec.firmware,
-                                    image=spec.image, password=spec.password)
+                         f"edition {image.edition_id or '?'}"
+                         + (", evaluation" if image.evaluation else ", product key given"))
+        settings = UnattendSettings(version=version, firmware=spec.firmware, image=image,
+                                    password=spec.password, product_key=spec.product_key)
         with progress.stage("provisioning ISO", "answer file, scripts, virtio drivers"):
             tree = stage_provisioning(settings, spec.virtio_iso, work / "prov")
             prov_iso = build_iso(tree, work / "provision.iso", PROVISION_LABEL)

@@ -5,9 +5,10 @@ Everything done from Linux before Windows boots: reading the images inside insta
 and building the provisioning ISO with xorriso (answer file, the version's virtio-win driver
 folders, the provisioning and probe-control PowerShell).
 
-Secrets: the Administrator password comes from the caller (environment variable
-HOTADD_WINDOWS_PASSWORD by default) and lands only in the answer file on the provisioning ISO
-(Windows' reversible encoding, not plain text); the image build deletes that ISO when it ends.
+Secrets: the Administrator password (environment variable HOTADD_WINDOWS_PASSWORD by default)
+and a product key (the environment variable named by --product-key-env) land only in the answer
+file on the provisioning ISO (the password in Windows' reversible encoding); that ISO is
+created mode 0600 and the image build deletes it when it ends.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ class WimImage:
             return v
         m = re.search(r"\b(2016|2019|2022|2025)\b", f"{self.name} {self.display_name}")
         return WindowsVersion(m[1]) if m else None
+
+    @property
+    def evaluation(self) -> bool:
+        """Evaluation media, which install without a product key: install.wim says so in the
+        image's EDITIONID ("ServerStandardEval", "ServerDatacenterEval") and DISPLAYNAME
+        ("Windows Server 2022 Datacenter Evaluation (Desktop Experience)")."""
+        return ("eval" in self.edition_id.casefold()
+                or "evaluation" in self.display_name.casefold())
 
     def describe(self) -> str:
         extra = f" ({self.display_name})" if self.display_name else ""
@@ -185,6 +194,26 @@ def check_edition(image: WimImage) -> WindowsVersion:
     return version
 
 
+PRODUCT_KEY = re.compile(r"[A-Z0-9]{5}(?:-[A-Z0-9]{5}){4}")
+
+
+def check_licence(image: WimImage, product_key: str | None) -> None:
+    """Evaluation media take no key; any other edition needs one, or Windows Setup stops at
+    its product-key page and nothing else happens until the build's time runs out."""
+    if image.evaluation and product_key is not None:
+        raise InputError(
+            f"image {image.describe()} is evaluation media (Edition ID {image.edition_id}), "
+            "which installs without a product key; Setup would reject a retail or volume key",
+            "drop --product-key-env, or use the media the key belongs to")
+    if not image.evaluation and product_key is None:
+        raise InputError(
+            f"image {image.describe()} is not evaluation media (Edition ID "
+            f"{image.edition_id or '?'}): Windows Setup would stop at the product-key page",
+            "put the edition's product key (for volume-licence media, Microsoft's KMS client "
+            "setup key for it) in an environment variable and pass --product-key-env NAME, or "
+            "use evaluation media")
+
+
 # ---- the answer file --------------------------------------------------------------------------
 
 
@@ -194,8 +223,9 @@ class UnattendSettings:
 
     version: WindowsVersion
     firmware: Firmware
-    image: ImageSelector
+    image: WimImage  # the image as install.wim lists it: selected by its index
     password: str = field(repr=False)
+    product_key: str | None = field(default=None, repr=False)  # None: evaluation media
     computer_name: str = "HOTADD-WIN"
     locale: str = "en-US"
     drive_letters: tuple[str, ...] = ("D", "E", "F", "G")
@@ -204,6 +234,10 @@ class UnattendSettings:
         if not self.password:
             raise InputError("the Windows Administrator password is empty",
                              f"set {PASSWORD_ENV} to a password meeting Windows' complexity rules")
+        if self.product_key is not None and not PRODUCT_KEY.fullmatch(self.product_key):
+            raise InputError("the product key is not five groups of five letters or digits "
+                             "(XXXXX-XXXXX-XXXXX-XXXXX-XXXXX); it is not shown here",
+                             "check the environment variable named by --product-key-env")
         if not re.fullmatch(r"[A-Za-z0-9-]{1,15}", self.computer_name):
             raise InputError(f"computer name {self.computer_name!r} is not a NetBIOS name",
                              "use up to 15 letters, digits and hyphens")
@@ -221,24 +255,31 @@ def driver_paths(settings: UnattendSettings) -> list[str]:
             for letter in settings.drive_letters for drv in VIRTIO_DRIVERS]
 
 
+def _keep_block(text: str, marker: str, keep: bool, template: Path) -> str:
+    """Keep (without its marker comments) or drop a `<!-- MARKER -->..<!-- /MARKER -->` block;
+    every occurrence."""
+    block = re.compile(rf"[ \t]*<!-- {re.escape(marker)} -->\n(.*?)"
+                       rf"[ \t]*<!-- /{re.escape(marker)} -->\n", re.S)
+    if not block.search(text):
+        raise InfrastructureError(f"{template} lacks the {marker} block",
+                                  "restore the template from git")
+    return block.sub(r"\1" if keep else "", text)
+
+
 def render_autounattend(settings: UnattendSettings, template: Path = TEMPLATE) -> str:
     """The answer file for `settings`; raises InfrastructureError if the result is not XML."""
     text = template.read_text(encoding="utf-8")
     for fw in Firmware:
-        block = re.compile(rf"[ \t]*<!-- FIRMWARE:{fw.value} -->\n(.*?)"
-                           rf"[ \t]*<!-- /FIRMWARE:{fw.value} -->\n", re.S)
-        if not block.search(text):
-            raise InfrastructureError(f"{template} lacks the {fw.value} firmware block",
-                                      "restore the template from git")
-        text = block.sub(r"\1" if fw is settings.firmware else "", text)
+        text = _keep_block(text, f"FIRMWARE:{fw.value}", fw is settings.firmware, template)
+    text = _keep_block(text, "PRODUCT_KEY", settings.product_key is not None, template)
     paths = "\n".join(
         f'        <PathAndCredentials wcm:action="add" wcm:keyValue="{i}">'
         f"<Path>{escape(p)}</Path></PathAndCredentials>"
         for i, p in enumerate(driver_paths(settings), start=1))
     values = {
         "LOCALE": settings.locale,
-        "IMAGE_KEY": settings.image.key,
-        "IMAGE_VALUE": settings.image.value,
+        "IMAGE_INDEX": str(settings.image.index),
+        "PRODUCT_KEY": settings.product_key or "",
         "OS_PARTITION": "3" if settings.firmware is Firmware.UEFI else "1",
         "COMPUTER_NAME": settings.computer_name,
         "ADMIN_PASSWORD": unattend_secret(settings.password, "AdministratorPassword"),
@@ -407,6 +448,17 @@ def windows_iso_images(iso: Path, work: Path, progress: Progress) -> tuple[WimIm
         return read_wim_images(local)
     finally:
         local.unlink(missing_ok=True)
+
+
+def product_key_from_env(name: str) -> str:
+    """The product key from the environment variable `name` (--product-key-env): never a
+    command-line argument, never echoed."""
+    value = os.environ.get(name, "").strip().upper()
+    if not value:
+        raise InputError(f"--product-key-env names ${name}, which is empty or unset",
+                         f"export {name}=XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (the product key; it is "
+                         "never passed on a command line)")
+    return value
 
 
 def password_from_env(name: str = PASSWORD_ENV) -> str:
