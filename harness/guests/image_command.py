@@ -33,13 +33,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import tempfile
-
     from harness.guests import windows_setup
 
     windows_setup.check_readable_iso(args.iso, "Windows ISO")
-    with tempfile.TemporaryDirectory(prefix="hotadd-wim-") as tmp:
-        images = windows_setup.windows_iso_images(args.iso, Path(tmp), Progress())
+    images = windows_setup.windows_iso_images(args.iso)  # reads the metadata, extracts nothing
     for img in images:
         print(f"{img.index}\t{img.name}\t{img.edition_id}\t{img.installation_type}\t"
               f"{img.build or ''}")

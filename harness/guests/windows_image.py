@@ -256,7 +256,7 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
     work = Path(tempfile.mkdtemp(prefix=".hotadd-image-", dir=spec.output.parent))
     try:
         with progress.stage("read install.wim", str(spec.windows_iso)):
-            image = spec.image.pick(windows_iso_images(spec.windows_iso, work, progress),
+            image = spec.image.pick(windows_iso_images(spec.windows_iso),
                                     str(spec.windows_iso))
             version = check_edition(image)
             check_licence(image, spec.product_key)
