@@ -25,6 +25,8 @@ def _build(args: argparse.Namespace) -> int:
                      if args.product_key_env else None),
         firmware=Firmware(args.firmware), disk_gib=args.disk_gib, memory_mib=args.memory_mib,
         force_tcg=args.force_tcg, libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
+        timeouts=windows_image.StageTimeouts(stall=args.stall_timeout),
+        screenshot_every=args.screenshot_every, vnc=args.vnc,
     )
     manifest = windows_image.build_image(spec, Progress())
     print(f"golden image: {spec.output} (read-only; Windows Server {manifest.windows_version}, "
@@ -66,6 +68,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--libvirt-uri", default=None, help="default: embedded QEMU driver")
     build.add_argument("--run-dir", type=Path, default=None,
                        help="logs and screenshots (default: OUTPUT.build/)")
+    build.add_argument("--stall-timeout", type=float, default=600.0, metavar="SECONDS",
+                       help="stop when the disk has not grown for this long before WinRM "
+                            "answers: a missed boot key, a Setup page waiting for input "
+                            "(default 600; raise it for TCG or slow storage)")
+    build.add_argument("--screenshot-every", type=float, default=30.0, metavar="SECONDS",
+                       help="save the screen into RUN_DIR/screens/ this often (default 30)")
+    build.add_argument("--vnc", action="store_true",
+                       help="show the installer's screen on a VNC port of 127.0.0.1 (printed "
+                            "with the command to view it)")
     build.add_argument("--password-env", default="HOTADD_WINDOWS_PASSWORD",
                        help="environment variable holding the Administrator password")
     build.add_argument("--product-key-env", metavar="NAME", default=None,
