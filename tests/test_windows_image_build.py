@@ -12,8 +12,10 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -253,6 +255,10 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
               nvram: Path | None, port: int) -> windows_image.Installer:
         assert disk.name == "golden.qcow2.partial" and disk.is_file()
         assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows_setup.list_iso(iso))
+        # QEMU's user under qemu:///system can open the files by name, nobody else can read
+        # the one holding the password
+        assert (iso.parent.stat().st_mode & 0o777) == 0o711
+        assert (iso.stat().st_mode & 0o777) == 0o600
         if answer is not None:
             back = iso.with_name("answer-back")
             windows_setup.extract_members(iso, ["/Autounattend.xml"], back)
@@ -533,3 +539,41 @@ def test_cli_wires_the_watch_options() -> None:
                               "--edition", "2", "--output", "o", "--stall-timeout", "90",
                               "--screenshot-every", "5", "--vnc"])
     assert (args.stall_timeout, args.screenshot_every, args.vnc) == (90.0, 5.0, True)
+
+
+@pytest.fixture
+def searchable_dir() -> Iterator[Path]:
+    """A directory every user can search (pytest's own temporary directories are private)."""
+    path = Path(tempfile.mkdtemp(prefix="hotadd-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("private", ["iso", "output"])
+def test_system_libvirt_unreachable_files_are_refused_up_front(
+        private: str, monkeypatch: pytest.MonkeyPatch, windows_iso: Path, virtio_iso: Path,
+        searchable_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under qemu:///system QEMU runs as libvirt's own user: a Windows ISO or an output
+    directory it cannot reach is an input error naming the directory and the fix, before
+    anything is built (and before libvirt is even asked)."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
+    shared = searchable_dir / "shared"
+    closed = searchable_dir / "closed"
+    for d, mode in ((shared, 0o755), (closed, 0o700)):
+        d.mkdir()
+        d.chmod(mode)
+    iso = (closed if private == "iso" else shared) / "ws2022.iso"
+    shutil.copyfile(windows_iso, iso)
+    out = (closed if private == "output" else shared) / "g.qcow2"
+    argv = ["image", "build", "--iso", str(iso), "--virtio-iso", str(virtio_iso),
+            "--edition", "2", "--output", str(out), "--force-tcg",
+            "--libvirt-uri", "qemu:///system"]
+    assert hotadd(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert f"is under {closed}, which other users cannot search" in err
+    assert f"chmod o+x {closed}" in err
+    left = sorted(p.relative_to(searchable_dir).as_posix() for p in searchable_dir.rglob("*"))
+    assert left == sorted(["closed", "shared", iso.relative_to(searchable_dir).as_posix()])

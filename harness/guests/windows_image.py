@@ -57,7 +57,7 @@ from harness.guests.windows_setup import (
     windows_iso_images,
 )
 from harness.host import accel, storage
-from harness.host.connection import open_connection
+from harness.host.connection import default_uri, open_connection
 from harness.host.domain import (
     OVMF_VARS,
     Accelerator,
@@ -71,7 +71,7 @@ from harness.host.domain import (
     Topology,
     VcpuPlan,
 )
-from harness.host.machine import Machine, free_port, run_name
+from harness.host.machine import Machine, check_system_qemu_can_reach, free_port, run_name
 from harness.host.sweep import sweep
 from harness.progress import Progress, throttled
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
@@ -354,10 +354,17 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
     """Install Windows unattended into a new read-only golden qcow2 with a JSON manifest."""
     check_readable_iso(spec.windows_iso, "Windows ISO")
     check_readable_iso(spec.virtio_iso, "virtio-win ISO")
+    # QEMU opens the Windows ISO, and the disk, NVRAM and provisioning ISO made beside the
+    # output; under qemu:///system it runs as another user: say so before any work is done.
+    check_system_qemu_can_reach(spec.libvirt_uri or default_uri(),
+                                [spec.windows_iso, spec.output])
     accelerator, why = check_accelerator(spec.force_tcg)
     progress.say(f"accelerator: {accelerator.value} ({why})")
     partial = spec.output.with_name(spec.output.name + ".partial")
     work = Path(tempfile.mkdtemp(prefix=".hotadd-image-", dir=spec.output.parent))
+    # others may search it (QEMU's user under qemu:///system opens files in it by name) but
+    # not list it; the provisioning ISO in it is the caller's alone (libvirt hands it to QEMU)
+    work.chmod(0o711)
     try:
         with progress.stage("read install.wim", str(spec.windows_iso)):
             image = spec.image.pick(windows_iso_images(spec.windows_iso),
@@ -370,8 +377,11 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
         settings = UnattendSettings(version=version, firmware=spec.firmware, image=image,
                                     password=spec.password, product_key=spec.product_key)
         with progress.stage("provisioning ISO", "answer file, scripts, virtio drivers"):
+            (work / "prov").mkdir(mode=0o700)  # the answer file in it holds the password
             tree = stage_provisioning(settings, spec.virtio_iso, work / "prov")
-            prov_iso = build_iso(tree, work / "provision.iso", PROVISION_LABEL)
+            prov_iso = work / "provision.iso"
+            prov_iso.touch(mode=0o600)  # it holds the password: never readable by others
+            build_iso(tree, prov_iso, PROVISION_LABEL)
             shutil.rmtree(tree)
         with progress.stage("disk", f"{spec.disk_gib} GiB qcow2"):
             partial.unlink(missing_ok=True)
