@@ -248,21 +248,24 @@ class Screenshots:
         self._t0 = clock()
         self._count = 0
         self.last: Path | None = None
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def take(self, label: str | None = None) -> Path | None:
-        """One screenshot now, numbered in order; None if there was nothing to show."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._count += 1
-        name = f"{self._count:04d}-{label or f'{self._clock() - self._t0:06.0f}s'}.png"
-        try:
-            shot = self._shoot(self.folder / name)
-        except Exception:  # the domain went away between two shots: nothing to save
-            shot = None
-        if shot is not None:
-            self.last = shot
-        return shot
+        """One screenshot now, numbered in order; None if there was nothing to show. Called
+        by the thread and, at a failure, by the flow: one at a time."""
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._count += 1
+            name = f"{self._count:04d}-{label or f'{self._clock() - self._t0:06.0f}s'}.png"
+            try:
+                shot = self._shoot(self.folder / name)
+            except Exception:  # the domain went away between two shots: nothing to save
+                shot = None
+            if shot is not None:
+                self.last = shot
+            return shot
 
     def start(self) -> None:
         def run() -> None:
