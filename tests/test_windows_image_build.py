@@ -25,7 +25,7 @@ from winrm_double import WinRMDouble
 
 from harness import cli
 from harness.errors import ExitCode, GuestNotReady, InfrastructureError, InputError
-from harness.guests import image_command, windows_image, windows_setup
+from harness.guests import image_command, windows_control, windows_image, windows_setup
 from harness.guests.windows_image import ImageBuildSpec, StageTimeouts
 from harness.guests.windows_setup import ImageSelector
 from harness.host.accel import kvm_status
@@ -318,10 +318,17 @@ def test_build_refuses_an_unusable_guest(problem: str, stage: str, tmp_path: Pat
     else:
         provisioned = "2026-11-24T07:05:00Z"  # after the current boot: still the same boot
     double.probe.marker = {"provisioned_utc": provisioned, "steps": steps}
-    with pytest.raises(InfrastructureError, match=f"stopped at stage '{stage}'"):
+    guest_log = double.path(windows_control.PROVISION_LOG)
+    guest_log.parent.mkdir(parents=True, exist_ok=True)
+    guest_log.write_text("hotadd-provision: network profile private\n")
+    with pytest.raises(InfrastructureError, match=f"stopped at stage '{stage}'") as err:
         build_against_double(tmp_path, windows_iso, virtio_iso, double, provision=2)
     assert not (tmp_path / "golden.qcow2").exists()
     assert not (tmp_path / "golden.qcow2.partial").exists()
+    # WinRM is up at these stages: the guest's own provisioning log comes back with the error
+    copy = tmp_path / "golden.qcow2.build" / "provision.log"
+    assert f"copied to {copy}" in str(err.value)
+    assert copy.read_text() == "hotadd-provision: network profile private\n"
 
 
 KEY = "ABCDE-12345-FGHIJ-67890-KLMNO"

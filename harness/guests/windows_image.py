@@ -438,8 +438,9 @@ def _announce_vnc(installer: Installer, progress: Progress) -> None:
 
 @contextlib.contextmanager
 def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
-           shots: Screenshots) -> Iterator[None]:
-    """A build stage whose failure names the stage, the last screenshot and the serial log."""
+           shots: Screenshots, winrm: WinRMTransport | None = None) -> Iterator[None]:
+    """A build stage whose failure names the stage, the last screenshot and the serial log;
+    once WinRM is up (`winrm`), also the guest's provisioning log, copied beside them."""
     try:
         with progress.stage(name, awaited):
             yield
@@ -453,6 +454,13 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
         shot = shots.take("failed") or shots.last
         evidence = (f"last screenshot {shot}; " if shot else "no screenshot; ") + \
             f"serial log {installer.machine.spec.serial_log}"
+        if winrm is not None:  # WinRM came up first, so a hung provisioning step shows here
+            copy_to = installer.machine.spec.serial_log.with_name("provision.log")
+            try:
+                winrm.fetch(PROVISION_LOG, copy_to)
+                evidence += f"; the guest's {PROVISION_LOG} copied to {copy_to}"
+            except HotaddError:
+                copy_to.unlink(missing_ok=True)
         raise restated(cause, f"image build stopped at stage '{name}': {cause.problem}",
                        f"{cause.fix or 'see the logs'} ({evidence})") from None
 
@@ -489,9 +497,11 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
                     "install", f"{transport.description} (disk {watch.size / 2**30:.2f} GiB)",
                     t0)),
                 hint=f"read the serial log {installer.machine.spec.serial_log}")
-        with _stage(progress, "provision", "the reboot after provisioning", installer, shots):
+        with _stage(progress, "provision", "provisioning and its reboot", installer, shots,
+                    transport):
             state = wait_provisioned(transport, t.provision, installer.machine.check_alive)
-        with _stage(progress, "verify", "test signing, hot-add support", installer, shots):
+        with _stage(progress, "verify", "test signing, hot-add support", installer, shots,
+                    transport):
             pre = preflight(transport, t.verify)
             failed = {k: v for k, v in state.get("steps", {}).items() if v != "ok"}
             if fatal := {k: v for k, v in failed.items() if k in CRITICAL_STEPS}:
