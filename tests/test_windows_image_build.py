@@ -118,6 +118,8 @@ def test_list_command(monkeypatch: pytest.MonkeyPatch, windows_iso: Path,
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split("\t")[:3] == ["2", "Windows Server 2022 SERVERDATACENTER",
                                         "ServerDatacenterEval"]
+    assert [ln.split("\t")[-1] for ln in lines] == [
+        "evaluation", "evaluation", "needs --product-key-env", "needs --product-key-env"]
 
 
 @pytest.mark.vm

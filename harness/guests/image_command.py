@@ -40,8 +40,9 @@ def _list(args: argparse.Namespace) -> int:
     windows_setup.check_readable_iso(args.iso, "Windows ISO")
     images = windows_setup.windows_iso_images(args.iso)  # reads the metadata, extracts nothing
     for img in images:
+        licence = "evaluation" if img.evaluation else "needs --product-key-env"
         print(f"{img.index}\t{img.name}\t{img.edition_id}\t{img.installation_type}\t"
-              f"{img.build or ''}")
+              f"{img.build or ''}\t{licence}")
     return ExitCode.PASS
 
 
