@@ -88,7 +88,7 @@ class StageTimeouts:
 
     stall: float = 600.0  # the disk not growing, from the start until WinRM answers
     install: float = 5400.0  # Setup, reboots, first logon, provisioning, WinRM up
-    provision: float = 1200.0  # the reboot after provisioning, WinRM back
+    provision: float = 1200.0  # provisioning after WinRM came up (its first step), its reboot
     verify: float = 300.0
     shutdown: float = 600.0
     winrm_read: int = 30  # HTTP read timeout of one WinRM request (a silent guest costs this)
