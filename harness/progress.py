@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -60,3 +60,16 @@ class Progress:
             raise
         self.timings[name] = time.monotonic() - t0
         self.say(f"{name}: done in {self.timings[name]:.2f}s")
+
+
+def throttled(fn: Callable[[str], None], period: float = 30.0) -> Callable[[str], None]:
+    """`fn`, called at most once per `period` seconds (progress while waiting for an hour)."""
+    last = [-period]
+
+    def call(arg: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= period:
+            last[0] = now
+            fn(arg)
+
+    return call

@@ -3,7 +3,7 @@
 Each run boots a qcow2 overlay of the read-only golden image (`hotadd image build`) with the
 hardware the image was installed on (firmware and disk bus from its manifest), attaches a
 small ISO carrying the probe driver and the probe-control script, waits for WinRM on a
-127.0.0.1 forward, and drives the probe through `harness.guests.windows`.
+127.0.0.1 forward, and drives the probe through `harness.guests.windows_control`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from harness.errors import InputError, TransportError
-from harness.guests import windows
+from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import storage
 from harness.host.domain import (
@@ -31,7 +31,7 @@ from harness.host.domain import (
 from harness.host.machine import Machine, free_port
 from harness.oracle import Profile as OracleProfile
 from harness.paths import REPO_ROOT
-from harness.progress import Progress
+from harness.progress import Progress, throttled
 from harness.transport.base import Transport
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 
@@ -44,13 +44,14 @@ DEFAULT_DRIVERS = tuple(REPO_ROOT / "driver" / "build" / c / "HotAddProbe.sys"
                         for c in ("Release", "Debug"))
 
 
-def probe_parameters(settings: ProbeSettings, active: int | None) -> windows.ProbeParameters:
+def probe_parameters(settings: ProbeSettings,
+                     active: int | None) -> windows_control.ProbeParameters:
     """The service Parameters for `settings`; `active` = processors online at load, which
     decides whether the veto index names a replayed processor or a hot-added one."""
     if settings.veto_index is None:
-        return windows.ProbeParameters(flags=1 if settings.add_existing else 0)
+        return windows_control.ProbeParameters(flags=1 if settings.add_existing else 0)
     replay = settings.add_existing and active is not None and settings.veto_index < active
-    return windows.ProbeParameters(
+    return windows_control.ProbeParameters(
         flags=1 if settings.add_existing else 0, veto_index=settings.veto_index,
         veto_status=settings.veto_status, veto_during_replay=replay)
 
@@ -67,8 +68,8 @@ class WindowsSession(GuestSession):
         self.transport = transport
         self.driver_source = driver_source
         self.still_alive = still_alive
-        self.installed: windows.DriverInstall | None = None
-        self.last_start: windows.ServiceStart | None = None
+        self.installed: windows_control.DriverInstall | None = None
+        self.last_start: windows_control.ServiceStart | None = None
 
     @contextlib.contextmanager
     def _guest(self) -> Iterator[None]:
@@ -84,30 +85,30 @@ class WindowsSession(GuestSession):
         with a replay veto DriverEntry fails on purpose; the records tell the story."""
         with self._guest():
             if self.installed is None:
-                self.installed = windows.install_driver(self.transport, self.driver_source)
+                self.installed = windows_control.install_driver(self.transport, self.driver_source)
             active = None
             if settings.veto_index is not None:
-                active = windows.processor_count(self.transport).active_all_groups
-            windows.set_parameters(self.transport, probe_parameters(settings, active))
-            self.last_start = windows.start_service(self.transport)
+                active = windows_control.processor_count(self.transport).active_all_groups
+            windows_control.set_parameters(self.transport, probe_parameters(settings, active))
+            self.last_start = windows_control.start_service(self.transport)
 
     def unload_probe(self) -> None:
         with self._guest():
-            windows.stop_service(self.transport)
+            windows_control.stop_service(self.transport)
 
     def live_records(self) -> str:
         """Complete lines only: the driver's writer may be half-way through the last one."""
         with self._guest():
-            text = windows.read_records(self.transport)
+            text = windows_control.read_records(self.transport)
         return text[: text.rfind("\n") + 1]
 
     def final_records(self) -> str:
         with self._guest():
-            return windows.read_records(self.transport)
+            return windows_control.read_records(self.transport)
 
     def processor_count(self) -> int:
         with self._guest():
-            return windows.processor_count(self.transport).logical
+            return windows_control.processor_count(self.transport).logical
 
 
 class WindowsGuest(GuestKind):
@@ -119,11 +120,11 @@ class WindowsGuest(GuestKind):
         self.image = image
         self.driver = driver
         self.allow_tcg = allow_tcg  # tests only: Windows itself needs hours to boot under TCG
-        self._manifest: windows.GoldenManifest | None = None
+        self._manifest: windows_image.GoldenManifest | None = None
         self._password: str | None = None
 
     @property
-    def manifest(self) -> windows.GoldenManifest:
+    def manifest(self) -> windows_image.GoldenManifest:
         if self._manifest is None:
             raise InputError("the Windows guest was not prepared", "call prepare() first")
         return self._manifest
@@ -135,7 +136,7 @@ class WindowsGuest(GuestKind):
         if not self.image.is_file():
             raise InputError(f"golden image {self.image} does not exist",
                              "build it with 'hotadd image build' or fix --image")
-        manifest_file = windows.manifest_path(self.image)
+        manifest_file = windows_image.manifest_path(self.image)
         if not manifest_file.is_file():
             raise InputError(f"{self.image} has no manifest {manifest_file.name} beside it",
                              "use an image made by 'hotadd image build'")
@@ -145,8 +146,8 @@ class WindowsGuest(GuestKind):
             raise InputError(f"the probe driver {self.driver or '(not given, not built)'} is "
                              "missing", "pass --driver PATH.sys (build it from driver/, see "
                              "driver/README.md)")
-        self._manifest = windows.GoldenManifest.read(manifest_file)
-        self._password = windows.password_from_env()
+        self._manifest = windows_image.GoldenManifest.read(manifest_file)
+        self._password = windows_setup.password_from_env()
         progress.say(f"windows image: Server {self.manifest.windows_version}, "
                      f"{self.manifest.edition}, {self.manifest.firmware}")
 
@@ -172,8 +173,8 @@ class WindowsGuest(GuestKind):
         tree = hw.scratch / "driver-iso"
         tree.mkdir()
         shutil.copyfile(self.driver, tree / DRIVER_FILE)
-        shutil.copyfile(windows.PROBE_SCRIPT, tree / windows.PROBE_SCRIPT.name)
-        iso = windows.build_iso(tree, hw.scratch / "driver.iso", windows.DRIVER_LABEL)
+        shutil.copyfile(windows_control.PROBE_SCRIPT, tree / windows_control.PROBE_SCRIPT.name)
+        iso = windows_setup.build_iso(tree, hw.scratch / "driver.iso", windows_setup.DRIVER_LABEL)
         shutil.rmtree(tree)
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
@@ -193,7 +194,7 @@ class WindowsGuest(GuestKind):
         t0 = time.monotonic()
         transport.wait_ready(
             max(timeout, MIN_READY_TIMEOUT), still_alive=machine.check_alive,
-            on_wait=windows.throttled(
+            on_wait=throttled(
                 lambda _err: progress.waiting("winrm", transport.description, t0), 10.0),
             hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
         return WindowsSession(transport, still_alive=machine.check_alive)

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from harness.guests import windows
+from harness.guests import windows_control as windows
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",

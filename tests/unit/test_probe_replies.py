@@ -12,7 +12,7 @@ import tree_sitter_powershell
 from tree_sitter import Language, Node, Parser
 
 from harness.errors import TransportError
-from harness.guests import windows
+from harness.guests import windows_control as windows
 
 PARSER = Parser(Language(tree_sitter_powershell.language()))
 RESULT_WRITER = "Write-HotAddResult"

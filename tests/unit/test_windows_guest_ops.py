@@ -1,5 +1,5 @@
-"""The Windows guest operations (harness.guests.windows, WindowsSession) over the real WinRM
-transport against the server double, whose ProbeModel stands in for what
+"""The Windows guest operations (harness.guests.windows_control, WindowsSession) over the
+real WinRM transport against the server double, whose ProbeModel stands in for what
 vm/windows/hotadd-probe.ps1 does in Windows. Checked here: the probe-control script reaches
 the guest whole (staged: it is longer than a command line), the call lines carry the right
 parameter values, results are parsed, records are fetched, counts come from a fresh shell."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import GuestCrashed, TransportError
-from harness.guests import windows
+from harness.guests import windows_control
 from harness.guests.base import ProbeSettings
 from harness.guests.windows_kind import DRIVER_FILE, WindowsSession, probe_parameters
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
@@ -121,8 +121,8 @@ def test_probe_parameters_mapping() -> None:
 
 
 def test_preflight_and_errors(double: WinRMDouble, transport: WinRMTransport) -> None:
-    pre = windows.preflight(transport)
+    pre = windows_control.preflight(transport)
     assert pre.build == 20348 and pre.dyn_processor_enabled and pre.test_signing is True
-    assert windows._utc(pre.last_boot_utc).year == 2026
+    assert windows_control._utc(pre.last_boot_utc).year == 2026
     with pytest.raises(TransportError, match=r"no drive holds missing\.sys"):
-        windows.install_driver(transport, "missing.sys")
+        windows_control.install_driver(transport, "missing.sys")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import InputError
-from harness.guests import windows
+from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import HardwareRequest
 from harness.guests.windows_kind import DRIVER_FILE, WindowsGuest
 from harness.host import storage
@@ -28,14 +28,14 @@ def golden(tmp_path: Path, firmware: Firmware = Firmware.UEFI) -> Path:
     image.chmod(0o444)
     nvram = None
     if firmware is Firmware.UEFI:
-        shutil.copyfile(OVMF_VARS, windows.nvram_path(image))
-        nvram = windows.nvram_path(image).name
-    windows.GoldenManifest(
+        shutil.copyfile(OVMF_VARS, windows_image.nvram_path(image))
+        nvram = windows_image.nvram_path(image).name
+    windows_image.GoldenManifest(
         image=image.name, windows_version="2022", edition="Windows Server 2022 SERVERDATACENTER",
         image_index=2, build=20348, firmware=firmware.value, disk_bus="sata", nvram=nvram,
         user="Administrator", winrm_port=5985, created_utc="2026-11-24T07:00:00Z",
         hotadd={"dyn_processor_enabled": True}, source_iso="ws.iso", virtio_iso="virtio.iso",
-    ).write(windows.manifest_path(image))
+    ).write(windows_image.manifest_path(image))
     return image
 
 
@@ -58,7 +58,7 @@ def hardware(tmp_path: Path, firmware: Firmware | None = None) -> HardwareReques
 def test_prepare_refuses_what_cannot_run(tmp_path: Path, driver: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     quiet = Progress(quiet=True)
-    monkeypatch.setenv(windows.PASSWORD_ENV, "Run-Pa55word!")
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
     with pytest.raises(InputError, match="needs a golden image"):
         WindowsGuest(None, driver).prepare(quiet)
     with pytest.raises(InputError, match="does not exist"):
@@ -70,14 +70,14 @@ def test_prepare_refuses_what_cannot_run(tmp_path: Path, driver: Path,
     image = golden(tmp_path)
     with pytest.raises(InputError, match=r"probe driver .*missing\.sys is missing"):
         WindowsGuest(image, tmp_path / "missing.sys").prepare(quiet)
-    monkeypatch.delenv(windows.PASSWORD_ENV)
+    monkeypatch.delenv(windows_setup.PASSWORD_ENV)
     with pytest.raises(InputError, match="HOTADD_WINDOWS_PASSWORD"):
         WindowsGuest(image, driver).prepare(quiet)
 
 
 def test_refuses_tcg_and_a_firmware_mismatch(tmp_path: Path, driver: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(windows.PASSWORD_ENV, "Run-Pa55word!")
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
     guest = WindowsGuest(golden(tmp_path), driver)
     guest.prepare(Progress(quiet=True))
     hw = hardware(tmp_path, Firmware.BIOS)
@@ -95,7 +95,7 @@ def test_refuses_tcg_and_a_firmware_mismatch(tmp_path: Path, driver: Path,
 def test_domain_starts_under_qemu_and_takes_a_hotadd(conn, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                       driver: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(windows.PASSWORD_ENV, "Run-Pa55word!")
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
     image = golden(tmp_path)
     before = image.read_bytes()
     guest = WindowsGuest(image, driver, allow_tcg=True)
@@ -106,7 +106,8 @@ def test_domain_starts_under_qemu_and_takes_a_hotadd(conn, tmp_path: Path,  # ty
     assert spec.nvram.parent == hw.scratch
     assert [f.guest_port for f in spec.forwards] == [5985]
     iso = spec.cdroms[0].path
-    assert set(windows.list_iso(iso)) == {f"/{DRIVER_FILE}", f"/{windows.PROBE_SCRIPT.name}"}
+    assert set(windows_setup.list_iso(iso)) == {
+        f"/{DRIVER_FILE}", f"/{windows_control.PROBE_SCRIPT.name}"}
     with Machine.start(conn, spec, hw.scratch) as machine:
         root = ET.fromstring(machine.dom.XMLDesc(0))
         assert root.find("os/type").get("machine", "").startswith("pc-q35")  # type: ignore[union-attr]
@@ -120,6 +121,6 @@ def test_domain_starts_under_qemu_and_takes_a_hotadd(conn, tmp_path: Path,  # ty
         plugged = machine.hotadd()
         assert plugged.libvirt_id == 2 and machine.qemu_view().present == 3
         # the image build presses space through libvirt for the ISO's boot prompt
-        windows.Installer(machine, conn).press_keys(1.5)
+        windows_image.Installer(machine, conn).press_keys(1.5)
     assert image.read_bytes() == before, "the golden image is never written"
     assert not hw.scratch.exists()
