@@ -27,6 +27,8 @@
 #define _In_
 #define _Inout_
 #define _Out_
+#define _Inout_opt_
+#define _In_opt_
 #define _Out_writes_bytes_(n)
 #define _In_reads_(n)
 #define _Use_decl_annotations_
@@ -256,6 +258,7 @@ typedef struct _HAP_WRITER {
     unsigned int FirstError;            /* first failed write or truncate (diagnostics) */
     unsigned long long LinesLost;       /* lines formatted but not on disk (diagnostics) */
     char Buffer[16 * HAP_MAX_LINE];
+    unsigned long long LineWeights[16 * HAP_MAX_LINE / 32]; /* records per line in Buffer */
 } HAP_WRITER;
 
 /*

@@ -160,15 +160,33 @@ HapFormatDropped(_Inout_ HAP_RING *Ring, unsigned long long Count, unsigned long
     return length;
 }
 
-_Use_decl_annotations_
-unsigned int
-HapDrain(HAP_RING *Ring, char *Buffer, unsigned int Capacity, int Final)
+/* A line's weight: how many records it accounts for (1, or a `dropped` line's count). */
+typedef struct _HAP_WEIGHTS {
+    unsigned long long *Weights;        /* one per line written, or NULL */
+    unsigned int Capacity;
+    unsigned int Count;
+} HAP_WEIGHTS;
+
+static void
+HapNoteLine(_Inout_opt_ HAP_WEIGHTS *Lines, unsigned long long Weight)
+{
+    if (Lines != 0) {
+        Lines->Weights[Lines->Count++] = Weight;
+    }
+}
+
+/* HapDrain, noting each line's weight in Lines (when not NULL) and stopping before Lines is
+ * full. IRQL: the single consumer, <= DISPATCH_LEVEL. Returns the bytes written. */
+static unsigned int
+HapDrainLines(_Inout_ HAP_RING *Ring, _Out_writes_bytes_(Capacity) char *Buffer,
+              unsigned int Capacity, int Final, _Inout_opt_ HAP_WEIGHTS *Lines)
 {
     unsigned int used = 0;
     HAP_RECORD record;
 
     /* Room for a record and the `dropped` line that may precede it. */
-    while (Capacity - used >= 2u * HAP_MAX_LINE && HapRingTake(Ring, &record)) {
+    while (Capacity - used >= 2u * HAP_MAX_LINE &&
+           (Lines == 0 || Lines->Capacity - Lines->Count >= 3u) && HapRingTake(Ring, &record)) {
         unsigned long long lost = record.DroppedBefore + Ring->ConsumerLost;
         unsigned int length;
 
@@ -185,6 +203,7 @@ HapDrain(HAP_RING *Ring, char *Buffer, unsigned int Capacity, int Final)
             if (length != 0u) {
                 Ring->ConsumerLost = 0;
                 used += length;
+                HapNoteLine(Lines, lost);
             }
         }
         length = HapFormatRecord(&record, Ring->NextSeq, Buffer + used, Capacity - used);
@@ -198,6 +217,7 @@ HapDrain(HAP_RING *Ring, char *Buffer, unsigned int Capacity, int Final)
         Ring->NextSeq++;
         Ring->LastTimeNs = record.TimeNs;
         used += length;
+        HapNoteLine(Lines, 1);
     }
 
     if (Final && Capacity - used >= HAP_MAX_LINE &&
@@ -215,10 +235,18 @@ HapDrain(HAP_RING *Ring, char *Buffer, unsigned int Capacity, int Final)
             if (length != 0u) {
                 Ring->ConsumerLost = 0;
                 used += length;
+                HapNoteLine(Lines, lost);
             }
         }
     }
     return used;
+}
+
+_Use_decl_annotations_
+unsigned int
+HapDrain(HAP_RING *Ring, char *Buffer, unsigned int Capacity, int Final)
+{
+    return HapDrainLines(Ring, Buffer, Capacity, Final, 0);
 }
 
 _Use_decl_annotations_
@@ -235,24 +263,38 @@ HapWriterInitialize(HAP_WRITER *Writer, HAP_WRITE_FN Write, HAP_TRUNCATE_FN Trun
     Writer->LinesLost = 0;
 }
 
-/* Consumer: write Buffer[0..Length) at Writer->Offset, resuming short writes. Whole lines that
- * did not reach the disk are given back to the ring as lost (their seq numbers are reused by the
- * `dropped` line that reports them). IRQL: PASSIVE_LEVEL. Returns nothing. */
-static void
-HapWriteChunk(_Inout_ HAP_WRITER *Writer, _Inout_ HAP_RING *Ring,
-              _In_reads_(Length) const char *Buffer, unsigned int Length)
+/* Consumer: drain into the writer's buffer and write it at Writer->Offset, resuming short
+ * writes. The lines that did not wholly reach the disk are given back to the ring as lost
+ * records (a lost `dropped` line gives back its count; their seq numbers are reused by the
+ * `dropped` line that reports them). IRQL: PASSIVE_LEVEL. Returns the bytes drained (0: the
+ * ring had nothing to say). */
+static unsigned int
+HapWriteChunk(_Inout_ HAP_WRITER *Writer, _Inout_ HAP_RING *Ring, int Final)
 {
+    HAP_WEIGHTS weights;
+    const char *buffer = Writer->Buffer;
+    unsigned int length;
     unsigned int done = 0;
     unsigned int whole;
+    unsigned int line = 0;
     unsigned long long lines = 0;
+    unsigned long long records = 0;
     unsigned int index;
 
-    while (done < Length) {
-        unsigned int status = HAP_STATUS_SUCCESS;
-        unsigned int wrote = Writer->Write(Writer->Context, Writer->Offset + done, Buffer + done,
-                                           Length - done, &status);
+    weights.Weights = Writer->LineWeights;
+    weights.Capacity = sizeof(Writer->LineWeights) / sizeof(Writer->LineWeights[0]);
+    weights.Count = 0;
+    length = HapDrainLines(Ring, Writer->Buffer, sizeof(Writer->Buffer), Final, &weights);
+    if (length == 0u) {
+        return 0;
+    }
 
-        if (wrote > Length - done) {
+    while (done < length) {
+        unsigned int status = HAP_STATUS_SUCCESS;
+        unsigned int wrote = Writer->Write(Writer->Context, Writer->Offset + done, buffer + done,
+                                           length - done, &status);
+
+        if (wrote > length - done) {
             wrote = 0;                  /* a sink that claims more than it was given: distrust */
         }
         done += wrote;
@@ -269,11 +311,15 @@ HapWriteChunk(_Inout_ HAP_WRITER *Writer, _Inout_ HAP_RING *Ring,
     }
     /* Keep the whole lines that are on disk; a torn one past them is overwritten next time. */
     whole = done;
-    while (whole > 0u && Buffer[whole - 1u] != '\n') {
+    while (whole > 0u && buffer[whole - 1u] != '\n') {
         whole--;
     }
-    for (index = whole; index < Length; index++) {
-        lines += Buffer[index] == '\n';
+    for (index = 0; index < whole; index++) {
+        line += buffer[index] == '\n';         /* lines wholly on disk */
+    }
+    for (; line < weights.Count; line++) {
+        lines++;
+        records += weights.Weights[line];
     }
     if (done != whole) {
         Writer->Torn = 1;
@@ -281,9 +327,10 @@ HapWriteChunk(_Inout_ HAP_WRITER *Writer, _Inout_ HAP_RING *Ring,
     Writer->Offset += whole;
     if (lines != 0u) {
         Ring->NextSeq -= lines;
-        Ring->ConsumerLost += lines;
+        Ring->ConsumerLost += records;
         Writer->LinesLost += lines;
     }
+    return length;
 }
 
 _Use_decl_annotations_
@@ -295,11 +342,10 @@ HapWriterFlush(HAP_WRITER *Writer, HAP_RING *Ring, int Final)
 
     for (;;) {
         lostBefore = Writer->LinesLost;
-        length = HapDrain(Ring, Writer->Buffer, sizeof(Writer->Buffer), Final);
+        length = HapWriteChunk(Writer, Ring, Final);
         if (length == 0u) {
             break;
         }
-        HapWriteChunk(Writer, Ring, Writer->Buffer, length);
         if (Writer->LinesLost != lostBefore && HapAtomicLoadAcquire(&Ring->EnqueuePos) ==
                                                    Ring->DequeuePos) {
             /* The file refused this chunk and nothing is queued behind it: stop here; the
@@ -311,10 +357,7 @@ HapWriterFlush(HAP_WRITER *Writer, HAP_RING *Ring, int Final)
     if (Final) {
         if (Ring->ConsumerLost != 0u) {
             /* The final chunk itself failed: one last try to say so. */
-            length = HapDrain(Ring, Writer->Buffer, sizeof(Writer->Buffer), Final);
-            if (length != 0u) {
-                HapWriteChunk(Writer, Ring, Writer->Buffer, length);
-            }
+            (void)HapWriteChunk(Writer, Ring, Final);
         }
         if (Writer->Torn) {
             unsigned int status = Writer->Truncate(Writer->Context, Writer->Offset);

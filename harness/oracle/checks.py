@@ -168,7 +168,10 @@ def check_registration_window(ctx: Context) -> Iterator[Hit]:
 def check_replay(ctx: Context) -> Iterator[Hit]:
     trace = ctx.trace
     if not trace.replay:
-        if trace.add_existing and trace.boot_count and trace.registration is not None:
+        # A failed register call may have refused before any replay (the probe refuses
+        # unknown Flags bits itself): only a successful one must have replayed.
+        if (trace.add_existing and trace.boot_count and trace.registration is not None
+                and trace.registration.event is DriverEvent.REGISTERED):
             yield _hit("replay.starts", f"ADD_EXISTING was passed but none of the "
                        f"{trace.boot_count} active processors got Start", trace.registration)
         return
