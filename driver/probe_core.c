@@ -12,9 +12,9 @@
  */
 #include "probe_record.h"
 
-/* An all-zero record (no C library here for memset). IRQL: any. */
+/* A driver-event record with no extra fields (no C library here for memset). IRQL: any. */
 static void
-HapZeroRecord(_Out_ HAP_RECORD *Record)
+HapDriverRecord(_Out_ HAP_RECORD *Record, unsigned int Event)
 {
     unsigned char *bytes = (unsigned char *)Record;
     unsigned int index;
@@ -22,6 +22,9 @@ HapZeroRecord(_Out_ HAP_RECORD *Record)
     for (index = 0; index < sizeof(*Record); index++) {
         bytes[index] = 0;
     }
+    Record->Kind = HapKindDriver;
+    Record->u.Driver.Event = Event;
+    Record->u.Driver.VetoIndex = HAP_NO_VETO;
 }
 
 _Use_decl_annotations_
@@ -42,9 +45,7 @@ HapCoreLoad(HAP_CORE *Core, unsigned int ActiveCount, unsigned int Flags)
 {
     HAP_RECORD record;
 
-    HapZeroRecord(&record);
-    record.Kind = HapKindDriver;
-    record.u.Driver.Event = HapEventLoad;
+    HapDriverRecord(&record, HapEventLoad);
     record.u.Driver.ActiveCount = ActiveCount;
     record.u.Driver.Flags = Flags;
     record.u.Driver.VetoIndex = Core->Veto.VetoIndex;
@@ -61,11 +62,8 @@ HapCoreDriverEvent(HAP_CORE *Core, unsigned int Event, unsigned int Status)
 {
     HAP_RECORD record;
 
-    HapZeroRecord(&record);
-    record.Kind = HapKindDriver;
-    record.u.Driver.Event = Event;
+    HapDriverRecord(&record, Event);
     record.u.Driver.Status = Status;
-    record.u.Driver.VetoIndex = HAP_NO_VETO;
     (void)HapRingAppend(&Core->Ring, &record);
 }
 

@@ -381,6 +381,17 @@ RunWriteFaults(unsigned int capacity, unsigned long long drainEvery, char **faul
 
 /* ---- Concurrent producers ------------------------------------------------------------- */
 
+/* A hot-add Start of processor Nt, as the producers append it. */
+static void
+HotAddStart(HAP_RECORD *record, unsigned int nt)
+{
+    memset(record, 0, sizeof(*record));
+    record->Kind = HapKindNotify;
+    record->u.Notify.State = HapStateStart;
+    record->u.Notify.Phase = HapPhaseHotAdd;
+    record->u.Notify.NtNumber = nt;
+}
+
 typedef struct _PRODUCER {
     pthread_t Thread;
     unsigned int Id;
@@ -396,11 +407,7 @@ ProducerMain(void *argument)
     HAP_RECORD record;
     unsigned int index;
 
-    memset(&record, 0, sizeof(record));
-    record.Kind = HapKindNotify;
-    record.u.Notify.State = HapStateStart;
-    record.u.Notify.Phase = HapPhaseHotAdd;
-    record.u.Notify.NtNumber = producer->Id;
+    HotAddStart(&record, producer->Id);
     for (index = 0; index < producer->Count; index++) {
         record.u.Notify.Status = index;
         (void)HapRingAppend(&gCore.Ring, &record);
@@ -473,11 +480,7 @@ StallerMain(void *argument)
 
     (void)argument;
     gIsStaller = 1;
-    memset(&record, 0, sizeof(record));
-    record.Kind = HapKindNotify;
-    record.u.Notify.State = HapStateStart;
-    record.u.Notify.Phase = HapPhaseHotAdd;
-    record.u.Notify.NtNumber = 1;
+    HotAddStart(&record, 1);
     (void)HapRingAppend(&gCore.Ring, &record);
     return NULL;
 }
@@ -495,11 +498,7 @@ RunInterleave(void)
     while (!__atomic_load_n(&gStallerInside, __ATOMIC_ACQUIRE)) {
         /* spin until the staller has begun its append and is reading the clock */
     }
-    memset(&record, 0, sizeof(record));
-    record.Kind = HapKindNotify;
-    record.u.Notify.State = HapStateStart;
-    record.u.Notify.Phase = HapPhaseHotAdd;
-    record.u.Notify.NtNumber = 2;
+    HotAddStart(&record, 2);
     (void)HapRingAppend(&gCore.Ring, &record);
     __atomic_store_n(&gOtherAppended, 1, __ATOMIC_RELEASE);
     pthread_join(staller, NULL);

@@ -9,7 +9,7 @@ ThreadSanitizer.
 from __future__ import annotations
 
 import pytest
-from driver_toolchain import RingHarness, assert_seq_complete, build_ring_harness, parse_lines
+from driver_toolchain import RingHarness, assert_seq_complete, parse_lines
 
 from harness.oracle import HostFacts, Profile, check
 from harness.records import parse_records
@@ -19,14 +19,6 @@ LIFECYCLE_STEP_NS = 1_000  # ring_harness.c: each fake clock reading is 1 us lat
 BOOT = 3
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> RingHarness:
-    return build_ring_harness(tmp_path_factory.mktemp("registration-asan"))
-
-
-@pytest.fixture(scope="module")
-def tsan_harness(tmp_path_factory: pytest.TempPathFactory) -> RingHarness:
-    return build_ring_harness(tmp_path_factory.mktemp("registration-tsan"), sanitizer="thread")
 
 
 @pytest.mark.parametrize("flags", [2, 3, 0x8000_0001])
@@ -68,13 +60,12 @@ def _facts() -> HostFacts:
     return HostFacts(adds_performed=1, adds_expected_ok=1, boot_cpus=BOOT, guest_count=BOOT + 1)
 
 
-@pytest.mark.parametrize("flavour", ["asan", "tsan"])
 def test_a_hot_add_after_the_replay_inside_the_register_call_is_a_hotadd(
-        harness: RingHarness, tsan_harness: RingHarness, flavour: str) -> None:
+        threaded: RingHarness) -> None:
     """The old probe set a flag around the register call, so a hot-add on another thread in
     that window was labelled replay and the oracle failed the replay for a processor that was
     never active at load."""
-    output = (harness if flavour == "asan" else tsan_harness).register_window(BOOT, "after")
+    output = threaded.register_window(BOOT, "after")
     records = parse_lines(output)
     assert_seq_complete(records)
     replay = [(s, "replay", n) for s in ("start", "complete") for n in range(BOOT)]
@@ -84,13 +75,12 @@ def test_a_hot_add_after_the_replay_inside_the_register_call_is_a_hotadd(
     assert verdict.passed and not verdict.findings, verdict.findings
 
 
-@pytest.mark.parametrize("flavour", ["asan", "tsan"])
 def test_a_hot_add_in_the_middle_of_the_replay_is_labelled_and_reported(
-        harness: RingHarness, tsan_harness: RingHarness, flavour: str) -> None:
+        threaded: RingHarness) -> None:
     """Between the replay's Starts and Completes: the kernel's lock should make this
     impossible (re), so the oracle reports it, as a warning, and nothing else: the counts are
     judged in file order, the labels are the probe's."""
-    output = (harness if flavour == "asan" else tsan_harness).register_window(BOOT, "mid")
+    output = threaded.register_window(BOOT, "mid")
     records = parse_lines(output)
     starts = [("start", "replay", n) for n in range(BOOT)]
     completes = [("complete", "replay", n) for n in range(BOOT)]
