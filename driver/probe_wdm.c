@@ -33,6 +33,18 @@ typedef struct _HAP_PARAMETERS {
     BOOLEAN VetoDuringReplay;   /* TRUE: veto the replay Start; FALSE: the hot-add Start */
 } HAP_PARAMETERS, *PHAP_PARAMETERS;
 
+/* The record folder's and file's security: owner Administrators, a protected DACL granting
+ * SYSTEM and Administrators full access (inherited by what is created inside) and nobody else.
+ * An absolute descriptor that points into itself: built in place, never copied. */
+typedef struct _HAP_RECORD_SECURITY {
+    SECURITY_DESCRIPTOR Descriptor;
+    union {
+        ACL Acl;
+        UCHAR Bytes[sizeof(ACL) + 2 * (sizeof(ACCESS_ALLOWED_ACE) + sizeof(SID) +
+                                       SID_MAX_SUB_AUTHORITIES * sizeof(ULONG))];
+    } Dacl;
+} HAP_RECORD_SECURITY, *PHAP_RECORD_SECURITY;
+
 /* Everything one load owns; allocated once from NonPagedPoolNx because the callback touches
  * the ring, the parameters and the event at up to DISPATCH_LEVEL. */
 struct _HAP_PROBE {
@@ -61,7 +73,9 @@ static NTSTATUS HapQueryDword(_In_ HANDLE Key, _In_ PCWSTR Name, _Inout_ PULONG 
 _IRQL_requires_(PASSIVE_LEVEL)
 static NTSTATUS HapOpenRecordFile(_Out_ PHANDLE File);
 _IRQL_requires_(PASSIVE_LEVEL)
-static NTSTATUS HapSecureRecordDirectory(_In_ HANDLE Directory);
+static NTSTATUS HapBuildRecordSecurity(_Out_ PHAP_RECORD_SECURITY Security);
+_IRQL_requires_(PASSIVE_LEVEL)
+static NTSTATUS HapSecureRecordHandle(_In_ HANDLE Handle, _In_ PHAP_RECORD_SECURITY Security);
 _IRQL_requires_(PASSIVE_LEVEL)
 static NTSTATUS HapRefuseLinkedFile(_In_ HANDLE Handle, _In_ BOOLEAN Directory);
 _IRQL_requires_(PASSIVE_LEVEL)
@@ -81,7 +95,8 @@ static VOID HapProbeFree(_In_ PHAP_PROBE Probe);
 #pragma alloc_text(PAGE, HapReadParameters)
 #pragma alloc_text(PAGE, HapQueryDword)
 #pragma alloc_text(PAGE, HapOpenRecordFile)
-#pragma alloc_text(PAGE, HapSecureRecordDirectory)
+#pragma alloc_text(PAGE, HapBuildRecordSecurity)
+#pragma alloc_text(PAGE, HapSecureRecordHandle)
 #pragma alloc_text(PAGE, HapRefuseLinkedFile)
 #pragma alloc_text(PAGE, HapFileWrite)
 #pragma alloc_text(PAGE, HapFileTruncate)
@@ -306,52 +321,84 @@ Exit:
 }
 
 /*
- * HapSecureRecordDirectory - give the records folder a protected DACL that lets SYSTEM and the
- * Administrators group in (full access, inherited by what is created inside) and nobody else:
- * ProgramData lets every user create folders, so a folder made earlier by someone else, or
- * one that inherited ProgramData's "Users may read", is brought back to that.
- * Documentation relied on: "ZwSetSecurityObject function (ntifs.h)",
- * https://learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/nf-ntifs-zwsetsecurityobject
- * (needs WRITE_DAC; PROTECTED_DACL_SECURITY_INFORMATION stops inheritance from ProgramData);
- * "RtlAddAccessAllowedAceEx function (ntifs.h)", https://learn.microsoft.com/
- * windows-hardware/drivers/ddi/ntifs/nf-ntifs-rtladdaccessallowedaceex; "SE_EXPORTS
- * structure (ntifs.h)" for SeLocalSystemSid and SeAliasAdminsSid.
- * IRQL: PASSIVE_LEVEL. Returns STATUS_SUCCESS or the failure of building or setting the DACL.
+ * HapBuildRecordSecurity - the security descriptor of the records folder and file: owner
+ * Administrators, and a DACL that lets SYSTEM and the Administrators group in (full access,
+ * inherited by what is created inside) and nobody else. ProgramData lets every user create
+ * folders (and files inside its subfolders), and the probe's kernel handles skip access checks,
+ * so what inherits ProgramData's ACL is not good enough.
+ * Documentation relied on: "RtlCreateSecurityDescriptor function (wdm.h)",
+ * "RtlCreateAcl function (ntifs.h)", "RtlAddAccessAllowedAceEx function (ntifs.h)",
+ * https://learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/
+ * nf-ntifs-rtladdaccessallowedaceex; "RtlSetDaclSecurityDescriptor function (wdm.h)";
+ * "RtlSetOwnerSecurityDescriptor function (ntifs.h)"; "SE_EXPORTS structure (ntifs.h)" for
+ * SeLocalSystemSid and SeAliasAdminsSid.
+ * IRQL: PASSIVE_LEVEL. Returns STATUS_SUCCESS or the failure of building the descriptor.
  */
 _Use_decl_annotations_
 static NTSTATUS
-HapSecureRecordDirectory(HANDLE Directory)
+HapBuildRecordSecurity(PHAP_RECORD_SECURITY Security)
 {
-    SECURITY_DESCRIPTOR descriptor;
-    union {
-        ACL Acl;
-        UCHAR Bytes[sizeof(ACL) + 2 * (sizeof(ACCESS_ALLOWED_ACE) + sizeof(SID) +
-                                         SID_MAX_SUB_AUTHORITIES * sizeof(ULONG))];
-    } dacl;
     const ULONG inherit = OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE;
     NTSTATUS status;
 
     PAGED_CODE();
 
-    status = RtlCreateSecurityDescriptor(&descriptor, SECURITY_DESCRIPTOR_REVISION);
+    status = RtlCreateSecurityDescriptor(&Security->Descriptor, SECURITY_DESCRIPTOR_REVISION);
     if (NT_SUCCESS(status)) {
-        status = RtlCreateAcl(&dacl.Acl, sizeof(dacl), ACL_REVISION);
+        status = RtlCreateAcl(&Security->Dacl.Acl, sizeof(Security->Dacl), ACL_REVISION);
     }
     if (NT_SUCCESS(status)) {
-        status = RtlAddAccessAllowedAceEx(&dacl.Acl, ACL_REVISION, inherit, FILE_ALL_ACCESS,
-                                          SeExports->SeLocalSystemSid);
+        status = RtlAddAccessAllowedAceEx(&Security->Dacl.Acl, ACL_REVISION, inherit,
+                                          FILE_ALL_ACCESS, SeExports->SeLocalSystemSid);
     }
     if (NT_SUCCESS(status)) {
-        status = RtlAddAccessAllowedAceEx(&dacl.Acl, ACL_REVISION, inherit, FILE_ALL_ACCESS,
-                                          SeExports->SeAliasAdminsSid);
+        status = RtlAddAccessAllowedAceEx(&Security->Dacl.Acl, ACL_REVISION, inherit,
+                                          FILE_ALL_ACCESS, SeExports->SeAliasAdminsSid);
     }
     if (NT_SUCCESS(status)) {
-        status = RtlSetDaclSecurityDescriptor(&descriptor, TRUE, &dacl.Acl, FALSE);
+        status = RtlSetDaclSecurityDescriptor(&Security->Descriptor, TRUE, &Security->Dacl.Acl,
+                                              FALSE);
     }
     if (NT_SUCCESS(status)) {
-        status = ZwSetSecurityObject(Directory, DACL_SECURITY_INFORMATION |
-                                                    PROTECTED_DACL_SECURITY_INFORMATION,
-                                     &descriptor);
+        /* Not inherited from ProgramData when the descriptor is given at creation. */
+        Security->Descriptor.Control |= SE_DACL_PROTECTED;
+        status = RtlSetOwnerSecurityDescriptor(&Security->Descriptor,
+                                               SeExports->SeAliasAdminsSid, FALSE);
+    }
+    return status;
+}
+
+/*
+ * HapSecureRecordHandle - put the records DACL (protected) on an opened folder or file that
+ * may have existed before this load, then make Administrators its owner: a folder or file some
+ * user created first keeps no access for that user, and its owner no implicit right to change
+ * the DACL back. The owner change is best effort (DbgPrintEx when refused); the DACL is not.
+ * Documentation relied on: "ZwSetSecurityObject function (ntifs.h)",
+ * https://learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/nf-ntifs-zwsetsecurityobject
+ * (WRITE_DAC / WRITE_OWNER on the handle; PROTECTED_DACL_SECURITY_INFORMATION stops
+ * inheritance from the parent).
+ * IRQL: PASSIVE_LEVEL. Returns STATUS_SUCCESS or the failure of setting the DACL.
+ */
+_Use_decl_annotations_
+static NTSTATUS
+HapSecureRecordHandle(HANDLE Handle, PHAP_RECORD_SECURITY Security)
+{
+    NTSTATUS status;
+    NTSTATUS ownerStatus;
+
+    PAGED_CODE();
+
+    status = ZwSetSecurityObject(Handle, DACL_SECURITY_INFORMATION |
+                                             PROTECTED_DACL_SECURITY_INFORMATION,
+                                 &Security->Descriptor);
+    if (NT_SUCCESS(status)) {
+        ownerStatus = ZwSetSecurityObject(Handle, OWNER_SECURITY_INFORMATION,
+                                          &Security->Descriptor);
+        if (!NT_SUCCESS(ownerStatus)) {
+            DbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_WARNING_LEVEL,
+                       HAP_DPFLTR_PREFIX "records owner not changed (status 0x%08X)\n",
+                       (ULONG)ownerStatus);
+        }
     }
     return status;
 }
@@ -400,9 +447,10 @@ HapRefuseLinkedFile(HANDLE Handle, BOOLEAN Directory)
 }
 
 /*
- * HapOpenRecordFile - open or create C:\ProgramData\HotAddProbe (refusing a reparse point,
- * then giving it the SYSTEM + Administrators DACL), then open or create records.jsonl inside
- * it by handle (refusing a reparse point or a second hard link) and only then truncate it.
+ * HapOpenRecordFile - open or create C:\ProgramData\HotAddProbe (refusing a reparse point;
+ * created with, or else given, the SYSTEM + Administrators security of HapBuildRecordSecurity),
+ * then open or create records.jsonl inside it by handle (refusing a reparse point or a second
+ * hard link; given the same security) and only then truncate it.
  * Writes go through to disk; readers may share the file.
  * IRQL: PASSIVE_LEVEL. Returns STATUS_SUCCESS and a kernel handle, or the I/O error, or
  * STATUS_ACCESS_DENIED for a link.
@@ -414,6 +462,7 @@ HapOpenRecordFile(PHANDLE File)
     UNICODE_STRING directoryName = RTL_CONSTANT_STRING(HAP_RECORD_DIR_W);
     UNICODE_STRING fileName = RTL_CONSTANT_STRING(HAP_RECORD_NAME_W);
     FILE_END_OF_FILE_INFORMATION endOfFile;
+    HAP_RECORD_SECURITY security;
     OBJECT_ATTRIBUTES attributes;
     IO_STATUS_BLOCK ioStatus;
     HANDLE directory = NULL;
@@ -422,10 +471,17 @@ HapOpenRecordFile(PHANDLE File)
     PAGED_CODE();
 
     *File = NULL;
+    status = HapBuildRecordSecurity(&security);
+    if (!NT_SUCCESS(status)) {
+        goto Exit;
+    }
+    /* The descriptor applies when this creates the folder; an existing one is secured below. */
     InitializeObjectAttributes(&attributes, &directoryName,
-                               OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE, NULL, NULL);
+                               OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE, NULL,
+                               &security.Descriptor);
     status = ZwCreateFile(&directory, FILE_LIST_DIRECTORY | FILE_TRAVERSE |
-                              FILE_READ_ATTRIBUTES | READ_CONTROL | WRITE_DAC | SYNCHRONIZE,
+                              FILE_READ_ATTRIBUTES | READ_CONTROL | WRITE_DAC | WRITE_OWNER |
+                              SYNCHRONIZE,
                           &attributes, &ioStatus, NULL, FILE_ATTRIBUTE_NORMAL,
                           FILE_SHARE_READ | FILE_SHARE_WRITE, FILE_OPEN_IF,
                           FILE_DIRECTORY_FILE | FILE_SYNCHRONOUS_IO_NONALERT |
@@ -435,7 +491,7 @@ HapOpenRecordFile(PHANDLE File)
         status = HapRefuseLinkedFile(directory, TRUE);
     }
     if (NT_SUCCESS(status)) {
-        status = HapSecureRecordDirectory(directory);
+        status = HapSecureRecordHandle(directory, &security);
     }
     if (!NT_SUCCESS(status)) {
         goto Exit;
@@ -443,8 +499,10 @@ HapOpenRecordFile(PHANDLE File)
 
     /* Relative to the directory handle: the folder checked above is the one written in. */
     InitializeObjectAttributes(&attributes, &fileName,
-                               OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE, directory, NULL);
-    status = ZwCreateFile(File, FILE_WRITE_DATA | FILE_READ_ATTRIBUTES | SYNCHRONIZE,
+                               OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE, directory,
+                               &security.Descriptor);
+    status = ZwCreateFile(File, FILE_WRITE_DATA | FILE_READ_ATTRIBUTES | READ_CONTROL |
+                              WRITE_DAC | WRITE_OWNER | SYNCHRONIZE,
                           &attributes, &ioStatus, NULL, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ,
                           FILE_OPEN_IF,
                           FILE_NON_DIRECTORY_FILE | FILE_SYNCHRONOUS_IO_NONALERT |
@@ -457,6 +515,9 @@ HapOpenRecordFile(PHANDLE File)
     /* Checked before anything is written: FILE_OVERWRITE_IF would already have truncated
      * whatever a hard link points at. */
     status = HapRefuseLinkedFile(*File, FALSE);
+    if (NT_SUCCESS(status)) {
+        status = HapSecureRecordHandle(*File, &security);
+    }
     if (NT_SUCCESS(status)) {
         endOfFile.EndOfFile.QuadPart = 0;
         status = ZwSetInformationFile(*File, &ioStatus, &endOfFile, sizeof(endOfFile),

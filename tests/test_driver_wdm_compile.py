@@ -40,7 +40,7 @@ EXPECTED_IMPORTS = {
     # The record folder: SYSTEM + Administrators DACL, and the link checks (all in ntoskrnl
     # since Windows 2000; SeExports is data).
     "RtlAddAccessAllowedAceEx", "RtlCreateAcl", "RtlCreateSecurityDescriptor",
-    "RtlSetDaclSecurityDescriptor", "SeExports", "ZwQueryInformationFile",
+    "RtlSetDaclSecurityDescriptor", "RtlSetOwnerSecurityDescriptor", "SeExports", "ZwQueryInformationFile",
     "ZwSetInformationFile", "ZwSetSecurityObject",
 }
 KERNEL_MODULES = {"ntoskrnl.exe", "hal.dll"}

@@ -44,13 +44,18 @@ def test_the_file_is_opened_by_the_checked_folder_and_checked_before_truncation(
     body = _body("HapOpenRecordFile")
     assert "HAP_RECORD_NAME_W" in body and "HAP_RECORD_FILE_W" not in body
     assert re.search(r"InitializeObjectAttributes\(&attributes, &fileName,\s*"
-                     r"OBJ_CASE_INSENSITIVE \| OBJ_KERNEL_HANDLE, directory, NULL\)", body)
-    order = [body.index(s) for s in ("HapRefuseLinkedFile(directory, TRUE)",
-                                     "HapSecureRecordDirectory(directory)",
+                     r"OBJ_CASE_INSENSITIVE \| OBJ_KERNEL_HANDLE, directory,\s*"
+                     r"&security.Descriptor\)", body)
+    order = [body.index(s) for s in ("HapBuildRecordSecurity(&security)",
+                                     "HapRefuseLinkedFile(directory, TRUE)",
+                                     "HapSecureRecordHandle(directory, &security)",
                                      "ZwCreateFile(File",
                                      "HapRefuseLinkedFile(*File, FALSE)",
+                                     "HapSecureRecordHandle(*File, &security)",
                                      "FileEndOfFileInformation")]
     assert order == sorted(order)
+    # Created with the descriptor: a new folder or file never has ProgramData's ACL.
+    assert body.count("&security.Descriptor);") == 2
 
 
 def test_links_are_refused_by_attribute_and_link_count() -> None:
@@ -59,10 +64,14 @@ def test_links_are_refused_by_attribute_and_link_count() -> None:
     assert "FileStandardInformation" in body and "NumberOfLinks != 1u" in body
 
 
-def test_the_folder_dacl_is_system_and_administrators_only_and_protected() -> None:
-    body = _body("HapSecureRecordDirectory")
+def test_the_dacl_is_system_and_administrators_only_and_protected() -> None:
+    body = _body("HapBuildRecordSecurity")
     aces = re.findall(r"RtlAddAccessAllowedAceEx\([^;]*?(SeExports->\w+)\)", body, re.S)
     assert aces == ["SeExports->SeLocalSystemSid", "SeExports->SeAliasAdminsSid"]
     assert "OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE" in body
-    assert "PROTECTED_DACL_SECURITY_INFORMATION" in body
-    assert "ZwSetSecurityObject(Directory" in body
+    assert "SE_DACL_PROTECTED" in body
+    assert "RtlSetOwnerSecurityDescriptor(&Security->Descriptor,\n" in body
+    secure = _body("HapSecureRecordHandle")
+    assert "DACL_SECURITY_INFORMATION |" in secure
+    assert "PROTECTED_DACL_SECURITY_INFORMATION" in secure
+    assert "OWNER_SECURITY_INFORMATION" in secure
