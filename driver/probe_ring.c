@@ -282,9 +282,11 @@ HapWriteChunk(_Inout_ HAP_WRITER *Writer, _Inout_ HAP_RING *Ring, int Final)
     unsigned int index;
 
     weights.Weights = Writer->LineWeights;
-    weights.Capacity = sizeof(Writer->LineWeights) / sizeof(Writer->LineWeights[0]);
+    weights.Capacity = (unsigned int)(sizeof(Writer->LineWeights) /
+                                      sizeof(Writer->LineWeights[0]));
     weights.Count = 0;
-    length = HapDrainLines(Ring, Writer->Buffer, sizeof(Writer->Buffer), Final, &weights);
+    length = HapDrainLines(Ring, Writer->Buffer, (unsigned int)sizeof(Writer->Buffer), Final,
+                           &weights);
     if (length == 0u) {
         return 0;
     }
@@ -315,7 +317,9 @@ HapWriteChunk(_Inout_ HAP_WRITER *Writer, _Inout_ HAP_RING *Ring, int Final)
         whole--;
     }
     for (index = 0; index < whole; index++) {
-        line += buffer[index] == '\n';         /* lines wholly on disk */
+        if (buffer[index] == '\n') {
+            line++;                             /* lines wholly on disk */
+        }
     }
     for (; line < weights.Count; line++) {
         lines++;

@@ -3,7 +3,7 @@
  * its registration and deregistration, the processor-number calls, and the PASSIVE_LEVEL
  * worker that writes the record ring through to C:\ProgramData\HotAddProbe\records.jsonl.
  *
- * Environment: kernel mode, Windows Server 2019 and later, x64. Includes ntddk.h and the
+ * Environment: kernel mode, Windows Server 2019 and later, x64. Includes ntifs.h and the
  * driver's own portable headers only (no wdf.h): the host tests compile this file with
  * mingw-w64's DDK headers, -Wall -Wextra -Werror, to type-check every kernel call.
  *
@@ -27,7 +27,8 @@
 
 /* The service's Parameters, validated. */
 typedef struct _HAP_PARAMETERS {
-    ULONG Flags;                /* passed to KeRegisterProcessorChangeCallback */
+    ULONG Flags;                /* passed to KeRegisterProcessorChangeCallback; bits outside
+                                   HAP_KNOWN_FLAGS are refused by HapCoreRegister */
     ULONG VetoIndex;            /* HAP_NO_VETO, or the NtNumber whose Start is vetoed */
     NTSTATUS VetoStatus;        /* an error status */
     BOOLEAN VetoDuringReplay;   /* TRUE: veto the replay Start; FALSE: the hot-add Start */
