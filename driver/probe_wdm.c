@@ -148,7 +148,10 @@ HapWake(_Inout_ PHAP_PROBE Probe)
 
 /*
  * HapProcessorChangeCallback - the processor-change notification: record what it was handed
- * and sees, and on the one Start the parameters name, veto it through *OperationStatus.
+ * ("KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT structure (wdm.h)", https://learn.microsoft.com/
+ * windows-hardware/drivers/ddi/wdm/ns-wdm-_ke_processor_change_notify_context: State,
+ * NtNumber, Status, ProcNumber; not to be modified) and sees, and on the one Start the
+ * parameters name, veto it through *OperationStatus.
  * The phase is the thread's: the replay runs on the thread inside
  * KeRegisterProcessorChangeCallback; a notification on any other thread is a hot-add, even
  * while the register call still runs ("KeRegisterProcessorChangeCallback function (wdm.h)",
