@@ -40,8 +40,8 @@ EXPECTED_IMPORTS = {
     # The record folder: SYSTEM + Administrators DACL, and the link checks (all in ntoskrnl
     # since Windows 2000; SeExports is data).
     "RtlAddAccessAllowedAceEx", "RtlCreateAcl", "RtlCreateSecurityDescriptor",
-    "RtlSetDaclSecurityDescriptor", "RtlSetOwnerSecurityDescriptor", "SeExports", "ZwQueryInformationFile",
-    "ZwSetInformationFile", "ZwSetSecurityObject",
+    "RtlSetDaclSecurityDescriptor", "RtlSetOwnerSecurityDescriptor", "SeExports",
+    "ZwQueryInformationFile", "ZwSetInformationFile", "ZwSetSecurityObject",
 }
 KERNEL_MODULES = {"ntoskrnl.exe", "hal.dll"}
 
