@@ -29,6 +29,7 @@
 #define _Out_
 #define _Inout_opt_
 #define _In_opt_
+#define _Field_size_(n)
 #define _Out_writes_bytes_(n)
 #define _In_reads_(n)
 #define _Use_decl_annotations_

@@ -162,15 +162,17 @@ HapFormatDropped(_Inout_ HAP_RING *Ring, unsigned long long Count, unsigned long
 
 /* A line's weight: how many records it accounts for (1, or a `dropped` line's count). */
 typedef struct _HAP_WEIGHTS {
-    unsigned long long *Weights;        /* one per line written, or NULL */
+    _Field_size_(Capacity) unsigned long long *Weights;  /* one per line written */
     unsigned int Capacity;
     unsigned int Count;
 } HAP_WEIGHTS;
 
+/* Note one line's weight (HapDrainLines stops before Lines is full; the check is for
+ * safety). IRQL: any. */
 static void
 HapNoteLine(_Inout_opt_ HAP_WEIGHTS *Lines, unsigned long long Weight)
 {
-    if (Lines != 0) {
+    if (Lines != 0 && Lines->Count < Lines->Capacity) {
         Lines->Weights[Lines->Count++] = Weight;
     }
 }
