@@ -1,10 +1,11 @@
 """Fixtures of the driver host tests: the ring harness built once per session, under
-AddressSanitizer + UBSan and under ThreadSanitizer (tests/driver_toolchain.py)."""
+AddressSanitizer + UBSan and under ThreadSanitizer (tests/support/driver_toolchain.py)."""
 
 from __future__ import annotations
 
 import pytest
-from driver_toolchain import RingHarness, build_ring_harness
+
+from tests.support.driver_toolchain import RingHarness, build_ring_harness
 
 
 @pytest.fixture(scope="session")

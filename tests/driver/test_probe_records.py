@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from driver_toolchain import (
+
+from harness.oracle import Profile, check
+from harness.oracle.model import STATUS_INSUFFICIENT_RESOURCES
+from harness.records import parse_records
+from tests.support.driver_toolchain import (
     RingHarness,
     VetoPolicy,
     assert_seq_complete,
     parse_lines,
     spec,
 )
-
-from harness.oracle import Profile, check
-from harness.oracle.model import STATUS_INSUFFICIENT_RESOURCES
-from harness.records import parse_records
 
 VETO = STATUS_INSUFFICIENT_RESOURCES
 

@@ -9,10 +9,10 @@ ThreadSanitizer.
 from __future__ import annotations
 
 import pytest
-from driver_toolchain import RingHarness, assert_seq_complete, parse_lines
 
 from harness.oracle import HostFacts, Profile, check
 from harness.records import parse_records
+from tests.support.driver_toolchain import RingHarness, assert_seq_complete, parse_lines
 
 STATUS_INVALID_PARAMETER = 0xC000_000D
 LIFECYCLE_STEP_NS = 1_000  # ring_harness.c: each fake clock reading is 1 us later
