@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except HotaddError as exc:
-        print(f"hotadd: error: {exc}", file=sys.stderr)
+        print(f"hotadd: error: {exc.message}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt as exc:
         left = interrupts.leftovers()

@@ -43,6 +43,11 @@ class HotaddError(Exception):
         self.fix = fix
         super().__init__(f"{problem}\n  fix: {fix}" if fix else problem)
 
+    @property
+    def message(self) -> str:
+        """Problem, fix and the notes added on the way up (where it happened, what to read)."""
+        return "\n  ".join([str(self), *getattr(self, "__notes__", ())])
+
 
 class InputError(HotaddError):
     """Bad user input: an impossible spec, an unreadable record file, a missing image."""

@@ -601,7 +601,7 @@ class Attempt:
                 records = self.guest.kind.console_records(self.machine.serial_text())
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
-        return self._result(None, (), error=str(exc), crashed=_crash_under_test(exc))
+        return self._result(None, (), error=exc.message, crashed=_crash_under_test(exc))
 
     def interrupted(self, exc: KeyboardInterrupt) -> RunResult:
         """The result of an attempt a Ctrl-C/SIGTERM cut short: what was done until then."""
@@ -678,7 +678,7 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
     try:
         result = _run(spec, kind, progress, domain, run_dir, partial)
     except HotaddError as exc:
-        result = bare(str(exc), _crash_under_test(exc))
+        result = bare(exc.message, _crash_under_test(exc))
     except KeyboardInterrupt as exc:  # after the teardown: result.json, then the CLI's message
         cut = Interruption.of(exc, progress)
         done = partial[0] if partial else bare(cut.describe())

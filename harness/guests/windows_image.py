@@ -17,7 +17,6 @@ names itself, the last screenshot and the serial log.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import shutil
 import tempfile
@@ -417,14 +416,6 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
         shutil.rmtree(work, ignore_errors=True)  # the provisioning ISO holds the password
 
 
-def restated(exc: HotaddError, problem: str, fix: str) -> HotaddError:
-    """The same error (class, bugcheck and all) with a new message."""
-    new = copy.copy(exc)
-    new.problem, new.fix = problem, fix
-    new.args = (f"{problem}\n  fix: {fix}",)
-    return new
-
-
 def _announce_vnc(installer: Installer, progress: Progress) -> None:
     port = installer.vnc_port()
     if port is None or port < 0:
@@ -445,12 +436,7 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
         with progress.stage(name, awaited):
             yield
     except HotaddError as exc:
-        cause: HotaddError = exc
-        if isinstance(exc, TransportError):  # the guest went silent: crashed or switched off?
-            try:
-                installer.machine.check_alive()
-            except HotaddError as dead:
-                cause = dead
+        cause = installer.machine.cause_of(exc)  # gone silent: crashed or switched off?
         shot = shots.take("failed") or shots.last
         evidence = (f"last screenshot {shot}; " if shot else "no screenshot; ") + \
             f"serial log {installer.machine.spec.serial_log}"
@@ -461,8 +447,8 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
                 evidence += f"; the guest's {PROVISION_LOG} copied to {copy_to}"
             except HotaddError:
                 copy_to.unlink(missing_ok=True)
-        raise restated(cause, f"image build stopped at stage '{name}': {cause.problem}",
-                       f"{cause.fix or 'see the logs'} ({evidence})") from None
+        cause.add_note(f"image build stopped at stage '{name}' ({evidence})")
+        raise cause from cause.__cause__  # exc itself, or the crash that silenced it (exc)
 
 
 def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,

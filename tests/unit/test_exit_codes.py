@@ -74,3 +74,14 @@ def test_every_outcome_has_one_code() -> None:
     assert outcome_of(GuestCrashed("x", under_test=True)) is Outcome.FAIL
     assert outcome_of(GuestCrashed("x")) is Outcome.ERROR
     assert outcome_of(KeyboardInterrupt()) is Outcome.INTERRUPTED
+
+
+def test_notes_added_on_the_way_up_are_printed(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    err = TransportError("the guest went away", "read the serial log")
+    err.add_note("image build stopped at stage 'install' (last screenshot s.png)")
+    monkeypatch.setattr(check_command, "run_check", _failing_check(err))
+    assert cli.main(["check", str(TRACES / "win_hotadd_veto.jsonl")]) == 2
+    assert capsys.readouterr().err == (
+        "hotadd: error: the guest went away\n  fix: read the serial log\n"
+        "  image build stopped at stage 'install' (last screenshot s.png)\n")

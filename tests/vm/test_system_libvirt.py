@@ -104,7 +104,7 @@ def test_image_build_through_system_libvirtd(system_libvirtd: None, windows_iso:
             timeouts=windows_image.StageTimeouts(stall=5, winrm_read=3))
         with pytest.raises(GuestNotReady) as err:
             windows_image.build_image(spec, Progress(quiet=True))
-        assert "stopped at stage 'boot installer'" in str(err.value)
+        assert "stopped at stage 'boot installer'" in err.value.message
         assert "wrote nothing to the disk" in str(err.value)
         assert sorted(p.name for p in shared.iterdir()) == ["golden.qcow2.build", "ws2022.iso"]
     finally:
