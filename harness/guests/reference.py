@@ -48,6 +48,21 @@ APT_ARCHIVES = Path("/var/cache/apt/archives")
 #: and `tsc=reliable` spare TCG work and clocksource-watchdog noise.
 CMDLINE = "console=ttyS0 panic=0 mitigations=off tsc=reliable"
 
+#: Linux (x86-64) picks the "physical flat" APIC driver, which addresses IPIs by APIC ID, once
+#: it counts more than 8 possible CPUs; with 8 or fewer it uses logical flat mode. QEMU 7.2's
+#: userspace APIC (TCG) delivers a logical-mode IPI only to CPUs before the first unused APIC ID
+#: (apic_get_delivery_bitmask() stops at the first empty slot of local_apics[], indexed by APIC
+#: ID: https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/hw/intc/apic.c), so a CPU whose APIC
+#: ID lies beyond a hole never hears a reschedule IPI and stop_machine() waits for it forever.
+#: See vm/reference/README.md, "Why possible_cpus".
+PHYSFLAT_MIN_POSSIBLE_CPUS = 9
+
+
+def kernel_cmdline(image: ReferenceImage, max_vcpus: int) -> str:
+    """The image's command line plus `possible_cpus`, at least 9 so that Linux addresses IPIs
+    by physical APIC ID on any topology and in any hot-add order."""
+    return f"{image.cmdline} possible_cpus={max(max_vcpus, PHYSFLAT_MIN_POSSIBLE_CPUS)}"
+
 #: Kernel modules the guest loads at boot (with their dependencies): network and pvpanic.
 BOOT_MODULES = ("virtio_pci", "virtio_net", "pvpanic_mmio", "pvpanic_pci")
 

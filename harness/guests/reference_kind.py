@@ -75,7 +75,8 @@ class ReferenceGuest(GuestKind):
             name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
             serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 512,
             accelerator=hw.accelerator,
-            direct_boot=DirectBoot(img.kernel, img.initrd, img.cmdline),
+            direct_boot=DirectBoot(img.kernel, img.initrd,
+                                   reference.kernel_cmdline(img, hw.vcpus.maximum)),
             forwards=(Forward(guest_port=22, host_port=free_port()),),
         )
 
