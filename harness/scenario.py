@@ -27,7 +27,7 @@ from typing import Any
 import libvirt
 
 from harness import __version__
-from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError
+from harness.errors import ExitCode, GuestCrashed, GuestUnhealthy, HotaddError, InputError
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
@@ -177,6 +177,8 @@ class RunResult:
     crashed: str | None = None  # the crash description (bugcheck) if the guest died
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
+    failed_stage: str | None = None  # the stage the error ended, e.g. "add 2, waiting for ..."
+    console_excerpt: str | None = None  # what the console said when the guest crashed/wedged
 
     @property
     def passed(self) -> bool:
@@ -206,6 +208,7 @@ class RunResult:
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
             "guest_clock": {"t0_host_wall": self.clock_offset},
+            "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
         }
 
 
@@ -487,15 +490,15 @@ class Attempt:
                 records = self.guest.kind.console_records(self.machine.serial_text())
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
-        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
-        return self._result(None, (), error=str(exc), crashed=crashed)
+        return self._result(None, (), exc)
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
-                error: str | None = None, crashed: str | None = None) -> RunResult:
+                exc: HotaddError | None = None) -> RunResult:
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
-                         error, crashed, self.clock_offset, self.after_unload)
+                         clock_offset=self.clock_offset, after_unload=self.after_unload,
+                         **_failure(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
@@ -538,22 +541,23 @@ class Attempt:
 
 # --- one run, composed ------------------------------------------------------------------------
 
-def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunResult:
+def run_scenario(spec: ScenarioSpec, progress: Progress | None = None,
+                 kind: GuestKind | None = None) -> RunResult:
     """Run one scenario. Returns a result for pass, verdict failure, and guest crashes alike;
     raises HotaddError only for input errors found before anything started. The run directory
-    always ends up with result.json."""
+    always ends up with result.json. `kind` overrides the guest kind `spec.guest` names (tests
+    pass a reference guest that injects a fault)."""
     progress = progress or Progress()
     domain = run_name(spec.guest.value)
     run_dir = spec.run_dir or default_run_dir(domain)
     run_dir.mkdir(parents=True, exist_ok=True)
-    kind = guest_kind(spec)
+    kind = kind or guest_kind(spec)
     try:
         result = _run(spec, kind, progress, domain, run_dir)
     except HotaddError as exc:
-        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
         progress.timings["total"] = progress.elapsed()
         result = RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
-                           base_versions(), str(exc), crashed)
+                           base_versions(), **_failure(exc))
     write_result(result)
     return result
 
@@ -573,6 +577,18 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
         if not result.passed and spec.keep_on_failure and guest.running:
             guest.keep(progress)
         return result
+
+
+def _failure(exc: HotaddError | None) -> dict[str, Any]:
+    """RunResult's error fields for `exc` (a crash is a verdict failure, anything else exit 2)."""
+    if exc is None:
+        return {}
+    return {
+        "error": f"[{exc.stage}] {exc}" if exc.stage else str(exc),
+        "crashed": str(exc.problem) if isinstance(exc, GuestCrashed) else None,
+        "failed_stage": exc.stage,
+        "console_excerpt": exc.excerpt if isinstance(exc, GuestUnhealthy) else None,
+    }
 
 
 def write_result(result: RunResult) -> Path:

@@ -12,6 +12,7 @@ guest is up; booting it is the host layer's business.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import errno
 import fcntl
 import hashlib
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import paths
 from harness.errors import InfrastructureError, InputError, TransportError
 from harness.guests.cpio import CpioWriter
+from harness.host.health import ConsoleAlarm, Severity
 from harness.progress import Progress
 from harness.transport.base import Transport
 from harness.transport.ssh import SshTransport
@@ -70,6 +72,24 @@ GUEST_USER = "root"
 GUEST_PROBE_PATH = "/lib/hotadd/hotadd_probe.ko"
 GUEST_PROBE_NAME = "hotadd_probe"
 GUEST_RECORDS_PATH = "/proc/hotadd_probe/records"
+
+#: Kernel messages that mean the guest is sick (Linux 6.1 wording). The lockup and stall
+#: detectors fire after 20 s (soft lockup, watchdog_thresh=10) and 21 s (RCU), well inside the
+#: harness's waits; the hung-task detector after 120 s.
+CONSOLE_ALARMS = (
+    ConsoleAlarm("kernel panic", re.compile(r"Kernel panic - not syncing"), Severity.CRASH),
+    ConsoleAlarm("oops", re.compile(
+        r"BUG: kernel NULL pointer dereference|BUG: unable to handle|"
+        r"general protection fault|kernel BUG at|\bOops: "),
+        Severity.CRASH),
+    ConsoleAlarm("soft lockup", re.compile(r"BUG: soft lockup - CPU#\d+ stuck"),
+                 Severity.WEDGED),
+    ConsoleAlarm("hard lockup", re.compile(r"Watchdog detected hard LOCKUP"), Severity.WEDGED),
+    ConsoleAlarm("RCU stall", re.compile(r"rcu: INFO: \w+ (self-)?detected stall"),
+                 Severity.WEDGED),
+    ConsoleAlarm("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds"),
+                 Severity.WEDGED),
+)
 
 #: Serial-console lines the guest prints (the host layer waits for / asserts on them).
 READY_MARKER = "hotadd-guest: ready"
@@ -141,6 +161,36 @@ class ReferenceImage:
         )
 
 
+class ProbeFault(enum.Enum):
+    """A real fault the probe can inject into a hot-add's "start" (health-watch tests)."""
+
+    LOCKUP = "lockup"  # spin with preemption off: soft lockup
+    HANG = "hang"  # sleep uninterruptibly forever: hung task
+    OOPS = "oops"  # NULL dereference
+    PANIC = "panic"
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    fault: ProbeFault
+    cpu: int  # the Linux CPU id whose hot-add start faults (the first add gets the boot count)
+
+    def __post_init__(self) -> None:
+        if self.cpu < 0:
+            raise InputError(f"fault cpu={self.cpu} is not a CPU number", "give a CPU id >= 0")
+
+
+#: The kernel detector a fault trips, tuned to report in about 2 s instead of 20-120 s. Only
+#: the one for the injected fault: a 1 s hung-task timeout would also flag the tasks a lockup
+#: blocks (they wait for the CPU-hotplug lock the spinning task holds).
+FAULT_SYSCTLS: Mapping[ProbeFault, Mapping[str, str]] = {
+    ProbeFault.LOCKUP: {"/proc/sys/kernel/watchdog_thresh": "1"},  # soft lockup after 2 s
+    ProbeFault.HANG: {"/proc/sys/kernel/hung_task_timeout_secs": "1"},
+    ProbeFault.OOPS: {},
+    ProbeFault.PANIC: {},
+}
+
+
 @dataclass(frozen=True)
 class ProbeParams:
     """Module parameters of the probe (see vm/reference/probe/hotadd_probe.c)."""
@@ -148,6 +198,7 @@ class ProbeParams:
     flags: int = 1  # 1 = replay CPUs already online (ADD_EXISTING), 0 = no replay
     veto_cpu: int | None = None  # CPU whose prepare stage ("start") is vetoed
     veto_errno: int = 12  # positive errno of the veto (12 = ENOMEM -> 0xC000009A)
+    fault: FaultInjection | None = None
 
     def __post_init__(self) -> None:
         if self.flags not in (0, 1):
@@ -161,10 +212,13 @@ class ProbeParams:
                              "give an errno between 1 and 4095, e.g. 12 (ENOMEM)")
 
     def insmod_args(self) -> list[str]:
+        fault = ([f"fault={self.fault.fault.value}", f"fault_cpu={self.fault.cpu}"]
+                 if self.fault else [])
         return [
             f"flags={self.flags}",
             f"veto_cpu={-1 if self.veto_cpu is None else self.veto_cpu}",
             f"veto_errno={self.veto_errno}",
+            *fault,
         ]
 
 
@@ -498,6 +552,9 @@ def connect(image: ReferenceImage, port: int) -> SshTransport:
 
 def load_probe(t: Transport, params: ProbeParams) -> None:
     """insmod the probe. A vetoed replay still loads (records say register_failed)."""
+    if params.fault is not None:
+        for key, value in FAULT_SYSCTLS[params.fault.fault].items():
+            t.run(f"echo {value} > {key}").check()
     t.run(shlex.join(["insmod", GUEST_PROBE_PATH, *params.insmod_args()])).check()
 
 

@@ -196,4 +196,5 @@ class WindowsGuest(GuestKind):
             on_wait=windows.throttled(
                 lambda _err: progress.waiting("winrm", transport.description, t0), 10.0),
             hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
+        transport.liveness = machine.check_alive
         return WindowsSession(transport, still_alive=machine.check_alive)

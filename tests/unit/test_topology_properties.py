@@ -11,7 +11,9 @@ Deterministic (derandomize=True) so CI sees the same examples every run.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -123,3 +125,17 @@ def test_reference_guest_always_counts_more_than_8_possible_cpus(max_vcpus: int)
     assert line.startswith("console=ttyS0 ")
     values = [int(w.split("=", 1)[1]) for w in line.split() if w.startswith("possible_cpus=")]
     assert len(values) == 1 and values[0] > 8 and values[0] >= max_vcpus
+
+
+QEMU_CAPTURE = json.loads((Path(__file__).parents[1] / "data"
+                           / "qemu72_hotpluggable_cpus.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(QEMU_CAPTURE["topologies"]))
+def test_slots_match_what_qemu_reported(key: str) -> None:
+    """QEMU lists query-hotpluggable-cpus from the last CPU index to the first (libvirt
+    reverses it the same way to number its vCPUs)."""
+    t = Topology(*map(int, key.split(",")))
+    reported = [TopoIds(s, d or 0, c, th)
+                for s, d, c, th in reversed(QEMU_CAPTURE["topologies"][key])]
+    assert [t.slot(i) for i in range(t.total)] == reported
