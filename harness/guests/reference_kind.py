@@ -6,11 +6,17 @@ import contextlib
 import errno
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from harness.errors import InputError, TransportError
+from harness.errors import InputError
 from harness.guests import reference
-from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.guests.base import (
+    GuestKind,
+    GuestSession,
+    HardwareRequest,
+    ProbeSettings,
+    blaming_the_guest,
+)
 from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, Profile
 from harness.host.machine import Machine, free_port
 from harness.oracle import Profile as OracleProfile
@@ -44,14 +50,8 @@ class ReferenceSession(GuestSession):
         self.fault = fault
         self.still_alive = still_alive
 
-    @contextlib.contextmanager
-    def _guest(self) -> Iterator[None]:
-        try:
-            yield
-        except TransportError:
-            if self.still_alive is not None:
-                self.still_alive()
-            raise
+    def _guest(self) -> contextlib.AbstractContextManager[None]:
+        return blaming_the_guest(self.still_alive)
 
     def load_probe(self, settings: ProbeSettings) -> None:
         with self._guest():
