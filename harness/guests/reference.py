@@ -59,11 +59,21 @@ CMDLINE = "console=ttyS0 panic=0 mitigations=off tsc=reliable"
 #: See vm/reference/README.md, "Why possible_cpus".
 PHYSFLAT_MIN_POSSIBLE_CPUS = 9
 
+#: A hot-added CPU of a qemu64 guest (no constant_tsc) calibrates its delay loop against the
+#: timer tick (calibrate_delay_direct(), then the slower converge when that fails, as it does
+#: under TCG); on a loaded 2-core host that took 0.5-2.6 s of a 1.3-3.2 s add, measured from
+#: the guest's own log. A preset `lpj` skips it (0.36-0.79 s per add under the same load).
+#: x86 udelay() scales TSC cycles by lpj, so the value must not be too small: 20,000,000 is
+#: the TSC rate of a 5 GHz host at HZ=250, so delays are at worst about twice as long as asked.
+PRESET_LPJ = 20_000_000
+
 
 def kernel_cmdline(image: ReferenceImage, max_vcpus: int) -> str:
-    """The image's command line plus `possible_cpus`, at least 9 so that Linux addresses IPIs
-    by physical APIC ID on any topology and in any hot-add order."""
-    return f"{image.cmdline} possible_cpus={max(max_vcpus, PHYSFLAT_MIN_POSSIBLE_CPUS)}"
+    """The image's command line plus the per-run parameters: `possible_cpus` at least 9, so
+    that Linux addresses IPIs by physical APIC ID on any topology and in any hot-add order, and
+    a preset `lpj`, so a hot-added CPU does not calibrate its delay loop."""
+    return (f"{image.cmdline} possible_cpus={max(max_vcpus, PHYSFLAT_MIN_POSSIBLE_CPUS)}"
+            f" lpj={PRESET_LPJ}")
 
 #: Kernel modules the guest loads at boot (with their dependencies): network and pvpanic.
 BOOT_MODULES = ("virtio_pci", "virtio_net", "pvpanic_mmio", "pvpanic_pci")

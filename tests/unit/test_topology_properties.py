@@ -125,6 +125,8 @@ def test_reference_guest_always_counts_more_than_8_possible_cpus(max_vcpus: int)
     assert line.startswith("console=ttyS0 ")
     values = [int(w.split("=", 1)[1]) for w in line.split() if w.startswith("possible_cpus=")]
     assert len(values) == 1 and values[0] > 8 and values[0] >= max_vcpus
+    lpj = [int(w.split("=", 1)[1]) for w in line.split() if w.startswith("lpj=")]
+    assert lpj == [reference.PRESET_LPJ], "hot-added CPUs skip delay-loop calibration"
 
 
 QEMU_CAPTURE = json.loads((Path(__file__).parents[1] / "data"
