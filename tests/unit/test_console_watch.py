@@ -71,3 +71,26 @@ def test_the_excerpt_is_part_of_the_error_message(cls: type[GuestWedged]) -> Non
     exc = cls("guest is sick", "read the serial log", excerpt="line one\nline two")
     assert exc.excerpt == "line one\nline two" and exc.fix == "read the serial log"
     assert str(exc).endswith("console:\n    line one\n    line two")
+
+
+# One line per alarm in Linux 6.1's wording (kernel/watchdog.c, kernel/rcu/tree_stall.h,
+# kernel/hung_task.c, arch/x86/mm/fault.c, kernel/panic.c); the first is from this host.
+SAMPLES = [
+    ("watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [migration/0:16]", "soft lockup"),
+    ("rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", "RCU stall"),
+    ("rcu: INFO: rcu_sched self-detected stall on CPU", "RCU stall"),
+    ("INFO: task sh:123 blocked for more than 120 seconds.", "hung task"),
+    ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops"),
+    ("general protection fault, probably for non-canonical address 0xdead: 0000 [#1]", "oops"),
+    ("Oops: 0002 [#1] PREEMPT SMP NOPTI", "oops"),
+    ("Kernel panic - not syncing: sysrq triggered crash", "kernel panic"),
+    ("NMI watchdog: Watchdog detected hard LOCKUP on cpu 1", "hard lockup"),
+]
+
+
+@pytest.mark.parametrize(("line", "name"), SAMPLES)
+def test_each_alarm_recognises_the_kernel_wording(tmp_path: Path, line: str, name: str) -> None:
+    log = tmp_path / "serial.log"
+    write(log, f"[   12.345678] {line}\n")
+    problem = ConsoleWatch(log, CONSOLE_ALARMS).flush()
+    assert problem is not None and problem.alarm.name == name
