@@ -36,7 +36,10 @@ _EXIT_CODES = {
 
 
 class HotaddError(Exception):
-    """Root of every error the harness raises on purpose."""
+    """Root of every error the harness raises on purpose. `stage` is the run stage it ended
+    (set by `harness.progress.Progress.stage`, e.g. "add 2, waiting for ACPI _OST")."""
+
+    stage: str | None = None
 
     def __init__(self, problem: str, fix: str | None = None) -> None:
         self.problem = problem
@@ -73,18 +76,37 @@ class GuestNotReady(InfrastructureError):
     """The guest never became reachable; the message names the serial log to read."""
 
 
-class GuestCrashed(InfrastructureError):
-    """The guest panicked / bugchecked.
+class GuestUnhealthy(InfrastructureError):
+    """The guest is crashed or wedged; `excerpt` is what its console said about it (the
+    message carries it too, so the CI log and result.json show it)."""
+
+    def __init__(self, problem: str, fix: str | None = None,
+                 excerpt: str | None = None) -> None:
+        self.excerpt = excerpt
+        super().__init__(problem, fix)
+        if excerpt:
+            self.args = (self.args[0] + "\n  console:\n" + "\n".join(
+                f"    {line}" for line in excerpt.splitlines()),)
+
+
+class GuestCrashed(GuestUnhealthy):
+    """The guest panicked / bugchecked / oopsed.
 
     `under_test` is true once the probe (the driver under test) began to load: from then on a
     crash may be the driver's doing and is a verdict (exit 1); before, it is the lab's (exit 2).
     """
 
     def __init__(self, problem: str, fix: str | None = None,
-                 bugcheck: tuple[int, ...] | None = None, under_test: bool = False) -> None:
+                 bugcheck: tuple[int, ...] | None = None, excerpt: str | None = None,
+                 under_test: bool = False) -> None:
         self.bugcheck = bugcheck
         self.under_test = under_test
-        super().__init__(problem, fix)
+        super().__init__(problem, fix, excerpt)
+
+
+class GuestWedged(GuestUnhealthy):
+    """The guest stopped making progress (soft lockup, RCU stall, hung task, a transport that
+    no longer answers): no verdict is possible, exit 2."""
 
 
 class TransportError(InfrastructureError):

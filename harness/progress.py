@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from harness.errors import HotaddError
+
 
 @dataclass
 class Progress:
@@ -25,6 +27,7 @@ class Progress:
     wait_interval: float = 5.0  # seconds between "still waiting" lines for one stage
     _last_wait: dict[str, float] = field(default_factory=dict)
     interrupted_in: str | None = None  # the innermost stage a Ctrl-C/SIGTERM cut short
+    _awaiting: dict[str, str] = field(default_factory=dict)  # stage -> what it waits for now
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -36,6 +39,7 @@ class Progress:
     def waiting(self, stage: str, awaited: str, since: float) -> None:
         """Report that `stage` is still waiting for `awaited`; call it from poll loops freely,
         it prints at most once per `wait_interval` per stage."""
+        self._awaiting[stage] = awaited
         now = time.monotonic()
         if now - self._last_wait.get(stage, since) < self.wait_interval:
             return
@@ -44,8 +48,11 @@ class Progress:
 
     @contextmanager
     def stage(self, name: str, awaited: str = "") -> Iterator[None]:
-        """Time a stage and record it in `timings` under `name`, even when it fails."""
+        """Time a stage and record it in `timings` under `name`, even when it fails. A
+        HotaddError leaving it is labelled with the stage (and what the stage last waited
+        for), unless an inner stage labelled it already."""
         t0 = time.monotonic()
+        self._awaiting.pop(name, None)
         try:  # the announcement too: a signal sent on seeing it must land in this stage
             self.say(f"{name}: {awaited}..." if awaited else f"{name}...")
             yield
@@ -54,7 +61,10 @@ class Progress:
             self.interrupted_in = self.interrupted_in or name
             self.say(f"{name}: interrupted after {self.timings[name]:.2f}s")
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, HotaddError) and exc.stage is None:
+                waited = self._awaiting.get(name)
+                exc.stage = f"{name}, waiting for {waited}" if waited else name
             self.timings[name] = time.monotonic() - t0
             self.say(f"{name}: failed after {self.timings[name]:.2f}s")
             raise

@@ -27,7 +27,15 @@ from typing import Any
 import libvirt
 
 from harness import __version__, interrupts, paths, rundir
-from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError, Outcome, exit_code
+from harness.errors import (
+    ExitCode,
+    GuestCrashed,
+    GuestUnhealthy,
+    HotaddError,
+    InputError,
+    Outcome,
+    exit_code,
+)
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
 from harness.host.connection import check_uri, open_connection, versions
@@ -260,6 +268,8 @@ class RunResult:
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
     interrupted: Interruption | None = None  # a Ctrl-C/SIGTERM ended the run early
+    failed_stage: str | None = None  # the stage the error ended, e.g. "add 2, waiting for ..."
+    console_excerpt: str | None = None  # what the console said when the guest crashed/wedged
 
     @property
     def passed(self) -> bool:
@@ -295,6 +305,7 @@ class RunResult:
             "versions": self.versions,
             "guest_clock": {"t0_host_wall": self.clock_offset},
             "interrupted": self.interrupted.to_dict() if self.interrupted else None,
+            "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
         }
 
 
@@ -601,19 +612,20 @@ class Attempt:
                 records = self.guest.kind.console_records(self.machine.serial_text())
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
-        return self._result(None, (), error=exc.message, crashed=_crash_under_test(exc))
+        return self._result(None, (), exc)
 
     def interrupted(self, exc: KeyboardInterrupt) -> RunResult:
         """The result of an attempt a Ctrl-C/SIGTERM cut short: what was done until then."""
         cut = Interruption.of(exc, self.progress)
-        return dataclasses.replace(self._result(None, (), error=cut.describe()), interrupted=cut)
+        return dataclasses.replace(self._result(None, ()), error=cut.describe(), interrupted=cut)
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
-                error: str | None = None, crashed: str | None = None) -> RunResult:
+                exc: HotaddError | None = None) -> RunResult:
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
-                         error, crashed, self.clock_offset, self.after_unload)
+                         clock_offset=self.clock_offset, after_unload=self.after_unload,
+                         **_failure(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
@@ -656,10 +668,12 @@ class Attempt:
 
 # --- one run, composed ------------------------------------------------------------------------
 
-def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunResult:
+def run_scenario(spec: ScenarioSpec, progress: Progress | None = None,
+                 kind: GuestKind | None = None) -> RunResult:
     """Run one scenario. Returns a result for pass, verdict failure, and guest crashes alike;
     raises HotaddError only for input errors found before anything started. The run directory
-    always ends up with result.json."""
+    always ends up with result.json. `kind` overrides the guest kind `spec.guest` names (tests
+    pass a reference guest that injects a fault)."""
     progress = progress or Progress()
     domain = run_name(spec.guest.value)
     paths.cache_dir()  # every run needs it (guest, scratch): an unusable one is refused first
@@ -667,21 +681,21 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
     run_dir = claimed.path
     if claimed.describe():
         progress.say(str(claimed.describe()))
-    kind = guest_kind(spec)
+    kind = kind or guest_kind(spec)
     partial: list[RunResult] = []  # the attempt's result when an interrupt cut it short
 
-    def bare(error: str, crashed: str | None = None) -> RunResult:
+    def bare(exc: HotaddError | None = None) -> RunResult:
         progress.timings["total"] = progress.elapsed()
         return RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
-                         base_versions(), error, crashed)
+                         base_versions(), **_failure(exc))
 
     try:
         result = _run(spec, kind, progress, domain, run_dir, partial)
     except HotaddError as exc:
-        result = bare(exc.message, _crash_under_test(exc))
+        result = bare(exc)
     except KeyboardInterrupt as exc:  # after the teardown: result.json, then the CLI's message
         cut = Interruption.of(exc, progress)
-        done = partial[0] if partial else bare(cut.describe())
+        done = partial[0] if partial else bare()
         with interrupts.shielded():  # another Ctrl-C must not cost the result
             write_result(dataclasses.replace(done, interrupted=cut, error=cut.describe()))
         raise
@@ -707,6 +721,18 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
         if not result.passed and spec.keep_on_failure and guest.running:
             guest.keep(progress)
         return result
+
+
+def _failure(exc: HotaddError | None) -> dict[str, Any]:
+    """RunResult's error fields for `exc` (a crash is a verdict failure, anything else exit 2)."""
+    if exc is None:
+        return {}
+    return {
+        "error": f"[{exc.stage}] {exc.message}" if exc.stage else exc.message,
+        "crashed": _crash_under_test(exc),
+        "failed_stage": exc.stage,
+        "console_excerpt": exc.excerpt if isinstance(exc, GuestUnhealthy) else None,
+    }
 
 
 def write_result(result: RunResult) -> Path:

@@ -8,9 +8,12 @@ The reference guest and Windows implement both; the scenario sees nothing else.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import TransportError
 from harness.host.domain import Accelerator, DomainSpec, Firmware, VcpuPlan
 from harness.host.machine import Machine
 from harness.oracle import Profile as OracleProfile
@@ -18,6 +21,19 @@ from harness.progress import Progress
 from harness.transport.base import Transport
 
 STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+
+
+@contextlib.contextmanager
+def blaming_the_guest(still_alive: Callable[[], None] | None) -> Iterator[None]:
+    """When the transport fails, ask the machine first (`still_alive`, its check_alive): a
+    crashed or wedged guest is then reported as such, with its bugcheck or console words, not
+    as a lost connection."""
+    try:
+        yield
+    except TransportError:
+        if still_alive is not None:
+            still_alive()
+        raise
 
 
 @dataclass(frozen=True)

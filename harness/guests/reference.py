@@ -12,6 +12,7 @@ guest is up; booting it is the host layer's business.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import errno
 import fcntl
 import hashlib
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import paths
 from harness.errors import InfrastructureError, InputError, TransportError
 from harness.guests.cpio import CpioWriter
+from harness.host.health import ConsoleAlarm, Severity
 from harness.progress import Progress
 from harness.transport.base import Transport
 from harness.transport.ssh import SshTransport
@@ -48,6 +50,31 @@ APT_ARCHIVES = Path("/var/cache/apt/archives")
 #: and `tsc=reliable` spare TCG work and clocksource-watchdog noise.
 CMDLINE = "console=ttyS0 panic=0 mitigations=off tsc=reliable"
 
+#: Linux (x86-64) picks the "physical flat" APIC driver, which addresses IPIs by APIC ID, once
+#: it counts more than 8 possible CPUs; with 8 or fewer it uses logical flat mode. QEMU 7.2's
+#: userspace APIC (TCG) delivers a logical-mode IPI only to CPUs before the first unused APIC ID
+#: (apic_get_delivery_bitmask() stops at the first empty slot of local_apics[], indexed by APIC
+#: ID: https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/hw/intc/apic.c), so a CPU whose APIC
+#: ID lies beyond a hole never hears a reschedule IPI and stop_machine() waits for it forever.
+#: See vm/reference/README.md, "Why possible_cpus".
+PHYSFLAT_MIN_POSSIBLE_CPUS = 9
+
+#: A hot-added CPU of a qemu64 guest (no constant_tsc) calibrates its delay loop against the
+#: timer tick (calibrate_delay_direct(), then the slower converge when that fails, as it does
+#: under TCG); on a loaded 2-core host that took 0.5-2.6 s of a 1.3-3.2 s add, measured from
+#: the guest's own log. A preset `lpj` skips it (0.36-0.79 s per add under the same load).
+#: x86 udelay() scales TSC cycles by lpj, so the value must not be too small: 20,000,000 is
+#: the TSC rate of a 5 GHz host at HZ=250, so delays are at worst about twice as long as asked.
+PRESET_LPJ = 20_000_000
+
+
+def kernel_cmdline(image: ReferenceImage, max_vcpus: int) -> str:
+    """The image's command line plus the per-run parameters: `possible_cpus` at least 9, so
+    that Linux addresses IPIs by physical APIC ID on any topology and in any hot-add order, and
+    a preset `lpj`, so a hot-added CPU does not calibrate its delay loop."""
+    return (f"{image.cmdline} possible_cpus={max(max_vcpus, PHYSFLAT_MIN_POSSIBLE_CPUS)}"
+            f" lpj={PRESET_LPJ}")
+
 #: Kernel modules the guest loads at boot (with their dependencies): network and pvpanic.
 BOOT_MODULES = ("virtio_pci", "virtio_net", "pvpanic_mmio", "pvpanic_pci")
 
@@ -55,6 +82,24 @@ GUEST_USER = "root"
 GUEST_PROBE_PATH = "/lib/hotadd/hotadd_probe.ko"
 GUEST_PROBE_NAME = "hotadd_probe"
 GUEST_RECORDS_PATH = "/proc/hotadd_probe/records"
+
+#: Kernel messages that mean the guest is sick (Linux 6.1 wording). The lockup and stall
+#: detectors fire after 20 s (soft lockup, watchdog_thresh=10) and 21 s (RCU), well inside the
+#: harness's waits; the hung-task detector after 120 s.
+CONSOLE_ALARMS = (
+    ConsoleAlarm("kernel panic", re.compile(r"Kernel panic - not syncing"), Severity.CRASH),
+    ConsoleAlarm("oops", re.compile(
+        r"BUG: kernel NULL pointer dereference|BUG: unable to handle|"
+        r"general protection fault|kernel BUG at|\bOops: "),
+        Severity.CRASH),
+    ConsoleAlarm("soft lockup", re.compile(r"BUG: soft lockup - CPU#\d+ stuck"),
+                 Severity.WEDGED),
+    ConsoleAlarm("hard lockup", re.compile(r"Watchdog detected hard LOCKUP"), Severity.WEDGED),
+    ConsoleAlarm("RCU stall", re.compile(r"rcu: INFO: \w+ (self-)?detected stall"),
+                 Severity.WEDGED),
+    ConsoleAlarm("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds"),
+                 Severity.WEDGED),
+)
 
 #: Serial-console lines the guest prints (the host layer waits for / asserts on them).
 READY_MARKER = "hotadd-guest: ready"
@@ -126,6 +171,36 @@ class ReferenceImage:
         )
 
 
+class ProbeFault(enum.Enum):
+    """A real fault the probe can inject into a hot-add's "start" (health-watch tests)."""
+
+    LOCKUP = "lockup"  # spin with preemption off: soft lockup
+    HANG = "hang"  # sleep uninterruptibly forever: hung task
+    OOPS = "oops"  # NULL dereference
+    PANIC = "panic"
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    fault: ProbeFault
+    cpu: int  # the Linux CPU id whose hot-add start faults (the first add gets the boot count)
+
+    def __post_init__(self) -> None:
+        if self.cpu < 0:
+            raise InputError(f"fault cpu={self.cpu} is not a CPU number", "give a CPU id >= 0")
+
+
+#: The kernel detector a fault trips, tuned to report in about 2 s instead of 20-120 s. Only
+#: the one for the injected fault: a 1 s hung-task timeout would also flag the tasks a lockup
+#: blocks (they wait for the CPU-hotplug lock the spinning task holds).
+FAULT_SYSCTLS: Mapping[ProbeFault, Mapping[str, str]] = {
+    ProbeFault.LOCKUP: {"/proc/sys/kernel/watchdog_thresh": "1"},  # soft lockup after 2 s
+    ProbeFault.HANG: {"/proc/sys/kernel/hung_task_timeout_secs": "1"},
+    ProbeFault.OOPS: {},
+    ProbeFault.PANIC: {},
+}
+
+
 @dataclass(frozen=True)
 class ProbeParams:
     """Module parameters of the probe (see vm/reference/probe/hotadd_probe.c)."""
@@ -133,6 +208,7 @@ class ProbeParams:
     flags: int = 1  # 1 = replay CPUs already online (ADD_EXISTING), 0 = no replay
     veto_cpu: int | None = None  # CPU whose prepare stage ("start") is vetoed
     veto_errno: int = 12  # positive errno of the veto (12 = ENOMEM -> 0xC000009A)
+    fault: FaultInjection | None = None
 
     def __post_init__(self) -> None:
         if self.flags not in (0, 1):
@@ -146,10 +222,13 @@ class ProbeParams:
                              "give an errno between 1 and 4095, e.g. 12 (ENOMEM)")
 
     def insmod_args(self) -> list[str]:
+        fault = ([f"fault={self.fault.fault.value}", f"fault_cpu={self.fault.cpu}"]
+                 if self.fault else [])
         return [
             f"flags={self.flags}",
             f"veto_cpu={-1 if self.veto_cpu is None else self.veto_cpu}",
             f"veto_errno={self.veto_errno}",
+            *fault,
         ]
 
 
@@ -483,6 +562,9 @@ def connect(image: ReferenceImage, port: int) -> SshTransport:
 
 def load_probe(t: Transport, params: ProbeParams) -> None:
     """insmod the probe. A vetoed replay still loads (records say register_failed)."""
+    if params.fault is not None:
+        for key, value in FAULT_SYSCTLS[params.fault.fault].items():
+            t.run(f"echo {value} > {key}").check()
     t.run(shlex.join(["insmod", GUEST_PROBE_PATH, *params.insmod_args()])).check()
 
 

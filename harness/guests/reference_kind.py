@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import time
+from collections.abc import Callable
 
 from harness.errors import InputError
 from harness.guests import reference
-from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.guests.base import (
+    GuestKind,
+    GuestSession,
+    HardwareRequest,
+    ProbeSettings,
+    blaming_the_guest,
+)
 from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, Profile
 from harness.host.machine import Machine, free_port
 from harness.oracle import Profile as OracleProfile
@@ -16,9 +24,10 @@ from harness.progress import Progress
 from harness.transport.base import Transport
 
 
-def probe_params(settings: ProbeSettings) -> reference.ProbeParams:
-    """The module parameters for `settings`: the veto NTSTATUS back to the errno the probe
-    reports as that status."""
+def probe_params(settings: ProbeSettings,
+                 fault: reference.FaultInjection | None = None) -> reference.ProbeParams:
+    """The module parameters for `settings` (and an injected fault, for health-watch tests):
+    the veto NTSTATUS back to the errno the probe reports as that status."""
     err = reference.errno_for_ntstatus(settings.veto_status)
     if settings.veto_index is not None and err is None:
         known = ", ".join(sorted({f"0x{s:08X}" for s in reference.NTSTATUS_BY_ERRNO.values()}))
@@ -26,36 +35,53 @@ def probe_params(settings: ProbeSettings) -> reference.ProbeParams:
             f"the reference guest cannot veto with status 0x{settings.veto_status:08X}",
             f"use one of {known}")
     return reference.ProbeParams(flags=1 if settings.add_existing else 0,
-                                 veto_cpu=settings.veto_index, veto_errno=err or errno.ENOMEM)
+                                 veto_cpu=settings.veto_index, veto_errno=err or errno.ENOMEM,
+                                 fault=fault)
 
 
 class ReferenceSession(GuestSession):
-    def __init__(self, transport: Transport) -> None:
+    """The probe module over SSH. `still_alive` (the machine's check) is consulted when the
+    guest stops answering, so a crashed or wedged guest is reported as such (with the console's
+    words), not as a lost connection."""
+
+    def __init__(self, transport: Transport, fault: reference.FaultInjection | None = None,
+                 still_alive: Callable[[], None] | None = None) -> None:
         self.transport = transport
+        self.fault = fault
+        self.still_alive = still_alive
+
+    def _guest(self) -> contextlib.AbstractContextManager[None]:
+        return blaming_the_guest(self.still_alive)
 
     def load_probe(self, settings: ProbeSettings) -> None:
-        reference.load_probe(self.transport, probe_params(settings))
+        with self._guest():
+            reference.load_probe(self.transport, probe_params(settings, self.fault))
 
     def unload_probe(self) -> None:
-        reference.unload_probe(self.transport)
+        with self._guest():
+            reference.unload_probe(self.transport)
 
     def live_records(self) -> str:
-        return reference.read_records(self.transport)
+        with self._guest():
+            return reference.read_records(self.transport)
 
     def final_records(self) -> str:
         """From the kernel log: the probe prints every record there too, and /proc is gone."""
-        return reference.records_from_console(self.transport.run("dmesg").check().stdout)
+        with self._guest():
+            return reference.records_from_console(self.transport.run("dmesg").check().stdout)
 
     def processor_count(self) -> int:
-        return len(reference.online_cpus(self.transport))
+        with self._guest():
+            return len(reference.online_cpus(self.transport))
 
 
 class ReferenceGuest(GuestKind):
     name = "reference"
     oracle_profile = OracleProfile.LINUX
 
-    def __init__(self) -> None:
+    def __init__(self, fault: reference.FaultInjection | None = None) -> None:
         self._image: reference.ReferenceImage | None = None
+        self.fault = fault  # a fault the probe injects (health-watch tests only)
 
     @property
     def image(self) -> reference.ReferenceImage:
@@ -75,7 +101,8 @@ class ReferenceGuest(GuestKind):
             name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
             serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 512,
             accelerator=hw.accelerator,
-            direct_boot=DirectBoot(img.kernel, img.initrd, img.cmdline),
+            direct_boot=DirectBoot(img.kernel, img.initrd,
+                                   reference.kernel_cmdline(img, hw.vcpus.maximum)),
             forwards=(Forward(guest_port=22, host_port=free_port()),),
         )
 
@@ -85,6 +112,7 @@ class ReferenceGuest(GuestKind):
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> GuestSession:
         t0 = time.monotonic()
+        machine.watch_console(reference.CONSOLE_ALARMS)
         machine.wait_serial(re.escape(reference.READY_MARKER), timeout,
                             tick=lambda: progress.waiting("boot", "the guest's ready marker", t0))
         transport = reference.connect(self.image, machine.forwarded_port(22))
@@ -93,4 +121,6 @@ class ReferenceGuest(GuestKind):
             remaining, still_alive=machine.check_alive,
             on_wait=lambda _err: progress.waiting("ssh", transport.description, t0),
             hint=f"read the serial log {machine.spec.serial_log}")
-        return ReferenceSession(transport)
+        transport.liveness = machine.check_alive
+        machine.on_sick(transport.abort)  # a command blocked on a dead guest ends at once
+        return ReferenceSession(transport, self.fault, still_alive=machine.check_alive)

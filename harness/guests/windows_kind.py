@@ -11,12 +11,18 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from harness.errors import InputError, TransportError
+from harness.errors import InputError
 from harness.guests import windows_control, windows_image, windows_setup
-from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.guests.base import (
+    GuestKind,
+    GuestSession,
+    HardwareRequest,
+    ProbeSettings,
+    blaming_the_guest,
+)
 from harness.host import storage
 from harness.host.domain import (
     Accelerator,
@@ -71,14 +77,8 @@ class WindowsSession(GuestSession):
         self.installed: windows_control.DriverInstall | None = None
         self.last_start: windows_control.ServiceStart | None = None
 
-    @contextlib.contextmanager
-    def _guest(self) -> Iterator[None]:
-        try:
-            yield
-        except TransportError:
-            if self.still_alive is not None:
-                self.still_alive()  # raises GuestCrashed (with the bugcheck) if that is why
-            raise
+    def _guest(self) -> contextlib.AbstractContextManager[None]:
+        return blaming_the_guest(self.still_alive)
 
     def load_probe(self, settings: ProbeSettings) -> None:
         """Install (first time), set Parameters, start. A refused start is not an error here:
@@ -197,4 +197,5 @@ class WindowsGuest(GuestKind):
             on_wait=throttled(
                 lambda _err: progress.waiting("winrm", transport.description, t0), 10.0),
             hint=f"look at the screenshot; read the serial log {machine.spec.serial_log}")
+        transport.liveness = machine.check_alive
         return WindowsSession(transport, still_alive=machine.check_alive)

@@ -46,6 +46,14 @@ class DiskBus(enum.Enum):
     SATA = "sata"
 
 
+#: Largest vCPU count the harness accepts, and the largest APIC ID a guest without x2APIC and
+#: interrupt remapping can address (xAPIC IDs are 8 bits and 0xFF is the broadcast ID; QEMU
+#: 7.2's userspace APIC refuses IDs >= 255: "APIC ID %d is invalid" in hw/intc/apic.c,
+#: https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/hw/intc/apic.c).
+MAX_VCPUS = 255
+MAX_APIC_ID = 254
+
+
 @dataclass(frozen=True)
 class Topology:
     sockets: int = 1
@@ -66,6 +74,47 @@ class Topology:
     def __str__(self) -> str:
         return f"{self.sockets}s x {self.dies}d x {self.cores}c x {self.threads}t"
 
+    def slot(self, index: int) -> TopoIds:
+        """Where vCPU `index` sits. libvirt's vCPU ids are QEMU's CPU indexes, which QEMU
+        lays out thread-fastest (x86_topo_ids_from_idx() in QEMU's include/hw/i386/topology.h,
+        https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/include/hw/i386/topology.h)."""
+        if not 0 <= index < self.total:
+            raise InputError(f"vCPU {index} is not in topology {self} (0..{self.total - 1})",
+                             "choose a vCPU id below sockets*dies*cores*threads")
+        return TopoIds(socket=index // (self.dies * self.cores * self.threads),
+                       die=index // (self.cores * self.threads) % self.dies,
+                       core=index // self.threads % self.cores,
+                       thread=index % self.threads)
+
+    def apic_id(self, index: int) -> int:
+        """The initial APIC ID QEMU gives vCPU `index`: each level gets ceil(log2(count)) bits
+        (x86_apicid_from_topo_ids() in the same QEMU header), so counts that are not powers of
+        two leave unused APIC IDs between sockets, dies and cores."""
+        ids = self.slot(index)
+        thread_bits, core_bits, die_bits = (_width(self.threads), _width(self.cores),
+                                            _width(self.dies))
+        return (ids.socket << (die_bits + core_bits + thread_bits)
+                | ids.die << (core_bits + thread_bits) | ids.core << thread_bits | ids.thread)
+
+    @property
+    def max_apic_id(self) -> int:
+        return self.apic_id(self.total - 1)
+
+
+def _width(count: int) -> int:
+    """Bits QEMU reserves in the APIC ID for `count` items (apicid_bitwidth_for_count())."""
+    return (count - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class TopoIds:
+    """A vCPU's place in the topology, as QEMU's query-hotpluggable-cpus reports it."""
+
+    socket: int
+    die: int
+    core: int
+    thread: int
+
 
 @dataclass(frozen=True)
 class VcpuPlan:
@@ -85,9 +134,15 @@ class VcpuPlan:
         if not 1 <= self.boot <= maximum:
             raise InputError(f"boot vCPUs {self.boot} must be between 1 and max {maximum}",
                              "choose 1 <= boot vCPUs <= max vCPUs")
-        if maximum > 255:
-            raise InputError(f"{maximum} vCPUs is more than this harness supports (255)",
-                             "use a smaller topology")
+        if maximum > MAX_VCPUS:
+            raise InputError(f"{maximum} vCPUs is more than this harness supports "
+                             f"({MAX_VCPUS})", "use a smaller topology")
+        if self.topology.max_apic_id > MAX_APIC_ID:
+            raise InputError(
+                f"topology {self.topology} gives its last vCPU APIC ID "
+                f"{self.topology.max_apic_id}: QEMU rounds every level up to a power of two, "
+                f"and without x2APIC + interrupt remapping APIC IDs stop at {MAX_APIC_ID}",
+                "use power-of-two core/thread/die counts, or fewer sockets")
 
     @property
     def maximum(self) -> int:

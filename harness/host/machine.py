@@ -16,9 +16,10 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +33,8 @@ from harness.errors import (
     DomainError,
     GuestCrashed,
     GuestNotReady,
+    GuestUnhealthy,
+    GuestWedged,
     HotaddError,
     InputError,
     NoFreeVcpuSlot,
@@ -39,6 +42,7 @@ from harness.errors import (
 from harness.host import storage
 from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
+from harness.host.health import ConsoleAlarm, ConsoleWatch, HealthProblem, Severity
 from harness.host.screenshot import ppm_to_png
 
 _STATE_NAMES = {
@@ -135,6 +139,10 @@ class Machine:
         self.running = True  # False between stop()/save() and restore()
         self._boot_spec = spec
         self._closed = False
+        self.health = ConsoleWatch(spec.serial_log)  # alarms: watch_console()
+        self._on_sick: Callable[[], None] | None = None
+        self._sentinel: threading.Thread | None = None
+        self._sentinel_stop = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -175,6 +183,7 @@ class Machine:
             return
         with interrupts.shielded():  # a Ctrl-C now would leave QEMU or the scratch dir
             self._closed = True
+            self._sentinel_stop.set()
             self.events.close()
             if not self.keep:
                 self.stop()
@@ -240,6 +249,7 @@ class Machine:
                               f"read the serial log {serial_log}; run 'hotadd doctor'") from exc
         self.running = True
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
+        self.health.watch(serial_log)
 
     def _writable_files(self) -> list[Path]:
         spec = self._boot_spec
@@ -263,17 +273,51 @@ class Machine:
         panics = self.events.log.of_type(PanicEvent)
         return panics[0] if panics else None
 
+    def watch_console(self, alarms: Sequence[ConsoleAlarm]) -> None:
+        """Judge the serial console by `alarms` (the guest kind's) from now on; the scan
+        starts at the beginning of the current console file."""
+        self.health.watch(self.spec.serial_log, alarms)
+
+    def on_sick(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, from a sentinel thread, within about a second of the console
+        showing an alarm or QEMU reporting a panic; e.g. a transport's abort(), so a command
+        blocked on a dead guest gives up now rather than at its timeout (the run's thread then
+        learns the cause from check_alive()). Replaces an earlier callback."""
+        self._on_sick = callback
+        if self._sentinel is None or not self._sentinel.is_alive():
+            self._sentinel = threading.Thread(target=self._watch, name=f"sentinel-{self.name}",
+                                              daemon=True)
+            self._sentinel.start()
+
+    def _watch(self) -> None:
+        """The sentinel: reads only the console file and the event log (no libvirt calls)."""
+        while not self._sentinel_stop.wait(0.5):
+            if self.health.poll() is not None or self.panic() is not None:
+                callback, self._on_sick = self._on_sick, None
+                if callback is not None:
+                    callback()
+                return
+
     def check_alive(self) -> None:
-        """Raise GuestCrashed (with the bugcheck, if any) or DomainError if the guest is gone."""
+        """Raise GuestCrashed (a panic or bugcheck, with its code and console excerpt),
+        GuestWedged (the console showed a soft lockup, RCU stall, hung task, ...) or
+        DomainError if the guest is gone. Cheap: call it from every wait loop."""
+        problem = self.health.poll()
         panic = self.panic()
         state = self.state()
-        if panic is not None or state == "crashed":
-            detail = panic.describe() if panic else "guest crashed"
+        crash = problem is not None and problem.alarm.severity is Severity.CRASH
+        if panic is not None or state == "crashed" or crash:
+            problem = problem or self.health.flush()
+            detail = (panic.describe() if panic else
+                      problem.describe() if problem is not None else "guest crashed")
             raise GuestCrashed(
                 f"{self.name} crashed: {detail}",
                 f"read the serial log {self.spec.serial_log} and the screenshot beside it",
                 bugcheck=panic.args if panic else None,
+                excerpt=problem.excerpt if problem is not None else None,
             )
+        if problem is not None:
+            raise self.wedged(problem)
         if state not in ("running", "blocked"):
             raise DomainError(f"{self.name} is not running (state: {state})",
                               f"read the serial log {self.spec.serial_log}")
@@ -281,7 +325,7 @@ class Machine:
     def cause_of(self, exc: HotaddError) -> HotaddError:
         """`exc`, or the guest's crash behind it: a transport that went silent is often a guest
         that died, and the crash is the error to report."""
-        if isinstance(exc, GuestCrashed):
+        if isinstance(exc, GuestUnhealthy):
             return exc
         try:
             self.check_alive()
@@ -291,6 +335,12 @@ class Machine:
         except libvirt.libvirtError:  # the domain itself is gone: the original error stands
             pass
         return exc
+
+    def wedged(self, problem: HealthProblem) -> GuestWedged:
+        return GuestWedged(f"{self.name} is wedged: {problem.describe()}",
+                           f"read the serial log {self.spec.serial_log}; the guest kernel "
+                           "stopped making progress (a guest or QEMU problem, not a verdict)",
+                           excerpt=problem.excerpt)
 
     def serial_text(self) -> str:
         try:

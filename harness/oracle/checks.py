@@ -346,6 +346,26 @@ def check_processor_numbers(ctx: Context) -> Iterator[Hit]:
                        f"claim {r.group}:{r.number}", owner, r)
 
 
+def check_index_mapping(ctx: Context) -> Iterator[Hit]:
+    """The Windows probe's map_* fields: what KeGetProcessorNumberFromIndex(nt_number) said in
+    the callback (driver/README.md). Records without them (the Linux probe) are not judged."""
+    placed = [(r, False) for r in ctx.trace.replay] + [(r, True) for r in ctx.trace.hotadd]
+    for r, hotadd in placed:
+        status = r.extra.get("map_status")
+        if status is None:
+            continue
+        in_start = hotadd and r.state is NotifyState.START
+        rule = "procnum.index_during_start" if in_start else "procnum.matches_index"
+        if status != 0:
+            yield _hit(rule, f"{_nt(r)}: KeGetProcessorNumberFromIndex({r.nt_number}) failed "
+                       f"with 0x{int(status):08X}", r)
+            continue
+        mapped = (r.extra.get("map_group"), r.extra.get("map_number"))
+        if mapped != (r.group, r.number):
+            yield _hit(rule, f"{_nt(r)} is {r.group}:{r.number}, but KeGetProcessorNumberFromIndex"
+                       f"({r.nt_number}) gives {mapped[0]}:{mapped[1]}", r)
+
+
 def check_counts(ctx: Context) -> Iterator[Hit]:
     trace = ctx.trace
     previous: Record | None = trace.load
@@ -420,7 +440,7 @@ def check_host(ctx: Context) -> Iterator[Hit]:
 
 CHECKS: tuple[Check, ...] = (
     check_sequence, check_losses, check_driver, check_phase_labels, check_registration_window,
-    check_replay, check_hotadds,
-    check_statuses, check_indices, check_processor_numbers, check_counts, check_levels,
+    check_replay, check_hotadds, check_statuses, check_indices, check_processor_numbers,
+    check_index_mapping, check_counts, check_levels,
     check_after_end, check_host,
 )

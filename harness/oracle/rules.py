@@ -133,6 +133,13 @@ RULES: tuple[Rule, ...] = (
     Rule("procnum.consistent",
          "(group, number) is the same in every record of an nt_number and unique across "
          "processors; on Windows number < 64 (a group's size)", Source.DOC, _F),
+    Rule("procnum.matches_index",
+         "outside a hot-add Start, KeGetProcessorNumberFromIndex(nt_number) succeeds and gives "
+         "the record's (group, number) (checked where the probe wrote map_status/map_group/"
+         "map_number)", Source.DOC, _F, profiles=_WINDOWS_ONLY),
+    Rule("procnum.index_during_start",
+         "during a hot-add Start, KeGetProcessorNumberFromIndex(nt_number) already succeeds and "
+         "gives the record's (group, number)", Source.OPEN, _W, profiles=_WINDOWS_ONLY),
     Rule("count.never_decreases", "active_count never decreases", Source.DOC, _F,
          linux=(_W, "Linux can take a CPU offline; the reference guest never does")),
     Rule("count.grows",

@@ -48,6 +48,10 @@ class Transport(abc.ABC):
 
     #: Shown in progress and error messages, e.g. "ssh root@127.0.0.1:40022".
     description: str = "transport"
+    #: Called about once a second while a command waits for the guest; it raises (e.g.
+    #: GuestWedged from the machine's console watch) when waiting longer is pointless, so a
+    #: sick guest ends the command in seconds instead of at its timeout.
+    liveness: Callable[[], None] | None = None
 
     @abc.abstractmethod
     def run(self, command: str, timeout: float = 120.0) -> CommandResult:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import select
 import shlex
+import threading
 import time
 from pathlib import Path
 
@@ -92,15 +93,42 @@ class SshTransport(Transport):
         self.connect_timeout = connect_timeout
         self.description = f"ssh {username}@{host}:{port}"
         self._client: paramiko.SSHClient | None = None
+        self._connecting: paramiko.SSHClient | None = None
+        self._aborted = threading.Event()
+        self._clients_lock = threading.Lock()
 
     def __enter__(self) -> SshTransport:
         return self
 
     # -- connection ---------------------------------------------------------------------------
 
+    def abort(self) -> None:
+        """From any thread: fail the command in progress and every later one at once (the
+        guest is known to be sick; see Machine.on_sick)."""
+        self._aborted.set()
+        with self._clients_lock:
+            clients = [c for c in (self._client, self._connecting) if c is not None]
+        for client in clients:
+            client.close()
+
+    def _check_aborted(self) -> None:
+        if self._aborted.is_set():
+            raise TransportError(f"{self.description}: aborted: the guest is sick",
+                                 "read the serial log; the run's error names the cause")
+
     def _connect(self) -> paramiko.SSHClient:
+        self._check_aborted()
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_ExpectHostKey(self.host_key))
+        with self._clients_lock:
+            self._connecting = client
+        try:
+            return self._connect_client(client)
+        finally:
+            with self._clients_lock:
+                self._connecting = None
+
+    def _connect_client(self, client: paramiko.SSHClient) -> paramiko.SSHClient:
         try:
             pkey = paramiko.PKey.from_path(self.private_key)
         except (OSError, paramiko.SSHException) as exc:
@@ -145,6 +173,7 @@ class SshTransport(Transport):
     def _session(self, timeout: float) -> paramiko.Channel:
         """A new exec channel on the live connection, reconnecting once if the old one died."""
         for attempt in (1, 2):
+            self._check_aborted()
             if self._client is None:
                 self._client = self._connect()
             transport = self._client.get_transport()
@@ -185,6 +214,8 @@ class SshTransport(Transport):
                 done = chan.closed or (chan.exit_status_ready() and chan.eof_received)
                 if done and not (chan.recv_ready() or chan.recv_stderr_ready()):
                     break
+                if self.liveness is not None:
+                    self.liveness()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TransportError(

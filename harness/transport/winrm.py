@@ -319,6 +319,8 @@ class WinRMTransport(Transport):
         out: list[bytes] = []
         err: list[bytes] = []
         while True:
+            if self.liveness is not None:
+                self.liveness()  # a bugcheck (crash MSRs) ends the wait between receives
             if time.monotonic() > deadline:
                 with contextlib.suppress(TransportError):
                     self._call(lambda: protocol.cleanup_command(shell_id, command_id), "stop")

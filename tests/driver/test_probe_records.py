@@ -46,8 +46,10 @@ def test_a_time_below_the_last_line_is_raised_and_the_reading_kept(
     still never goes back, and the reading is not hidden."""
     lines = [spec("driver", event="load", t=0, active=1, flags=0),
              spec("driver", event="registered", t=10),
-             spec("notify", state="start", phase="hotadd", t=500, nt=1, number=1, active=1),
-             spec("notify", state="complete", phase="hotadd", t=400, nt=1, number=1, active=2),
+             spec("notify", state="start", phase="hotadd", t=500, nt=1, number=1, active=1,
+                  map_number=1),
+             spec("notify", state="complete", phase="hotadd", t=400, nt=1, number=1, active=2,
+                  map_number=1),
              spec("driver", event="deregistered", t=600),
              spec("driver", event="unload", t=700)]
     output = harness.records(lines)

@@ -155,6 +155,18 @@ def after_deregister() -> list[Record]:
     return insert_after(r, ev(DriverEvent.DEREGISTERED), late)
 
 
+STATUS_INVALID_PARAMETER = 0xC000000D
+
+
+def mapped(records: Sequence[Record]) -> list[Record]:
+    """The records as the Windows driver writes them: each notify also says what
+    KeGetProcessorNumberFromIndex(nt_number) returned (its map_* fields), here the record's own
+    (group, number) unless the record already carries map_* fields."""
+    return [replace(r, extra={"map_status": 0, "map_group": r.group, "map_number": r.number})
+            if isinstance(r, NotifyRecord) and "map_status" not in r.extra else r
+            for r in records]
+
+
 @dataclass(frozen=True)
 class Case:
     rule_id: str
@@ -226,6 +238,13 @@ CASES = (
                     nt(COMPLETE, HOTADD), nt_number=3, number=3), NO_FLAG.records),
     Case("procnum.consistent", lambda: at(TWO_ADDS.records(), nt(COMPLETE, HOTADD), number=7),
          TWO_ADDS.records),
+    Case("procnum.matches_index",
+         lambda: mapped(at(TWO_ADDS.records(), nt(COMPLETE, HOTADD), extra={
+             "map_status": 0, "map_group": 1, "map_number": 2})), lambda: mapped(
+             TWO_ADDS.records())),
+    Case("procnum.index_during_start",
+         lambda: mapped(at(TWO_ADDS.records(), nt(START, HOTADD), extra={
+             "map_status": STATUS_INVALID_PARAMETER})), lambda: mapped(TWO_ADDS.records())),
     Case("count.never_decreases",
          lambda: at(TWO_ADDS.records(), nt(START, HOTADD), 1, active_count=1),
          TWO_ADDS.records),

@@ -19,6 +19,8 @@
  *
  * Parameters: flags=1 replays the CPUs already online (ADD_EXISTING), flags=0 registers
  * without replay; veto_cpu=N fails the prepare stage of CPU N with -veto_errno.
+ * fault=lockup|hang|oops|panic with fault_cpu=N injects that fault into CPU N's hot-add
+ * "start" (for the harness's health-watch tests; never in a normal run).
  */
 
 #define pr_fmt(fmt) "hotadd-probe: " fmt
@@ -33,9 +35,12 @@
 #include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
+#include <linux/preempt.h>
 #include <linux/proc_fs.h>
+#include <linux/sched.h>
 #include <linux/seq_file.h>
 #include <linux/spinlock.h>
+#include <linux/string.h>
 #include <linux/threads.h>
 
 #define PROBE_FLAG_ADD_EXISTING 1
@@ -54,6 +59,17 @@ MODULE_PARM_DESC(veto_errno, "positive errno returned by the vetoed prepare stag
 static int flags = PROBE_FLAG_ADD_EXISTING;
 module_param(flags, int, 0444);
 MODULE_PARM_DESC(flags, "1: replay CPUs already online at registration (ADD_EXISTING); 0: no replay");
+
+static char *fault = "none";
+module_param(fault, charp, 0444);
+MODULE_PARM_DESC(fault, "fault injected into fault_cpu's hot-add start: none, lockup, hang, oops, panic");
+
+static int fault_cpu = -1;
+module_param(fault_cpu, int, 0444);
+MODULE_PARM_DESC(fault_cpu, "CPU whose hot-add start gets the fault (-1: none)");
+
+/* Read through a volatile pointer so the compiler keeps the faulting access. */
+static unsigned long fault_address;
 
 enum record_kind { KIND_DRIVER, KIND_NOTIFY };
 enum driver_event { EV_LOAD, EV_REGISTERED, EV_REGISTER_FAILED, EV_DEREGISTERED, EV_UNLOAD };
@@ -244,6 +260,34 @@ static enum cpu_track get_track(unsigned int cpu)
 }
 
 /*
+ * A real fault for the harness's health watch, in the hot-add path (never the replay):
+ * "lockup" spins with preemption off (soft lockup), "hang" sleeps uninterruptibly forever
+ * (hung task), "oops" dereferences NULL, "panic" panics. Returns only for "none"/other CPUs.
+ */
+static void inject_fault(unsigned int cpu)
+{
+	if ((int)cpu != fault_cpu || READ_ONCE(registering) || !strcmp(fault, "none"))
+		return;
+	pr_warn("injecting fault '%s' into cpu%u's start\n", fault, cpu);
+	if (!strcmp(fault, "lockup")) {
+		preempt_disable();
+		for (;;)
+			cpu_relax();
+	} else if (!strcmp(fault, "hang")) {
+		for (;;) {
+			set_current_state(TASK_UNINTERRUPTIBLE);
+			schedule();
+		}
+	} else if (!strcmp(fault, "oops")) {
+		pr_warn("value %d\n", *(volatile int *)fault_address);
+	} else if (!strcmp(fault, "panic")) {
+		panic("hotadd-probe: injected panic in cpu%u's start", cpu);
+	} else {
+		pr_warn("unknown fault '%s': none injected\n", fault);
+	}
+}
+
+/*
  * CPUHP_BP_PREPARE_DYN startup: "start". Runs in process context on the control CPU before
  * @cpu boots (or in the register call, for the replay). Returns 0, or -veto_errno to veto.
  * Linux does not call this state's teardown for the CPU it vetoed, so a vetoed hot-add gets
@@ -256,6 +300,7 @@ static int probe_prepare_startup(unsigned int cpu)
 	if ((int)cpu != veto_cpu) {
 		notify_record(ST_START, cpu, 0, 0);
 		set_track(cpu, TRACK_PREPARED);
+		inject_fault(cpu);
 		return 0;
 	}
 	veto = errno_to_ntstatus(veto_errno);
