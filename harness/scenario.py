@@ -28,7 +28,13 @@ import libvirt
 
 from harness import __version__
 from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError
-from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.guests.base import (
+    GuestFacts,
+    GuestKind,
+    GuestSession,
+    HardwareRequest,
+    ProbeSettings,
+)
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
@@ -177,6 +183,7 @@ class RunResult:
     crashed: str | None = None  # the crash description (bugcheck) if the guest died
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
+    guest: GuestFacts | None = None  # what the guest said about itself before the load
 
     @property
     def passed(self) -> bool:
@@ -206,6 +213,7 @@ class RunResult:
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
             "guest_clock": {"t0_host_wall": self.clock_offset},
+            "guest": dataclasses.asdict(self.guest) if self.guest else None,
         }
 
 
@@ -388,6 +396,7 @@ class Attempt:
         self._boot_count: int | None = None
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
+        self.guest_facts: GuestFacts | None = None
         self._unloaded = False
 
     @property
@@ -401,6 +410,11 @@ class Attempt:
         return self.guest.machine
 
     def load(self) -> None:
+        if self.guest_facts is None:
+            self.guest_facts = self.session.facts()
+            if self.guest_facts is not None and self.guest_facts.vbs == "running":
+                self.progress.say("warning: virtualization-based security is running in the "
+                                  "guest; it is not supported with CPU hot-add")
         with self.progress.stage("load", "the probe to register"):
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
@@ -495,7 +509,8 @@ class Attempt:
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
-                         error, crashed, self.clock_offset, self.after_unload)
+                         error, crashed, self.clock_offset, self.after_unload,
+                         self.guest_facts)
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session

@@ -466,6 +466,8 @@ class ProbeModel:
         self.marker: dict[str, object] | None = None  # C:\\ProgramData\\HotAdd\\provisioned.json
         self.last_boot_utc = "2026-11-24T07:00:00.1234567Z"
         self.test_signing = True
+        self.build = 20348
+        self.vbs_status: int | None = 0
         self.calls: list[str] = []
 
     def call(self, line: str) -> tuple[str, int]:
@@ -533,7 +535,8 @@ class ProbeModel:
 
     def get_hotaddpreflight(self, args: dict[str, str]) -> dict[str, object] | str:
         return {"product": "Windows Server 2022 Datacenter Evaluation",
-                "edition": "ServerDatacenterEval", "build": 20348, "installation_type": "Server",
+                "edition": "ServerDatacenterEval", "build": self.build,
+                "installation_type": "Server", "vbs_status": self.vbs_status,
                 "dyn_processor_enabled": True, "licence_dynamic_partitioning": 1,
                 "test_signing": self.test_signing, "secure_boot": None,
                 "wdf_version": "1.33.20348.1", "logical_processors": self.logical,

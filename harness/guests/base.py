@@ -30,6 +30,18 @@ class ProbeSettings:
 
 
 @dataclass(frozen=True)
+class GuestFacts:
+    """What the guest OS says about itself before the probe loads; result.json's "guest"."""
+
+    os: str
+    build: int | None = None
+    #: virtualization-based security: "off", "enabled, not running", "running"; None where
+    #: the guest has no such thing or could not tell
+    vbs: str | None = None
+    dynamic_processors: bool | None = None  # the OS reports support for hot-added CPUs
+
+
+@dataclass(frozen=True)
 class HardwareRequest:
     """The run's hardware choices that every guest kind honours."""
 
@@ -66,6 +78,10 @@ class GuestSession(abc.ABC):
     @abc.abstractmethod
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
+
+    def facts(self) -> GuestFacts | None:
+        """The guest's own description for the result; None if it has nothing to add."""
+        return None
 
     def close(self) -> None:
         self.transport.close()

@@ -8,6 +8,7 @@ PowerShell), so WinRM and Windows OpenSSH both work.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import tempfile
@@ -18,13 +19,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.errors import GuestNotReady, TransportError
+from harness.errors import GuestNotReady, InputError, TransportError
 from harness.paths import REPO_ROOT
 from harness.transport.base import CommandResult, Transport
 from harness.transport.winrm import RemoteFileMissing, fetch_by_chunks, run_powershell
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 PROBE_SCRIPT = VM_DIR / "hotadd-probe.ps1"
+#: Oldest Windows build the probe loads on: Server 2019 (17763) ships KMDF 1.27, which the
+#: driver is built against; Server 2016 (14393) ships KMDF 1.19.
+MIN_BUILD = 17763
 RECORDS_PATH = r"C:\ProgramData\HotAddProbe\records.jsonl"
 SERVICE_NAME = "HotAddProbe"
 PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
@@ -72,6 +76,14 @@ class ProcessorCount:
     environment: int
 
 
+class VbsStatus(enum.IntEnum):
+    """Win32_DeviceGuard.VirtualizationBasedSecurityStatus."""
+
+    OFF = 0
+    ENABLED_NOT_RUNNING = 1
+    RUNNING = 2
+
+
 @dataclass(frozen=True)
 class Preflight:
     product: str
@@ -85,6 +97,17 @@ class Preflight:
     wdf_version: str
     logical_processors: int
     last_boot_utc: str
+    vbs_status: VbsStatus | None = None  # None: the guest could not tell
+
+    def check(self) -> Preflight:
+        """This preflight, or InputError if the guest is too old for the probe."""
+        if self.build < MIN_BUILD:
+            raise InputError(
+                f"the guest is Windows build {self.build} ({self.product}); the probe needs "
+                f"build {MIN_BUILD} (Server 2019) or later: Server 2016 ships KMDF 1.19 and "
+                "the driver needs KMDF 1.27",
+                "build the image from Windows Server 2019, 2022 or 2025 media")
+        return self
 
 
 def ps_literal(text: str) -> str:
@@ -151,7 +174,8 @@ def processor_count(transport: Transport) -> ProcessorCount:
 
 
 def preflight(transport: Transport, timeout: float = 300.0) -> Preflight:
-    """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1)."""
+    """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1);
+    InputError for a build older than MIN_BUILD."""
     d = probe_control(transport, "Get-HotAddPreflight", timeout)
     try:
         return Preflight(
@@ -162,7 +186,9 @@ def preflight(transport: Transport, timeout: float = 300.0) -> Preflight:
             test_signing=_opt_bool(d.get("test_signing")),
             secure_boot=_opt_bool(d.get("secure_boot")), wdf_version=str(d["wdf_version"]),
             logical_processors=int(d["logical_processors"]),
-            last_boot_utc=str(d["last_boot_utc"]))
+            last_boot_utc=str(d["last_boot_utc"]),
+            vbs_status=None if d.get("vbs_status") is None else VbsStatus(d["vbs_status"]),
+        ).check()
     except (KeyError, TypeError, ValueError) as exc:
         raise TransportError(f"unexpected preflight answer from the guest ({exc}): {d}",
                              "compare vm/windows/hotadd-probe.ps1 with the guest's copy") from None

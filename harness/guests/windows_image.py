@@ -33,7 +33,12 @@ from harness.errors import (
     InputError,
     TransportError,
 )
-from harness.guests.windows_control import PROVISION_LOG, preflight, wait_provisioned
+from harness.guests.windows_control import (
+    PROVISION_LOG,
+    VbsStatus,
+    preflight,
+    wait_provisioned,
+)
 from harness.guests.windows_setup import (
     PROVISION_LABEL,
     ImageSelector,
@@ -348,6 +353,9 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
             if pre.test_signing is not True:
                 raise InfrastructureError("test signing is not in effect after the reboot",
                                           "is Secure Boot on? the image needs OVMF without it")
+            if pre.vbs_status is VbsStatus.RUNNING:
+                progress.say("warning: virtualization-based security is running in the guest "
+                             "(not supported with CPU hot-add); the manifest records it")
             if not pre.dyn_processor_enabled:
                 progress.say(f"warning: {pre.product} ({pre.edition}) does not report dynamic "
                              "processor support (SharedUserData DbgDynProcessorEnabled): "
@@ -383,6 +391,7 @@ def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, pa
         hotadd={"dyn_processor_enabled": pre.get("dyn_processor_enabled"),
                 "licence_dynamic_partitioning": pre.get("licence_dynamic_partitioning"),
                 "test_signing": pre.get("test_signing"), "wdf_version": pre.get("wdf_version"),
+                "vbs_status": pre.get("vbs_status"),
                 "edition_id": pre.get("edition")},
         source_iso=spec.windows_iso.name, virtio_iso=spec.virtio_iso.name,
         provisioning={str(k): str(v) for k, v in facts["provisioning"].get("steps", {}).items()},

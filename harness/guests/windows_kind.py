@@ -16,7 +16,13 @@ from pathlib import Path
 
 from harness.errors import InputError, TransportError
 from harness.guests import windows_control, windows_image, windows_setup
-from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.guests.base import (
+    GuestFacts,
+    GuestKind,
+    GuestSession,
+    HardwareRequest,
+    ProbeSettings,
+)
 from harness.host import storage
 from harness.host.domain import (
     Accelerator,
@@ -36,6 +42,9 @@ from harness.transport.base import Transport
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 
 DRIVER_FILE = "hotaddprobe.sys"  # its name on the driver ISO
+VBS_WORDS = {windows_control.VbsStatus.OFF: "off",
+             windows_control.VbsStatus.ENABLED_NOT_RUNNING: "enabled, not running",
+             windows_control.VbsStatus.RUNNING: "running"}
 WINRM_PORT = 5985
 #: Windows Server takes 30-90 s to boot to WinRM on KVM; shorter waits only fail spuriously.
 MIN_READY_TIMEOUT = 300.0
@@ -109,6 +118,14 @@ class WindowsSession(GuestSession):
     def processor_count(self) -> int:
         with self._guest():
             return windows_control.processor_count(self.transport).logical
+
+    def facts(self) -> GuestFacts:
+        """From the preflight, which also refuses builds the probe cannot load on."""
+        with self._guest():
+            pre = windows_control.preflight(self.transport)
+        vbs = None if pre.vbs_status is None else VBS_WORDS[pre.vbs_status]
+        return GuestFacts(os=f"{pre.product} ({pre.edition})", build=pre.build, vbs=vbs,
+                          dynamic_processors=pre.dyn_processor_enabled)
 
 
 class WindowsGuest(GuestKind):
