@@ -37,7 +37,7 @@ from harness.guests.base import (
 )
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
-from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
+from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan, to_xml
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
 from harness.oracle import HostFacts, Severity, Verdict, check
@@ -571,6 +571,21 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
                            base_versions(), str(exc), crashed)
     write_result(result)
     return result
+
+
+def planned_xml(spec: ScenarioSpec) -> str:
+    """The domain XML `run_scenario(spec)` would define (`hotadd run --print-xml`): nothing is
+    built, started or connected to, and the image and driver need not exist. An explicit
+    accelerator is taken as given (the XML for a KVM host can be printed anywhere)."""
+    kind = guest_kind(spec)
+    accelerator = (accel.kvm_status().accelerator if spec.accelerator is Accelerator.AUTO
+                   else spec.accelerator)
+    domain = run_name(spec.guest.value)
+    hw = HardwareRequest(name=domain, vcpus=spec.vcpu_plan, accelerator=accelerator,
+                         run_dir=spec.run_dir or default_run_dir(domain),
+                         scratch=storage.scratch_path(domain), memory_mib=spec.memory_mib,
+                         firmware=spec.firmware)
+    return to_xml(kind.planned_spec(hw))
 
 
 def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,

@@ -16,7 +16,7 @@ from harness.host.machine import HotplugMethod
 from harness.progress import Progress
 from harness.report.html import write_report
 from harness.report.text import render_result
-from harness.scenario import GuestChoice, ScenarioSpec, run_scenario
+from harness.scenario import GuestChoice, ScenarioSpec, planned_xml, run_scenario
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -75,6 +75,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--ack-timeout", type=float, default=60.0)
     r.add_argument("--json", action="store_true", help="print result.json to stdout")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.add_argument("--print-xml", action="store_true",
+                   help="print the domain XML the run would define and stop: nothing is "
+                        "started, and the image and driver need not exist")
     p.set_defaults(func=run_command)
 
 
@@ -98,6 +101,9 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
 
 def run_command(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.print_xml:
+        print(planned_xml(spec))
+        return 0
     result = run_scenario(spec, Progress(quiet=args.quiet))
     try:
         report = f"report: {write_report(result.run_dir)}"

@@ -11,6 +11,7 @@ import abc
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import InputError
 from harness.host.domain import Accelerator, DomainSpec, Firmware, VcpuPlan
 from harness.host.machine import Machine
 from harness.oracle import Profile as OracleProfile
@@ -100,6 +101,12 @@ class GuestKind(abc.ABC):
     @abc.abstractmethod
     def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
         """The domain for this guest, with the run's hardware choices applied."""
+
+    def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
+        """The domain `domain_spec` would give, built from names alone (`--print-xml`):
+        nothing is built, created or read that may not exist yet; `planned` is set."""
+        raise InputError(f"the {self.name} guest cannot print its domain XML without "
+                         "preparing", "run without --print-xml")
 
     @abc.abstractmethod
     def open_session(self, machine: Machine, progress: Progress,

@@ -410,6 +410,12 @@ def _prune(root: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def planned_boot_files() -> tuple[Path, Path]:
+    """Kernel and initramfs of the build for the current inputs, built or not (--print-xml)."""
+    final = paths.guests_dir() / "reference" / _inputs_hash(_versions())
+    return final / "vmlinuz", final / "initrd.img"
+
+
 def build(force: bool = False, progress: Progress | None = None) -> ReferenceImage:
     """Build the reference guest (or return the cached build for the same inputs)."""
     progress = progress or Progress(quiet=True)

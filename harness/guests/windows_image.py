@@ -66,6 +66,7 @@ from harness.host.domain import (
     Profile,
     Topology,
     VcpuPlan,
+    to_xml,
 )
 from harness.host.machine import Machine, free_port, run_name
 from harness.host.sweep import sweep
@@ -228,20 +229,38 @@ def start_installer(spec: ImageBuildSpec, accelerator: Accelerator, disk: Path, 
         sweep(conn)
         name = run_name("winimage")
         scratch = storage.run_scratch(name)
-        dom_spec = DomainSpec(
-            name=name, profile=Profile.WINDOWS,
-            vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=spec.vcpus), boot=spec.vcpus),
-            serial_log=spec.logs / "serial.log", memory_mib=spec.memory_mib,
-            firmware=spec.firmware, accelerator=accelerator, nvram=nvram,
-            disks=(Disk(disk, bus=DiskBus.SATA),),
-            cdroms=(Cdrom(spec.windows_iso.resolve()), Cdrom(prov_iso)),
-            forwards=(Forward(guest_port=5985, host_port=port),),
-            metadata={"purpose": "windows image build"},
-        )
+        dom_spec = installer_spec(spec, name, accelerator, disk, prov_iso, nvram, port)
         return Installer(Machine.start(conn, dom_spec, scratch), conn)
     except BaseException:
         conn.close()
         raise
+
+
+def installer_spec(spec: ImageBuildSpec, name: str, accelerator: Accelerator, disk: Path,
+                   prov_iso: Path, nvram: Path | None, port: int,
+                   planned: bool = False) -> DomainSpec:
+    """The installer domain: Windows ISO first, provisioning ISO, the new disk on SATA."""
+    return DomainSpec(
+        name=name, profile=Profile.WINDOWS,
+        vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=spec.vcpus), boot=spec.vcpus),
+        serial_log=spec.logs / "serial.log", memory_mib=spec.memory_mib,
+        firmware=spec.firmware, accelerator=accelerator, nvram=nvram,
+        disks=(Disk(disk, bus=DiskBus.SATA),),
+        cdroms=(Cdrom(spec.windows_iso.resolve()), Cdrom(prov_iso)),
+        forwards=(Forward(guest_port=5985, host_port=port),),
+        metadata={"purpose": "windows image build"}, planned=planned,
+    )
+
+
+def planned_installer_xml(spec: ImageBuildSpec) -> str:
+    """The installer domain XML `build_image(spec)` would define (`--print-xml`): no ISO is
+    read, nothing created or started; KVM unless the spec forces TCG."""
+    accelerator = Accelerator.TCG if spec.force_tcg else Accelerator.KVM
+    work = spec.output.parent / ".hotadd-image-PLANNED"
+    nvram = work / "OVMF_VARS.fd" if spec.firmware is Firmware.UEFI else None
+    return to_xml(installer_spec(spec, run_name("winimage"), accelerator,
+                                 spec.output.with_name(spec.output.name + ".partial"),
+                                 work / "provision.iso", nvram, free_port(), planned=True))
 
 
 InstallerFactory = Callable[[ImageBuildSpec, Accelerator, Path, Path, "Path | None", int],

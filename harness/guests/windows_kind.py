@@ -128,6 +128,27 @@ class WindowsSession(GuestSession):
                           dynamic_processors=pre.dyn_processor_enabled)
 
 
+def _firmware(hw: HardwareRequest, installed: Firmware | None) -> Firmware:
+    """The image's firmware (a different --firmware is an error), else --firmware or UEFI."""
+    if installed is None:
+        return hw.firmware or Firmware.UEFI
+    if hw.firmware is not None and hw.firmware is not installed:
+        raise InputError(f"the image was installed with {installed.value} firmware, not "
+                         f"{hw.firmware.value}", f"use --firmware {installed.value}")
+    return installed
+
+
+def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | None,
+          driver_iso: Path, planned: bool = False) -> DomainSpec:
+    return DomainSpec(
+        name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
+        serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
+        firmware=firmware, accelerator=hw.accelerator, nvram=nvram, disks=(disk,),
+        cdroms=(Cdrom(driver_iso),),
+        forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),), planned=planned,
+    )
+
+
 class WindowsGuest(GuestKind):
     name = "windows"
     oracle_profile = OracleProfile.WINDOWS
@@ -174,10 +195,7 @@ class WindowsGuest(GuestKind):
             raise InputError("Windows under TCG emulation takes far too long to boot for a run",
                              "run the Windows scenario on a KVM host (--accel kvm)")
         m = self.manifest
-        firmware = Firmware(m.firmware)
-        if hw.firmware is not None and hw.firmware is not firmware:
-            raise InputError(f"the image was installed with {firmware.value} firmware, not "
-                             f"{hw.firmware.value}", f"use --firmware {firmware.value}")
+        firmware = _firmware(hw, Firmware(m.firmware))
         nvram = None
         if firmware is Firmware.UEFI:
             nvram = hw.scratch / "OVMF_VARS.fd"
@@ -193,14 +211,19 @@ class WindowsGuest(GuestKind):
         shutil.copyfile(windows_control.PROBE_SCRIPT, tree / windows_control.PROBE_SCRIPT.name)
         iso = windows_setup.build_iso(tree, hw.scratch / "driver.iso", windows_setup.DRIVER_LABEL)
         shutil.rmtree(tree)
-        return DomainSpec(
-            name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
-            firmware=firmware, accelerator=hw.accelerator, nvram=nvram,
-            disks=(Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus)),),
-            cdroms=(Cdrom(iso),),
-            forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),),
-        )
+        disk = Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus))
+        return _spec(hw, firmware, disk, nvram, iso)
+
+    def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
+        """From the image's manifest if there is one, else the image build's defaults (UEFI,
+        SATA); the image, driver and manifest need not exist."""
+        manifest_file = windows_image.manifest_path(self.image) if self.image else None
+        m = (windows_image.GoldenManifest.read(manifest_file)
+             if manifest_file is not None and manifest_file.is_file() else None)
+        firmware = _firmware(hw, Firmware(m.firmware) if m else None)
+        disk = Disk(hw.scratch / "disk0.qcow2", bus=DiskBus(m.disk_bus) if m else DiskBus.SATA)
+        nvram = hw.scratch / "OVMF_VARS.fd" if firmware is Firmware.UEFI else None
+        return _spec(hw, firmware, disk, nvram, hw.scratch / "driver.iso", planned=True)
 
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> GuestSession:
