@@ -19,7 +19,7 @@ import enum
 import json
 import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from harness.guests.base import (
 from harness.host import accel, storage
 from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan, to_xml
+from harness.host.events import OstEvent
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
 from harness.oracle import HostFacts, Severity, Verdict, check
@@ -514,25 +515,18 @@ class Attempt:
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
-        seen = _hotadd_notifies(session.live_records())
+        seen = len(_hotadd_notifies(session.live_records()))
         plugged = machine.hotadd(vcpu_id, spec.method)
         self.plugged.append(plugged)
         t0 = time.monotonic()
-        ost = machine.wait_ost(plugged, spec.ack_timeout,
-                               tick=lambda: progress.waiting(f"add {index}", "ACPI _OST", t0))
-        start: NotifyRecord | None = None
-        end: NotifyRecord | None = None
-        deadline = time.monotonic() + spec.ack_timeout
-        while time.monotonic() < deadline:
-            new = _hotadd_notifies(session.live_records())[len(seen):]
-            start = next((r for r in new if r.state is NotifyState.START), None)
-            end = next((r for r in new if start and r.state is not NotifyState.START
-                        and r.nt_number == start.nt_number), None)
-            if end is not None:
-                break
+
+        def tick() -> None:
             machine.check_alive()
-            progress.waiting(f"add {index}", "the probe's start and complete/failure", t0)
-            time.sleep(0.1)
+            progress.waiting(f"add {index}", "ACPI _OST and the probe's start and end", t0)
+
+        ost, start, end = await_add(
+            lambda: machine.wait_ost(plugged, 0),
+            lambda: _hotadd_notifies(session.live_records())[seen:], spec.ack_timeout, tick)
         return AddOutcome(
             index=index, plugged=plugged,
             ost_status=ost.status if ost else None,
@@ -609,6 +603,32 @@ def write_result(result: RunResult) -> Path:
     path = result.run_dir / "result.json"
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return path
+
+
+def await_add(poll_ost: Callable[[], OstEvent | None],
+              poll_records: Callable[[], Sequence[NotifyRecord]], timeout: float,
+              tick: Callable[[], None], *, clock: Callable[[], float] = time.monotonic,
+              pause: Callable[[float], None] = time.sleep,
+              ) -> tuple[OstEvent | None, NotifyRecord | None, NotifyRecord | None]:
+    """Wait for the guest's _OST and for the probe's start and complete/failure of one add at
+    the same time, under one deadline: an _OST that never comes costs `timeout` once, not
+    `timeout` before the record wait even begins. Returns (ost, start, end); None = missing.
+    `tick` runs between polls (liveness check, progress); `clock`/`pause` are for tests."""
+    deadline = clock() + timeout
+    ost: OstEvent | None = None
+    start: NotifyRecord | None = None
+    end: NotifyRecord | None = None
+    while True:
+        ost = ost or poll_ost()
+        if end is None:
+            new = poll_records()
+            start = next((r for r in new if r.state is NotifyState.START), None)
+            end = next((r for r in new if start and r.state is not NotifyState.START
+                        and r.nt_number == start.nt_number), None)
+        if (ost is not None and end is not None) or clock() >= deadline:
+            return ost, start, end
+        tick()
+        pause(0.1)
 
 
 def _hotadd_notifies(text: str) -> list[NotifyRecord]:
