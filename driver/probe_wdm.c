@@ -493,6 +493,8 @@ HapProbeStart(PCUNICODE_STRING RegistryPath, PHAP_PROBE *Probe)
     record.u.Driver.VetoIndex = parameters.VetoIndex;
     record.u.Driver.VetoStatus = (unsigned int)parameters.VetoStatus;
     record.u.Driver.VetoDuringReplay = parameters.VetoDuringReplay;
+    record.u.Driver.LoadQpc = (unsigned long long)probe->LoadTicks;
+    record.u.Driver.QpcHz = (unsigned long long)probe->Frequency.QuadPart;
     HapAppend(probe, &record);
 
     /* With ADD_EXISTING the callback runs for every active processor before this returns;

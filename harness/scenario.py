@@ -185,6 +185,7 @@ class RunResult:
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
     guest: GuestFacts | None = None  # what the guest said about itself before the load
+    clock_uncertainty: float | None = None  # clock_offset is right to +- this (handshake)
 
     @property
     def passed(self) -> bool:
@@ -213,7 +214,10 @@ class RunResult:
             "add_after_unload": self.after_unload.to_dict() if self.after_unload else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
-            "guest_clock": {"t0_host_wall": self.clock_offset},
+            "guest_clock": {"t0_host_wall": self.clock_offset,
+                            "uncertainty_s": _r(self.clock_uncertainty),
+                            "method": "load" if self.clock_uncertainty is None
+                            else "handshake"},
             "guest": dataclasses.asdict(self.guest) if self.guest else None,
         }
 
@@ -394,6 +398,7 @@ class Attempt:
         self.adds: list[AddOutcome] = []
         self.plugged: list[PluggedVcpu] = []
         self.clock_offset: float | None = None  # host Unix time of guest t_ns == 0
+        self.clock_uncertainty: float | None = None  # +- seconds, when a handshake gave it
         self._boot_count: int | None = None
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
@@ -419,7 +424,11 @@ class Attempt:
         with self.progress.stage("load", "the probe to register"):
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
+            sample = self.session.clock_sample()
             self._boot_count = self.session.processor_count()
+        if sample is not None:  # one read of the probe's clock inside one command
+            self.clock_offset, self.clock_uncertainty = sample.t0_host, sample.uncertainty
+            return
         records = parse_records(self.session.live_records().splitlines())
         self.clock_offset = loaded_at - records[-1].t_ns / 1e9 if records else None
 
@@ -511,7 +520,7 @@ class Attempt:
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
                          error, crashed, self.clock_offset, self.after_unload,
-                         self.guest_facts)
+                         self.guest_facts, self.clock_uncertainty)
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session

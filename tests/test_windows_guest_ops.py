@@ -133,6 +133,11 @@ def test_preflight_records_vbs_and_the_session_reports_it(
                                dynamic_processors=True)
     result = RunResult(ScenarioSpec(), tmp_path, "hotadd-x", None, (), (), {}, {}, guest=facts)
     assert result.to_dict()["guest"]["vbs"] == "running"
+    assert result.to_dict()["guest_clock"]["method"] == "load"
+    timed = RunResult(ScenarioSpec(), tmp_path, "hotadd-x", None, (), (), {}, {},
+                      clock_offset=1.5, clock_uncertainty=0.25)
+    assert timed.to_dict()["guest_clock"] == {"t0_host_wall": 1.5, "uncertainty_s": 0.25,
+                                              "method": "handshake"}
     double.probe.vbs_status = None  # no Device Guard class: unknown, not an error
     assert windows_control.preflight(transport).vbs_status is None
 
@@ -144,6 +149,30 @@ def test_preflight_refuses_builds_before_server_2019(double: WinRMDouble,
         windows_control.preflight(transport)
     with pytest.raises(InputError, match="17763"):
         WindowsSession(transport).facts()
+
+
+def test_clock_handshake_brackets_the_probe_load(double: WinRMDouble,
+                                                 transport: WinRMTransport) -> None:
+    """One command reads the probe's clock; the host's times around it bound the load."""
+    session = WindowsSession(transport)
+    session.load_probe(ProbeSettings())
+    sample = session.clock_sample()
+    assert sample is not None and sample.host_before <= sample.host_after
+    low = sample.host_before - sample.t_ns / 1e9
+    high = sample.host_after - sample.t_ns / 1e9
+    assert low <= double.probe.loaded_at <= high
+    assert abs(sample.t0_host - double.probe.loaded_at) <= sample.uncertainty
+    commands = len(double.command_lines)
+    session.clock_sample()
+    assert len(double.command_lines) == commands + 1, "one command, no staging"
+
+
+def test_clock_handshake_without_qpc_falls_back(double: WinRMDouble,
+                                                transport: WinRMTransport) -> None:
+    double.probe.driver_has_clock = False
+    session = WindowsSession(transport)
+    session.load_probe(ProbeSettings())
+    assert session.clock_sample() is None
 
 
 def test_preflight_and_errors(double: WinRMDouble, transport: WinRMTransport) -> None:

@@ -411,6 +411,8 @@ class WinRMDouble:
                 f.seek(int(chunk[3]))
                 data = f.read(int(chunk[4]))
             cmd.finish(base64.b64encode(data), b"", 0)
+        elif "[Diagnostics.Stopwatch]::GetTimestamp()" in script:
+            cmd.finish(*self.probe.clock())
         elif "function Install-HotAddProbe" in script:
             out, rc = self.probe.call(script.strip().splitlines()[-1])
             cmd.finish(out.encode() + b"\r\n" if rc == 0 else b"",
@@ -467,6 +469,8 @@ class ProbeModel:
         self.last_boot_utc = "2026-11-24T07:00:00.1234567Z"
         self.test_signing = True
         self.build = 20348
+        self.driver_has_clock = True  # load records carry qpc/qpc_hz (the current driver)
+        self.loaded_at = 0.0
         self.vbs_status: int | None = 0
         self.calls: list[str] = []
 
@@ -485,6 +489,20 @@ class ProbeModel:
 
     def _records(self) -> Path:
         return self.double.path(self.RECORDS)
+
+    QPC_HZ = 10_000_000  # what Windows reports on current hardware
+
+    def qpc(self, t: float) -> int:
+        """The guest's performance counter at host time `t` (guest and host share a clock)."""
+        return int(t * self.QPC_HZ)
+
+    def clock(self) -> tuple[bytes, bytes, int]:
+        """The clock snippet: t_ns now from the load record's qpc, as the script computes."""
+        first = json.loads(self._records().read_text().splitlines()[0])
+        if first.get("event") != "load" or not first.get("qpc_hz"):
+            return b"", b"", 45
+        now = self.qpc(time.time())
+        return str((now - first["qpc"]) * 1_000_000_000 // first["qpc_hz"]).encode(), b"", 0
 
     def install_hotaddprobe(self, args: dict[str, str]) -> dict[str, object] | str:
         source = args["Source"]
@@ -510,8 +528,13 @@ class ProbeModel:
             return "sc.exe start: the service does not exist (1060)"
         path = self._records()
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [{"v": 1, "seq": 1, "t_ns": 0, "kind": "driver", "event": "load",
-                  "active_count": self.logical, "flags": self.parameters.get("Flags", 1)}]
+        self.loaded_at = time.time()
+        load: dict[str, object] = {"v": 1, "seq": 1, "t_ns": 0, "kind": "driver",
+                                   "event": "load", "active_count": self.logical,
+                                   "flags": self.parameters.get("Flags", 1)}
+        if self.driver_has_clock:
+            load |= {"qpc": self.qpc(self.loaded_at), "qpc_hz": self.QPC_HZ}
+        lines = [load]
         if self.start_code == 0:
             self.state = "Running"
             lines.append({"v": 1, "seq": 2, "t_ns": 1000, "kind": "driver",

@@ -43,6 +43,27 @@ class GuestFacts:
 
 
 @dataclass(frozen=True)
+class ClockSample:
+    """The probe's own clock (`t_ns`) read once in the guest, inside one command whose
+    sending and answer the host timed: the read happened between `host_before` and
+    `host_after` (host Unix seconds)."""
+
+    t_ns: int
+    host_before: float
+    host_after: float
+
+    @property
+    def t0_host(self) -> float:
+        """Host Unix time of the probe's t_ns == 0: the middle of what is known."""
+        return (self.host_before + self.host_after) / 2 - self.t_ns / 1e9
+
+    @property
+    def uncertainty(self) -> float:
+        """Half the bracket: t0_host is right to within this many seconds."""
+        return (self.host_after - self.host_before) / 2
+
+
+@dataclass(frozen=True)
 class HardwareRequest:
     """The run's hardware choices that every guest kind honours."""
 
@@ -79,6 +100,11 @@ class GuestSession(abc.ABC):
     @abc.abstractmethod
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
+
+    def clock_sample(self) -> ClockSample | None:
+        """One read of the probe's clock inside one command (the probe is loaded); None if
+        this guest cannot, and the scenario maps time from the load instead."""
+        return None
 
     def facts(self) -> GuestFacts | None:
         """The guest's own description for the result; None if it has nothing to add."""

@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import GuestNotReady, InputError, TransportError
+from harness.guests.base import ClockSample
 from harness.paths import REPO_ROOT
 from harness.transport.base import CommandResult, Transport
-from harness.transport.winrm import RemoteFileMissing, fetch_by_chunks, run_powershell
+from harness.transport.winrm import (
+    RemoteFileMissing,
+    encoded_command,
+    fetch_by_chunks,
+    run_powershell,
+)
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 PROBE_SCRIPT = VM_DIR / "hotadd-probe.ps1"
@@ -130,6 +136,41 @@ def probe_control(transport: Transport, call: str, timeout: float = 300.0) -> di
         raise TransportError(f"{call}: bad JSON from the guest ({exc}): {lines[-1][:300]}",
                              "run it by hand in the guest") from None
     return data
+
+
+#: Exit code of the clock snippet when the load record carries no qpc (an older driver).
+NO_CLOCK_RC = 45
+
+
+def clock_script(records_path: str = RECORDS_PATH) -> str:
+    """PowerShell short enough for one -EncodedCommand: the probe's t_ns now, from the load
+    record's qpc/qpc_hz and QueryPerformanceCounter (Stopwatch), which reads the counter
+    KeQueryPerformanceCounter does. The counter is read last, just before the answer."""
+    return (
+        "$ErrorActionPreference='Stop';"
+        f"$l=Get-Content -LiteralPath {ps_literal(records_path)} -TotalCount 1|ConvertFrom-Json;"
+        f"if($l.event -ne 'load' -or -not $l.qpc_hz){{exit {NO_CLOCK_RC}}};"
+        "$n=[Diagnostics.Stopwatch]::GetTimestamp();"
+        "[Console]::Out.Write([decimal]::Floor(([decimal]$n-[decimal]$l.qpc)*1000000000"
+        "/[decimal]$l.qpc_hz))"
+    )
+
+
+def clock_sample(transport: Transport) -> ClockSample | None:
+    """The clock handshake: one command, timed by the host around it (None: the driver's
+    load record has no qpc)."""
+    command = encoded_command(clock_script())
+    before = time.time()
+    res = transport.run(command, timeout=60.0)
+    after = time.time()
+    if res.rc == NO_CLOCK_RC:
+        return None
+    res.check()
+    try:
+        return ClockSample(t_ns=int(res.stdout.strip()), host_before=before, host_after=after)
+    except ValueError:
+        raise TransportError(f"the clock handshake answered {res.stdout.strip()[:100]!r}",
+                             "run the clock snippet by hand in the guest") from None
 
 
 def install_driver(transport: Transport, source: str) -> DriverInstall:

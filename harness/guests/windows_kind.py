@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.errors import InputError, TransportError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import (
+    ClockSample,
     GuestFacts,
     GuestKind,
     GuestSession,
@@ -118,6 +119,10 @@ class WindowsSession(GuestSession):
     def processor_count(self) -> int:
         with self._guest():
             return windows_control.processor_count(self.transport).logical
+
+    def clock_sample(self) -> ClockSample | None:
+        with self._guest():
+            return windows_control.clock_sample(self.transport)
 
     def facts(self) -> GuestFacts:
         """From the preflight, which also refuses builds the probe cannot load on."""
