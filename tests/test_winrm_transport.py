@@ -237,6 +237,17 @@ def test_request_envelope_over_500_kb_is_refused(double: WinRMDouble,
         transport.run("echo " + "x" * 520_000)
 
 
+def test_faulted_commands_do_not_leak_shells_into_the_quota(double: WinRMDouble,
+                                                           transport: WinRMTransport) -> None:
+    """A fault drops the transport's shell; the service is alive, so the shell is deleted,
+    not left to count against MaxShellsPerUser until WinRS's 2-hour idle timeout."""
+    for _ in range(20):
+        with pytest.raises(TransportError, match="MaxEnvelopeSize quota"):
+            transport.run("echo " + "x" * 520_000)
+    assert len(double.shells) <= 1
+    assert transport.run("echo still-fine").stdout.strip() == "still-fine"
+
+
 def test_operation_timeout_above_max_timeoutms_is_refused(double: WinRMDouble) -> None:
     ep = WinRMEndpoint(port=double.port, username="Administrator", password=PASSWORD,
                        operation_timeout=61, read_timeout=70)

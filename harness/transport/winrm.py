@@ -261,11 +261,18 @@ class WinRMTransport(Transport):
         self._protocol, self._shell_id = protocol, shell_id
         return protocol, shell_id
 
-    def _drop(self) -> None:
-        """Forget the shell without talking to the guest (the connection is gone)."""
-        if self._protocol is not None:
-            self._protocol.transport.close_session()
+    def _drop(self, delete: bool = False) -> None:
+        """Forget the shell; with `delete` (the service answered, so it is alive) try to
+        delete it first: a forgotten shell lives on until WinRS's idle timeout (2 h) and
+        counts against MaxShellsPerUser (30), after which no shell opens at all."""
+        protocol, shell_id = self._protocol, self._shell_id
         self._protocol, self._shell_id = None, None
+        if protocol is None:
+            return
+        if delete and shell_id is not None:
+            with contextlib.suppress(Exception):
+                protocol.close_shell(shell_id)
+        protocol.transport.close_session()
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         """Run one pywinrm call; turn every failure into a redacted TransportError."""
@@ -279,10 +286,12 @@ class WinRMTransport(Transport):
                        "auth enabled in the guest (vm/windows/provision.ps1 does it)")
         except WSManFaultError as exc:
             code = f" wsman code {exc.wsman_fault_code}" if exc.wsman_fault_code else ""
-            self._fail(what, f"WinRM fault (HTTP {exc.code}{code}): {exc.reason}")
+            self._fail(what, f"WinRM fault (HTTP {exc.code}{code}): {exc.reason}",
+                       service_answered=True)
         except WinRMTransportError as exc:
             self._fail(what, f"HTTP {exc.code} from the WinRM service"
-                       + (f": {exc.response_text[:300]}" if exc.response_text else ""))
+                       + (f": {exc.response_text[:300]}" if exc.response_text else ""),
+                       service_answered=True)
         except requests.exceptions.ConnectionError as exc:
             self._fail(what, f"connection refused or reset ({type(exc).__name__})")
         except requests.exceptions.Timeout:
@@ -291,9 +300,10 @@ class WinRMTransport(Transport):
             self._fail(what, f"{type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
-    def _fail(self, what: str, fault: str, fix: str | None = None) -> None:
+    def _fail(self, what: str, fault: str, fix: str | None = None,
+              service_answered: bool = False) -> None:
         self.last_fault = redact(fault, self.endpoint.password)
-        self._drop()
+        self._drop(delete=service_answered)
         raise TransportError(
             f"{self.description}: {what} failed: {self.last_fault}",
             fix or "check that the guest is up and WinRM listens on the forwarded port "
