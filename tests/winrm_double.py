@@ -74,6 +74,9 @@ STREAM_CHUNK = 64 * 1024  # at most this many bytes per stream per Receive respo
 OPERATION_TIMEOUT_FAULT = 2150858793
 SHELL_NOT_FOUND_FAULT = 2150858843
 SHELL_QUOTA_FAULT = 2150859173
+#: a Receive for an unknown CommandId: a fault, as Windows gives; its exact code is not known
+#: to us, so the shell-not-found code stands in (the transport treats both alike)
+COMMAND_NOT_FOUND_FAULT = 2150858843
 ENVELOPE_QUOTA_FAULT = 2150859025  # 0x80338111
 MAX_ENVELOPE_KB = 500
 MAX_SHELLS_PER_USER = 30
@@ -297,6 +300,10 @@ class WinRMDouble:
             stream = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS)
             cid = stream.get("CommandId", "") if stream is not None else ""
             envelope = int(_text(root, "s:Header/w:MaxEnvelopeSize") or 153600)
+            if cid not in shell.commands:  # already signalled/cleaned up, or never existed
+                return _fault(COMMAND_NOT_FOUND_FAULT, message_id,
+                              "The request for the Windows Remote Shell with ShellId failed "
+                              "because the command was not found on the server.")
             return self._receive(shell.commands[cid], cid, message_id, timeout_ms / 1000,
                                  envelope)
         if verb == "Signal":
