@@ -1,31 +1,23 @@
 """The `hotadd` command line: parse, call one function, map the outcome to an exit code.
 
-Each subcommand lives beside the code it drives, in a module exposing
-`add_parser(subparsers) -> None` that sets `func=callable(args) -> int` on its parser. This file
-only lists those modules, so adding a command never means editing another command's code.
+Each subcommand is one module of `harness.commands` exposing `add_parser(subparsers) -> None`
+that sets `func=callable(args) -> int` on its parser. This file only lists those modules, so
+adding a command never means editing another command's code.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
-from harness import __version__
-from harness.errors import ExitCode, HotaddError
+from harness import __version__, interrupts
+from harness.errors import HotaddError, exit_code
 
-COMMAND_MODULES = (
-    "harness.scenario_command",  # hotadd run
-    "harness.oracle.command",  # hotadd check
-    "harness.doctor",  # hotadd doctor
-    "harness.guests.command",  # hotadd guest build
-    "harness.guests.image_command",  # hotadd image build
-    "harness.host.sweep",  # hotadd sweep
-    "harness.report.command",  # hotadd report
-)
+COMMAND_MODULES = tuple(f"harness.commands.{name}" for name in (
+    "run", "check", "doctor", "guest", "image", "sweep", "report"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,33 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    """SIGTERM/SIGHUP (a CI job's timeout, a lab scheduler) unwind like Ctrl-C, so every
-    context manager tears its VM down instead of leaving QEMU running."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; return its exit code. Never raises for expected failures."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+    # SIGTERM/SIGHUP (a CI job's timeout, a lab scheduler) unwind like Ctrl-C, so every
+    # context manager tears its VM down instead of leaving QEMU running.
+    interrupts.install()
     try:
         code: int = args.func(args)
         return code
     except HotaddError as exc:
         print(f"hotadd: error: {exc}", file=sys.stderr)
-        return ExitCode.HARNESS_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt as exc:
-        print(f"hotadd: interrupted ({exc or 'SIGINT'}); the run was torn down",
-              file=sys.stderr)
-        return ExitCode.HARNESS_ERROR
-    except Exception:  # a bug in the harness is still a harness error, not a verdict
+        left = interrupts.leftovers()
+        if left:
+            print(f"hotadd: interrupted ({interrupts.signal_name(exc)}) before the teardown "
+                  f"finished: left behind {'; '.join(left)}\n  fix: run 'hotadd sweep' "
+                  "(with the same --libvirt-uri) to remove them", file=sys.stderr)
+        else:
+            print(f"hotadd: interrupted ({interrupts.signal_name(exc)}); the run was torn "
+                  "down", file=sys.stderr)
+        return exit_code(exc)
+    except Exception as exc:  # a bug in the harness is still a harness error, not a verdict
         traceback.print_exc()
         print("hotadd: internal error (a bug in hotadd: please report it with the trace above)",
               file=sys.stderr)
-        return ExitCode.HARNESS_ERROR
+        return exit_code(exc)
 
 
 def run() -> int:

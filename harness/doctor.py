@@ -1,4 +1,4 @@
-"""`hotadd doctor`: one screen saying what this host can do for hotadd, and what to install.
+"""The checks behind `hotadd doctor`: what this host can do for hotadd, and what to install.
 
 Each line is a `Finding` with ok/missing and, when missing, the fix. The checks are cheap
 (no guest is booted) so a lab can run this on every host before scheduling work on it.
@@ -6,13 +6,11 @@ Each line is a `Finding` with ok/missing and, when missing, the fix. The checks 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness import paths
 from harness.host.domain import OVMF_CODE, OVMF_VARS, default_emulator
@@ -157,19 +155,3 @@ def render(checks: list[Check]) -> str:
     lines.append("this host is ready for hotadd" if not missing else
                  f"{len(missing)} thing(s) missing: ./setup.sh install installs them all")
     return "\n".join(lines)
-
-
-def _command(args: argparse.Namespace) -> int:
-    checks = run_checks()
-    if args.json:
-        out: list[dict[str, Any]] = [asdict(c) for c in checks]
-        print(json.dumps(out, indent=2))
-    else:
-        print(render(checks))
-    return 0 if all(c.ok for c in checks) else 2
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("doctor", help="what this host can do, and what to install")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_command)

@@ -18,6 +18,23 @@ class ExitCode(enum.IntEnum):
     HARNESS_ERROR = 2
 
 
+class Outcome(enum.Enum):
+    """What a run or a command concluded (`result.json`'s "outcome")."""
+
+    PASS = "pass"
+    FAIL = "fail"  # the guest under test misbehaved: the verdict failed, or it crashed
+    ERROR = "error"  # the harness or the lab could not produce a verdict
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or SIGHUP: no verdict
+
+
+_EXIT_CODES = {
+    Outcome.PASS: ExitCode.PASS,
+    Outcome.FAIL: ExitCode.VERDICT_FAIL,
+    Outcome.ERROR: ExitCode.HARNESS_ERROR,
+    Outcome.INTERRUPTED: ExitCode.HARNESS_ERROR,
+}
+
+
 class HotaddError(Exception):
     """Root of every error the harness raises on purpose."""
 
@@ -52,14 +69,34 @@ class GuestNotReady(InfrastructureError):
 
 
 class GuestCrashed(InfrastructureError):
-    """The guest panicked / bugchecked during the run."""
+    """The guest panicked / bugchecked.
+
+    `under_test` is true once the probe (the driver under test) began to load: from then on a
+    crash may be the driver's doing and is a verdict (exit 1); before, it is the lab's (exit 2).
+    """
 
     def __init__(self, problem: str, fix: str | None = None,
-                 bugcheck: tuple[int, ...] | None = None) -> None:
+                 bugcheck: tuple[int, ...] | None = None, under_test: bool = False) -> None:
         self.bugcheck = bugcheck
+        self.under_test = under_test
         super().__init__(problem, fix)
 
 
 class TransportError(InfrastructureError):
     """A command could not be delivered to, or its result collected from, the guest."""
 
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """What an exception that ended a run or a command means for its outcome."""
+    if isinstance(exc, GuestCrashed) and exc.under_test:
+        return Outcome.FAIL
+    if isinstance(exc, KeyboardInterrupt):
+        return Outcome.INTERRUPTED
+    return Outcome.ERROR  # HotaddError, and a bug in hotadd is no verdict either
+
+
+def exit_code(what: Outcome | BaseException) -> ExitCode:
+    """The one mapping from an outcome, or the exception that ended a command, to the process's
+    exit code: 0 pass, 1 the guest under test misbehaved, 2 no verdict."""
+    return _EXIT_CODES[what if isinstance(what, Outcome) else outcome_of(what)]

@@ -24,6 +24,7 @@ class Progress:
     timings: dict[str, float] = field(default_factory=dict)
     wait_interval: float = 5.0  # seconds between "still waiting" lines for one stage
     _last_wait: dict[str, float] = field(default_factory=dict)
+    interrupted_in: str | None = None  # the innermost stage a Ctrl-C/SIGTERM cut short
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -45,9 +46,14 @@ class Progress:
     def stage(self, name: str, awaited: str = "") -> Iterator[None]:
         """Time a stage and record it in `timings` under `name`, even when it fails."""
         t0 = time.monotonic()
-        self.say(f"{name}: {awaited}..." if awaited else f"{name}...")
-        try:
+        try:  # the announcement too: a signal sent on seeing it must land in this stage
+            self.say(f"{name}: {awaited}..." if awaited else f"{name}...")
             yield
+        except KeyboardInterrupt:
+            self.timings[name] = time.monotonic() - t0
+            self.interrupted_in = self.interrupted_in or name
+            self.say(f"{name}: interrupted after {self.timings[name]:.2f}s")
+            raise
         except BaseException:
             self.timings[name] = time.monotonic() - t0
             self.say(f"{name}: failed after {self.timings[name]:.2f}s")

@@ -68,6 +68,7 @@ GUEST_FIXTURES = ("hotadd_guest", "hotadd", "hotadd_probe")
 _LAB = pytest.StashKey["Lab"]()
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _NEXT_WANTS_GUEST = pytest.StashKey[bool]()
+_BENCH = pytest.StashKey["_TestBench"]()
 
 
 # --- options and markers ----------------------------------------------------------------------
@@ -319,29 +320,13 @@ class Lab:
 
 # --- fixtures ---------------------------------------------------------------------------------
 
-@dataclass
-class HotaddGuest:
-    """One test's guest: restored to the saved state, session open, artifacts directory."""
+@dataclass(frozen=True)
+class _TestBench:
+    """What `hotadd_guest` sets up for one test besides the guest: its artifacts directory and
+    its progress reporter (kept in the test item's stash for the `hotadd` fixture)."""
 
-    guest: Guest
     artifacts: Path
     progress: Progress
-    spec: ScenarioSpec
-
-    @property
-    def name(self) -> str:
-        return self.guest.name
-
-    def processor_count(self) -> int:
-        """Processors the guest OS has online now."""
-        session = self.guest.session
-        if session is None:
-            raise InputError("the guest has no open session", "use it inside the test")
-        return session.processor_count()
-
-    def free_slots(self) -> list[int]:
-        """libvirt vCPU ids still free for a hot-add (libvirt's live view)."""
-        return sorted(i for i, on in self.guest.machine.vcpu_states().items() if not on)
 
 
 @pytest.fixture(scope="session")
@@ -355,8 +340,8 @@ def hotadd_lab(request: pytest.FixtureRequest,
 
 
 @pytest.fixture
-def hotadd_guest(hotadd_lab: Lab, request: pytest.FixtureRequest) -> Iterator[HotaddGuest]:
-    """A booted guest in its saved state: probe not loaded, boot vCPUs only."""
+def hotadd_guest(hotadd_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """A booted guest in its saved state: probe not loaded, boot vCPUs only, session open."""
     lab = hotadd_lab
     guest = lab.guest()
     test_dir = lab.test_dir(request.node.nodeid)
@@ -367,8 +352,8 @@ def hotadd_guest(hotadd_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Ho
     except BaseException:
         _write_test_file(test_dir, request.node.nodeid, {}, "error")
         raise
-    handle = HotaddGuest(guest, test_dir, progress, lab.spec)
-    yield handle
+    request.node.stash[_BENCH] = _TestBench(test_dir, progress)
+    yield guest
     reports = request.node.stash.get(_REPORTS, {})
     failed = any(r.failed for r in reports.values())
     if failed and guest.running:
@@ -412,24 +397,26 @@ class LoadedProbe:
 class HotaddHelper:
     """The `hotadd` fixture: one scenario per test on the restored guest."""
 
-    def __init__(self, guest: HotaddGuest, request: pytest.FixtureRequest) -> None:
+    def __init__(self, guest: Guest, spec: ScenarioSpec, request: pytest.FixtureRequest) -> None:
         self.guest = guest
+        self.spec = spec
+        self.bench = request.node.stash[_BENCH]
         self.request = request
         self.result: RunResult | None = None
         self._attempt: Attempt | None = None
 
     @property
     def boot_vcpus(self) -> int:
-        return self.guest.spec.vcpu_plan.boot
+        return self.spec.vcpu_plan.boot
 
     @property
     def max_vcpus(self) -> int:
-        return self.guest.spec.vcpu_plan.maximum
+        return self.spec.vcpu_plan.maximum
 
     @property
     def free_vcpus(self) -> int:
         """Hot-pluggable slots: how many adds this test can make."""
-        return self.guest.spec.vcpu_plan.hotpluggable
+        return self.spec.vcpu_plan.hotpluggable
 
     def probe(self, *, veto_index: int | None = None,
               veto_status: int = STATUS_INSUFFICIENT_RESOURCES, add_existing: bool = True,
@@ -474,10 +461,8 @@ class HotaddHelper:
         if self._attempt is not None:
             raise InputError("one scenario per test: the guest already ran one",
                              "split the test; each test gets the guest restored afresh")
-        spec = dataclasses.replace(self.guest.spec, **choices,
-                                   run_dir=self.guest.artifacts)
-        self._attempt = Attempt(self.guest.guest, spec, self.guest.artifacts,
-                                self.guest.progress)
+        spec = dataclasses.replace(self.spec, **choices, run_dir=self.bench.artifacts)
+        self._attempt = Attempt(self.guest, spec, self.bench.artifacts, self.bench.progress)
         return self._attempt
 
     def record(self, result: RunResult) -> RunResult:
@@ -489,7 +474,7 @@ class HotaddHelper:
     def close(self) -> None:
         """A probe loaded but never finished: still leave records and a result."""
         attempt = self._attempt
-        if attempt is None or self.result is not None or not self.guest.guest.running:
+        if attempt is None or self.result is not None or not self.guest.running:
             return
         try:
             self.record(attempt.finish())
@@ -498,9 +483,10 @@ class HotaddHelper:
 
 
 @pytest.fixture
-def hotadd(hotadd_guest: HotaddGuest, request: pytest.FixtureRequest) -> Iterator[HotaddHelper]:
+def hotadd(hotadd_guest: Guest, hotadd_lab: Lab,
+           request: pytest.FixtureRequest) -> Iterator[HotaddHelper]:
     """Perform adds on the restored guest; returns the oracle verdict and host checks."""
-    helper = HotaddHelper(hotadd_guest, request)
+    helper = HotaddHelper(hotadd_guest, hotadd_lab.spec, request)
     yield helper
     helper.close()
 

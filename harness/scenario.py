@@ -26,8 +26,8 @@ from typing import Any
 
 import libvirt
 
-from harness import __version__
-from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError
+from harness import __version__, interrupts, paths, rundir
+from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError, Outcome, exit_code
 from harness.guests.base import (
     GuestFacts,
     GuestKind,
@@ -36,7 +36,7 @@ from harness.guests.base import (
     ProbeSettings,
 )
 from harness.host import accel, storage
-from harness.host.connection import open_connection, versions
+from harness.host.connection import check_uri, open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan, to_xml
 from harness.host.events import OstEvent
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
@@ -47,6 +47,7 @@ from harness.progress import Progress
 from harness.records import NotifyRecord, NotifyState, Phase, parse_records
 
 RESULT_SCHEMA = "hotadd.result/1"
+NTSTATUS_ERROR_MIN = 0x8000_0000  # the lowest 32-bit status with NT_SUCCESS false
 
 
 class GuestChoice(enum.Enum):
@@ -100,6 +101,63 @@ class ScenarioSpec:
                 "raise the max vCPUs (topology) or lower --adds")
         if self.adds < 0:
             raise InputError("--adds must be >= 0", "give a non-negative number of adds")
+        self._check_probe(plan)
+        self._check_guest_options()
+
+    def _check_probe(self, plan: VcpuPlan) -> None:
+        """A veto must name a processor some notification is about, or it silently does
+        nothing: an online one whose replay Start it vetoes, or one the adds will bring."""
+        probe = self.probe
+        if not NTSTATUS_ERROR_MIN <= probe.veto_status <= 0xFFFF_FFFF:
+            raise InputError(f"veto status {probe.veto_status:#x} is not an NTSTATUS error code",
+                             "give a 32-bit status with NT_SUCCESS false, e.g. 0xC000009A")
+        veto = probe.veto_index
+        if veto is not None and not (0 <= veto < plan.maximum):
+            raise InputError(f"--veto-cpu {veto} is not a processor of this guest (indices "
+                             f"0..{plan.maximum - 1}): it would veto nothing",
+                             "choose an online index (vetoes the replay) or one the adds bring")
+        if veto is not None and veto < plan.boot and not probe.add_existing:
+            raise InputError(f"--veto-cpu {veto} is online at boot, and without the replay "
+                             "(--no-add-existing) its Start is never called: it would veto "
+                             "nothing", f"choose a hot-added index ({plan.boot}.."
+                             f"{plan.maximum - 1}), or drop --no-add-existing")
+        if self.guest is GuestChoice.REFERENCE:
+            from harness.guests.reference_kind import probe_params
+
+            probe_params(probe)  # the statuses the Linux probe can report, before any boot
+
+    def _check_guest_options(self) -> None:
+        if self.memory_mib is not None and self.memory_mib < 1:
+            raise InputError(f"--memory {self.memory_mib} MiB is no memory at all",
+                             "give the guest memory in MiB, e.g. --memory 1024, or leave it out")
+        if self.guest is GuestChoice.REFERENCE:
+            given = [name for name, value in (("--image", self.image), ("--driver", self.driver))
+                     if value is not None]
+            if given:
+                verb = "is" if len(given) == 1 else "are"
+                raise InputError(f"{' and '.join(given)} {verb} for --guest windows only; the "
+                                 "reference guest is built by hotadd",
+                                 f"add --guest windows, or leave {' and '.join(given)} out")
+        for name, value in (("--ready-timeout", self.ready_timeout),
+                            ("--ack-timeout", self.ack_timeout)):
+            if not value > 0:
+                raise InputError(f"{name} {value} must be greater than 0 seconds",
+                                 f"give {name} in seconds, e.g. 60")
+        if self.libvirt_uri is not None:
+            check_uri(self.libvirt_uri)
+
+    def check_veto_reached(self) -> None:
+        """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),
+        or it silently does nothing. Checked for a whole run (`hotadd run`); a test driving the
+        steps itself may add fewer than it planned."""
+        veto, boot = self.probe.veto_index, self.boot_vcpus
+        if veto is not None and veto >= boot and not veto < boot + self.adds:
+            last = f"..{boot + self.adds - 1}" if self.adds > 1 else ""
+            raise InputError(
+                f"--veto-cpu {veto} is never hot-added: {self.adds} add(s) bring processor "
+                f"indices {boot}{last}" if self.adds else
+                f"--veto-cpu {veto} is never hot-added: this run adds no vCPU",
+                f"choose one of those, or raise --adds to {veto - boot + 1}")
 
     @property
     def vcpu_plan(self) -> VcpuPlan:
@@ -171,6 +229,30 @@ def _r(v: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class Interruption:
+    """Which signal ended a run, in which stage, after which stages had finished."""
+
+    signal: str
+    stage: str | None  # None: between stages
+    completed: tuple[str, ...]
+
+    @classmethod
+    def of(cls, exc: KeyboardInterrupt, progress: Progress) -> Interruption:
+        stage = progress.interrupted_in
+        done = tuple(k for k in progress.timings if k not in (stage, "total"))
+        return cls(interrupts.signal_name(exc), stage, done)
+
+    def describe(self) -> str:
+        where = f"during {self.stage}" if self.stage else "between stages"
+        return (f"interrupted by {self.signal} {where}; completed: "
+                f"{', '.join(self.completed) or 'nothing'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signal": self.signal, "stage": self.stage,
+                "completed_stages": list(self.completed)}
+
+
+@dataclass(frozen=True)
 class RunResult:
     spec: ScenarioSpec
     run_dir: Path
@@ -180,12 +262,13 @@ class RunResult:
     adds: tuple[AddOutcome, ...]
     timings: dict[str, float]
     versions: dict[str, str]
-    error: str | None = None  # a harness error (exit 2) or a guest crash (exit 1)
-    crashed: str | None = None  # the crash description (bugcheck) if the guest died
+    error: str | None = None  # what stopped the run: a harness error, or the guest's crash
+    crashed: str | None = None  # the crash (bugcheck) if the guest died under test (a verdict)
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
     guest: GuestFacts | None = None  # what the guest said about itself before the load
     clock_uncertainty: float | None = None  # clock_offset is right to +- this (handshake)
+    interrupted: Interruption | None = None  # a Ctrl-C/SIGTERM ended the run early
 
     @property
     def passed(self) -> bool:
@@ -193,18 +276,23 @@ class RunResult:
                 and all(c.passed or c.severity is Severity.WARN for c in self.host_checks))
 
     @property
-    def exit_code(self) -> ExitCode:
+    def outcome(self) -> Outcome:
+        if self.interrupted is not None:
+            return Outcome.INTERRUPTED
         if self.passed:
-            return ExitCode.PASS
-        if self.error is not None and self.crashed is None:
-            return ExitCode.HARNESS_ERROR
-        return ExitCode.VERDICT_FAIL
+            return Outcome.PASS
+        if self.error is None or self.crashed is not None:
+            return Outcome.FAIL
+        return Outcome.ERROR
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code(self.outcome)
 
     def to_dict(self) -> dict[str, Any]:
-        outcome = ("pass" if self.passed else
-                   "error" if self.exit_code is ExitCode.HARNESS_ERROR else "fail")
         return {
-            "schema": RESULT_SCHEMA, "outcome": outcome, "exit_code": int(self.exit_code),
+            "schema": RESULT_SCHEMA, "outcome": self.outcome.value,
+            "exit_code": int(self.exit_code),
             "domain": self.domain, "run_dir": str(self.run_dir), "error": self.error,
             "crashed": self.crashed,
             "scenario": _spec_dict(self.spec),
@@ -219,6 +307,7 @@ class RunResult:
                             "method": "load" if self.clock_uncertainty is None
                             else "handshake"},
             "guest": dataclasses.asdict(self.guest) if self.guest else None,
+            "interrupted": self.interrupted.to_dict() if self.interrupted else None,
         }
 
 
@@ -312,24 +401,33 @@ class Guest:
              name: str, run_dir: Path) -> Iterator[Guest]:
         """Start the domain (serial.log and domain.xml in `run_dir`); tear it down on exit
         unless `keep()` was called."""
-        scratch = storage.run_scratch(name)
-        hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan, accelerator=host.accelerator,
-                             run_dir=run_dir, scratch=scratch, memory_mib=spec.memory_mib,
-                             firmware=spec.firmware)
-        try:
-            domain_spec = kind.domain_spec(hw)
-        except BaseException:
-            storage.remove_scratch(scratch)
-            raise
-        with progress.stage("boot", f"{name} ({spec.vcpu_plan.boot} of "
-                                    f"{spec.vcpu_plan.maximum} vCPUs, {spec.topology})"):
-            machine = Machine.start(host.conn, domain_spec, scratch)
-        guest = cls(spec, kind, host, machine)
-        try:
+        with contextlib.ExitStack() as owned:
+            # From the scratch dir to the teardown registered below, a Ctrl-C waits (it would
+            # leave a QEMU or a scratch dir nobody tears down); it is raised at the block's end.
+            with interrupts.shielded():
+                scratch = storage.run_scratch(name)
+                hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan,
+                                     accelerator=host.accelerator, run_dir=run_dir,
+                                     scratch=scratch, memory_mib=spec.memory_mib,
+                                     firmware=spec.firmware)
+                try:
+                    domain_spec = kind.domain_spec(hw)
+                except BaseException:
+                    storage.remove_scratch(scratch)
+                    raise
+                with progress.stage("boot", f"{name} ({spec.vcpu_plan.boot} of "
+                                            f"{spec.vcpu_plan.maximum} vCPUs, {spec.topology})"):
+                    machine = Machine.start(host.conn, domain_spec, scratch)
+                guest = cls(spec, kind, host, machine)
+                owned.callback(guest._teardown, progress)
             yield guest
-        finally:
-            guest.close_session()
-            machine.close()
+
+    def _teardown(self, progress: Progress) -> None:
+        with interrupts.shielded():  # from the announcement on: a Ctrl-C waits for the end
+            if not self.machine.keep:
+                progress.say(f"teardown: {self.name}")
+            self.close_session()
+            self.machine.close()
 
     @property
     def name(self) -> str:
@@ -353,6 +451,16 @@ class Guest:
         progress.say(f"keeping {self.name} for inspection (serial log "
                      f"{self.machine.spec.serial_log}); 'hotadd sweep' removes it once this "
                      "process has ended")
+
+    def processor_count(self) -> int:
+        """Processors the guest OS has online now."""
+        if self.session is None:
+            raise InputError(f"{self.name} has no open session", "call Guest.connect() first")
+        return self.session.processor_count()
+
+    def free_slots(self) -> list[int]:
+        """libvirt vCPU ids still free for a hot-add (libvirt's live view)."""
+        return sorted(i for i, on in self.machine.vcpu_states().items() if not on)
 
     # --- checkpoint: the plugin's "known state" without a boot per test -------------------
 
@@ -404,6 +512,7 @@ class Attempt:
         self.after_unload: AddOutcome | None = None
         self.guest_facts: GuestFacts | None = None
         self._unloaded = False
+        self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
 
     @property
     def session(self) -> GuestSession:
@@ -422,6 +531,8 @@ class Attempt:
                 self.progress.say("warning: virtualization-based security is running in the "
                                   "guest; it is not supported with CPU hot-add")
         with self.progress.stage("load", "the probe to register"):
+            self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
+            self.probe_touched = True
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
             sample = self.session.clock_sample()
@@ -504,6 +615,9 @@ class Attempt:
     def failed(self, exc: HotaddError) -> RunResult:
         """The result of an attempt that raised: a screenshot, and after a crash the records
         the serial console still has (the transport is gone)."""
+        exc = self.machine.cause_of(exc)
+        if isinstance(exc, GuestCrashed) and self.probe_touched:
+            exc.under_test = True
         if self.guest.running:
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
@@ -511,8 +625,12 @@ class Attempt:
                 records = self.guest.kind.console_records(self.machine.serial_text())
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
-        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
-        return self._result(None, (), error=str(exc), crashed=crashed)
+        return self._result(None, (), error=str(exc), crashed=_crash_under_test(exc))
+
+    def interrupted(self, exc: KeyboardInterrupt) -> RunResult:
+        """The result of an attempt a Ctrl-C/SIGTERM cut short: what was done until then."""
+        cut = Interruption.of(exc, self.progress)
+        return dataclasses.replace(self._result(None, (), error=cut.describe()), interrupted=cut)
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
                 error: str | None = None, crashed: str | None = None) -> RunResult:
@@ -562,16 +680,29 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None) -> RunRes
     always ends up with result.json."""
     progress = progress or Progress()
     domain = run_name(spec.guest.value)
-    run_dir = spec.run_dir or default_run_dir(domain)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    paths.cache_dir()  # every run needs it (guest, scratch): an unusable one is refused first
+    claimed = rundir.claim(spec.run_dir or default_run_dir(domain))
+    run_dir = claimed.path
+    if claimed.describe():
+        progress.say(str(claimed.describe()))
     kind = guest_kind(spec)
-    try:
-        result = _run(spec, kind, progress, domain, run_dir)
-    except HotaddError as exc:
-        crashed = str(exc.problem) if isinstance(exc, GuestCrashed) else None
+    partial: list[RunResult] = []  # the attempt's result when an interrupt cut it short
+
+    def bare(error: str, crashed: str | None = None) -> RunResult:
         progress.timings["total"] = progress.elapsed()
-        result = RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
-                           base_versions(), str(exc), crashed)
+        return RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
+                         base_versions(), error, crashed)
+
+    try:
+        result = _run(spec, kind, progress, domain, run_dir, partial)
+    except HotaddError as exc:
+        result = bare(str(exc), _crash_under_test(exc))
+    except KeyboardInterrupt as exc:  # after the teardown: result.json, then the CLI's message
+        cut = Interruption.of(exc, progress)
+        done = partial[0] if partial else bare(cut.describe())
+        with interrupts.shielded():  # another Ctrl-C must not cost the result
+            write_result(dataclasses.replace(done, interrupted=cut, error=cut.describe()))
+        raise
     write_result(result)
     return result
 
@@ -592,7 +723,7 @@ def planned_xml(spec: ScenarioSpec) -> str:
 
 
 def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
-         run_dir: Path) -> RunResult:
+         run_dir: Path, partial: list[RunResult]) -> RunResult:
     with progress.stage("prepare", f"{kind.name} guest image"):
         kind.prepare(progress)
     with open_host(spec, progress) as host, \
@@ -603,6 +734,9 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
             result = attempt.run()
         except HotaddError as exc:
             result = attempt.failed(exc)
+        except KeyboardInterrupt as exc:
+            partial.append(attempt.interrupted(exc))
+            raise
         if not result.passed and spec.keep_on_failure and guest.running:
             guest.keep(progress)
         return result
@@ -638,6 +772,11 @@ def await_add(poll_ost: Callable[[], OstEvent | None],
             return ost, start, end
         tick()
         pause(0.1)
+
+
+def _crash_under_test(exc: HotaddError) -> str | None:
+    """The crash to report as a verdict, if `exc` is a crash of the guest under test."""
+    return str(exc.problem) if isinstance(exc, GuestCrashed) and exc.under_test else None
 
 
 def _hotadd_notifies(text: str) -> list[NotifyRecord]:

@@ -1,5 +1,12 @@
-"""Shared fixtures: a private embedded libvirt root per test session, the reference guest,
-and the guarantee that no QEMU process outlives the suite.
+"""What every test folder shares: a private embedded libvirt root per test session, markers and
+time budgets set by folder, the reference guest, and the guarantee that no QEMU outlives the
+suite.
+
+Folders decide what a test may do: `tests/unit/` boots nothing (a test there that starts a
+domain fails at once, naming the folder it belongs in), `tests/driver/` builds and runs the
+driver's C code on the host, `tests/vm/` and the shipped `tests/scenarios/` boot real guests
+(marker `vm`). Every test has a time budget by marker (pytest-timeout), so a hang fails with a
+stack instead of eating CI's time.
 
 libvirt allows one embedded root per process and one process per root, so each pytest session
 gets its own root under the cache (named by pid); roots of sessions that died are swept by a
@@ -13,40 +20,62 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from harness import paths
+from tests.support.processes import qemu_pids_mentioning, short_root
 
 TEST_ROOTS = paths.cache_dir() / "libvirt-tests"
 SESSION_ROOT = TEST_ROOTS / str(os.getpid())
 os.environ["HOTADD_LIBVIRT_URI"] = f"qemu:///embed?root={SESSION_ROOT}"
 
+TESTS = Path(__file__).resolve().parent
+#: folder -> (marker, time budget in seconds). A test may ask for more with its own
+#: `@pytest.mark.timeout(N)`; the budget is a ceiling for a hang, not a speed target.
+FOLDERS = {
+    "unit": (None, 60),
+    "driver": ("driver", 300),
+    "vm": ("vm", 900),
+    "scenarios": ("vm", 900),
+}
+
+
+def _folder(item: pytest.Item) -> str:
+    try:
+        return item.path.resolve().relative_to(TESTS).parts[0]
+    except ValueError:  # a pytester file in a temporary directory: not ours to classify
+        return ""
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The shipped scenarios (marked `hotadd` by the plugin) boot guests too: mark them `vm`."""
+    """Mark by folder and set each test's time budget. Shipped scenarios (marked `hotadd` by
+    the plugin) boot guests too, wherever they live."""
     for item in items:
+        marker, budget = FOLDERS.get(_folder(item), (None, 60))
         if item.get_closest_marker("hotadd"):
-            item.add_marker(pytest.mark.vm)
+            marker, budget = "vm", FOLDERS["vm"][1]
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(budget))
 
 
-def qemu_pids_mentioning(text: str) -> list[int]:
-    """PIDs of running QEMU processes whose command line contains `text` (a root or a name)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and text in cmdline:
-            pids.append(int(proc.name))
-    return pids
+@pytest.fixture(autouse=True)
+def _unit_tests_boot_nothing(request: pytest.FixtureRequest,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test outside the VM folders that tries to start a domain fails at once, so `-m "not
+    vm"` stays quick and never needs QEMU."""
+    if request.node.get_closest_marker("vm"):
+        return
+    from harness.host.machine import Machine
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} starts a domain: move it to tests/vm/ (marker vm)")
+
+    monkeypatch.setattr(Machine, "start", refuse)
 
 
 def _sweep_dead_roots() -> None:
@@ -90,25 +119,8 @@ def reference_image():  # type: ignore[no-untyped-def]
     return reference.build()
 
 
-@contextmanager
-def short_root() -> Iterator[Path]:
-    """A fresh embedded-libvirt root with a short path (QEMU's sockets live under it)."""
-    root = Path(tempfile.mkdtemp(prefix="hotadd-lv-", dir="/tmp"))
-    try:
-        yield root
-        assert not qemu_pids_mentioning(str(root)), f"hotadd left QEMU running under {root}"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture
 def cli_uri() -> Iterator[str]:
     """A libvirt root for one `hotadd` subprocess; asserts it left no QEMU behind."""
     with short_root() as root:
         yield f"qemu:///embed?root={root}"
-
-
-def run_hotadd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI (`python -m harness ...`) and capture its output."""
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)

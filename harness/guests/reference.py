@@ -64,7 +64,7 @@ PROBE_RECORD_PREFIX = "hotadd-probe: "
 
 #: The NTSTATUS the probe reports for a veto errno (in a vetoed start's op_status, the failure's
 #: status, and register_failed's status). Mirrors errno_to_ntstatus() in hotadd_probe.c;
-#: tests/test_probe_module.py checks the two agree in the real guest.
+#: tests/vm/test_probe_module.py checks the two agree in the real guest.
 NTSTATUS_BY_ERRNO: Mapping[int, int] = {
     errno.ENOMEM: 0xC000009A,  # STATUS_INSUFFICIENT_RESOURCES
     errno.EIO: 0xC0000185,  # STATUS_IO_DEVICE_ERROR

@@ -14,10 +14,10 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args, get_type_hints
 
 from harness.errors import GuestNotReady, InputError, TransportError
 from harness.guests.base import ClockSample
@@ -30,6 +30,9 @@ from harness.transport.winrm import (
     run_powershell,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 VM_DIR = REPO_ROOT / "vm" / "windows"
 PROBE_SCRIPT = VM_DIR / "hotadd-probe.ps1"
 #: Oldest Windows build the probe loads on: Server 2019 (17763) ships KMDF 1.27, which the
@@ -40,9 +43,18 @@ SERVICE_NAME = "HotAddProbe"
 PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
 
 
+# Every hotadd-probe.ps1 function prints one JSON object. Its keys are declared once, here: a
+# reply type's FUNCTION and field names (in the script's order). The script's hashtable literals
+# and the WinRM test double follow them; tests/unit/test_probe_replies.py parses the script.
+
+
 @dataclass(frozen=True)
 class ProbeParameters:
-    """The driver service's Parameters values (driver/probe_public.h); None = leave unset."""
+    """The driver service's Parameters values (driver/probe_public.h); None = leave unset.
+    Set-HotAddProbeParameters takes them as NAMES and replies with those that are set."""
+
+    FUNCTION: ClassVar[str] = "Set-HotAddProbeParameters"
+    NAMES: ClassVar[tuple[str, ...]] = ("Flags", "VetoIndex", "VetoStatus", "VetoDuringReplay")
 
     flags: int = 1
     veto_index: int | None = None
@@ -53,13 +65,31 @@ class ProbeParameters:
         def num(v: int | bool | None) -> int:
             return -1 if v is None else int(v)
 
-        return (f"Set-HotAddProbeParameters -Flags {self.flags} -VetoIndex "
-                f"{num(self.veto_index)} -VetoStatus {num(self.veto_status)} "
-                f"-VetoDuringReplay {num(self.veto_during_replay)}")
+        values = (self.flags, self.veto_index, self.veto_status, self.veto_during_replay)
+        return " ".join([self.FUNCTION, *(f"-{name} {num(value)}"
+                                          for name, value in zip(self.NAMES, values, strict=True))])
+
+
+@dataclass(frozen=True)
+class DriverInstall:
+    """Install-HotAddProbe's reply."""
+
+    FUNCTION: ClassVar[str] = "Install-HotAddProbe"
+
+    service: str
+    path: str
+    source: str
+    signed_in_guest: bool
+    signature: str
+    signer: str
 
 
 @dataclass(frozen=True)
 class ServiceStart:
+    """Start-HotAddProbe's reply: a refused start is a result (the replay-veto scenario)."""
+
+    FUNCTION: ClassVar[str] = "Start-HotAddProbe"
+
     started: bool
     code: int
     state: str
@@ -67,19 +97,48 @@ class ServiceStart:
 
 
 @dataclass(frozen=True)
-class DriverInstall:
+class ServiceStop:
+    """Stop-HotAddProbe's reply (code 1062: it was not running)."""
+
+    FUNCTION: ClassVar[str] = "Stop-HotAddProbe"
+
+    stopped: bool
+    code: int
+    state: str
+
+
+@dataclass(frozen=True)
+class RecordsText:
+    """Get-HotAddRecords' reply, for people in a lab guest (the harness fetches the file in
+    chunks instead); declared so its keys are checked like the others."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddRecords"
+
     path: str
-    signed_in_guest: bool
-    signature: str
+    exists: bool
+    text: str
 
 
 @dataclass(frozen=True)
 class ProcessorCount:
     """Counts read in a fresh guest process: WMI's, the kernel's (all groups), .NET's."""
 
+    FUNCTION: ClassVar[str] = "Get-HotAddProcessorCount"
+
     logical: int
     active_all_groups: int
     environment: int
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """Get-HotAddProvisioning's reply: hotadd-provision.ps1's marker (None until it finished)
+    and the current boot time."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddProvisioning"
+
+    marker: dict[str, Any] | None
+    last_boot_utc: str
 
 
 class VbsStatus(enum.IntEnum):
@@ -92,6 +151,11 @@ class VbsStatus(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Preflight:
+    """Get-HotAddPreflight's reply: can the guest take CPU hot-add and load a test-signed
+    driver."""
+
+    FUNCTION: ClassVar[str] = "Get-HotAddPreflight"
+
     product: str
     edition: str
     build: int
@@ -101,9 +165,13 @@ class Preflight:
     test_signing: bool | None
     secure_boot: bool | None
     wdf_version: str
+    vbs_status: int | None  # Win32_DeviceGuard's; None: the guest could not tell
     logical_processors: int
     last_boot_utc: str
-    vbs_status: VbsStatus | None = None  # None: the guest could not tell
+
+    @property
+    def vbs(self) -> VbsStatus | None:
+        return None if self.vbs_status is None else VbsStatus(self.vbs_status)
 
     def check(self) -> Preflight:
         """This preflight, or InputError if the guest is too old for the probe."""
@@ -114,6 +182,45 @@ class Preflight:
                 "the driver needs KMDF 1.27",
                 "build the image from Windows Server 2019, 2022 or 2025 media")
         return self
+
+
+#: Every reply type, by the function that prints it.
+PROBE_REPLIES: tuple[type[DataclassInstance], ...] = (
+    DriverInstall, ServiceStart, ServiceStop, RecordsText, ProcessorCount, Provisioning,
+    Preflight)
+
+_Reply = TypeVar("_Reply", bound="DataclassInstance")
+
+
+def parse_reply(reply: type[_Reply], data: dict[str, Any]) -> _Reply:
+    """`data` as the reply type: every declared key present, values of the declared types
+    (bool/int/str converted as before, None only where the type allows it)."""
+    hints = get_type_hints(reply)
+    values: dict[str, Any] = {}
+    function = getattr(reply, "FUNCTION", reply.__name__)
+    for f in fields(reply):
+        if f.name not in data:
+            raise TransportError(f"{function}: the guest's reply lacks {f.name!r}: {data}",
+                                 "compare vm/windows/hotadd-probe.ps1 with the guest's copy")
+        values[f.name] = _reply_value(hints[f.name], data[f.name], f"{function}.{f.name}")
+    return reply(**values)
+
+
+def _reply_value(hint: Any, value: Any, where: str) -> Any:
+    options = get_args(hint) or (hint,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        if kind in (bool, int, str) and value is not None:
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                break
+        if getattr(kind, "__origin__", None) is dict and isinstance(value, dict):
+            return value
+    want = getattr(hint, "__name__", hint)
+    raise TransportError(f"{where}: unexpected value {value!r} from the guest (want {want})",
+                         "compare vm/windows/hotadd-probe.ps1 with the guest's copy")
 
 
 def ps_literal(text: str) -> str:
@@ -176,9 +283,8 @@ def clock_sample(transport: Transport) -> ClockSample | None:
 def install_driver(transport: Transport, source: str) -> DriverInstall:
     """Copy the .sys (a path, or a file name on any drive), sign it if unsigned, create the
     kernel service."""
-    d = probe_control(transport, f"Install-HotAddProbe -Source {ps_literal(source)}")
-    return DriverInstall(path=str(d["path"]), signed_in_guest=bool(d["signed_in_guest"]),
-                         signature=str(d["signature"]))
+    call = f"{DriverInstall.FUNCTION} -Source {ps_literal(source)}"
+    return parse_reply(DriverInstall, probe_control(transport, call))
 
 
 def set_parameters(transport: Transport, params: ProbeParameters) -> dict[str, int]:
@@ -186,12 +292,11 @@ def set_parameters(transport: Transport, params: ProbeParameters) -> dict[str, i
 
 
 def start_service(transport: Transport) -> ServiceStart:
-    d = probe_control(transport, "Start-HotAddProbe")
-    return ServiceStart(bool(d["started"]), int(d["code"]), str(d["state"]), str(d["message"]))
+    return parse_reply(ServiceStart, probe_control(transport, ServiceStart.FUNCTION))
 
 
-def stop_service(transport: Transport) -> None:
-    probe_control(transport, "Stop-HotAddProbe")
+def stop_service(transport: Transport) -> ServiceStop:
+    return parse_reply(ServiceStop, probe_control(transport, ServiceStop.FUNCTION))
 
 
 def read_records(transport: Transport) -> str:
@@ -210,37 +315,13 @@ def processor_count(transport: Transport) -> ProcessorCount:
     """Processor counts from a fresh process in a fresh shell (a new WinRM shell / SSH
     connection: the old one may be a process that predates the hot-add)."""
     transport.close()
-    d = probe_control(transport, "Get-HotAddProcessorCount")
-    return ProcessorCount(int(d["logical"]), int(d["active_all_groups"]), int(d["environment"]))
+    return parse_reply(ProcessorCount, probe_control(transport, ProcessorCount.FUNCTION))
 
 
 def preflight(transport: Transport, timeout: float = 300.0) -> Preflight:
     """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1);
     InputError for a build older than MIN_BUILD."""
-    d = probe_control(transport, "Get-HotAddPreflight", timeout)
-    try:
-        return Preflight(
-            product=str(d["product"]), edition=str(d["edition"]), build=int(d["build"]),
-            installation_type=str(d["installation_type"]),
-            dyn_processor_enabled=bool(d["dyn_processor_enabled"]),
-            licence_dynamic_partitioning=_opt_int(d.get("licence_dynamic_partitioning")),
-            test_signing=_opt_bool(d.get("test_signing")),
-            secure_boot=_opt_bool(d.get("secure_boot")), wdf_version=str(d["wdf_version"]),
-            logical_processors=int(d["logical_processors"]),
-            last_boot_utc=str(d["last_boot_utc"]),
-            vbs_status=None if d.get("vbs_status") is None else VbsStatus(d["vbs_status"]),
-        ).check()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TransportError(f"unexpected preflight answer from the guest ({exc}): {d}",
-                             "compare vm/windows/hotadd-probe.ps1 with the guest's copy") from None
-
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
-
-
-def _opt_bool(v: Any) -> bool | None:
-    return None if v is None else bool(v)
+    return parse_reply(Preflight, probe_control(transport, Preflight.FUNCTION, timeout)).check()
 
 
 def wait_provisioned(transport: Transport, timeout: float,
@@ -252,9 +333,10 @@ def wait_provisioned(transport: Transport, timeout: float,
         if still_alive is not None:
             still_alive()
         try:
-            d = probe_control(transport, "Get-HotAddProvisioning", timeout=120)
-            marker = d.get("marker")
-            if marker and _utc(d["last_boot_utc"]) > _utc(str(marker["provisioned_utc"])):
+            state = parse_reply(Provisioning,
+                                probe_control(transport, Provisioning.FUNCTION, timeout=120))
+            marker = state.marker
+            if marker and _utc(state.last_boot_utc) > _utc(str(marker["provisioned_utc"])):
                 return dict(marker)
             last = "provisioning marker missing" if not marker else "not rebooted since"
         except TransportError as exc:

@@ -372,7 +372,7 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
             if pre.test_signing is not True:
                 raise InfrastructureError("test signing is not in effect after the reboot",
                                           "is Secure Boot on? the image needs OVMF without it")
-            if pre.vbs_status is VbsStatus.RUNNING:
+            if pre.vbs is VbsStatus.RUNNING:
                 progress.say("warning: virtualization-based security is running in the guest "
                              "(not supported with CPU hot-add); the manifest records it")
             if not pre.dyn_processor_enabled:

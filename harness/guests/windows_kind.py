@@ -128,7 +128,7 @@ class WindowsSession(GuestSession):
         """From the preflight, which also refuses builds the probe cannot load on."""
         with self._guest():
             pre = windows_control.preflight(self.transport)
-        vbs = None if pre.vbs_status is None else VBS_WORDS[pre.vbs_status]
+        vbs = None if pre.vbs is None else VBS_WORDS[pre.vbs]
         return GuestFacts(os=f"{pre.product} ({pre.edition})", build=pre.build, vbs=vbs,
                           dynamic_processors=pre.dyn_processor_enabled)
 

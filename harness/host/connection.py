@@ -64,13 +64,65 @@ def embed_root(uri: str) -> Path | None:
     return Path(roots[0]) if roots else None
 
 
+# libvirt's URI forms (https://libvirt.org/uri.html) and the QEMU driver's paths
+# (https://libvirt.org/drvqemu.html#connections-to-qemu-driver): hotadd drives QEMU only.
+_QEMU_PATHS = ("/system", "/session", "/embed")
+_URI_FIX = ("use the default qemu:///embed?root=DIR (no daemon), qemu:///system (libvirtd), or "
+            "qemu+ssh://HOST/system; see https://libvirt.org/uri.html")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, before anything starts, a URI hotadd cannot run on: another driver (test://,
+    xen://, ...), a malformed one, or an embedded driver without its root."""
+    parts = urlsplit(uri)
+    driver, _, transport = parts.scheme.partition("+")
+    if not parts.scheme or "://" not in uri:
+        raise InputError(f"--libvirt-uri {uri!r} is not a libvirt URI (DRIVER[+TRANSPORT]://"
+                         "[HOST]/PATH)", _URI_FIX)
+    if driver != "qemu":
+        raise InputError(f"--libvirt-uri {uri} uses libvirt's {driver!r} driver; hotadd hot-adds "
+                         "through the QEMU driver (QEMU monitor events, real vCPUs)", _URI_FIX)
+    if parts.path not in _QEMU_PATHS:
+        raise InputError(f"--libvirt-uri {uri}: the QEMU driver has no path {parts.path!r} "
+                         f"(it has {', '.join(_QEMU_PATHS)})", _URI_FIX)
+    if parts.path == "/embed":
+        if transport or parts.netloc:
+            raise InputError(f"--libvirt-uri {uri}: the embedded driver runs in this process; "
+                             "it takes no host or transport", "use qemu:///embed?root=DIR")
+        roots = parse_qs(parts.query).get("root")
+        if not roots or not roots[0].startswith("/"):
+            raise InputError(f"--libvirt-uri {uri}: qemu:///embed needs root=, an absolute "
+                             "directory for the driver's state",
+                             f"use qemu:///embed?root=DIR, e.g. the default "
+                             f"qemu:///embed?root={paths.libvirt_embed_root_path()}")
+        root = Path(roots[0])
+        if len(str(root)) > EMBED_ROOT_MAX:
+            raise InputError(
+                f"the embedded libvirt root {root} is {len(str(root))} characters long: QEMU's "
+                f"monitor socket under it would exceed the 107-byte UNIX socket path limit",
+                f"use a root path of at most {EMBED_ROOT_MAX} characters (e.g. under /tmp)")
+        if root.exists() and not root.is_dir():
+            raise InputError(f"the embedded libvirt root {root} is not a directory",
+                             "give root= a directory (it is created if missing)")
+
+
 def _prepare_embed_root(root: Path) -> None:
     """Make the root usable: QEMU runs as the invoking user so it can read files under $HOME.
 
     As root, libvirt's default would be the `libvirt-qemu` user, which cannot traverse /root.
     """
     etc = root / "etc"
-    etc.mkdir(parents=True, exist_ok=True)
+    try:
+        etc.mkdir(parents=True, exist_ok=True)
+        _write_qemu_conf(etc)
+    except OSError as exc:
+        raise InputError(f"the embedded libvirt root {root} is unusable: "
+                         f"{exc.strerror or exc} ({exc.filename or root})",
+                         "give --libvirt-uri 'qemu:///embed?root=DIR' a writable directory "
+                         "(or HOTADD_LIBVIRT_URI / HOTADD_CACHE_DIR)") from None
+
+
+def _write_qemu_conf(etc: Path) -> None:
     (etc / "qemu.conf").write_text(
         "# written by hotadd: run QEMU as the user who runs the harness\n"
         f'user = "+{os.getuid()}"\ngroup = "+{os.getgid()}"\n'
@@ -135,14 +187,12 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
     Raises LibvirtUnreachable naming the URI and what to do about it.
     """
     uri = uri or default_uri()
-    ensure_event_loop()
     root = embed_root(uri)
+    if root is not None and root == paths.libvirt_embed_root_path():
+        paths.cache_dir()  # the default root: say so first if the cache itself is unusable
+    check_uri(uri)
+    ensure_event_loop()
     if root is not None:
-        if len(str(root)) > EMBED_ROOT_MAX:
-            raise InputError(
-                f"the embedded libvirt root {root} is {len(str(root))} characters long: QEMU's "
-                f"monitor socket under it would exceed the 107-byte UNIX socket path limit",
-                f"use a root path of at most {EMBED_ROOT_MAX} characters (e.g. under /tmp)")
         _prepare_embed_root(root)
     global _embed_root_in_use
     try:

@@ -2,8 +2,8 @@
 
 The spec is validated before libvirt ever sees it, so an impossible topology is an input error
 naming the fix, not a libvirt message. Policy (what a Windows or Linux guest gets) lives in
-`profile_devices()`; the element builders below only translate. Design after nova's
-`virt/libvirt/config.py` + `designer.py` and virt-manager's `vcpus.py`.
+`profile_devices()`; the element builders below only translate. Design after OpenStack
+nova's `nova.virt.libvirt.config` + `designer` modules and virt-manager's `vcpus` module.
 """
 
 from __future__ import annotations

@@ -27,7 +27,15 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from harness.errors import DomainError, GuestCrashed, GuestNotReady, InputError, NoFreeVcpuSlot
+from harness import interrupts
+from harness.errors import (
+    DomainError,
+    GuestCrashed,
+    GuestNotReady,
+    HotaddError,
+    InputError,
+    NoFreeVcpuSlot,
+)
 from harness.host import storage
 from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
@@ -157,6 +165,7 @@ class Machine:
                 f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
             ) from exc
         machine = cls(conn, spec, scratch, dom, events)
+        interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
         xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
         return machine
 
@@ -164,12 +173,13 @@ class Machine:
         """Destroy the domain and remove the scratch dir, unless `keep` is set. Idempotent."""
         if self._closed:
             return
-        self._closed = True
-        self.events.close()
-        if self.keep:
-            return
-        self.stop()
-        storage.remove_scratch(self.scratch)
+        with interrupts.shielded():  # a Ctrl-C now would leave QEMU or the scratch dir
+            self._closed = True
+            self.events.close()
+            if not self.keep:
+                self.stop()
+                storage.remove_scratch(self.scratch)
+            interrupts.release(self.name)
 
     def __enter__(self) -> Machine:
         return self
@@ -267,6 +277,20 @@ class Machine:
         if state not in ("running", "blocked"):
             raise DomainError(f"{self.name} is not running (state: {state})",
                               f"read the serial log {self.spec.serial_log}")
+
+    def cause_of(self, exc: HotaddError) -> HotaddError:
+        """`exc`, or the guest's crash behind it: a transport that went silent is often a guest
+        that died, and the crash is the error to report."""
+        if isinstance(exc, GuestCrashed):
+            return exc
+        try:
+            self.check_alive()
+        except HotaddError as dead:
+            dead.__cause__ = exc
+            return dead
+        except libvirt.libvirtError:  # the domain itself is gone: the original error stands
+            pass
+        return exc
 
     def serial_text(self) -> str:
         try:

@@ -8,7 +8,6 @@ touches a live run of another process (on a shared `qemu:///system`, say).
 
 from __future__ import annotations
 
-import argparse
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import libvirt
 
 from harness import paths
 from harness.host import storage
-from harness.host.connection import default_uri, open_connection
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
 
@@ -89,19 +87,3 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
         storage.remove_scratch(path)
         scratch.append(path.name)
     return SweepReport(tuple(removed), tuple(scratch), tuple(live))
-
-
-def _command(args: argparse.Namespace) -> int:
-    conn = open_connection(args.libvirt_uri)
-    try:
-        print(sweep(conn).describe())
-    finally:
-        conn.close()
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("sweep", help="remove domains and overlays left by crashed runs")
-    p.add_argument("--libvirt-uri", default=None,
-                   help=f"libvirt URI (default: {default_uri()})")
-    p.set_defaults(func=_command)

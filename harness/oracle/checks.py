@@ -1,7 +1,7 @@
 """The trace checks. Each yields `Hit`s naming the rule it breaks; severity is not decided here.
 
 One function per concern, each reading the `Trace` landmarks. The facts behind every rule are
-in `harness.oracle.rules` and `/work/shared/reference/processor-change-semantics.md`.
+in `harness.oracle.rules` and `docs/processor-change-semantics.md`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ class Profile(enum.Enum):
 
 
 class Source(enum.Enum):
-    """Where the fact a rule rests on comes from (the tags of processor-change-semantics.md)."""
+    """Where a rule's fact comes from (the tags of docs/processor-change-semantics.md)."""
 
     DOC = "doc"  # Microsoft documentation
     RE = "re"  # third-party reverse engineering: plausible, not authoritative

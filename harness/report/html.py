@@ -4,6 +4,11 @@ One page, no scripts, no external files: a summary table, then per scenario its 
 oracle's and the host's), the timeline picture and the per-add latencies, with links to the
 artifacts beside it. Built only from the files a run leaves (result.json, records.jsonl and,
 for pytest, test.json), so `hotadd report DIR` rebuilds exactly the same page.
+
+This module turns those files into typed rows; the page's markup is the Jinja2 template
+`templates/report.html.j2`, rendered with autoescaping on, so every value from a run directory
+(a finding's message, a test's name) reaches the page as text. The one exception is the
+timeline SVG, which `render_svg` builds and escapes itself and which enters as Markup.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from harness.errors import InputError
 from harness.records import Record, parse_records
@@ -92,26 +99,96 @@ def write_report(directory: Path, run_dirs: list[Path] | None = None) -> Path:
 
 # --- rendering ---------------------------------------------------------------------------------
 
-CSS = """
-body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1160px; }
-h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 36px; border-top: 1px solid #ccc;
-padding-top: 16px; } h3 { font-size: 14px; margin-bottom: 6px; }
-table { border-collapse: collapse; font-size: 13px; margin: 6px 0 12px; }
-th, td { border: 1px solid #d0d0d0; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f0f3f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: bold;
-font-size: 12px; color: white; } .pass, .passed { background: #2e7d32; }
-.fail, .failed { background: #c62828; } .error { background: #6d4c41; }
-.skipped { background: #757575; } .warn { background: #ef6c00; }
-.sev-fail { color: #c62828; font-weight: bold; } .sev-warn { color: #ef6c00; font-weight: bold; }
-pre { background: #fbf3f2; border: 1px solid #e0b4b0; padding: 8px; white-space: pre-wrap; }
-.note { color: #555; font-size: 12px; } svg.timeline { border: 1px solid #ddd; }
-.links a { margin-right: 12px; } img.shot { max-width: 480px; border: 1px solid #ccc; }
-"""
+TEMPLATE = "report.html.j2"
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("harness.report", "templates"),
+    autoescape=True,  # every value is text unless it is Markup
+    undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    keep_trailing_newline=True)
 
 
-def _badge(text: str) -> str:
-    return f'<span class="badge {escape(text)}">{escape(text)}</span>'
+@dataclass(frozen=True)
+class SummaryRow:
+    """One scenario's line in the summary table."""
+
+    anchor: str
+    name: str
+    test_outcome: str | None
+    outcome: str
+    verdict: str | None
+    fails: int
+    warns: int
+    failed_checks: str
+    adds: str
+    max_ost_ms: str
+    max_took_ms: str
+    total_s: str
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """An oracle finding (label F1, F2, ...) or a failed host check (label "host")."""
+
+    label: str
+    severity: str
+    rule: str
+    source: str | None
+    message: str
+    statement: str
+    seqs: str
+
+
+@dataclass(frozen=True)
+class AddRow:
+    index: str
+    vcpu: str
+    topology: str
+    guest_index: str
+    call_ms: str
+    ost: str
+    start_ms: str
+    end_state: str
+    end_ms: str
+    took_ms: str
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """One scenario's part of the page."""
+
+    anchor: str
+    name: str
+    test_outcome: str | None
+    outcome: str
+    what: str
+    domain: str
+    error: str | None
+    findings: tuple[FindingRow, ...]
+    verdict_records: int | None  # records judged, when there is a verdict
+    records_error: str | None
+    timeline_svg: Markup | None
+    timeline_note: str
+    adds: tuple[AddRow, ...]
+    links: tuple[Link, ...]
+    screenshot: str | None
+    versions: str
+    timings: str
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str
+    directory: str
+    generated: str
+    counts: str
+    rows: tuple[SummaryRow, ...]
+    sections: tuple[Section, ...]
 
 
 def _ms(value: Any) -> str:
@@ -126,52 +203,35 @@ def render_report(views: list[ScenarioView], directory: Path) -> str:
     counts: dict[str, int] = {}
     for v in views:
         counts[v.outcome] = counts.get(v.outcome, 0) + 1
-    head = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>hotadd report: {escape(directory.name)}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>hotadd report: {len(views)} scenario{'s' if len(views) != 1 else ''} ({head})"
-        "</h1>",
-        f'<p class="note">{escape(str(directory))} &middot; generated '
-        f'{time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}</p>',
-        _summary(views),
-    ]
-    parts += [_section(i, v, directory) for i, v in enumerate(views)]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    page = Page(
+        title=directory.name, directory=str(directory),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        counts=", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        rows=tuple(_summary_row(i, v) for i, v in enumerate(views)),
+        sections=tuple(_section(i, v, directory) for i, v in enumerate(views)))
+    return _ENV.get_template(TEMPLATE).render(page=page)
 
 
-def _summary(views: list[ScenarioView]) -> str:
-    rows = ['<table class="summary"><tr><th>scenario</th><th>test</th><th>run</th>'
-            "<th>verdict</th><th>findings (fail / warn)</th><th>host checks failed</th>"
-            "<th>adds</th><th>max _OST ms</th><th>max start&rarr;end ms</th><th>time s</th>"
-            "</tr>"]
-    for i, v in enumerate(views):
-        r = v.result
-        verdict = r.get("verdict") or {}
-        counts = verdict.get("counts") or {}
-        adds = r.get("adds") or []
-        failed_checks = [c["check_id"] for c in r.get("host_checks") or [] if not c["passed"]]
-        osts = [a["ost_ms"] for a in adds if a.get("ost_ms") is not None]
-        took = [a["start_to_end_ms"] for a in adds if a.get("start_to_end_ms") is not None]
-        ends = ", ".join(a.get("end_state", "?") for a in adds) or "none"
-        rows.append(
-            f'<tr><td><a href="#{_anchor(i)}">{escape(v.name)}</a></td>'
-            f"<td>{_badge(v.test_outcome) if v.test_outcome else '-'}</td>"
-            f"<td>{_badge(v.outcome)}</td>"
-            f"<td>{_badge(verdict['verdict']) if verdict else '-'}</td>"
-            f'<td class="num">{counts.get("fail", 0)} / {counts.get("warn", 0)}</td>'
-            f"<td>{escape(', '.join(failed_checks)) or '-'}</td>"
-            f"<td>{len(adds)}: {escape(ends)}</td>"
-            f'<td class="num">{_ms(max(osts) if osts else None)}</td>'
-            f'<td class="num">{_ms(max(took) if took else None)}</td>'
-            f'<td class="num">{(r.get("timings_s") or {}).get("total", 0):.1f}</td></tr>')
-    rows.append("</table>")
-    return "\n".join(rows)
+def _summary_row(i: int, v: ScenarioView) -> SummaryRow:
+    r = v.result
+    verdict = r.get("verdict") or {}
+    counts = verdict.get("counts") or {}
+    adds = r.get("adds") or []
+    osts = [a["ost_ms"] for a in adds if a.get("ost_ms") is not None]
+    took = [a["start_to_end_ms"] for a in adds if a.get("start_to_end_ms") is not None]
+    ends = ", ".join(str(a.get("end_state", "?")) for a in adds) or "none"
+    return SummaryRow(
+        anchor=_anchor(i), name=v.name, test_outcome=v.test_outcome, outcome=v.outcome,
+        verdict=str(verdict["verdict"]) if verdict else None,
+        fails=int(counts.get("fail", 0)), warns=int(counts.get("warn", 0)),
+        failed_checks=", ".join(str(c["check_id"]) for c in r.get("host_checks") or []
+                                if not c["passed"]),
+        adds=f"{len(adds)}: {ends}", max_ost_ms=_ms(max(osts) if osts else None),
+        max_took_ms=_ms(max(took) if took else None),
+        total_s=f"{(r.get('timings_s') or {}).get('total', 0):.1f}")
 
 
-def _section(i: int, v: ScenarioView, directory: Path) -> str:
+def _section(i: int, v: ScenarioView, directory: Path) -> Section:
     r = v.result
     scenario = r.get("scenario") or {}
     probe = scenario.get("probe") or {}
@@ -180,92 +240,63 @@ def _section(i: int, v: ScenarioView, directory: Path) -> str:
             f"vCPUs, {scenario.get('adds', '?')} adds"
             + (f", veto of processor {veto}" if veto is not None else "")
             + (", add after unload" if scenario.get("add_after_unload") else ""))
-    parts = [f'<h2 id="{_anchor(i)}">{escape(v.name)} '
-             f"{_badge(v.test_outcome) if v.test_outcome else ''} {_badge(v.outcome)}</h2>",
-             f'<p class="note">{escape(what)} &middot; domain {escape(str(r.get("domain")))}</p>']
-    if r.get("error"):
-        parts.append(f"<pre>{escape(str(r['error']))}</pre>")
-    parts.append(_findings(r))
-    if v.records_error:
-        parts.append(f"<pre>records.jsonl: {escape(v.records_error)}</pre>")
+    verdict = r.get("verdict") or {}
+    svg, note = None, ""
     if v.records or r.get("adds"):
         tl = build_timeline(r, v.records)
-        parts.append("<h3>timeline</h3>")
-        parts.append(render_svg(tl, v.name))
-        parts.append(f'<p class="note">{escape(tl.note)}. Hover a mark for its record.</p>')
-    parts.append(_adds(r))
-    parts.append(_links(v, directory))
+        # render_svg escapes every text and attribute value it writes (html.escape, quotes
+        # included); tests/unit/test_report_escaping.py holds it to that.
+        svg, note = Markup(render_svg(tl, v.name)), tl.note
+    links, screenshot = _links(v, directory)
     versions = r.get("versions") or {}
     timings = r.get("timings_s") or {}
-    parts.append('<p class="note">versions: ' + escape(", ".join(
-        f"{k} {val}" for k, val in sorted(versions.items()))) + "<br>timings: " + escape(
-        ", ".join(f"{k} {val:.2f}s" for k, val in timings.items())) + "</p>")
-    return "\n".join(parts)
+    return Section(
+        anchor=_anchor(i), name=v.name, test_outcome=v.test_outcome, outcome=v.outcome,
+        what=what, domain=str(r.get("domain")),
+        error=str(r["error"]) if r.get("error") else None, findings=_findings(r),
+        verdict_records=int(verdict.get("records", 0)) if verdict else None,
+        records_error=v.records_error, timeline_svg=svg, timeline_note=note, adds=_adds(r),
+        links=links, screenshot=screenshot,
+        versions=", ".join(f"{k} {val}" for k, val in sorted(versions.items())),
+        timings=", ".join(f"{k} {val:.2f}s" for k, val in timings.items()))
 
 
-def _findings(r: dict[str, Any]) -> str:
-    verdict = r.get("verdict") or {}
-    findings = verdict.get("findings") or []
-    checks = [c for c in r.get("host_checks") or [] if not c["passed"]]
-    if not findings and not checks:
-        if verdict:
-            return (f'<p>{_badge("pass")} the oracle found nothing wrong in '
-                    f"{verdict.get('records', 0)} records; every host check passed.</p>")
-        return "<p>No verdict: the run stopped before the probe's records existed.</p>"
-    rows = ["<h3>findings</h3><table><tr><th>#</th><th>severity</th><th>rule</th>"
-            "<th>what went wrong</th><th>the rule</th><th>records (seq)</th></tr>"]
-    for n, f in enumerate(findings, start=1):
-        sev = f.get("severity", "")
-        rows.append(f"<tr><td>F{n}</td><td class=\"sev-{escape(sev)}\">{escape(sev)}</td>"
-                    f"<td>{escape(f['rule_id'])} <span class=\"note\">"
-                    f"[{escape(f.get('source', ''))}]</span></td>"
-                    f"<td>{escape(f['message'])}</td><td class=\"note\">"
-                    f"{escape(f.get('statement', ''))}</td>"
-                    f"<td>{escape(', '.join(str(s) for s in f.get('seqs', [])))}</td></tr>")
-    for c in checks:
-        sev = c.get("severity", "")
-        rows.append(f"<tr><td>host</td><td class=\"sev-{escape(sev)}\">{escape(sev)}</td>"
-                    f"<td>{escape(c['check_id'])}</td><td>{escape(c['message'])}</td>"
-                    "<td class=\"note\">the host's own observation (QEMU, ACPI _OST, the "
-                    "guest's online count)</td><td>-</td></tr>")
-    rows.append("</table>")
-    return "\n".join(rows)
+def _findings(r: dict[str, Any]) -> tuple[FindingRow, ...]:
+    findings = (r.get("verdict") or {}).get("findings") or []
+    rows = [FindingRow(
+        label=f"F{n}", severity=str(f.get("severity", "")), rule=str(f["rule_id"]),
+        source=str(f.get("source", "")), message=str(f["message"]),
+        statement=str(f.get("statement", "")),
+        seqs=", ".join(str(s) for s in f.get("seqs", []))) for n, f in enumerate(findings, 1)]
+    rows += [FindingRow(
+        label="host", severity=str(c.get("severity", "")), rule=str(c["check_id"]), source=None,
+        message=str(c["message"]),
+        statement="the host's own observation (QEMU, ACPI _OST, the guest's online count)",
+        seqs="-") for c in r.get("host_checks") or [] if not c["passed"]]
+    return tuple(rows)
 
 
-def _adds(r: dict[str, Any]) -> str:
-    adds = list(r.get("adds") or [])
+def _adds(r: dict[str, Any]) -> tuple[AddRow, ...]:
     late = r.get("add_after_unload")
-    if not adds and not late:
-        return ""
-    rows = ["<h3>hot-adds</h3><table><tr><th>#</th><th>libvirt vCPU</th><th>socket/core/"
-            "thread</th><th>guest processor</th><th>call ms</th><th>_OST ms (status)</th>"
-            "<th>start ms ~</th><th>end</th><th>end ms ~</th><th>start&rarr;end ms</th></tr>"]
-    for a in adds + ([late] if late else []):
+    rows = []
+    for a in list(r.get("adds") or []) + ([late] if late else []):
         q = a.get("qemu") or {}
-        index = f"{a['index']}" + (" (after unload)" if a is late else "")
-        ost = "none" if a.get("ost_ms") is None else f"{a['ost_ms']:.1f} ({a['ost_status']})"
-        rows.append(
-            f"<tr><td>{escape(index)}</td><td class=\"num\">{a['libvirt_vcpu']}</td>"
-            f"<td>{q.get('socket')}/{q.get('core')}/{q.get('thread')}</td>"
-            f"<td class=\"num\">{'-' if a.get('guest_index') is None else a['guest_index']}"
-            f"</td><td class=\"num\">{_ms(a.get('call_ms'))}</td>"
-            f"<td class=\"num\">{escape(ost)}</td>"
-            f"<td class=\"num\">{_ms(a.get('start_ms_approx'))}</td>"
-            f"<td>{escape(str(a.get('end_state')))}</td>"
-            f"<td class=\"num\">{_ms(a.get('end_ms_approx'))}</td>"
-            f"<td class=\"num\">{_ms(a.get('start_to_end_ms'))}</td></tr>")
-    rows.append("</table><p class=\"note\">ms after the host's hot-add call; ~ = guest clock "
-                "mapped to host time.</p>")
-    return "\n".join(rows)
+        rows.append(AddRow(
+            index=f"{a['index']}" + (" (after unload)" if a is late else ""),
+            vcpu=str(a["libvirt_vcpu"]),
+            topology=f"{q.get('socket')}/{q.get('core')}/{q.get('thread')}",
+            guest_index="-" if a.get("guest_index") is None else str(a["guest_index"]),
+            call_ms=_ms(a.get("call_ms")),
+            ost="none" if a.get("ost_ms") is None else f"{a['ost_ms']:.1f} ({a['ost_status']})",
+            start_ms=_ms(a.get("start_ms_approx")), end_state=str(a.get("end_state")),
+            end_ms=_ms(a.get("end_ms_approx")), took_ms=_ms(a.get("start_to_end_ms"))))
+    return tuple(rows)
 
 
-def _links(v: ScenarioView, directory: Path) -> str:
+def _links(v: ScenarioView, directory: Path) -> tuple[tuple[Link, ...], str | None]:
+    """The artifacts beside the run's result, and the screenshot's address if there is one."""
     present = [name for name in ARTIFACTS if (v.run_dir / name).is_file()]
     rel = v.run_dir.relative_to(directory) if v.run_dir != directory else Path(".")
-    links = " ".join(f'<a href="{escape(str(rel / name))}">{escape(name)}</a>'
-                     for name in present)
-    out = f'<p class="links">artifacts: {links}</p>'
-    if "screenshot.png" in present:
-        out += (f'<p><img class="shot" src="{escape(str(rel / "screenshot.png"))}" '
-                'alt="the guest screen when the test failed"></p>')
-    return out
+    links = tuple(Link(str(rel / name), name) for name in present)
+    shot = str(rel / "screenshot.png") if "screenshot.png" in present else None
+    return links, shot

@@ -38,6 +38,6 @@ def render_result(result: RunResult) -> str:
     parts.append(f"timings: {timings}")
     if result.error:
         parts.append(f"error: {result.error}")
-    outcome = result.to_dict()["outcome"].upper()
+    outcome = result.outcome.value.upper()
     parts.append(f"result: {outcome} (exit {int(result.exit_code)}); artifacts in {result.run_dir}")
     return "\n\n".join(parts)

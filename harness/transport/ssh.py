@@ -10,6 +10,7 @@ exec channel: dropbear, the reference guest's server, has no SFTP subsystem.
 
 from __future__ import annotations
 
+import binascii
 import select
 import shlex
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import paramiko
 
-from harness.errors import TransportError
+from harness.errors import InputError, TransportError
 from harness.transport.base import CommandResult, Transport
 
 _CHUNK = 65536
@@ -38,13 +39,20 @@ def _shown(command: str) -> str:
 
 
 def parse_host_key(line: str) -> paramiko.PKey:
-    """The public key in an OpenSSH line "TYPE BASE64 [comment]"; raises ValueError."""
+    """The public key in an OpenSSH line "TYPE BASE64 [comment]" (the guest's pinned key)."""
+    fix = ("give the guest's host key as one OpenSSH line, e.g. the contents of its "
+           "ssh_host_ed25519_key.pub (rebuild the reference guest: hotadd guest build --force)")
     parts = line.split()
     if len(parts) < 2:
-        raise ValueError(f"not an OpenSSH public key line: {line!r}")
-    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"guest {parts[0]} {parts[1]}")
+        raise InputError(f"not an OpenSSH public key line: {line[:80]!r}", fix)
+    try:
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(f"guest {parts[0]} {parts[1]}")
+    except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError,
+            binascii.Error) as exc:
+        raise InputError(f"the host key {parts[0]} {parts[1][:16]}... does not decode: {exc}",
+                         fix) from None
     if entry is None:
-        raise ValueError(f"unsupported host key type {parts[0]!r}")
+        raise InputError(f"unsupported host key type {parts[0]!r}", fix)
     return entry.key
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
+import ipaddress
 import logging
 import re
 import time
@@ -28,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import requests
 from winrm.exceptions import (
@@ -40,7 +41,7 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from harness.errors import TransportError
+from harness.errors import InputError, TransportError
 from harness.transport.base import CommandResult, Transport
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,30 @@ class WinRMEndpoint:
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
-            raise ValueError(f"WinRM port {self.port} out of range")
+            raise InputError(f"WinRM port {self.port} is out of range",
+                             "give the 127.0.0.1 forward's port, 1-65535")
+        if not _is_loopback(self.host):
+            raise InputError(f"WinRM host {self.host} is not a loopback address",
+                             "reach the guest through its forward on 127.0.0.1 (hotadd never "
+                             "leaves loopback)")
         if self.read_timeout <= self.operation_timeout:
-            raise ValueError("read_timeout must exceed operation_timeout (pywinrm requires it)")
+            raise InputError(
+                f"WinRM read timeout {self.read_timeout}s must exceed the operation timeout "
+                f"{self.operation_timeout}s (pywinrm refuses otherwise)",
+                "raise read_timeout above operation_timeout")
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/wsman"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another name: it could resolve anywhere
+        return False
 
 
 def redact(text: str, secret: str) -> str:
@@ -301,7 +319,7 @@ class WinRMTransport(Transport):
         raise AssertionError("unreachable")
 
     def _fail(self, what: str, fault: str, fix: str | None = None,
-              service_answered: bool = False) -> None:
+              service_answered: bool = False) -> NoReturn:
         self.last_fault = redact(fault, self.endpoint.password)
         self._drop(delete=service_answered)
         raise TransportError(

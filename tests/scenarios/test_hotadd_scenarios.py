@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import pytest
 
-from harness.pytest_plugin import HotaddGuest, HotaddHelper, LoadedProbe
+from harness.pytest_plugin import HotaddHelper, LoadedProbe
 from harness.records import DriverEvent, DriverRecord, Phase
+from harness.scenario import Guest
 
 
-def test_single_add(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> None:
+def test_single_add(hotadd: HotaddHelper, hotadd_guest: Guest) -> None:
     result = hotadd.run(adds=1)
     assert result.passed, hotadd.explain(result)
     [add] = result.adds
@@ -35,7 +36,7 @@ def test_several_adds_in_a_row(hotadd: HotaddHelper) -> None:
     assert [a.guest_index for a in result.adds] == [boot, boot + 1]
 
 
-def test_add_up_to_max(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> None:
+def test_add_up_to_max(hotadd: HotaddHelper, hotadd_guest: Guest) -> None:
     """Every free slot, one at a time; then the host has none left to give."""
     result = hotadd.run(adds=hotadd.free_vcpus)
     assert result.passed, hotadd.explain(result)
@@ -45,7 +46,7 @@ def test_add_up_to_max(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> None:
 
 
 @pytest.mark.hotadd_vcpus(free=2)
-def test_veto_on_hot_add(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> None:
+def test_veto_on_hot_add(hotadd: HotaddHelper, hotadd_guest: Guest) -> None:
     """The probe vetoes the second hot-added processor in its Start: that add ends in
     Failure, the processor stays offline, and the verdict passes (the failure path behaved)."""
     vetoed = hotadd.boot_vcpus + 1
@@ -56,7 +57,7 @@ def test_veto_on_hot_add(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> Non
     assert hotadd_guest.processor_count() == hotadd.boot_vcpus + 1
 
 
-def test_veto_during_replay(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> None:
+def test_veto_during_replay(hotadd: HotaddHelper, hotadd_guest: Guest) -> None:
     """Vetoing a boot processor's replay Start fails the registration: no callback is left
     registered, so nothing is hot-added, and the guest keeps its boot processors."""
     vetoed = hotadd.boot_vcpus - 1
@@ -72,7 +73,7 @@ def test_veto_during_replay(hotadd: HotaddHelper, hotadd_guest: HotaddGuest) -> 
 
 @pytest.mark.hotadd_vcpus(free=2)
 def test_unload_then_add(hotadd_probe: LoadedProbe, hotadd: HotaddHelper,
-                         hotadd_guest: HotaddGuest) -> None:
+                         hotadd_guest: Guest) -> None:
     """After deregistration the probe must see nothing, while the guest still takes the CPU."""
     assert hotadd_probe.add().end_state == "complete"
     hotadd_probe.unload()

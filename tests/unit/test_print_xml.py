@@ -43,9 +43,10 @@ def test_run_prints_valid_xml_and_starts_nothing(guest: str, firmware: str, acce
     monkeypatch.delenv("HOTADD_WINDOWS_PASSWORD", raising=False)
     before = scratch_entries()
     run_dir = tmp_path / "run"
+    windows_inputs = ["--image", str(tmp_path / "missing.qcow2"),
+                      "--driver", str(tmp_path / "none.sys")] if guest == "windows" else []
     code, out, _err = hotadd(
-        ["run", "--guest", guest, "--accel", accel, "--firmware", firmware,
-         "--image", str(tmp_path / "missing.qcow2"), "--driver", str(tmp_path / "none.sys"),
+        ["run", "--guest", guest, "--accel", accel, "--firmware", firmware, *windows_inputs,
          "--sockets", "2", "--cores", "2", "--boot-vcpus", "2", "--run-dir", str(run_dir),
          "--print-xml"], capsys)
     assert code == 0

@@ -1,0 +1,143 @@
+"""Build and run the KMDF probe's portable C on this Linux host, for the `test_driver_*` tests.
+
+The driver's record ring and formatter (driver/probe_ring.c, driver/probe_format.c) are plain
+C, so the host gcc compiles them under the sanitizers together with the test harness
+driver/tests/ring_harness.c, which plays the kernel's producers and the worker. Builds go to a
+pytest temporary directory, never into the source tree. A missing compiler fails the test and
+names the Debian package to install; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DRIVER_DIR = Path(__file__).resolve().parents[2] / "driver"
+PORTABLE_SOURCES = tuple(DRIVER_DIR / name for name in ("probe_ring.c", "probe_format.c",
+                                                      "probe_veto.c"))
+RING_HARNESS = DRIVER_DIR / "tests" / "ring_harness.c"
+MINGW_COMPAT = DRIVER_DIR / "tests" / "mingw_ddk_compat.h"
+
+HOST_CC = ("gcc", "gcc")  # (command, Debian package)
+MINGW_CC = ("x86_64-w64-mingw32-gcc", "mingw-w64")
+
+# Values of the enums in driver/probe_public.h, by the names the records carry.
+DRIVER_EVENTS = {"load": 1, "registered": 2, "register_failed": 3, "deregistered": 4,
+                 "unload": 5, "dropped": 6}
+NOTIFY_STATES = {"start": 0, "complete": 1, "failure": 2}
+PHASES = {"replay": 1, "hotadd": 2}
+MAX_LINE = 512  # HAP_MAX_LINE
+
+
+def require_tool(command: str, package: str) -> str:
+    """The tool's path; fails the calling test naming the package when it is missing."""
+    path = shutil.which(command)
+    if path is None:
+        pytest.fail(f"{command} is not installed: the driver tests need it. Install the Debian "
+                    f"package {package} (apt-get install {package}; ./setup.sh does this).",
+                    pytrace=False)
+    return path
+
+
+def run_checked(argv: list[str], *, stdin: str = "", timeout: float = 120) -> str:
+    """Run a command; fail the test with its stderr when it exits non-zero."""
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr}", pytrace=False)
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class VetoPolicy:
+    """The service's VetoIndex / VetoStatus / VetoDuringReplay values."""
+
+    index: int
+    status: int
+    during_replay: bool = False
+
+
+NO_VETO = 0xFFFF_FFFF  # HAP_NO_VETO: VetoIndex absent
+
+
+@dataclass(frozen=True)
+class RingHarness:
+    """The built ring_harness binary (see its header comment for the modes)."""
+
+    binary: Path
+
+    def records(self, specs: Iterable[str], capacity: int = 64, drain_every: int = 0,
+                veto: VetoPolicy | None = None) -> str:
+        """Append one record per spec line, drain every `drain_every` appends; JSONL out.
+
+        With `veto`, every notify's op_status is decided by the driver's veto policy.
+        """
+        text = "".join(spec + "\n" for spec in specs)
+        argv = [str(self.binary), "records", str(capacity), str(drain_every)]
+        if veto is not None:
+            argv += [str(veto.index), str(veto.status), str(int(veto.during_replay))]
+        return run_checked(argv, stdin=text)
+
+    def veto_race(self, threads: int) -> int:
+        """How many of `threads` simultaneous hot-add Starts of one index got vetoed."""
+        return int(run_checked([str(self.binary), "veto-race", str(threads)]))
+
+    def concurrent(self, capacity: int, producers: int, per_producer: int) -> str:
+        return run_checked([str(self.binary), "concurrent", str(capacity), str(producers),
+                            str(per_producer)], timeout=300)
+
+    def ticks_to_ns(self, ticks: int, frequency: int) -> int:
+        return int(run_checked([str(self.binary), "ticks", str(ticks), str(frequency)]))
+
+    def limits(self) -> dict[str, int]:
+        out = run_checked([str(self.binary), "limits"])
+        return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
+
+
+def build_ring_harness(out_dir: Path, sanitizer: str = "address,undefined") -> RingHarness:
+    """Compile ring_harness.c + the portable driver sources with the host gcc and sanitizers."""
+    gcc = require_tool(*HOST_CC)
+    binary = out_dir / f"ring_harness-{sanitizer.replace(',', '-')}"
+    run_checked([gcc, "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-O1", "-g",
+                 "-Wall", "-Wextra", "-Werror", "-pedantic",
+                 f"-fsanitize={sanitizer}", "-fno-sanitize-recover=all",
+                 "-fno-omit-frame-pointer", f"-I{DRIVER_DIR}", "-o", str(binary),
+                 str(RING_HARNESS), *map(str, PORTABLE_SOURCES), "-pthread"])
+    return RingHarness(binary)
+
+
+def spec(kind: str, **fields: Any) -> str:
+    """One ring_harness input line, with enum fields given by their record names."""
+    names = {"event": DRIVER_EVENTS, "state": NOTIFY_STATES, "phase": PHASES}
+    parts = [f"kind={kind}"]
+    for key, value in fields.items():
+        if key in names and isinstance(value, str):
+            value = names[key][value]
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def parse_lines(output: str) -> list[dict[str, Any]]:
+    """Every line of the output as JSON (a line that does not parse fails the test)."""
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(output.splitlines(), start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            pytest.fail(f"line {number} is not JSON ({exc.msg}): {line!r}", pytrace=False)
+        assert isinstance(obj, dict), f"line {number} is not a JSON object: {line!r}"
+        assert len(line) + 1 <= MAX_LINE, f"line {number} exceeds HAP_MAX_LINE: {line!r}"
+        records.append(obj)
+    return records
+
+
+def assert_seq_complete(records: Sequence[Mapping[str, Any]]) -> None:
+    """seq is 1, 2, 3, ... without gaps, as record format v1 requires."""
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))

@@ -1,0 +1,43 @@
+"""QEMU process checks and the real CLI as a subprocess, for tests in every folder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def qemu_pids_mentioning(text: str) -> list[int]:
+    """PIDs of running QEMU processes whose command line contains `text` (a root or a name)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@contextmanager
+def short_root() -> Iterator[Path]:
+    """A fresh embedded-libvirt root with a short path (QEMU's sockets live under it)."""
+    root = Path(tempfile.mkdtemp(prefix="hotadd-lv-", dir="/tmp"))
+    try:
+        yield root
+        assert not qemu_pids_mentioning(str(root)), f"hotadd left QEMU running under {root}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_hotadd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (`python -m harness ...`) and capture its output."""
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)

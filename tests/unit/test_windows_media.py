@@ -1,0 +1,122 @@
+"""install.wim reading, ISO checks and the provisioning ISO, with the real tools (wimtools,
+xorriso) on small media made here: a real WIM captured with wimcapture and given the image
+properties a Windows Server install.wim carries, inside a real ISO 9660 image."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InputError
+from harness.guests import windows_setup
+from harness.guests.windows_setup import ImageSelector, UnattendSettings, WimImage, WindowsVersion
+from harness.host.domain import Firmware
+from harness.progress import Progress
+from tests.support import windows_media
+
+# the stand-in media, as fixtures of this module
+windows_iso = windows_media.windows_iso
+virtio_iso = windows_media.virtio_iso
+
+
+def test_windows_iso_files_live_in_udf(windows_iso: Path) -> None:
+    """Why input ISOs are read with 7-Zip: xorriso sees only the ISO 9660 bridge."""
+    assert windows_setup.list_iso(windows_iso) == ["/README.TXT"]
+    assert {"/sources/install.wim", "/setup.exe"} <= set(windows_setup.iso_members(windows_iso))
+    windows_setup.check_readable_iso(windows_iso, "Windows ISO")
+
+
+def test_wiminfo_parsing_of_a_real_wim(windows_iso: Path, tmp_path: Path) -> None:
+    images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
+    assert [i.index for i in images] == [1, 2, 3]
+    dc = images[1]
+    assert dc == WimImage(index=2, name="Windows Server 2022 SERVERDATACENTER",
+                          display_name=windows_media.SERVER_2022["DISPLAYNAME"],
+                          edition_id="ServerDatacenterEval", installation_type="Server",
+                          build=20348)
+    assert dc.version is WindowsVersion.WS2022
+    assert windows_setup.check_edition(dc) is WindowsVersion.WS2022
+    assert not list(tmp_path.iterdir()), "the extracted install.wim is removed again"
+
+
+def test_image_name_not_in_the_iso_lists_the_ones_present(windows_iso: Path,
+                                                          tmp_path: Path) -> None:
+    images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
+    assert ImageSelector.parse("windows server 2022 serverdatacenter").pick(images, "x").index == 2
+    assert ImageSelector(index=1).pick(images, "x").name.endswith("SERVERSTANDARDCORE")
+    with pytest.raises(InputError) as err:
+        ImageSelector(name="Windows Server 2022 SERVERDATACENTERCORE").pick(images, "the ISO")
+    msg = str(err.value)
+    assert "is not in the ISO" in msg
+    for img in images:
+        assert f"{img.index}: {img.name}" in msg
+    with pytest.raises(InputError, match="is not in"):
+        ImageSelector(index=9).pick(images, "the ISO")
+
+
+def test_client_editions_are_refused(windows_iso: Path, tmp_path: Path) -> None:
+    images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
+    with pytest.raises(InputError, match=r"client edition.*only Windows Server"):
+        windows_setup.check_edition(images[2])
+    with pytest.raises(InputError, match="cannot tell which Windows Server release"):
+        windows_setup.check_edition(WimImage(index=1, name="Mystery", edition_id="ServerFoo",
+                                       build=99999))
+
+
+def test_server_2016_is_refused_before_anything_is_installed() -> None:
+    """The preflight would refuse it hours later: Server 2016 ships KMDF 1.19."""
+    old = WimImage(index=2, name="Windows Server 2016 SERVERDATACENTER",
+                   edition_id="ServerDatacenter", installation_type="Server", build=14393)
+    with pytest.raises(InputError, match=r"KMDF 1\.19"):
+        windows_setup.check_edition(old)
+
+
+def test_parse_wiminfo_ignores_the_header() -> None:
+    text = ("WIM Information:\n----------------\nPath:           x.wim\nImage Count:    1\n\n"
+            "Available Images:\n-----------------\nIndex:                  1\n"
+            "Name:                   Windows Server 2019 SERVERSTANDARD\n"
+            "Description:            \nBuild:                  17763\n")
+    assert windows_setup.parse_wiminfo(text) == (
+        WimImage(index=1, name="Windows Server 2019 SERVERSTANDARD", build=17763),)
+
+
+def test_missing_unreadable_and_wrong_isos(tmp_path: Path, windows_iso: Path,
+                                           virtio_iso: Path) -> None:
+    with pytest.raises(InputError, match=r"Windows ISO .*nope.iso does not exist"):
+        windows_setup.check_readable_iso(tmp_path / "nope.iso", "Windows ISO")
+    with pytest.raises(InputError, match="is not a file"):
+        windows_setup.check_readable_iso(tmp_path, "Windows ISO")
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(b"\0" * 40000)
+    with pytest.raises(InputError, match="is not an ISO 9660 / UDF image"):
+        windows_setup.check_readable_iso(junk, "Windows ISO")
+    windows_setup.check_readable_iso(windows_iso, "Windows ISO")
+    with pytest.raises(InputError, match=r"no sources/install\.wim"):
+        windows_setup.windows_iso_images(virtio_iso, tmp_path, Progress(quiet=True))
+
+
+def test_provisioning_iso_contents_listed_back(virtio_iso: Path, tmp_path: Path) -> None:
+    settings = UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI,
+                                ImageSelector(name="Windows Server 2022 SERVERDATACENTER"),
+                                password="Lab-Pa55word!")
+    tree = windows_setup.stage_provisioning(settings, virtio_iso, tmp_path / "prov")
+    iso = windows_setup.build_iso(tree, tmp_path / "provision.iso", windows_setup.PROVISION_LABEL)
+    files = set(windows_setup.list_iso(iso))
+    assert {"/Autounattend.xml", "/hotadd-provision.ps1", "/hotadd-probe.ps1"} <= files
+    for drv in windows_setup.VIRTIO_DRIVERS:
+        assert f"/$WinPEDriver$/{drv}/2k22/amd64/{drv.lower()}.inf" in files
+    assert not any("/2k19/" in f or "/w11/" in f or "Balloon" in f for f in files)
+    label = subprocess.run(["xorriso", "-indev", str(iso), "-pvd_info"], capture_output=True,
+                           text=True, check=True).stdout
+    assert f"Volume Id    : {windows_setup.PROVISION_LABEL}" in label
+    back = tmp_path / "back"
+    windows_setup.extract_members(iso, ["/Autounattend.xml"], back)
+    assert (back / "Autounattend.xml").read_text() == (tree / "Autounattend.xml").read_text()
+    assert "Lab-Pa55word!" not in (back / "Autounattend.xml").read_text()
+
+
+def test_virtio_iso_without_the_version_folders(virtio_iso: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no /viostor/2k25/amd64.*Server 2025"):
+        windows_setup.stage_virtio(virtio_iso, WindowsVersion.WS2025, tmp_path)
