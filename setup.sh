@@ -21,7 +21,7 @@ APT_PACKAGES=(
   # the reference guest: kernel headers for the probe module, busybox, an SSH server, initramfs tools
   linux-headers-amd64 busybox-static dropbear-bin cpio kmod zstd
   # the Windows path: provisioning ISOs, reading Microsoft's UDF ISOs and install.wim,
-  # type-checking the driver's kernel API use
+  # stand-in WIMs for the tests (wimtools), type-checking the driver's kernel API use
   xorriso wimtools 7zip mingw-w64
   # headless browser for looking at the HTML report in tests
   chromium

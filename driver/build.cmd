@@ -2,9 +2,15 @@
 rem build.cmd - build HotAddProbe.sys with the WDK from the command line.
 rem
 rem Runs on a Windows build box with either the EWDK (mount the ISO, run LaunchBuildEnv.cmd,
-rem then this script) or Visual Studio 2022 + the WDK (from a Developer Command Prompt).
+rem then this script) or Visual Studio 2022 + the WDK (from a Developer Command Prompt), or
+rem Visual Studio 2022 with the WDK component and the WDK NuGet packages restored first:
+rem   nuget restore driver\packages.config -PackagesDirectory driver\packages
+rem Visual Studio needs the Spectre-mitigated MSVC libraries ("MSVC v143 - VS 2022 C++ x64/x86
+rem Spectre-mitigated libs", Microsoft.VisualStudio.Component.VC.Runtimes.x86.x64.Spectre):
+rem without them msbuild stops with MSB8040.
 rem Usage:  build.cmd [Release or Debug, default Release] [analyze]
-rem   analyze  also runs the compiler's code analysis (SAL and IRQL rules).
+rem   analyze  also runs code analysis with the WDK's Driver Recommended Rules (SAL, IRQL);
+rem            every finding is an error.
 rem Output: driver\build\<Configuration>\HotAddProbe.sys and .pdb, unsigned
 rem         (test-sign it with sign-test.ps1, see README.md).
 setlocal

@@ -47,8 +47,12 @@ DriverEntry(
     WDFDRIVER driver;
     NTSTATUS status;
 
-    /* Lets ExAllocatePoolZero run on Windows before 10 2004 (Server 2019) and opts the
-     * driver into NonPagedPoolNx. Must precede the first allocation. */
+    /* Lets ExAllocatePoolZero run on Windows before 10 2004 (Server 2019: POOL_ZERO_DOWN_LEVEL_
+     * SUPPORT, probe_wdm.h) and, with POOL_NX_OPTIN=1 (HotAddProbe.vcxproj), makes NonPagedPool
+     * mean NonPagedPoolNx ("ExInitializeDriverRuntime function (wdm.h)",
+     * https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/
+     * nf-wdm-exinitializedriverruntime). The probe asks for NonPagedPoolNx by name anyway.
+     * Must precede the first allocation. */
     ExInitializeDriverRuntime(DrvRtPoolNxOptIn);
 
     WDF_DRIVER_CONFIG_INIT(&config, WDF_NO_EVENT_CALLBACK);

@@ -164,6 +164,7 @@ HapFormatNotify(_In_ const HAP_RECORD *Record, _Inout_ HAP_OUT *Out)
     HapPutField(Out, "number", Record->u.Notify.Number);
     HapPutField(Out, "status", Record->u.Notify.Status);
     HapPutField(Out, "op_status", Record->u.Notify.OpStatus);
+    HapPutField(Out, "op_status_in", Record->u.Notify.OpStatusIn);
     HapPutField(Out, "active_count", Record->u.Notify.ActiveCount);
     HapPutField(Out, "irql", Record->u.Notify.Irql);
     HapPutField(Out, "map_status", Record->u.Notify.MapStatus);
@@ -204,6 +205,9 @@ HapFormatRecord(const HAP_RECORD *Record, unsigned long long Seq, char *Buffer,
     default:
         known = 0;
         break;
+    }
+    if (Record->TimeRaised) {
+        HapPutField(&out, "t_raw_ns", Record->RawTimeNs);
     }
     HapPutText(&out, "}\n");
     if (!known || out.Overflow) {

@@ -6,9 +6,10 @@
  * user-mode host tests under driver/tests/. It includes no headers, so it compiles with the
  * WDK's cl.exe, mingw-w64 and the host gcc alike.
  *
- * Record format v1 is documented in docs/record-format.md; the `dropped` driver event, the
- * `veto_*` fields of `load` and the `map_*` fields of `notify` are this driver's additions,
- * described in driver/README.md.
+ * Record format v1 is documented in docs/record-format.md (including the optional
+ * `op_status_in` and `t_raw_ns` of `notify`); the `dropped` driver event, the `veto_*` fields of
+ * `load` and the `map_*` fields of `notify` are this driver's additions, described in
+ * driver/README.md.
  */
 #ifndef HOTADD_PROBE_PUBLIC_H
 #define HOTADD_PROBE_PUBLIC_H
@@ -27,15 +28,31 @@
 #define HAP_PARAM_VETO_REPLAY_W     L"VetoDuringReplay"
 
 #define HAP_DEFAULT_FLAGS           1u          /* KE_PROCESSOR_CHANGE_ADD_EXISTING */
+/* Every Flags bit KeRegisterProcessorChangeCallback documents: KE_PROCESSOR_CHANGE_ADD_EXISTING
+ * only ("KeRegisterProcessorChangeCallback function (wdm.h)", Flags: "Optional flags that
+ * modify the behavior of the KeRegisterProcessorChangeCallback routine. The following is the
+ * only possible flag": https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/
+ * nf-wdm-keregisterprocessorchangecallback). Any other bit is refused before the call with
+ * HAP_STATUS_INVALID_PARAMETER and recorded as `register_failed`. */
+#define HAP_KNOWN_FLAGS             1u
 #define HAP_DEFAULT_VETO_STATUS     0xC000009Au /* STATUS_INSUFFICIENT_RESOURCES */
 #define HAP_NO_VETO                 0xFFFFFFFFu /* VetoIndex value meaning "never veto" */
+
+/* NTSTATUS values the portable part returns (ntstatus.h), as unsigned. */
+#define HAP_STATUS_SUCCESS          0x00000000u
+#define HAP_STATUS_UNSUCCESSFUL     0xC0000001u /* the register call failed, nobody said why */
+#define HAP_STATUS_INVALID_PARAMETER 0xC000000Du /* Flags holds a bit nobody documents */
 
 /* ---- Where the records go ------------------------------------------------------------------ */
 
 /* NT path of the directory and the file (C:\ProgramData\HotAddProbe\records.jsonl). Every load
- * truncates the file: one file holds exactly one probe load, seq 1, 2, 3, ... */
+ * truncates the file: one file holds exactly one probe load, seq 1, 2, 3, ... The directory gets
+ * a protected DACL (SYSTEM and Administrators only); a directory or file that is a reparse
+ * point, or a file with a second hard link, is refused (driver/README.md). */
 #define HAP_RECORD_DIR_W            L"\\??\\C:\\ProgramData\\HotAddProbe"
 #define HAP_RECORD_FILE_W           L"\\??\\C:\\ProgramData\\HotAddProbe\\records.jsonl"
+/* The file's name inside the directory: opened relative to the directory's handle. */
+#define HAP_RECORD_NAME_W           L"records.jsonl"
 
 /* ---- Record format v1 ---------------------------------------------------------------------- */
 
@@ -63,8 +80,10 @@ typedef enum _HAP_NOTIFY_STATE {
 } HAP_NOTIFY_STATE;
 
 typedef enum _HAP_NOTIFY_PHASE {
-    HapPhaseReplay = 1,             /* "replay": inside the register call (ADD_EXISTING) */
-    HapPhaseHotAdd = 2              /* "hotadd": a processor added while registered */
+    HapPhaseReplay = 1,             /* "replay": on the registering thread, inside the register
+                                       call (the ADD_EXISTING replay) */
+    HapPhaseHotAdd = 2              /* "hotadd": any other notification, including one on
+                                       another thread while the register call still runs */
 } HAP_NOTIFY_PHASE;
 
 /* ---- Sizes and tags ------------------------------------------------------------------------ */

@@ -2,8 +2,9 @@
  * probe_wdm.h - the WDM-level probe: everything HotAddProbe does with the kernel, behind two
  * calls the KMDF glue (driver.c) makes from DriverEntry and EvtDriverUnload.
  *
- * Environment: kernel mode, Windows Server 2019 (1809) and later. Depends on ntddk.h only (no
- * wdf.h), so that the same code is type-checked against mingw-w64's DDK headers on Linux.
+ * Environment: kernel mode, Windows Server 2019 (1809) and later. Depends on ntifs.h (ntddk.h
+ * plus the security-descriptor and file-information routines the record folder needs) and no
+ * wdf.h, so that the same code is type-checked against mingw-w64's DDK headers on Linux.
  */
 #ifndef HOTADD_PROBE_WDM_H
 #define HOTADD_PROBE_WDM_H
@@ -15,7 +16,7 @@
 #define POOL_ZERO_DOWN_LEVEL_SUPPORT 1
 #endif
 
-#include <ntddk.h>
+#include <ntifs.h>     /* ntddk.h plus the security and file routines the record folder needs */
 
 /* One probe load: the parameters, the callback registration, the record ring, the worker
  * that writes the ring to the record file. Opaque outside probe_wdm.c. */

@@ -88,9 +88,12 @@ class NotifyRecord:
     group: int
     number: int
     status: int  # the context's Status, NTSTATUS as unsigned 32-bit
-    op_status: int  # what the probe left in *OperationStatus: 0 unless it vetoed
+    op_status: int  # the probe's own write to *OperationStatus: 0 unless it vetoed
     active_count: int
     irql: int
+    # *OperationStatus as the callback found it on entry (what the kernel or another driver
+    # left there); None in files written before the field existed.
+    op_status_in: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     line: int = field(default=0, compare=False)
 
@@ -104,7 +107,7 @@ Record = DriverRecord | NotifyRecord
 _COMMON = ("v", "seq", "t_ns", "kind")
 _DRIVER_FIELDS = ("event", "active_count", "flags", "status", "count")
 _NOTIFY_FIELDS = ("state", "phase", "nt_number", "group", "number", "status", "op_status",
-                  "active_count", "irql")
+                  "op_status_in", "active_count", "irql")
 _REQUIRED_BY_EVENT: Mapping[DriverEvent, tuple[str, ...]] = {
     DriverEvent.LOAD: ("active_count", "flags"),
     DriverEvent.REGISTER_FAILED: ("status",),
@@ -113,7 +116,8 @@ _REQUIRED_BY_EVENT: Mapping[DriverEvent, tuple[str, ...]] = {
 # Upper bounds of the integer fields, from the C types the probes fill them from.
 _INT_MAX: Mapping[str, int] = {
     "seq": 2**64 - 1, "t_ns": 2**64 - 1, "active_count": UINT32_MAX, "flags": UINT32_MAX,
-    "status": UINT32_MAX, "op_status": UINT32_MAX, "nt_number": UINT32_MAX,
+    "status": UINT32_MAX, "op_status": UINT32_MAX, "op_status_in": UINT32_MAX,
+    "nt_number": UINT32_MAX,
     "group": 0xFFFF, "number": 0xFF, "irql": 31, "count": 2**64 - 1,
 }
 # Lower bounds other than 0: a `dropped` line is only written when something was lost.
@@ -178,7 +182,8 @@ def _notify_record(obj: Mapping[str, Any], line: int) -> NotifyRecord:
         nt_number=_int_field(obj, "nt_number"), group=_int_field(obj, "group"),
         number=_int_field(obj, "number"), status=_int_field(obj, "status"),
         op_status=_int_field(obj, "op_status"), active_count=_int_field(obj, "active_count"),
-        irql=_int_field(obj, "irql"), extra=_extra(obj, _NOTIFY_FIELDS), line=line,
+        irql=_int_field(obj, "irql"), op_status_in=_optional_int(obj, "op_status_in"),
+        extra=_extra(obj, _NOTIFY_FIELDS), line=line,
     )
 
 
@@ -256,8 +261,10 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     else:
         out.update(state=record.state.value, phase=record.phase.value,
                    nt_number=record.nt_number, group=record.group, number=record.number,
-                   status=record.status, op_status=record.op_status,
-                   active_count=record.active_count, irql=record.irql)
+                   status=record.status, op_status=record.op_status)
+        if record.op_status_in is not None:
+            out["op_status_in"] = record.op_status_in
+        out.update(active_count=record.active_count, irql=record.irql)
     for key, value in record.extra.items():
         out.setdefault(key, value)
     return out

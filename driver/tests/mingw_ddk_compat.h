@@ -10,7 +10,7 @@
 #ifndef HOTADD_MINGW_DDK_COMPAT_H
 #define HOTADD_MINGW_DDK_COMPAT_H
 
-#include <ntddk.h>
+#include <ntifs.h>
 
 /* wdm.h (WDK 2004+): "PVOID ExAllocatePoolZero(POOL_TYPE PoolType, SIZE_T NumberOfBytes,
  * ULONG Tag)"; IRQL <= DISPATCH_LEVEL. An inline wrapper in the WDK. */

@@ -1,35 +1,61 @@
 /*
- * ring_harness.c - host test driver for HotAddProbe's portable record code (probe_ring.c,
- * probe_format.c). Built by tests/test_driver_ring.py with the host gcc under
- * -fsanitize=address,undefined into a temporary directory; never part of the driver.
+ * ring_harness.c - host test driver for HotAddProbe's portable code (probe_ring.c,
+ * probe_format.c, probe_veto.c, probe_core.c). Built by tests/driver_toolchain.py with the host
+ * gcc under -fsanitize=address,undefined or -fsanitize=thread into a temporary directory;
+ * never part of the driver.
  *
  * Environment: Linux user mode, C library and pthreads. It plays the kernel's roles: producers
- * (the callback, DriverEntry) append HAP_RECORDs, a consumer (the worker) drains to stdout.
+ * (the callback, DriverEntry) append HAP_RECORDs, a consumer (the worker) drains to stdout,
+ * the register call is a function that delivers notifications, the clock is a fake or
+ * CLOCK_MONOTONIC, the record file is memory with injectable short and failed writes.
  *
  * Modes (all output goes to stdout; exit status 0 unless the usage or an internal check fails):
  *   records CAPACITY DRAIN_EVERY [VETO_INDEX VETO_STATUS DURING_REPLAY]  < spec lines
- *       Each stdin line is one record, as space-separated key=value pairs (see ParseSpec).
- *       Every DRAIN_EVERY appends (0 = never) the consumer drains; a final drain follows.
- *       With the veto arguments, each notify's op_status is what the driver's callback
- *       leaves: HapVetoDecision of that policy (the spec's op is ignored).
- *   veto-race THREADS
- *       THREADS threads ask for the hot-add veto of one index at once; prints how many got it.
+ *       Each stdin line is one record, as space-separated key=value pairs (see ParseSpec); the
+ *       clock reads the line's t. Every DRAIN_EVERY appends (0 = never) the consumer drains; a
+ *       final drain follows. Without the veto arguments records go onto the ring as given.
+ *       With them each notify goes through HapCoreNotify as the callback does (phase=replay:
+ *       delivered on the registering thread; op_status is the driver's decision, op_in is
+ *       what *OperationStatus held on entry; the spec's op is ignored).
+ *   write-faults CAPACITY DRAIN_EVERY FAULT...  < spec lines
+ *       As records, but drained through HapWriterFlush into an in-memory file whose N-th
+ *       write obeys the N-th FAULT: "-" whole, "K" only K bytes, "E" fails having written
+ *       nothing, "eK" fails after K bytes; later writes are whole. Prints the file.
  *   concurrent CAPACITY PRODUCERS PER_PRODUCER
  *       PRODUCERS threads append PER_PRODUCER notify records each (nt_number = producer,
- *       status = its running counter) while the main thread drains; then a final drain.
+ *       status = its running counter), stamped by CLOCK_MONOTONIC, while the main thread
+ *       drains; then a final drain.
+ *   interleave
+ *       Two producers, one stalled inside its clock reading until the other has appended:
+ *       the order of the lines must still be the order of their times.
+ *   register-window N WHEN
+ *       load with N processors and ADD_EXISTING, then HapCoreRegister with a register call
+ *       that replays N processors on the calling thread while another thread delivers a
+ *       hot-add (Start and Complete of nt N): WHEN "mid" between the replay's Starts and
+ *       Completes, "after" after them, "none" never. Then deregistered, unload.
+ *   lifecycle FLAGS N
+ *       A fake clock that has already run 5 s since initialisation (the work DriverEntry does
+ *       before `load`), then load, HapCoreRegister(FLAGS) replaying N processors when bit 0 is
+ *       set, then deregistered or (failed) nothing, unload.
+ *   veto-race THREADS
+ *       THREADS threads ask for the hot-add veto of one index at once; prints how many got it.
  *   ticks TICKS FREQUENCY      prints HapTicksToNs(TICKS, FREQUENCY)
  *   limits                     prints the results of calls the API must refuse, one per line
  */
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "probe_record.h"
 
+#define NS_PER_SECOND 1000000000ull
+
 static HAP_RING_SLOT *gSlots;
-static HAP_RING gRing;
+static HAP_CORE gCore;
 static char gBuffer[16 * HAP_MAX_LINE];
 
 static void
@@ -51,28 +77,81 @@ Number(const char *text)
     return value;
 }
 
-static void
-SetupRing(unsigned int capacity)
+/* ---- Clocks and threads --------------------------------------------------------------- */
+
+/* The spec clock: reads whatever the current spec line's t is (ns, frequency 1 GHz). */
+static unsigned long long gSpecNow;
+
+static unsigned long long
+SpecClock(void *context)
 {
+    (void)context;
+    return gSpecNow;
+}
+
+/* CLOCK_MONOTONIC: consistent across processors, like the performance counter. */
+static unsigned long long
+MonotonicClock(void *context)
+{
+    struct timespec now;
+
+    (void)context;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) {
+        Die("clock_gettime failed");
+    }
+    return (unsigned long long)now.tv_sec * NS_PER_SECOND + (unsigned long long)now.tv_nsec;
+}
+
+static HAP_CLOCK
+MakeClock(HAP_CLOCK_READ read)
+{
+    HAP_CLOCK clock;
+
+    clock.Read = read;
+    clock.Context = NULL;
+    clock.Frequency = NS_PER_SECOND;
+    clock.EpochTicks = 0;
+    return clock;
+}
+
+/* A thread id as the core wants it: non-zero, unique among running threads. */
+static _Thread_local char gThreadTag;
+
+static unsigned long long
+ThreadId(void)
+{
+    return (unsigned long long)(uintptr_t)&gThreadTag;
+}
+
+static void
+SetupCore(unsigned int capacity, HAP_CLOCK_READ read, const HAP_VETO_POLICY *policy)
+{
+    HAP_CLOCK clock = MakeClock(read);
+
     gSlots = calloc(capacity, sizeof(*gSlots));
     if (gSlots == NULL) {
         Die("out of memory");
     }
-    if (!HapRingInitialize(&gRing, gSlots, capacity)) {
+    if (!HapCoreInitialize(&gCore, gSlots, capacity, &clock,
+                           policy != NULL ? policy->VetoIndex : HAP_NO_VETO,
+                           policy != NULL ? policy->VetoStatus : 0u,
+                           policy != NULL ? policy->DuringReplay : 0u)) {
         Die("capacity must be a power of two >= 2");
     }
 }
 
 /* Drain until the consumer has nothing more to say; Final as in HapDrain. */
 static void
-DrainToStdout(int final, unsigned long long nowNs)
+DrainToStdout(int final)
 {
     unsigned int length;
 
-    while ((length = HapDrain(&gRing, gBuffer, sizeof(gBuffer), final, nowNs)) != 0u) {
+    while ((length = HapDrain(&gCore.Ring, gBuffer, sizeof(gBuffer), final)) != 0u) {
         fwrite(gBuffer, 1, length, stdout);
     }
 }
+
+/* ---- Spec lines ----------------------------------------------------------------------- */
 
 /* The spec keys, and the HAP_RECORD field each one sets (kind 0: any kind). */
 typedef struct _SPEC_FIELD {
@@ -104,6 +183,7 @@ static const SPEC_FIELD gSpecFields[] = {
     FIELD(HapKindNotify, "number", u.Notify.Number),
     FIELD(HapKindNotify, "status", u.Notify.Status),
     FIELD(HapKindNotify, "op", u.Notify.OpStatus),
+    FIELD(HapKindNotify, "op_in", u.Notify.OpStatusIn),
     FIELD(HapKindNotify, "active", u.Notify.ActiveCount),
     FIELD(HapKindNotify, "irql", u.Notify.Irql),
     FIELD(HapKindNotify, "map_status", u.Notify.MapStatus),
@@ -168,36 +248,150 @@ ParseSpec(char *line, HAP_RECORD *record)
     }
 }
 
+/* Append one spec record: the clock reads its t; through the callback's core path when
+ * asked (phase=replay: delivered while this thread is the registering one). */
+static void
+AppendSpec(HAP_RECORD *record, int throughCore)
+{
+    gSpecNow = record->TimeNs;
+    if (throughCore && record->Kind == HapKindNotify) {
+        int replay = record->u.Notify.Phase == HapPhaseReplay;
+
+        gCore.RegisteringThread = replay ? (long long)ThreadId() : 0;
+        (void)HapCoreNotify(&gCore, record, ThreadId());
+        gCore.RegisteringThread = 0;
+    } else {
+        (void)HapRingAppend(&gCore.Ring, record);
+    }
+}
+
 static int
-RunRecords(unsigned int capacity, unsigned long long drainEvery, HAP_VETO_POLICY *policy)
+RunRecords(unsigned int capacity, unsigned long long drainEvery, const HAP_VETO_POLICY *policy)
 {
     char line[1024];
     unsigned long long appended = 0;
-    unsigned long long lastTime = 0;
     HAP_RECORD record;
 
-    SetupRing(capacity);
+    SetupCore(capacity, SpecClock, policy);
     while (fgets(line, sizeof(line), stdin) != NULL) {
         if (line[0] == '\n' || line[0] == '#') {
             continue;
         }
         ParseSpec(line, &record);
-        if (policy != NULL && record.Kind == HapKindNotify) {
-            /* What HapProcessorChangeCallback does before it builds the record. */
-            record.u.Notify.OpStatus = HapVetoDecision(policy, record.u.Notify.State,
-                                                       record.u.Notify.NtNumber,
-                                                       record.u.Notify.Phase == HapPhaseReplay);
-        }
-        lastTime = record.TimeNs;
-        (void)HapRingAppend(&gRing, &record);
+        AppendSpec(&record, policy != NULL);
         appended++;
         if (drainEvery != 0u && appended % drainEvery == 0u) {
-            DrainToStdout(0, 0);
+            DrainToStdout(0);
         }
     }
-    DrainToStdout(1, lastTime);
+    DrainToStdout(1);
     free(gSlots);
     return 0;
+}
+
+/* ---- The record file in memory, with injected faults ---------------------------------- */
+
+typedef struct _MEMORY_FILE {
+    char *Data;
+    unsigned long long Length;
+    unsigned long long Allocated;
+    char **Faults;                      /* one per write call, then whole writes */
+    int FaultCount;
+    int Calls;
+} MEMORY_FILE;
+
+static unsigned int
+MemoryWrite(void *context, unsigned long long offset, const char *buffer, unsigned int length,
+            unsigned int *status)
+{
+    MEMORY_FILE *file = context;
+    const char *fault = file->Calls < file->FaultCount ? file->Faults[file->Calls] : "-";
+    unsigned int count = length;
+
+    file->Calls++;
+    *status = HAP_STATUS_SUCCESS;
+    if (fault[0] == 'E') {
+        *status = 0xC000007Fu;          /* STATUS_DISK_FULL */
+        count = 0;
+    } else if (fault[0] == 'e') {
+        *status = 0xC000007Fu;
+        count = (unsigned int)Number(fault + 1);
+    } else if (fault[0] != '-') {
+        count = (unsigned int)Number(fault);
+    }
+    if (count > length) {
+        count = length;
+    }
+    if (offset > file->Length) {
+        Die("a write past the end of the file would leave a hole");
+    }
+    if (offset + count > file->Allocated) {
+        file->Allocated = (offset + count) * 2u;
+        file->Data = realloc(file->Data, file->Allocated);
+        if (file->Data == NULL) {
+            Die("out of memory");
+        }
+    }
+    memcpy(file->Data + offset, buffer, count);
+    if (offset + count > file->Length) {
+        file->Length = offset + count;
+    }
+    return count;
+}
+
+static unsigned int
+MemoryTruncate(void *context, unsigned long long length)
+{
+    MEMORY_FILE *file = context;
+
+    if (length < file->Length) {
+        file->Length = length;
+    }
+    return HAP_STATUS_SUCCESS;
+}
+
+static HAP_WRITER gWriter;
+
+static int
+RunWriteFaults(unsigned int capacity, unsigned long long drainEvery, char **faults,
+               int faultCount)
+{
+    MEMORY_FILE file = { NULL, 0, 0, faults, faultCount, 0 };
+    char line[1024];
+    unsigned long long appended = 0;
+    HAP_RECORD record;
+
+    SetupCore(capacity, SpecClock, NULL);
+    HapWriterInitialize(&gWriter, MemoryWrite, MemoryTruncate, &file);
+    while (fgets(line, sizeof(line), stdin) != NULL) {
+        if (line[0] == '\n' || line[0] == '#') {
+            continue;
+        }
+        ParseSpec(line, &record);
+        AppendSpec(&record, 0);
+        appended++;
+        if (drainEvery != 0u && appended % drainEvery == 0u) {
+            HapWriterFlush(&gWriter, &gCore.Ring, 0);
+        }
+    }
+    HapWriterFlush(&gWriter, &gCore.Ring, 1);
+    fwrite(file.Data, 1, file.Length, stdout);
+    free(file.Data);
+    free(gSlots);
+    return 0;
+}
+
+/* ---- Concurrent producers ------------------------------------------------------------- */
+
+/* A hot-add Start of processor Nt, as the producers append it. */
+static void
+HotAddStart(HAP_RECORD *record, unsigned int nt)
+{
+    memset(record, 0, sizeof(*record));
+    record->Kind = HapKindNotify;
+    record->u.Notify.State = HapStateStart;
+    record->u.Notify.Phase = HapPhaseHotAdd;
+    record->u.Notify.NtNumber = nt;
 }
 
 typedef struct _PRODUCER {
@@ -215,15 +409,10 @@ ProducerMain(void *argument)
     HAP_RECORD record;
     unsigned int index;
 
-    memset(&record, 0, sizeof(record));
-    record.Kind = HapKindNotify;
-    record.u.Notify.State = HapStateStart;
-    record.u.Notify.Phase = HapPhaseHotAdd;
-    record.u.Notify.NtNumber = producer->Id;
+    HotAddStart(&record, producer->Id);
     for (index = 0; index < producer->Count; index++) {
-        record.TimeNs = index;
         record.u.Notify.Status = index;
-        (void)HapRingAppend(&gRing, &record);
+        (void)HapRingAppend(&gCore.Ring, &record);
     }
     __atomic_fetch_sub(&gProducersRunning, 1, __ATOMIC_ACQ_REL);
     return NULL;
@@ -238,7 +427,7 @@ RunConcurrent(unsigned int capacity, unsigned int producers, unsigned int perPro
     if (threads == NULL) {
         Die("out of memory");
     }
-    SetupRing(capacity);
+    SetupCore(capacity, MonotonicClock, NULL);
     __atomic_store_n(&gProducersRunning, (int)producers, __ATOMIC_RELEASE);
     for (index = 0; index < producers; index++) {
         threads[index].Id = index;
@@ -249,16 +438,234 @@ RunConcurrent(unsigned int capacity, unsigned int producers, unsigned int perPro
     }
     /* Drain while they run, the way the worker does while callbacks fire. */
     while (__atomic_load_n(&gProducersRunning, __ATOMIC_ACQUIRE) != 0) {
-        DrainToStdout(0, 0);
+        DrainToStdout(0);
     }
     for (index = 0; index < producers; index++) {
         pthread_join(threads[index].Thread, NULL);
     }
-    DrainToStdout(1, 0);
+    DrainToStdout(1);
     free(threads);
     free(gSlots);
     return 0;
 }
+
+/* ---- Two producers, one stalled inside its clock reading ------------------------------ */
+
+static volatile unsigned long long gTicks;    /* the interleave clock: +1 per reading */
+static volatile int gStallerInside;           /* the staller is inside its first reading */
+static volatile int gOtherAppended;           /* the other producer's append returned */
+static _Thread_local int gIsStaller;
+static _Thread_local int gStalled;
+
+/* Each reading is one tick later. The staller's first reading waits (spinning on a flag, no
+ * sleep) until the other producer has appended: the widest window a preempted producer has. */
+static unsigned long long
+InterleaveClock(void *context)
+{
+    unsigned long long ticks = __atomic_add_fetch(&gTicks, 1, __ATOMIC_ACQ_REL);
+
+    (void)context;
+    if (gIsStaller && !gStalled) {
+        gStalled = 1;
+        __atomic_store_n(&gStallerInside, 1, __ATOMIC_RELEASE);
+        while (!__atomic_load_n(&gOtherAppended, __ATOMIC_ACQUIRE)) {
+            /* spin until the other producer's record is on the ring */
+        }
+    }
+    return ticks;
+}
+
+static void *
+StallerMain(void *argument)
+{
+    HAP_RECORD record;
+
+    (void)argument;
+    gIsStaller = 1;
+    HotAddStart(&record, 1);
+    (void)HapRingAppend(&gCore.Ring, &record);
+    return NULL;
+}
+
+static int
+RunInterleave(void)
+{
+    pthread_t staller;
+    HAP_RECORD record;
+
+    SetupCore(8, InterleaveClock, NULL);
+    if (pthread_create(&staller, NULL, StallerMain, NULL) != 0) {
+        Die("pthread_create failed");
+    }
+    while (!__atomic_load_n(&gStallerInside, __ATOMIC_ACQUIRE)) {
+        /* spin until the staller has begun its append and is reading the clock */
+    }
+    HotAddStart(&record, 2);
+    (void)HapRingAppend(&gCore.Ring, &record);
+    __atomic_store_n(&gOtherAppended, 1, __ATOMIC_RELEASE);
+    pthread_join(staller, NULL);
+    DrainToStdout(1);
+    free(gSlots);
+    return 0;
+}
+
+/* ---- Registration: replay on the registering thread, a hot-add on another ------------- */
+
+typedef enum _WINDOW { WindowNone, WindowMid, WindowAfter } WINDOW;
+
+typedef struct _REGISTER_RUN {
+    unsigned int Processors;
+    WINDOW When;
+    int Calls;                          /* how often the register call ran */
+    pthread_t HotAdder;
+    volatile int Go;
+    volatile int Done;
+} REGISTER_RUN;
+
+static void
+Notify(unsigned int state, unsigned int nt, unsigned int active, unsigned int irql)
+{
+    HAP_RECORD record;
+
+    memset(&record, 0, sizeof(record));
+    record.u.Notify.State = state;
+    record.u.Notify.NtNumber = nt;
+    record.u.Notify.Number = (unsigned char)nt;
+    record.u.Notify.ActiveCount = active;
+    record.u.Notify.Irql = (unsigned char)irql;
+    record.u.Notify.MapGroup = 0;
+    record.u.Notify.MapNumber = (unsigned char)nt;
+    (void)HapCoreNotify(&gCore, &record, ThreadId());
+}
+
+/* The hot-add on its own thread: Start of nt N (N active), Complete (N + 1 active). */
+static void *
+HotAdderMain(void *argument)
+{
+    REGISTER_RUN *run = argument;
+
+    while (!__atomic_load_n(&run->Go, __ATOMIC_ACQUIRE)) {
+        /* spin until the register call lets the hot-add in */
+    }
+    Notify(HapStateStart, run->Processors, run->Processors, 0);
+    Notify(HapStateComplete, run->Processors, run->Processors + 1u, 0);
+    __atomic_store_n(&run->Done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void
+LetTheHotAddIn(REGISTER_RUN *run, WINDOW now)
+{
+    if (run->When != now) {
+        return;
+    }
+    __atomic_store_n(&run->Go, 1, __ATOMIC_RELEASE);
+    while (!__atomic_load_n(&run->Done, __ATOMIC_ACQUIRE)) {
+        /* spin until the hot-add's records are on the ring */
+    }
+}
+
+/* KeRegisterProcessorChangeCallback as documented for ADD_EXISTING: a Start for each active
+ * processor, then a Complete for each, before it returns; at APC_LEVEL (the replay's fast
+ * mutex). Returns a non-NULL handle. */
+static void *
+FakeRegister(void *context, unsigned int flags)
+{
+    REGISTER_RUN *run = context;
+    unsigned int nt;
+    unsigned int active;
+
+    run->Calls++;
+    if (flags & 1u) {
+        for (nt = 0; nt < run->Processors; nt++) {
+            Notify(HapStateStart, nt, run->Processors, 1);
+        }
+        LetTheHotAddIn(run, WindowMid);
+        active = run->Processors + (run->When == WindowMid ? 1u : 0u);
+        for (nt = 0; nt < run->Processors; nt++) {
+            Notify(HapStateComplete, nt, active, 1);
+        }
+    }
+    LetTheHotAddIn(run, WindowAfter);
+    return run;
+}
+
+static int
+RunRegisterWindow(unsigned int processors, const char *when)
+{
+    REGISTER_RUN run;
+    void *handle;
+
+    memset(&run, 0, sizeof(run));
+    run.Processors = processors;
+    run.When = strcmp(when, "mid") == 0 ? WindowMid : strcmp(when, "after") == 0 ? WindowAfter
+             : strcmp(when, "none") == 0 ? WindowNone : (Die("WHEN: mid, after or none"),
+                                                         WindowNone);
+    SetupCore(1024, MonotonicClock, NULL);
+    if (run.When != WindowNone &&
+        pthread_create(&run.HotAdder, NULL, HotAdderMain, &run) != 0) {
+        Die("pthread_create failed");
+    }
+    HapCoreLoad(&gCore, processors, 1);
+    if (HapCoreRegister(&gCore, 1, ThreadId(), FakeRegister, &run, &handle) != 0u) {
+        Die("the register call failed");
+    }
+    if (run.When != WindowNone) {
+        pthread_join(run.HotAdder, NULL);
+    }
+    HapCoreDriverEvent(&gCore, HapEventDeregistered, 0);
+    HapCoreDriverEvent(&gCore, HapEventUnload, 0);
+    DrainToStdout(1);
+    free(gSlots);
+    return 0;
+}
+
+/* ---- The driver's life cycle with a fake clock ---------------------------------------- */
+
+#define LIFECYCLE_STEP_NS 1000ull               /* each reading is 1 us later */
+#define LIFECYCLE_BEFORE_LOAD_NS (5ull * NS_PER_SECOND)
+
+static unsigned long long gLifecycleNow;
+
+static unsigned long long
+SteppingClock(void *context)
+{
+    (void)context;
+    gLifecycleNow += LIFECYCLE_STEP_NS;
+    return gLifecycleNow;
+}
+
+static int
+RunLifecycle(unsigned int flags, unsigned int processors)
+{
+    REGISTER_RUN run;
+    void *handle;
+    unsigned int status;
+
+    memset(&run, 0, sizeof(run));
+    run.Processors = processors;
+    run.When = WindowNone;
+    SetupCore(1024, SteppingClock, NULL);
+    /* What DriverEntry does between allocating the probe and `load`: opening the file and
+     * starting the writer can take this long on a loaded guest. */
+    gLifecycleNow += LIFECYCLE_BEFORE_LOAD_NS;
+    HapCoreLoad(&gCore, processors, flags);
+    status = HapCoreRegister(&gCore, flags, ThreadId(), FakeRegister, &run, &handle);
+    if ((status == 0u) != (handle != NULL)) {
+        Die("HapCoreRegister: status and handle disagree");
+    }
+    if (status == 0u) {
+        HapCoreDriverEvent(&gCore, HapEventDeregistered, 0);
+    } else if (run.Calls != 0) {
+        Die("refused Flags reached the register call");
+    }
+    HapCoreDriverEvent(&gCore, HapEventUnload, 0);
+    DrainToStdout(1);
+    free(gSlots);
+    return 0;
+}
+
+/* ---- The veto race, tick conversion, API limits --------------------------------------- */
 
 static HAP_VETO_POLICY gRacePolicy;
 static volatile int gRaceGo;
@@ -307,15 +714,21 @@ RunLimits(void)
     HAP_RING_SLOT slots[4];
     HAP_RING ring;
     HAP_RECORD record;
+    HAP_CLOCK clock = MakeClock(SpecClock);
+    HAP_CLOCK noClock = MakeClock(NULL);
+    HAP_CLOCK noFrequency = MakeClock(SpecClock);
     char small[HAP_MAX_LINE - 1];
     char buffer[HAP_MAX_LINE];
 
+    noFrequency.Frequency = 0;
     memset(&record, 0, sizeof(record));
     record.Kind = HapKindDriver;
     record.u.Driver.Event = HapEventUnload;
-    printf("init_capacity_3 %d\n", HapRingInitialize(&ring, slots, 3));
-    printf("init_capacity_1 %d\n", HapRingInitialize(&ring, slots, 1));
-    printf("init_capacity_4 %d\n", HapRingInitialize(&ring, slots, 4));
+    printf("init_capacity_3 %d\n", HapRingInitialize(&ring, slots, 3, &clock));
+    printf("init_capacity_1 %d\n", HapRingInitialize(&ring, slots, 1, &clock));
+    printf("init_no_clock %d\n", HapRingInitialize(&ring, slots, 4, &noClock));
+    printf("init_no_frequency %d\n", HapRingInitialize(&ring, slots, 4, &noFrequency));
+    printf("init_capacity_4 %d\n", HapRingInitialize(&ring, slots, 4, &clock));
     printf("format_small_buffer %u\n", HapFormatRecord(&record, 1, small, sizeof(small)));
     printf("format_exact_buffer_ok %d\n", HapFormatRecord(&record, 1, buffer, sizeof(buffer)) > 0);
     record.Kind = 7;
@@ -323,7 +736,7 @@ RunLimits(void)
     record.Kind = HapKindDriver;
     record.u.Driver.Event = 0;
     printf("format_unknown_event %u\n", HapFormatRecord(&record, 1, buffer, sizeof(buffer)));
-    printf("drain_small_buffer %u\n", HapDrain(&ring, buffer, sizeof(buffer), 1, 0));
+    printf("drain_small_buffer %u\n", HapDrain(&ring, buffer, sizeof(buffer), 1));
     return 0;
 }
 
@@ -340,12 +753,25 @@ main(int argc, char **argv)
                           (unsigned int)Number(argv[6]));
         return RunRecords((unsigned int)Number(argv[2]), Number(argv[3]), &policy);
     }
+    if (argc >= 4 && strcmp(argv[1], "write-faults") == 0) {
+        return RunWriteFaults((unsigned int)Number(argv[2]), Number(argv[3]), argv + 4,
+                              argc - 4);
+    }
     if (argc == 3 && strcmp(argv[1], "veto-race") == 0) {
         return RunVetoRace((unsigned int)Number(argv[2]));
     }
     if (argc == 5 && strcmp(argv[1], "concurrent") == 0) {
         return RunConcurrent((unsigned int)Number(argv[2]), (unsigned int)Number(argv[3]),
                              (unsigned int)Number(argv[4]));
+    }
+    if (argc == 2 && strcmp(argv[1], "interleave") == 0) {
+        return RunInterleave();
+    }
+    if (argc == 4 && strcmp(argv[1], "register-window") == 0) {
+        return RunRegisterWindow((unsigned int)Number(argv[2]), argv[3]);
+    }
+    if (argc == 4 && strcmp(argv[1], "lifecycle") == 0) {
+        return RunLifecycle((unsigned int)Number(argv[2]), (unsigned int)Number(argv[3]));
     }
     if (argc == 4 && strcmp(argv[1], "ticks") == 0) {
         printf("%llu\n", HapTicksToNs(Number(argv[2]), Number(argv[3])));
@@ -355,7 +781,9 @@ main(int argc, char **argv)
         return RunLimits();
     }
     fprintf(stderr, "usage: ring_harness records CAPACITY DRAIN_EVERY [VETO_INDEX VETO_STATUS "
-                    "DURING_REPLAY] | concurrent CAPACITY PRODUCERS PER_PRODUCER | "
+                    "DURING_REPLAY] | write-faults CAPACITY DRAIN_EVERY FAULT... | "
+                    "concurrent CAPACITY PRODUCERS PER_PRODUCER | interleave | "
+                    "register-window N mid|after|none | lifecycle FLAGS N | "
                     "veto-race THREADS | ticks TICKS FREQUENCY | limits\n");
     return 2;
 }

@@ -1,7 +1,7 @@
 """`hotadd image build`: a Windows Server golden image from an installation ISO.
 
-The password is read from an environment variable (never a command-line argument, which
-other users could read in the process list).
+The password and any product key are read from environment variables (never command-line
+arguments, which other users could read in the process list).
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ def _build(args: argparse.Namespace) -> int:
         windows_iso=args.iso, virtio_iso=args.virtio_iso,
         image=windows_setup.ImageSelector.parse(args.edition), output=args.output,
         password="" if args.print_xml else windows_setup.password_from_env(args.password_env),
+        product_key=(windows_setup.product_key_from_env(args.product_key_env)
+                     if args.product_key_env and not args.print_xml else None),
         firmware=Firmware(args.firmware), disk_gib=args.disk_gib, memory_mib=args.memory_mib,
         force_tcg=args.force_tcg, libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
+        timeouts=windows_image.StageTimeouts(stall=args.stall_timeout),
+        screenshot_every=args.screenshot_every, vnc=args.vnc,
     )
     if args.print_xml:
         print(windows_image.planned_installer_xml(spec))
@@ -34,16 +38,14 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import tempfile
-
     from harness.guests import windows_setup
 
     windows_setup.check_readable_iso(args.iso, "Windows ISO")
-    with tempfile.TemporaryDirectory(prefix="hotadd-wim-") as tmp:
-        images = windows_setup.windows_iso_images(args.iso, Path(tmp), Progress())
+    images = windows_setup.windows_iso_images(args.iso)  # reads the metadata, extracts nothing
     for img in images:
+        licence = "evaluation" if img.evaluation else "needs --product-key-env"
         print(f"{img.index}\t{img.name}\t{img.edition_id}\t{img.installation_type}\t"
-              f"{img.build or ''}")
+              f"{img.build or ''}\t{licence}")
     return exit_code(Outcome.PASS)
 
 
@@ -70,8 +72,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--libvirt-uri", default=None, help="default: embedded QEMU driver")
     build.add_argument("--run-dir", type=Path, default=None,
                        help="logs and screenshots (default: OUTPUT.build/)")
+    build.add_argument("--stall-timeout", type=float, default=600.0, metavar="SECONDS",
+                       help="stop when the disk has not grown for this long before WinRM "
+                            "answers: a missed boot key, a Setup page waiting for input "
+                            "(default 600; raise it for TCG or slow storage)")
+    build.add_argument("--screenshot-every", type=float, default=30.0, metavar="SECONDS",
+                       help="save the screen into RUN_DIR/screens/ this often (default 30)")
+    build.add_argument("--vnc", action="store_true",
+                       help="show the installer's screen on a VNC port of 127.0.0.1 (printed "
+                            "with the command to view it)")
     build.add_argument("--password-env", default="HOTADD_WINDOWS_PASSWORD",
                        help="environment variable holding the Administrator password")
+    build.add_argument("--product-key-env", metavar="NAME", default=None,
+                       help="environment variable holding the product key, for media other "
+                            "than evaluation (whose Setup would stop at the key page)")
     build.add_argument("--print-xml", action="store_true",
                        help="print the installer domain XML and stop: nothing is read, created "
                             "or started, the ISOs need not exist, no password is needed (KVM "

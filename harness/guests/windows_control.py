@@ -223,6 +223,7 @@ def _reply_value(hint: Any, value: Any, where: str) -> Any:
                          "compare vm/windows/hotadd-probe.ps1 with the guest's copy")
 
 
+
 def ps_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

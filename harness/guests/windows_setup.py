@@ -1,13 +1,14 @@
 """Windows provisioning media: install.wim, the answer file, the ISOs Setup reads.
 
-Everything done from Linux before Windows boots: reading the images inside install.wim
-(7-Zip for the UDF media, wimtools' `wiminfo`), rendering `vm/windows/Autounattend.xml.in`,
-and building the provisioning ISO with xorriso (answer file, the version's virtio-win driver
-folders, the provisioning and probe-control PowerShell).
+Everything done from Linux before Windows boots: reading the images inside install.wim (its
+header and XML metadata, streamed out of the UDF media by 7-Zip), rendering
+`vm/windows/Autounattend.xml.in`, and building the provisioning ISO with xorriso (answer file,
+the version's virtio-win driver folders, the provisioning and probe-control PowerShell).
 
-Secrets: the Administrator password comes from the caller (environment variable
-HOTADD_WINDOWS_PASSWORD by default) and lands only in the answer file on the provisioning ISO
-(Windows' reversible encoding, not plain text); the image build deletes that ISO when it ends.
+Secrets: the Administrator password (environment variable HOTADD_WINDOWS_PASSWORD by default)
+and a product key (the environment variable named by --product-key-env) land only in the answer
+file on the provisioning ISO (the password in Windows' reversible encoding); that ISO is
+created mode 0600 and the image build deletes it when it ends.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from xml.sax.saxutils import escape
 
 from harness.errors import InfrastructureError, InputError
 from harness.guests.windows_control import MIN_BUILD, PROBE_SCRIPT, VM_DIR
 from harness.host.domain import Firmware
-from harness.progress import Progress
 
 TEMPLATE = VM_DIR / "Autounattend.xml.in"
 PROVISION_SCRIPT = VM_DIR / "hotadd-provision.ps1"
@@ -68,7 +70,7 @@ class WindowsVersion(enum.Enum):
 
 @dataclass(frozen=True)
 class WimImage:
-    """One image inside install.wim, as wiminfo reports it."""
+    """One image inside install.wim, as its XML metadata describes it."""
 
     index: int
     name: str
@@ -85,48 +87,108 @@ class WimImage:
         m = re.search(r"\b(2016|2019|2022|2025)\b", f"{self.name} {self.display_name}")
         return WindowsVersion(m[1]) if m else None
 
+    @property
+    def evaluation(self) -> bool:
+        """Evaluation media, which install without a product key: install.wim says so in the
+        image's EDITIONID ("ServerStandardEval", "ServerDatacenterEval") and DISPLAYNAME
+        ("Windows Server 2022 Datacenter Evaluation (Desktop Experience)")."""
+        return ("eval" in self.edition_id.casefold()
+                or "evaluation" in self.display_name.casefold())
+
     def describe(self) -> str:
         extra = f" ({self.display_name})" if self.display_name else ""
         return f"{self.index}: {self.name}{extra}"
 
 
-def parse_wiminfo(text: str) -> tuple[WimImage, ...]:
-    """The images in `wiminfo WIM` output (blocks of "Key: value" lines starting at Index)."""
-    images: list[WimImage] = []
-    block: dict[str, str] = {}
-
-    def flush() -> None:
-        if "Index" in block:
-            build = block.get("Build", "")
-            images.append(WimImage(
-                index=int(block["Index"]), name=block.get("Name", ""),
-                display_name=block.get("Display Name", ""),
-                edition_id=block.get("Edition ID", ""),
-                installation_type=block.get("Installation Type", ""),
-                build=int(build) if build.isdigit() else None))
-        block.clear()
-
-    for line in text.splitlines():
-        m = re.match(r"^([A-Za-z][A-Za-z ]*?):\s*(.*?)\s*$", line)
-        if not m:
-            continue
-        if m[1] == "Index":
-            flush()
-        block[m[1]] = m[2]
-    flush()
-    return tuple(images)
+# install.wim is read where it lies inside the ISO: 7-Zip streams the file to us and only its
+# 208-byte header and its XML metadata are kept, so nothing of its gigabytes is written to
+# disk. Layout: wimlib's "WIM file format" notes (wimlib.net, include/wimlib/header.h and
+# resource.h): "MSWIM\0\0\0", header size, version, flags, chunk size, GUID, part number,
+# total parts, image count, then 24-byte resource headers (7-byte size, 1-byte flags, 8-byte
+# offset, 8-byte original size) for the blob table, the XML data, the boot metadata.
+WIM_MAGIC = b"MSWIM\0\0\0"
+_WIM_HEADER = struct.Struct("<8sIIII16sHHI24s24s")
+_RESHDR_COMPRESSED = 0x04
+#: Microsoft's install.wim XML is tens of KiB; refuse anything absurd rather than buffer it.
+WIM_XML_LIMIT = 64 << 20
 
 
-def read_wim_images(wim: Path) -> tuple[WimImage, ...]:
-    """The images in a WIM/ESD file (wimtools' wiminfo)."""
-    proc = run_tool(["wiminfo", str(wim)], "wimtools")
-    if proc.returncode != 0:
-        raise InputError(f"{wim} is not a readable WIM: {proc.stderr.strip()}",
-                         "give a Windows Server ISO whose sources/install.wim is intact")
-    images = parse_wiminfo(proc.stdout)
-    if not images:
-        raise InputError(f"{wim} holds no images", "give a Windows Server installation ISO")
-    return images
+@dataclass(frozen=True)
+class WimHeader:
+    """What the image list needs from a WIM header: where its XML metadata lies."""
+
+    image_count: int
+    xml_offset: int
+    xml_size: int
+    xml_compressed: bool
+
+    @classmethod
+    def parse(cls, data: bytes, source: str) -> WimHeader:
+        if len(data) < _WIM_HEADER.size or not data.startswith(WIM_MAGIC):
+            raise InputError(f"{source} is not a WIM file (no MSWIM header)",
+                             "give a Windows Server installation ISO with an intact install.wim")
+        fields = _WIM_HEADER.unpack_from(data)
+        xml = fields[10]
+        return cls(image_count=fields[8], xml_offset=int.from_bytes(xml[8:16], "little"),
+                   xml_size=int.from_bytes(xml[:7], "little"),
+                   xml_compressed=bool(xml[7] & _RESHDR_COMPRESSED))
+
+
+def read_wim_xml(stream: IO[bytes], source: str) -> tuple[WimHeader, str]:
+    """The header and XML metadata of a WIM read front to back from `stream` (a pipe will do:
+    the XML sits after the file data, which is read and dropped, never stored)."""
+    head = _read_exactly(stream, _WIM_HEADER.size, source)
+    header = WimHeader.parse(head, source)
+    if header.xml_compressed or not 0 < header.xml_size <= WIM_XML_LIMIT \
+            or header.xml_offset < _WIM_HEADER.size:
+        raise InputError(f"{source} has XML metadata this harness cannot read "
+                         f"({header.xml_size} bytes at {header.xml_offset}"
+                         f"{', compressed' if header.xml_compressed else ''})",
+                         "give Microsoft's installation ISO (its install.wim, not a converted one)")
+    position = len(head)
+    while position < header.xml_offset:
+        chunk = stream.read(min(4 << 20, header.xml_offset - position))
+        if not chunk:
+            break
+        position += len(chunk)
+    raw = _read_exactly(stream, header.xml_size, source)
+    try:
+        return header, raw.decode("utf-16")  # UTF-16LE with its byte-order mark
+    except UnicodeDecodeError:
+        raise InputError(f"the XML metadata of {source} is not UTF-16 text",
+                         "the ISO is damaged: download it again") from None
+
+
+def _read_exactly(stream: IO[bytes], size: int, source: str) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            raise InputError(f"{source} ends early (wanted {size} bytes, got {len(data)})",
+                             "the ISO is truncated or damaged: download it again")
+        data += chunk
+    return data
+
+
+def parse_wim_xml(text: str, source: str = "install.wim") -> tuple[WimImage, ...]:
+    """The images described by a WIM's XML metadata (`<WIM><IMAGE INDEX="n">...`), the same
+    fields `wiminfo` prints: NAME, DISPLAYNAME, WINDOWS/EDITIONID, WINDOWS/INSTALLATIONTYPE,
+    WINDOWS/VERSION/BUILD."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise InputError(f"the XML metadata of {source} is not well-formed: {exc}",
+                         "the ISO is damaged: download it again") from None
+    images = []
+    for img in root.iterfind("IMAGE"):
+        build = (img.findtext("WINDOWS/VERSION/BUILD") or "").strip()
+        images.append(WimImage(
+            index=int(img.get("INDEX", "0")), name=(img.findtext("NAME") or "").strip(),
+            display_name=(img.findtext("DISPLAYNAME") or "").strip(),
+            edition_id=(img.findtext("WINDOWS/EDITIONID") or "").strip(),
+            installation_type=(img.findtext("WINDOWS/INSTALLATIONTYPE") or "").strip(),
+            build=int(build) if build.isdigit() else None))
+    return tuple(sorted(images, key=lambda i: i.index))
 
 
 @dataclass(frozen=True)
@@ -190,6 +252,26 @@ def check_edition(image: WimImage) -> WindowsVersion:
     return version
 
 
+PRODUCT_KEY = re.compile(r"[A-Z0-9]{5}(?:-[A-Z0-9]{5}){4}")
+
+
+def check_licence(image: WimImage, product_key: str | None) -> None:
+    """Evaluation media take no key; any other edition needs one, or Windows Setup stops at
+    its product-key page and nothing else happens until the build's time runs out."""
+    if image.evaluation and product_key is not None:
+        raise InputError(
+            f"image {image.describe()} is evaluation media (Edition ID {image.edition_id}), "
+            "which installs without a product key; Setup would reject a retail or volume key",
+            "drop --product-key-env, or use the media the key belongs to")
+    if not image.evaluation and product_key is None:
+        raise InputError(
+            f"image {image.describe()} is not evaluation media (Edition ID "
+            f"{image.edition_id or '?'}): Windows Setup would stop at the product-key page",
+            "put the edition's product key (for volume-licence media, Microsoft's KMS client "
+            "setup key for it) in an environment variable and pass --product-key-env NAME, or "
+            "use evaluation media")
+
+
 # ---- the answer file --------------------------------------------------------------------------
 
 
@@ -199,8 +281,9 @@ class UnattendSettings:
 
     version: WindowsVersion
     firmware: Firmware
-    image: ImageSelector
+    image: WimImage  # the image as install.wim lists it: selected by its index
     password: str = field(repr=False)
+    product_key: str | None = field(default=None, repr=False)  # None: evaluation media
     computer_name: str = "HOTADD-WIN"
     locale: str = "en-US"
     drive_letters: tuple[str, ...] = ("D", "E", "F", "G")
@@ -209,6 +292,10 @@ class UnattendSettings:
         if not self.password:
             raise InputError("the Windows Administrator password is empty",
                              f"set {PASSWORD_ENV} to a password meeting Windows' complexity rules")
+        if self.product_key is not None and not PRODUCT_KEY.fullmatch(self.product_key):
+            raise InputError("the product key is not five groups of five letters or digits "
+                             "(XXXXX-XXXXX-XXXXX-XXXXX-XXXXX); it is not shown here",
+                             "check the environment variable named by --product-key-env")
         if not re.fullmatch(r"[A-Za-z0-9-]{1,15}", self.computer_name):
             raise InputError(f"computer name {self.computer_name!r} is not a NetBIOS name",
                              "use up to 15 letters, digits and hyphens")
@@ -226,24 +313,31 @@ def driver_paths(settings: UnattendSettings) -> list[str]:
             for letter in settings.drive_letters for drv in VIRTIO_DRIVERS]
 
 
+def _keep_block(text: str, marker: str, keep: bool, template: Path) -> str:
+    """Keep (without its marker comments) or drop a `<!-- MARKER -->..<!-- /MARKER -->` block;
+    every occurrence."""
+    block = re.compile(rf"[ \t]*<!-- {re.escape(marker)} -->\n(.*?)"
+                       rf"[ \t]*<!-- /{re.escape(marker)} -->\n", re.S)
+    if not block.search(text):
+        raise InfrastructureError(f"{template} lacks the {marker} block",
+                                  "restore the template from git")
+    return block.sub(r"\1" if keep else "", text)
+
+
 def render_autounattend(settings: UnattendSettings, template: Path = TEMPLATE) -> str:
     """The answer file for `settings`; raises InfrastructureError if the result is not XML."""
     text = template.read_text(encoding="utf-8")
     for fw in Firmware:
-        block = re.compile(rf"[ \t]*<!-- FIRMWARE:{fw.value} -->\n(.*?)"
-                           rf"[ \t]*<!-- /FIRMWARE:{fw.value} -->\n", re.S)
-        if not block.search(text):
-            raise InfrastructureError(f"{template} lacks the {fw.value} firmware block",
-                                      "restore the template from git")
-        text = block.sub(r"\1" if fw is settings.firmware else "", text)
+        text = _keep_block(text, f"FIRMWARE:{fw.value}", fw is settings.firmware, template)
+    text = _keep_block(text, "PRODUCT_KEY", settings.product_key is not None, template)
     paths = "\n".join(
         f'        <PathAndCredentials wcm:action="add" wcm:keyValue="{i}">'
         f"<Path>{escape(p)}</Path></PathAndCredentials>"
         for i, p in enumerate(driver_paths(settings), start=1))
     values = {
         "LOCALE": settings.locale,
-        "IMAGE_KEY": settings.image.key,
-        "IMAGE_VALUE": settings.image.value,
+        "IMAGE_INDEX": str(settings.image.index),
+        "PRODUCT_KEY": settings.product_key or "",
         "OS_PARTITION": "3" if settings.firmware is Firmware.UEFI else "1",
         "COMPUTER_NAME": settings.computer_name,
         "ADMIN_PASSWORD": unattend_secret(settings.password, "AdministratorPassword"),
@@ -398,20 +492,52 @@ def stage_provisioning(settings: UnattendSettings, virtio_iso: Path, dest: Path)
 
 
 
-def windows_iso_images(iso: Path, work: Path, progress: Progress) -> tuple[WimImage, ...]:
-    """The images in the ISO's sources/install.wim (or install.esd)."""
+def windows_iso_images(iso: Path) -> tuple[WimImage, ...]:
+    """The images in the ISO's sources/install.wim (or install.esd), read from its header and
+    XML metadata as 7-Zip streams the file out of the ISO: nothing is extracted to disk."""
     files = iso_members(iso)
     wims = [f for f in files if f.casefold() in ("/sources/install.wim", "/sources/install.esd")]
     if not wims:
         raise InputError(f"{iso} has no sources/install.wim or install.esd",
                          "give a Windows Server installation ISO (not the virtio-win ISO)")
-    local = work / Path(wims[0]).name
-    progress.say(f"extracting {wims[0]} to read its image list")
-    extract_members(iso, [wims[0]], work, flat=True)
+    source = f"{iso}:{wims[0]}"
     try:
-        return read_wim_images(local)
+        proc = subprocess.Popen([seven_zip(), "e", "-so", str(iso), wims[0].lstrip("/")],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise InputError("7-Zip is not installed", "apt-get install 7zip") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        header, xml = read_wim_xml(proc.stdout, source)
+    except InputError as exc:
+        proc.kill()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        raise InputError(exc.problem + (f" (7-Zip: {err[-300:]})" if err else ""),
+                         exc.fix) from None
     finally:
-        local.unlink(missing_ok=True)
+        proc.kill()  # the rest of the file is not needed
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    images = parse_wim_xml(xml, source)
+    if not images:
+        raise InputError(f"{source} holds no images", "give a Windows Server installation ISO")
+    if len(images) != header.image_count:
+        raise InputError(f"{source}: the header counts {header.image_count} images, the XML "
+                         f"describes {len(images)}", "the ISO is damaged: download it again")
+    return images
+
+
+def product_key_from_env(name: str) -> str:
+    """The product key from the environment variable `name` (--product-key-env): never a
+    command-line argument, never echoed."""
+    value = os.environ.get(name, "").strip().upper()
+    if not value:
+        raise InputError(f"--product-key-env names ${name}, which is empty or unset",
+                         f"export {name}=XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (the product key; it is "
+                         "never passed on a command line)")
+    return value
 
 
 def password_from_env(name: str = PASSWORD_ENV) -> str:

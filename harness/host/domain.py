@@ -144,6 +144,7 @@ class DomainSpec:
     cdroms: tuple[Cdrom, ...] = ()
     forwards: tuple[Forward, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+    vnc: bool = False  # the screen on a VNC port libvirt picks, on 127.0.0.1 only
     #: only to be printed (--print-xml): its input files need not exist, nothing starts it
     planned: bool = field(default=False, compare=False)
 
@@ -281,6 +282,14 @@ def _qemu_netdev(root: ET.Element, spec: DomainSpec) -> None:
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
 
 
+def _graphics(devices: ET.Element, spec: DomainSpec) -> None:
+    """A VNC display on 127.0.0.1 (never another address), port chosen by libvirt."""
+    if not spec.vnc:
+        return
+    graphics = _sub(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
+    _sub(graphics, "listen", type="address", address="127.0.0.1")
+
+
 def _metadata(root: ET.Element, spec: DomainSpec) -> None:
     md = _sub(root, "metadata")
     ET.SubElement(md, f"{{{METADATA_NS}}}run", dict(sorted(spec.metadata.items())))
@@ -348,6 +357,7 @@ def to_xml(spec: DomainSpec, emulator: str | None = None) -> str:
     _sub(devices, "emulator", emulator or default_emulator())
     _disks(devices, spec)
     _serial(devices, spec)
+    _graphics(devices, spec)
     video = _sub(devices, "video")  # screenshots need a display device
     _sub(video, "model", type="vga")
     _sub(devices, "memballoon", model="none")

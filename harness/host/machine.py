@@ -454,19 +454,24 @@ def _saved_copy(path: Path) -> Path:
 
 
 def _check_system_qemu_can_reach(conn: libvirt.virConnect, spec: DomainSpec) -> None:
+    check_system_qemu_can_reach(conn.getURI(), spec.input_files())
+
+
+def check_system_qemu_can_reach(uri: str, files: list[Path]) -> None:
     """Under a system libvirtd, QEMU runs as an unprivileged user (libvirt-qemu on Debian):
     libvirt relabels the files themselves, but every directory above them must be searchable
     by others. Say so before QEMU fails with a bare "Permission denied"."""
-    if conn.getURI() != "qemu:///system":
+    if uri != "qemu:///system":
         return
-    for path in spec.input_files():
+    for path in files:
         for parent in path.resolve().parents:
             if not parent.stat().st_mode & 0o001:
                 raise InputError(
                     f"{path} is under {parent}, which other users cannot search: QEMU under "
                     "qemu:///system runs as an unprivileged user and cannot open it",
-                    "set HOTADD_CACHE_DIR to a directory others can search (e.g. "
-                    "/var/lib/hotadd), or use the default daemonless qemu:///embed")
+                    f"let others search it (chmod o+x {parent}: search, not listing), or move "
+                    "the file under a directory they can (e.g. /var/lib/hotadd; for the run "
+                    "cache set HOTADD_CACHE_DIR), or use the default daemonless qemu:///embed")
 
 
 def owner_alive(pid: int) -> bool:

@@ -141,20 +141,37 @@ def check_driver(ctx: Context) -> Iterator[Hit]:
 
 
 def check_phase_labels(ctx: Context) -> Iterator[Hit]:
+    """Before the register call returned the label decides (see harness.oracle.trace); after
+    it, a notify can only be a hot-add."""
     trace = ctx.trace
-    for records, want in ((trace.replay, Phase.REPLAY), (trace.hotadd, Phase.HOTADD),
-                          (trace.after_end, Phase.HOTADD)):
-        for record in records:
-            if record.phase is not want:
-                yield _hit("phase.label", f"{_nt(record)} says phase {record.phase.value} but "
-                           f"arrived {'inside' if want is Phase.REPLAY else 'after'} the "
-                           "register call", record)
+    for record in (*trace.hotadd, *trace.after_end):
+        if record.phase is not Phase.HOTADD:
+            yield _hit("phase.label", f"{_nt(record)} says phase {record.phase.value} but "
+                       "arrived after the register call returned", record)
+
+
+def check_registration_window(ctx: Context) -> Iterator[Hit]:
+    """A hot-add inside the registration window is judged as a hot-add; one that falls
+    between the replay's first and last record would mean the replay did not exclude it."""
+    trace = ctx.trace
+    if not trace.replay or not trace.window_hotadd:
+        return
+    position = {id(r): i for i, r in enumerate(trace.records)}
+    first, last = position[id(trace.replay[0])], position[id(trace.replay[-1])]
+    inside = [r for r in trace.window_hotadd if first < position[id(r)] < last]
+    if inside:
+        yield _hit("replay.not_interleaved", f"{len(inside)} hot-add notification(s) (first: "
+                   f"{_nt(inside[0])}) arrived between the replay's first and last record",
+                   trace.replay[0], inside[0])
 
 
 def check_replay(ctx: Context) -> Iterator[Hit]:
     trace = ctx.trace
     if not trace.replay:
-        if trace.add_existing and trace.boot_count and trace.registration is not None:
+        # A failed register call may have refused before any replay (the probe refuses
+        # unknown Flags bits itself): only a successful one must have replayed.
+        if (trace.add_existing and trace.boot_count and trace.registration is not None
+                and trace.registration.event is DriverEvent.REGISTERED):
             yield _hit("replay.starts", f"ADD_EXISTING was passed but none of the "
                        f"{trace.boot_count} active processors got Start", trace.registration)
         return
@@ -282,6 +299,10 @@ def check_statuses(ctx: Context) -> Iterator[Hit]:
                            f"status 0x{r.status:08X}", r)
         elif r.status != 0:
             yield _hit("status.success_zero", f"{_nt(r)} carries status 0x{r.status:08X}, not 0", r)
+        if r.op_status_in:
+            yield _hit("op_status.found_on_entry", f"{_nt(r)} found *OperationStatus = "
+                       f"0x{r.op_status_in:08X} on entry: left by the kernel or another driver, "
+                       "not the probe's write (that is op_status)", r)
         if r.op_status != 0 and r.state is not NotifyState.START:
             yield _hit("op_status.only_on_start", f"{_nt(r)} set *OperationStatus to "
                        f"0x{r.op_status:08X}", r)
@@ -330,8 +351,11 @@ def check_counts(ctx: Context) -> Iterator[Hit]:
     previous: Record | None = trace.load
     last = trace.boot_count
     completed = 0
-    in_order = [(r, False) for r in trace.replay] + [
-        (r, r.state is NotifyState.COMPLETE) for r in trace.hotadd]
+    hotadds = {id(r) for r in trace.hotadd}
+    judged = hotadds | {id(r) for r in trace.replay}
+    # File order: a hot-add in the registration window may come before replay records.
+    in_order = [(r, id(r) in hotadds and r.state is NotifyState.COMPLETE)
+                for r in trace.records if isinstance(r, NotifyRecord) and id(r) in judged]
     for r, is_complete in in_order:
         if last is not None and r.active_count < last:
             yield _hit("count.never_decreases", f"active_count drops from {last} to "
@@ -395,7 +419,8 @@ def check_host(ctx: Context) -> Iterator[Hit]:
 
 
 CHECKS: tuple[Check, ...] = (
-    check_sequence, check_losses, check_driver, check_phase_labels, check_replay, check_hotadds,
+    check_sequence, check_losses, check_driver, check_phase_labels, check_registration_window,
+    check_replay, check_hotadds,
     check_statuses, check_indices, check_processor_numbers, check_counts, check_levels,
     check_after_end, check_host,
 )

@@ -78,6 +78,8 @@ class ProtocolModel:
     veto_failure_delivered: Windows only; whether a vetoing driver gets the Failure (open).
     replay_irql: Windows only; IRQL of replay callbacks (APC_LEVEL is what re says happens).
     group_size: processors per group for (group, number) (Windows: up to 64).
+    hotadds_in_window: how many of the hot-adds land in the registration window: after the
+      replay, on another thread, before the register call returned (so before `registered`).
     """
 
     existing: int = 1
@@ -92,6 +94,7 @@ class ProtocolModel:
     replay_irql: int = 0
     group_size: int = 64
     step_ns: int = 1_000
+    hotadds_in_window: int = 0
 
     def __post_init__(self) -> None:
         _require(self.existing >= 1, "at least one processor is active at load")
@@ -114,6 +117,8 @@ class ProtocolModel:
             _require(self.existing + len(self.hotadds) <= 256,
                      "the Linux probe writes the CPU id as number, which the format caps at 255")
         _require(self.replay_irql in (0, APC_LEVEL), "replay_irql is 0 or APC_LEVEL")
+        _require(0 <= self.hotadds_in_window <= len(self.hotadds),
+                 "hotadds_in_window counts some of the hot-adds")
 
     @property
     def completed_adds(self) -> int:
@@ -132,8 +137,9 @@ class ProtocolModel:
         if not self._replay(w):
             w.driver(DriverEvent.REGISTER_FAILED, status=self.replay_veto_status)
         else:
+            active = self._hotadds(w, self.hotadds[:self.hotadds_in_window], self.existing)
             w.driver(DriverEvent.REGISTERED)
-            self._hotadds(w)
+            self._hotadds(w, self.hotadds[self.hotadds_in_window:], active)
             if self.deregister:
                 w.driver(DriverEvent.DEREGISTERED)
         if self.unload:
@@ -163,9 +169,10 @@ class ProtocolModel:
             w.notify(NotifyState.COMPLETE, replay, nt, n, irql=irql)
         return True
 
-    def _hotadds(self, w: _Writer) -> None:
-        active = self.existing  # no hot-remove: the active processors are 0..active-1
-        for add in self.hotadds:
+    def _hotadds(self, w: _Writer, hotadds: Sequence[HotAdd], active: int) -> int:
+        """Write these hot-adds, `active` processors (0..active-1) active before them; returns
+        how many are active after them (there is no hot-remove)."""
+        for add in hotadds:
             w.notify(NotifyState.START, Phase.HOTADD, active, active, op_status=add.veto)
             w.t += add.latency_ns
             if add.completes:
@@ -174,6 +181,7 @@ class ProtocolModel:
             elif add.failure or self.veto_failure_delivered:
                 w.notify(NotifyState.FAILURE, Phase.HOTADD, active, active,
                          status=add.failure or add.veto)
+        return active
 
 
 @dataclass
@@ -197,7 +205,7 @@ class _Writer:
         self.out.append(NotifyRecord(
             seq=len(self.out) + 1, t_ns=self.t, state=state, phase=phase, nt_number=nt,
             group=group, number=number, status=status, op_status=op_status,
-            active_count=active, irql=irql))
+            active_count=active, irql=irql, op_status_in=0))
         self.t += self.step_ns
 
 

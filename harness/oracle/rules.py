@@ -74,8 +74,14 @@ RULES: tuple[Rule, ...] = (
     Rule("driver.register_failed_status",
          "register_failed carries an error status (DriverEntry fails)", Source.DOC, _F),
     Rule("phase.label",
-         'notify records inside the register call say phase "replay", later ones "hotadd"',
+         'a notify after the register call returned says phase "hotadd" (inside it the label '
+         "is the probe's: replay on the registering thread, hotadd on any other)",
          Source.FORMAT, _F),
+    Rule("replay.not_interleaved",
+         "no hot-add notification arrives between the replay's first and last record (a hot-add "
+         "inside the register call comes after the replay, if at all)", Source.RE, _W,
+         linux=(_F, "cpuhp_setup_state() replays under cpus_read_lock(), which cpu_up() "
+                "waits for")),
     Rule("replay.none_without_flag",
          "without KE_PROCESSOR_CHANGE_ADD_EXISTING the register call delivers no notify",
          Source.DOC, _F),
@@ -109,8 +115,13 @@ RULES: tuple[Rule, ...] = (
          "a vetoed hot-add Start is closed by a Failure carrying the veto status", Source.RE, _W,
          linux=(_F, "the probe writes this Failure itself right after the vetoed Start")),
     Rule("op_status.only_on_start",
-         "*OperationStatus is changed only during Start, and only to an error status",
-         Source.DOC, _F),
+         "the probe writes *OperationStatus (op_status) only during Start, and only an error "
+         "status", Source.DOC, _F),
+    Rule("op_status.found_on_entry",
+         "the callback finds *OperationStatus = 0 on entry (op_status_in): an observation of "
+         "what the kernel or another driver left there, never blamed on the probe",
+         Source.OPEN, _W,
+         linux=(_F, "a cpuhp callback has no *OperationStatus: the probe always writes 0")),
     Rule("status.failure_error", "a Failure carries an error status in Status", Source.DOC, _F),
     Rule("status.success_zero", "Start and Complete carry Status 0 (STATUS_SUCCESS)",
          Source.OPEN, _W, linux=(_F, "the probe writes 0 in every start and complete")),

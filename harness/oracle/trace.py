@@ -1,7 +1,12 @@
 """A record list cut into the parts the rules talk about: replay, hot-adds, after the end.
 
-The cut is by position, not by the records' own `phase` labels, so a mislabelled record is
-judged where it actually arrived (and `phase.label` reports the label).
+The cut is by position: notifies after the register call returned are hot-adds, after the end
+they are "after the end", whatever their `phase` label says (`phase.label` reports a label
+that disagrees). Inside the registration window (before `registered`/`register_failed`) the
+position alone cannot tell a replay from a hot-add that landed while the register call still
+ran, so there the probe's label decides: it is the thread's (the replay runs on the
+registering thread, a hot-add on another; driver/probe_core.c), so `hotadd` there is a hot-add
+and is judged with the other hot-adds.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from harness.records import (
     DriverRecord,
     NotifyRecord,
     NotifyState,
+    Phase,
     Record,
 )
 
@@ -77,11 +83,14 @@ class Trace:
     records: tuple[Record, ...]
     load: DriverRecord | None
     registration: DriverRecord | None  # the first registered / register_failed
-    replay: tuple[NotifyRecord, ...]  # notifies before the register call returned
-    hotadd: tuple[NotifyRecord, ...]  # notifies while registered
+    replay: tuple[NotifyRecord, ...]  # labelled replay, before the register call returned
+    hotadd: tuple[NotifyRecord, ...]  # window hot-adds and notifies while registered, in order
     after_end: tuple[NotifyRecord, ...]  # notifies after register_failed/deregistered/unload
     end: DriverRecord | None  # the record that ended the registration, if any
     dropped: tuple[DriverRecord, ...] = ()  # `dropped` lines: records the probe lost
+    # Labelled hotadd, before the register call returned: hot-adds on another thread while the
+    # register call ran (also in `hotadd`).
+    window_hotadd: tuple[NotifyRecord, ...] = ()
 
     @property
     def add_existing(self) -> bool:
@@ -119,10 +128,14 @@ def build_trace(records: Sequence[Record]) -> Trace:
     def notifies(lo: int, hi: int) -> tuple[NotifyRecord, ...]:
         return tuple(r for r in recs[lo:hi] if isinstance(r, NotifyRecord))
 
+    window = notifies(0, replay_stop)
+    window_hotadd = tuple(r for r in window if r.phase is Phase.HOTADD)
     return Trace(
         records=recs, load=load, registration=registration,
-        replay=notifies(0, replay_stop), hotadd=notifies(replay_stop, stop),
+        replay=tuple(r for r in window if r.phase is Phase.REPLAY),
+        hotadd=window_hotadd + notifies(replay_stop, stop),
         after_end=notifies(stop, len(recs)), end=end,
         dropped=tuple(r for r in recs
                       if isinstance(r, DriverRecord) and r.event is DriverEvent.DROPPED),
+        window_hotadd=window_hotadd,
     )

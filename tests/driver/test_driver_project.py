@@ -75,13 +75,83 @@ def test_readme_names_the_record_file_the_driver_writes() -> None:
     assert _wide("HAP_RECORD_DIR_W") == nt_path.rsplit("\\", 1)[0]
 
 
+WORKFLOW = (REPO / ".github" / "workflows" / "driver.yml").read_text()
+
+
 def test_ci_workflow_builds_with_the_script_and_publishes_the_sys() -> None:
-    workflow = (REPO / ".github" / "workflows" / "driver.yml").read_text()
-    assert "runs-on: windows-2022" in workflow
-    assert r"driver\build.cmd" in workflow
-    assert "driver/build/${{ matrix.configuration }}/HotAddProbe.sys" in workflow
+    assert "runs-on: windows-2022" in WORKFLOW
+    assert r"driver\build.cmd" in WORKFLOW
+    assert "driver/build/${{ matrix.configuration }}/HotAddProbe.sys" in WORKFLOW
     build_cmd = (DRIVER_DIR / "build.cmd").read_bytes()
     assert b"HotAddProbe.vcxproj" in build_cmd and b"\r\n" in build_cmd
+
+
+def _values(tag: str) -> set[str | None]:
+    project = ET.parse(DRIVER_DIR / "HotAddProbe.vcxproj").getroot()
+    return {e.text for e in project.iter(f"{MSBUILD}{tag}")}
+
+
+def _kit_versions() -> set[str | None]:
+    packages = ET.parse(DRIVER_DIR / "packages.config").getroot()
+    return {p.get("version") for p in packages.iter("package")}
+
+
+def test_the_kit_is_pinned_in_one_version_everywhere() -> None:
+    """The NuGet WDK/SDK, the props that import them and the project's platform version."""
+    packages = ET.parse(DRIVER_DIR / "packages.config").getroot()
+    assert {p.get("id") for p in packages.iter("package")} == {
+        "Microsoft.Windows.WDK.x64", "Microsoft.Windows.SDK.CPP", "Microsoft.Windows.SDK.CPP.x64"}
+    (version,) = _kit_versions()
+    assert version is not None and re.fullmatch(r"10\.0\.\d+\.\d+", version)
+    props = ET.parse(DRIVER_DIR / "Directory.Build.props").getroot()
+    assert {e.text for e in props.iter("HapKitVersion")} == {version}
+    build = version.split(".")[2]
+    assert _values("WindowsTargetPlatformVersion") == {f"10.0.{build}.0"}
+
+
+def test_pool_nx_opt_in_and_spectre_mitigation_are_what_the_comments_say() -> None:
+    definitions = _values("PreprocessorDefinitions")
+    assert any(d and "POOL_NX_OPTIN=1" in d.split(";") for d in definitions)
+    assert "ExInitializeDriverRuntime(DrvRtPoolNxOptIn);" in (DRIVER_DIR / "driver.c").read_text()
+    assert _values("SpectreMitigation") == {"Spectre"}
+    assert "MSB8040" in README and "Spectre" in README
+
+
+def test_code_analysis_has_a_rule_set_and_refuses_to_run_without_it() -> None:
+    assert _values("CodeAnalysisRuleSet") == {
+        "$(WDKContentRoot)CodeAnalysis\\DriverRecommendedRules.ruleset"}
+    project = (DRIVER_DIR / "HotAddProbe.vcxproj").read_text()
+    assert "!Exists('$(CodeAnalysisRuleSet)')" in project
+    assert "Code-analysis policy" in WORKFLOW and "build.cmd Release analyze" in WORKFLOW
+
+
+def test_ci_gets_the_wdk_from_nuget_not_from_the_runner_image() -> None:
+    assert r"nuget restore driver\packages.config -PackagesDirectory driver\packages" in WORKFLOW
+    assert "Component.Microsoft.Windows.DriverKit" in WORKFLOW
+    assert "Microsoft.VisualStudio.Component.VC.Runtimes.x86.x64.Spectre" in WORKFLOW
+    assert "/driver/packages/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_ci_runs_every_host_test_of_the_driver() -> None:
+    run = re.search(r"run: python -m pytest -p no:hotadd (.+)$", WORKFLOW, re.MULTILINE)
+    assert run, "the host-checks job must run pytest"
+    selected = run.group(1).split()
+    assert selected == ["tests/test_driver_*.py", "tests/driver"]
+    tests = REPO / "tests"
+    driver_tests = {p.name for p in tests.glob("test_driver_*.py")}
+    assert {"test_driver_project.py", "test_driver_ring.py"} <= driver_tests
+    assert list((tests / "driver").glob("test_*.py"))
+    for trigger in ("tests/driver/**", "tests/test_driver_*.py", "driver/**"):
+        assert WORKFLOW.count(f'"{trigger}"') == 2, trigger
+
+
+def test_readme_says_which_windows_builds_load_the_driver_and_why() -> None:
+    section = README[README.index("## Where it loads"):]
+    section = section[:section.index("\n## ", 4)]
+    for build in ("17763", "20348", "26100"):
+        assert build in section
+    for reason in ("KMDF 1.27", "0xA000006", "14393"):
+        assert reason in section
 
 
 def test_every_source_file_opens_with_a_block_saying_what_and_where() -> None:

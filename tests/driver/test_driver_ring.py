@@ -1,8 +1,10 @@
 """The KMDF probe's record formatter and lock-free ring, compiled with the host gcc.
 
-driver/probe_format.c and driver/probe_ring.c are the exact files the driver links; here they
-run under AddressSanitizer + UBSan (and ThreadSanitizer for the concurrent producers) inside
-driver/tests/ring_harness.c, and every line they write is parsed with Python's json.
+driver/probe_format.c, probe_ring.c, probe_veto.c and probe_core.c are the exact files the
+driver links; here they run under AddressSanitizer + UBSan (and ThreadSanitizer for the
+concurrent producers) inside driver/tests/ring_harness.c, and every line they write is parsed
+with Python's json. The tests of issue 12's fixes (time order, op_status_in, phase by thread,
+Flags, the load epoch, write losses) are in tests/driver/.
 """
 
 from __future__ import annotations
@@ -80,12 +82,12 @@ def test_every_driver_event_is_formatted_with_its_fields_in_order(
 def test_every_notify_state_and_phase_is_formatted(harness: RingHarness, state: str,
                                                    phase: str) -> None:
     obj, keys = _one(harness, spec("notify", state=state, phase=phase, t=123456, nt=5, group=1,
-                                   number=3, status=0, op=0, active=6, irql=1, map_status=0,
-                                   map_group=1, map_number=3))
+                                   number=3, status=0, op=0, op_in=0, active=6, irql=1,
+                                   map_status=0, map_group=1, map_number=3))
     assert obj == {"v": 1, "seq": 1, "t_ns": 123456, "kind": "notify", "state": state,
                    "phase": phase, "nt_number": 5, "group": 1, "number": 3, "status": 0,
-                   "op_status": 0, "active_count": 6, "irql": 1, "map_status": 0,
-                   "map_group": 1, "map_number": 3}
+                   "op_status": 0, "op_status_in": 0, "active_count": 6, "irql": 1,
+                   "map_status": 0, "map_group": 1, "map_number": 3}
     assert keys == list(obj)
 
 
@@ -100,11 +102,24 @@ def test_largest_values_are_exact_and_fit_the_documented_line_length(
         harness: RingHarness) -> None:
     obj, _ = _one(harness, spec("notify", state="complete", phase="replay", t=U64_MAX,
                                 nt=U32_MAX, group=0xFFFF, number=0xFF, status=U32_MAX,
-                                op=U32_MAX, active=U32_MAX, irql=0xFF, map_status=0,
-                                map_group=0xFFFF, map_number=0xFF))
+                                op=U32_MAX, op_in=U32_MAX, active=U32_MAX, irql=0xFF,
+                                map_status=0, map_group=0xFFFF, map_number=0xFF))
     assert (obj["t_ns"], obj["nt_number"], obj["group"], obj["number"]) == (
         U64_MAX, U32_MAX, 0xFFFF, 0xFF)
-    assert obj["status"] == obj["op_status"] == obj["active_count"] == U32_MAX
+    assert obj["status"] == obj["op_status"] == obj["op_status_in"] == U32_MAX
+    assert obj["active_count"] == U32_MAX
+
+
+def test_the_longest_possible_line_fits_hap_max_line(harness: RingHarness) -> None:
+    """A notify with every field at its widest, its time raised (t_raw_ns), after a loss."""
+    lines = [spec("notify", state="complete", phase="replay", t=U64_MAX, nt=U32_MAX,
+                  group=0xFFFF, number=0xFF, status=U32_MAX, op=U32_MAX, op_in=U32_MAX,
+                  active=U32_MAX, irql=0xFF, map_status=0, map_group=0xFFFF, map_number=0xFF),
+             spec("notify", state="complete", phase="replay", t=U64_MAX - 1, nt=U32_MAX,
+                  group=0xFFFF, number=0xFF, status=U32_MAX, op=U32_MAX, op_in=U32_MAX,
+                  active=U32_MAX, irql=0xFF, map_status=0, map_group=0xFFFF, map_number=0xFF)]
+    records = parse_lines(harness.records(lines))  # asserts every line <= HAP_MAX_LINE
+    assert records[1]["t_ns"] == U64_MAX and records[1]["t_raw_ns"] == U64_MAX - 1
     # parse_lines asserted len(line) + 1 <= HAP_MAX_LINE for every line.
 
 
@@ -118,8 +133,8 @@ def test_records_unknown_to_the_formatter_are_counted_as_lost_not_written(
              spec("driver", event="unload")]
     records = parse_lines(harness.records(lines, drain_every=1))
     assert_seq_complete(records)
-    # Each unformattable record is reported just before the next record that was appended
-    # after the worker found it (the unknown phase before the unknown event, and so on).
+    # Each unformattable record is reported just before the next record the worker formats
+    # after it (the unknown phase before the unknown event, and so on).
     assert [(r.get("event"), r.get("count")) for r in records] == [
         ("load", None), ("dropped", 1), ("registered", None), ("dropped", 1),
         ("dropped", 1), ("unload", None)]
@@ -159,6 +174,13 @@ def test_losses_at_the_end_are_flushed_by_the_final_drain(harness: RingHarness) 
     assert records[-1]["count"] == 8
 
 
+def _assert_time_order(records: list[dict[str, Any]]) -> None:
+    """t_ns never decreases in file order, and no record needed raising to make it so."""
+    times = [r["t_ns"] for r in records]
+    assert times == sorted(times)
+    assert not [r for r in records if "t_raw_ns" in r]
+
+
 def _per_producer(records: list[dict[str, Any]]) -> dict[int, list[int]]:
     sequences: dict[int, list[int]] = defaultdict(list)
     for r in records:
@@ -176,8 +198,10 @@ def test_concurrent_producers_lose_nothing_when_the_ring_is_large_enough(
                                             per_producer=each))
     assert_seq_complete(records)
     assert not [r for r in records if r["kind"] == "driver"]
-    # Every producer's records arrive complete and in the order it appended them.
+    # Every producer's records arrive complete and in the order it appended them, and the
+    # ring's time stamps agree with the order of the file.
     assert _per_producer(records) == {p: list(range(each)) for p in range(producers)}
+    _assert_time_order(records)
 
 
 @pytest.mark.parametrize("flavour", ["asan", "tsan"])
@@ -195,9 +219,10 @@ def test_concurrent_producers_on_a_small_ring_account_for_every_record(
     assert dropped, "a 64-slot ring cannot absorb 80000 appends: losses must be reported"
     for values in _per_producer(records).values():
         assert values == sorted(set(values)), "a producer's records were reordered"
+    _assert_time_order(records)
 
 
-# (state, phase, nt_number) the kernel delivers -> the op_status the callback leaves.
+# (state, phase, nt_number) the kernel delivers -> the op_status the callback writes.
 VETO_CASES = {
     "hot-add veto fires once": (
         VetoPolicy(index=2, status=STATUS_INSUFFICIENT_RESOURCES),
@@ -249,7 +274,8 @@ def test_tick_conversion_with_no_frequency_is_zero(harness: RingHarness) -> None
 
 def test_api_refuses_bad_capacities_and_short_buffers(harness: RingHarness) -> None:
     assert harness.limits() == {
-        "init_capacity_3": 0, "init_capacity_1": 0, "init_capacity_4": 1,
+        "init_capacity_3": 0, "init_capacity_1": 0, "init_no_clock": 0, "init_no_frequency": 0,
+        "init_capacity_4": 1,
         "format_small_buffer": 0, "format_exact_buffer_ok": 1, "format_unknown_kind": 0,
         "format_unknown_event": 0, "drain_small_buffer": 0,
     }

@@ -1,8 +1,10 @@
 """The KMDF probe's kernel-facing code, checked with mingw-w64's DDK headers on Linux.
 
 driver/probe_wdm.c (registration, callback, deregistration, processor-number calls, the
-writer thread) includes only ntddk.h, so x86_64-w64-mingw32-gcc type-checks every kernel call
-it makes, warning-free, and links it against mingw-w64's ntoskrnl/hal import libraries. The
+writer thread, the record folder's DACL and link refusal) includes only ntifs.h, so
+x86_64-w64-mingw32-gcc type-checks every kernel call it makes, warning-free, and links it
+against mingw-w64's ntoskrnl/hal import libraries. What only Windows can show (that the DACL
+takes, that a junction or a hard link is refused) is not run here: see driver/README.md. The
 KMDF glue (driver.c) needs wdf.h, which only the WDK has: CI on a Windows runner builds it.
 Also checked here, from the source text: which file includes what, and that the callback and
 its helpers stay free of calls that are unsafe above PASSIVE_LEVEL.
@@ -42,6 +44,11 @@ EXPECTED_IMPORTS = {
     "ObfDereferenceObject", "ObfReferenceObject", "PsCreateSystemThread",
     "PsTerminateSystemThread", "RtlInitUnicodeString", "ZwClose", "ZwCreateFile",
     "ZwOpenKey", "ZwQueryValueKey", "ZwWriteFile", "memset",
+    # The record folder: SYSTEM + Administrators DACL, and the link checks (all in ntoskrnl
+    # since Windows 2000; SeExports is data).
+    "RtlAddAccessAllowedAceEx", "RtlCreateAcl", "RtlCreateSecurityDescriptor",
+    "RtlSetDaclSecurityDescriptor", "RtlSetOwnerSecurityDescriptor", "SeExports",
+    "ZwQueryInformationFile", "ZwSetInformationFile", "ZwSetSecurityObject",
 }
 KERNEL_MODULES = {"ntoskrnl.exe", "hal.dll"}
 
@@ -131,7 +138,7 @@ def _includes(path: Path) -> list[str]:
 
 def test_each_layer_includes_only_what_it_may() -> None:
     own = {'"probe_public.h"', '"probe_record.h"', '"probe_atomic.h"', '"probe_wdm.h"'}
-    assert set(_includes(DRIVER_DIR / "probe_wdm.h")) == {"<ntddk.h>"}
+    assert set(_includes(DRIVER_DIR / "probe_wdm.h")) == {"<ntifs.h>"}
     assert set(_includes(WDM_SOURCE)) <= own
     assert set(_includes(DRIVER_DIR / "driver.c")) == {'"probe_wdm.h"', "<wdf.h>"}
     # The portable part: its own headers, and for MSVC the compiler's SAL and intrinsics
@@ -139,7 +146,8 @@ def test_each_layer_includes_only_what_it_may() -> None:
     compiler = {"<sal.h>", "<intrin.h>"}
     portable = [DRIVER_DIR / name for name in ("probe_public.h", "probe_record.h",
                                                "probe_atomic.h", "probe_ring.c",
-                                               "probe_format.c", "probe_veto.c")]
+                                               "probe_format.c", "probe_veto.c",
+                                               "probe_core.c")]
     for path in portable:
         assert set(_includes(path)) <= (own - {'"probe_wdm.h"'}) | compiler, path.name
     assert [p.name for p in DRIVER_DIR.glob("*.[ch]") if "<wdf.h>" in _includes(p)] == [
@@ -163,7 +171,7 @@ def _function_body(source: str, name: str) -> str:
 UNSAFE_ABOVE_PASSIVE = re.compile(
     r"\b(Zw\w+|Nt\w+|Ex(Allocate|Free)\w*|KeWaitFor\w+|KeDelayExecutionThread|"
     r"PAGED_CODE|DbgPrint\w*|Rtl\w*Registry\w*|Io\w+|ObReference\w*|Ps\w+)\s*\(")
-CALLBACK_PATH = ("HapProcessorChangeCallback", "HapAppend", "HapNow")
+CALLBACK_PATH = ("HapProcessorChangeCallback", "HapClockRead", "HapThreadId", "HapWake")
 
 
 def test_callback_path_is_nonpaged_and_safe_at_dispatch_level() -> None:
@@ -174,12 +182,16 @@ def test_callback_path_is_nonpaged_and_safe_at_dispatch_level() -> None:
         assert not UNSAFE_ABOVE_PASSIVE.search(body), f"{name}: {UNSAFE_ABOVE_PASSIVE.search(body)}"
         assert name not in paged, f"{name} must stay in nonpaged code"
     callback = _function_body(source, "HapProcessorChangeCallback")
-    # *OperationStatus is written once, when the veto policy (probe_veto.c, tested on the
-    # host: only a Start, only the named one) says so.
+    # *OperationStatus is read once on entry (op_status_in) and written once, when the core's
+    # veto decision (probe_core.c / probe_veto.c, tested on the host: only a Start, only the
+    # named one) says so.
     writes = re.findall(r"\*OperationStatus\s*=[^=]", callback)
     assert len(writes) == 1
     guard = callback[:callback.index("*OperationStatus =")]
-    assert "HapVetoDecision(" in guard and "if (veto != 0u)" in guard
+    assert "veto = HapCoreNotify(" in guard and "if (veto != 0u)" in guard
+    assert "OpStatusIn = (unsigned int)*OperationStatus;" in guard
+    # The phase comes from the thread, not from a flag set around the register call.
+    assert "HapThreadId()" in guard and "Registering" not in source
 
 
 def test_every_pageable_routine_asserts_it() -> None:

@@ -1,8 +1,10 @@
 """Build and run the KMDF probe's portable C on this Linux host, for the `test_driver_*` tests.
 
-The driver's record ring and formatter (driver/probe_ring.c, driver/probe_format.c) are plain
-C, so the host gcc compiles them under the sanitizers together with the test harness
-driver/tests/ring_harness.c, which plays the kernel's producers and the worker. Builds go to a
+The driver's portable part (driver/probe_ring.c, probe_format.c, probe_veto.c, probe_core.c:
+the ring, the formatter, the writer, the veto, the registration and callback decisions) is plain
+C, so the host gcc compiles it under the sanitizers together with the test harness
+driver/tests/ring_harness.c, which plays the kernel's producers, register call, clock, record
+file and the worker. Builds go to a
 pytest temporary directory, never into the source tree. A missing compiler fails the test and
 names the Debian package to install; nothing is skipped.
 """
@@ -21,7 +23,7 @@ import pytest
 
 DRIVER_DIR = Path(__file__).resolve().parents[2] / "driver"
 PORTABLE_SOURCES = tuple(DRIVER_DIR / name for name in ("probe_ring.c", "probe_format.c",
-                                                      "probe_veto.c"))
+                                                      "probe_veto.c", "probe_core.c"))
 RING_HARNESS = DRIVER_DIR / "tests" / "ring_harness.c"
 MINGW_COMPAT = DRIVER_DIR / "tests" / "mingw_ddk_compat.h"
 
@@ -77,13 +79,36 @@ class RingHarness:
                 veto: VetoPolicy | None = None) -> str:
         """Append one record per spec line, drain every `drain_every` appends; JSONL out.
 
-        With `veto`, every notify's op_status is decided by the driver's veto policy.
+        The clock reads each spec's `t`. With `veto`, every notify goes through the callback's
+        core path: op_status is the driver's decision, op_status_in the spec's `op_in`.
         """
         text = "".join(spec + "\n" for spec in specs)
         argv = [str(self.binary), "records", str(capacity), str(drain_every)]
         if veto is not None:
             argv += [str(veto.index), str(veto.status), str(int(veto.during_replay))]
         return run_checked(argv, stdin=text)
+
+    def write_faults(self, specs: Iterable[str], faults: Sequence[str], capacity: int = 64,
+                     drain_every: int = 0) -> str:
+        """As `records`, drained through the driver's writer into a file whose n-th write
+        obeys faults[n] ("-" whole, "K" K bytes, "E" fails, "eK" fails after K bytes); the
+        file's content out."""
+        text = "".join(spec + "\n" for spec in specs)
+        return run_checked([str(self.binary), "write-faults", str(capacity), str(drain_every),
+                            *faults], stdin=text)
+
+    def interleave(self) -> str:
+        """Two producers, one stalled inside its clock reading until the other appended."""
+        return run_checked([str(self.binary), "interleave"])
+
+    def register_window(self, processors: int, when: str) -> str:
+        """load, a replay of `processors` with a hot-add on another thread at `when`
+        ("mid", "after" or "none"), registered, deregistered, unload."""
+        return run_checked([str(self.binary), "register-window", str(processors), when])
+
+    def lifecycle(self, flags: int, processors: int) -> str:
+        """load (5 s of fake clock after initialisation), HapCoreRegister(flags), unload."""
+        return run_checked([str(self.binary), "lifecycle", str(flags), str(processors)])
 
     def veto_race(self, threads: int) -> int:
         """How many of `threads` simultaneous hot-add Starts of one index got vetoed."""

@@ -16,6 +16,9 @@ SERVER_2022 = {
     "WINDOWS/VERSION/BUILD": "20348", "WINDOWS/PRODUCTTYPE": "ServerNT",
     "DISPLAYNAME": "Windows Server 2022 Datacenter Evaluation (Desktop Experience)",
 }
+#: what volume-licence (non-evaluation) media say: Setup needs a product key for these
+SERVER_2022_VOLUME = {**SERVER_2022, "WINDOWS/EDITIONID": "ServerStandard",
+                      "DISPLAYNAME": "Windows Server 2022 Standard (Desktop Experience)"}
 CLIENT = {"WINDOWS/EDITIONID": "Professional", "WINDOWS/INSTALLATIONTYPE": "Client",
           "WINDOWS/VERSION/BUILD": "19045"}
 
@@ -70,6 +73,7 @@ def windows_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                     "WINDOWS/EDITIONID": "ServerStandardEval"}),
         ("Windows Server 2022 SERVERDATACENTER", SERVER_2022),
         ("Windows 10 Pro", CLIENT),
+        ("Windows Server 2022 SERVERSTANDARD", SERVER_2022_VOLUME),
     ])
     (tmp / "tree" / "setup.exe").write_bytes(b"MZ")
     return make_udf_bridge_iso(tmp / "tree", tmp / "server2022.iso", "SSS_X64FREE_EN-US_DV9")

@@ -110,6 +110,22 @@ def interleaved() -> list[Record]:
     return [replace(x, t_ns=i * 1000) for i, x in enumerate(renumber(out))]
 
 
+WINDOW_ADD = ProtocolModel(existing=2, hotadds=(HotAdd(),), hotadds_in_window=1)
+
+
+def hotadd_inside_the_replay() -> list[Record]:
+    """A hot-add on another thread between the replay's Starts and its Completes."""
+    r = WINDOW_ADD.records()
+    start, complete = find(r, nt(START, HOTADD)), find(r, nt(COMPLETE, HOTADD))
+    out = list(r)
+    add = [out.pop(complete), out.pop(start)][::-1]
+    first_replay_complete = find(out, nt(COMPLETE, REPLAY))
+    out[first_replay_complete:first_replay_complete] = add
+    out = [replace(x, active_count=3) if isinstance(x, NotifyRecord) and x.state is COMPLETE
+           and x.phase is REPLAY else x for x in out]
+    return [replace(x, t_ns=i * 1000) for i, x in enumerate(renumber(out))]
+
+
 def start_after_replay_veto() -> list[Record]:
     records = ProtocolModel(existing=3, replay_veto_at=1, deregister=False).records()
     vetoed = records[find(records, nt(START, REPLAY, 1))]
@@ -169,6 +185,7 @@ CASES = (
          REPLAY_VETO.records),
     Case("phase.label", lambda: at(TWO_ADDS.records(), nt(COMPLETE, HOTADD), phase=REPLAY),
          TWO_ADDS.records),
+    Case("replay.not_interleaved", hotadd_inside_the_replay, WINDOW_ADD.records),
     Case("replay.none_without_flag",
          lambda: at(TWO_ADDS.records(), ev(DriverEvent.LOAD), flags=0), NO_FLAG.records),
     Case("replay.starts", lambda: drop(drop(TWO_ADDS.records(), nt(START, REPLAY, 1)),
@@ -193,6 +210,9 @@ CASES = (
                                veto_failure_delivered=False).records(), VETOED_ADD.records),
     Case("op_status.only_on_start",
          lambda: at(TWO_ADDS.records(), nt(COMPLETE, HOTADD), op_status=VETO),
+         VETOED_ADD.records),
+    Case("op_status.found_on_entry",
+         lambda: at(VETOED_ADD.records(), nt(FAILURE, HOTADD), op_status_in=VETO),
          VETOED_ADD.records),
     Case("status.failure_error", lambda: at(VETOED_ADD.records(), nt(FAILURE, HOTADD), status=0),
          VETOED_ADD.records),

@@ -6,6 +6,16 @@ partial disk, no provisioning ISO (it holds the password) and no running guest."
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +24,7 @@ import pytest
 from harness import cli
 from harness.commands import image as image_command
 from harness.errors import ExitCode, GuestNotReady, InfrastructureError, InputError
-from harness.guests import windows_image, windows_setup
+from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.windows_image import ImageBuildSpec, StageTimeouts
 from harness.guests.windows_setup import ImageSelector
 from harness.host.accel import kvm_status
@@ -109,38 +119,59 @@ def test_list_command(monkeypatch: pytest.MonkeyPatch, windows_iso: Path,
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split("\t")[:3] == ["2", "Windows Server 2022 SERVERDATACENTER",
                                         "ServerDatacenterEval"]
+    assert [ln.split("\t")[-1] for ln in lines] == [
+        "evaluation", "evaluation", "needs --product-key-env", "needs --product-key-env"]
 
 
 @pytest.mark.vm
-def test_build_flow_stops_at_install_with_artifacts(windows_iso: Path, virtio_iso: Path,
-                                                    tmp_path: Path) -> None:
+def test_build_on_unbootable_media_stops_early_with_screens_and_vnc(
+        windows_iso: Path, virtio_iso: Path, tmp_path: Path) -> None:
+    """The stand-in ISO boots nothing, as when the "press any key" prompt is missed: OVMF
+    ends at its shell and the disk is never written. The build must say so after the stall
+    time (not the install budget), name the last screenshot, have saved screens meanwhile, and
+    offer the screen on a 127.0.0.1 VNC port while it runs; and leave nothing behind."""
     out = tmp_path / "golden.qcow2"
     spec = ImageBuildSpec(
         windows_iso=windows_iso, virtio_iso=virtio_iso,
         image=ImageSelector(name="Windows Server 2022 SERVERDATACENTER"), output=out,
         password=PASSWORD, firmware=Firmware.UEFI, memory_mib=512, force_tcg=True,
-        timeouts=StageTimeouts(boot_keys=2, install=8, provision=5, verify=5, shutdown=5,
+        screenshot_every=1, vnc=True,
+        timeouts=StageTimeouts(stall=6, install=3600, provision=5, verify=5, shutdown=5,
                                winrm_read=3))
     seen: list[object] = []
+    banner: list[bytes] = []
 
     def start(*args: object) -> windows_image.Installer:
         seen.extend(args)
         installer = windows_image.start_installer(*args)  # type: ignore[arg-type]
         seen.append(installer)
+        live = ET.fromstring(installer.machine.dom.XMLDesc(0))
+        graphics = live.findall("./devices/graphics")
+        assert [g.get("type") for g in graphics] == ["vnc"]
+        addresses = {graphics[0].get("listen")} | {
+            el.get("address") for el in graphics[0].iter("listen")}
+        assert addresses == {"127.0.0.1"}
+        port = installer.vnc_port()
+        assert port is not None
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            banner.append(conn.recv(12))
         return installer
-
-    import io
 
     log = io.StringIO()
     with pytest.raises(GuestNotReady) as err:
         windows_image.build_image(spec, Progress(stream=log), start=start)
     msg = str(err.value)
-    assert "image build stopped at stage 'install'" in msg
-    assert str(spec.logs / "serial.log") in msg
-    assert (spec.logs / "serial.log").exists()
-    assert "screenshot" in msg and (spec.logs / "screenshot.png").read_bytes()[:4] == b"\x89PNG"
+    assert "image build stopped at stage 'boot installer'" in msg
+    assert "wrote nothing to the disk in 6s" in msg and "--vnc" in msg
+    assert str(spec.logs / "serial.log") in msg and (spec.logs / "serial.log").exists()
+    screens = sorted((spec.logs / "screens").iterdir())
+    assert len(screens) >= 2, "a periodic screenshot and the one at the failure"
+    assert f"last screenshot {screens[-1]}" in msg
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in screens)
+    assert banner == [b"RFB 003.008\n"]
+    assert re.search(r"VNC on 127\.0\.0\.1:(\d+).*'vncviewer 127\.0\.0\.1::\1'", log.getvalue())
     assert PASSWORD not in msg and PASSWORD not in log.getvalue()
-    for stage in ("read install.wim", "provisioning ISO", "disk", "boot installer", "install"):
+    for stage in ("read install.wim", "provisioning ISO", "disk", "boot installer"):
         assert f"{stage}:" in log.getvalue()
     installer = seen[-1]
     assert isinstance(installer, windows_image.Installer) and not installer.is_running()
@@ -169,42 +200,77 @@ def test_throttled_progress() -> None:
 
 class InstallerDouble(windows_image.Installer):
     """Stands for the installer VM running Windows: the Windows side itself is the WinRM
-    double; this only answers what the flow asks the VM (alive? still running? artifacts)."""
+    double; this only answers what the flow asks the VM (alive? still running? the disk's
+    size, the screen). Setup starts writing the disk once a key was pressed, and keeps writing
+    for `writes` samples (None: for ever)."""
 
-    def __init__(self, double: WinRMDouble, serial_log: Path) -> None:
+    def __init__(self, double: WinRMDouble, serial_log: Path, setup_starts: bool = True,
+                 writes: int | None = None) -> None:
         self.double = double
         self.machine = SimpleNamespace(check_alive=lambda: None,
                                        spec=SimpleNamespace(serial_log=serial_log))
-        self.keys = 0.0
+        self.keys = 0
         self.closed = False
+        self.setup_starts = setup_starts
+        self.writes = writes
+        self.allocated = 196_608  # what qemu-img create leaves
 
-    def press_keys(self, seconds: float) -> None:
-        self.keys = seconds
+    def press_key(self) -> None:
+        self.keys += 1
+
+    def disk_allocated(self) -> int:
+        if self.keys and self.setup_starts and (self.writes is None or self.writes > 0):
+            self.allocated += 64 << 20
+            self.writes = None if self.writes is None else self.writes - 1
+        return self.allocated
+
+    def screenshot(self, path: Path) -> Path | None:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n stand-in")
+        return path
 
     def is_running(self) -> bool:
         return not any(c.startswith("shutdown.exe /s") for c in self.double.command_lines)
-
-    def artifacts(self, run_dir: Path) -> str:
-        return f"serial log {self.machine.spec.serial_log}"
 
     def close(self) -> None:
         self.closed = True
 
 
+DATACENTER = ImageSelector(index=2)
+
+
 def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
                          double: WinRMDouble, provision: float = 20,
+                         image: ImageSelector = DATACENTER,
+                         product_key: str | None = None, answer: list[str] | None = None,
+                         installer: InstallerDouble | None = None, stall: float = 600,
+                         made: list[InstallerDouble] | None = None,
                          ) -> tuple[ImageBuildSpec, InstallerDouble, windows_image.GoldenManifest]:
-    spec = ImageBuildSpec(windows_iso, virtio_iso, ImageSelector(index=2),
+    """Build against the double; `answer` receives the answer file the installer VM got.
+    WinRM answers only if `installer` is not given (a given one's double is never started)."""
+    spec = ImageBuildSpec(windows_iso, virtio_iso, image,
                           tmp_path / "golden.qcow2", password=PASSWORD, force_tcg=True,
-                          timeouts=StageTimeouts(boot_keys=1, install=20, provision=provision,
-                                                 verify=20, shutdown=20))
-    made: list[InstallerDouble] = []
+                          product_key=product_key, screenshot_every=600,
+                          timeouts=StageTimeouts(stall=stall, install=20, provision=provision,
+                                                 verify=20, shutdown=20, winrm_read=3))
+    made = [] if made is None else made
 
     def start(s: ImageBuildSpec, accelerator: object, disk: Path, iso: Path,
               nvram: Path | None, port: int) -> windows_image.Installer:
         assert disk.name == "golden.qcow2.partial" and disk.is_file()
         assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows_setup.list_iso(iso))
+        # QEMU's user under qemu:///system can open the files by name, nobody else can read
+        # the one holding the password
+        assert (iso.parent.stat().st_mode & 0o777) == 0o711
+        assert (iso.stat().st_mode & 0o777) == 0o600
+        if answer is not None:
+            back = iso.with_name("answer-back")
+            windows_setup.extract_members(iso, ["/Autounattend.xml"], back)
+            answer.append((back / "Autounattend.xml").read_text(encoding="utf-8"))
+            shutil.rmtree(back)
         assert nvram is not None and nvram.is_file()
+        if installer is not None:
+            made.append(installer)
+            return installer
         double.port = port  # the forward the VM would have: the double listens there
         double.__enter__()
         made.append(InstallerDouble(double, s.logs / "serial.log"))
@@ -213,7 +279,8 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
     try:
         manifest = windows_image.build_image(spec, Progress(quiet=True), start=start)
     finally:
-        double.__exit__(None, None, None)
+        if installer is None:
+            double.__exit__(None, None, None)
     return spec, made[0], manifest
 
 
@@ -234,7 +301,7 @@ def test_build_success_path_against_the_double(tmp_path: Path, windows_iso: Path
     assert saved.hotadd["vbs_status"] == 0
     assert saved.provisioning["power"] == "failed: no"
     assert PASSWORD not in windows_image.manifest_path(out).read_text()
-    assert installer.closed and installer.keys == 1
+    assert installer.closed and installer.keys == 1  # pressed until Setup wrote the disk
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "golden.qcow2", "golden.qcow2.OVMF_VARS.fd", "golden.qcow2.build", "golden.qcow2.json",
         "guest"]
@@ -255,7 +322,269 @@ def test_build_refuses_an_unusable_guest(problem: str, stage: str, tmp_path: Pat
     else:
         provisioned = "2026-11-24T07:05:00Z"  # after the current boot: still the same boot
     double.probe.marker = {"provisioned_utc": provisioned, "steps": steps}
-    with pytest.raises(InfrastructureError, match=f"stopped at stage '{stage}'"):
+    guest_log = double.path(windows_control.PROVISION_LOG)
+    guest_log.parent.mkdir(parents=True, exist_ok=True)
+    guest_log.write_text("hotadd-provision: network profile private\n")
+    with pytest.raises(InfrastructureError, match=f"stopped at stage '{stage}'") as err:
         build_against_double(tmp_path, windows_iso, virtio_iso, double, provision=2)
     assert not (tmp_path / "golden.qcow2").exists()
     assert not (tmp_path / "golden.qcow2.partial").exists()
+    # WinRM is up at these stages: the guest's own provisioning log comes back with the error
+    copy = tmp_path / "golden.qcow2.build" / "provision.log"
+    assert f"copied to {copy}" in str(err.value)
+    assert copy.read_text() == "hotadd-provision: network profile private\n"
+
+
+KEY = "ABCDE-12345-FGHIJ-67890-KLMNO"
+NS = {"u": "urn:schemas-microsoft-com:unattend"}
+
+
+def test_volume_media_without_a_key_are_refused_naming_the_fix(
+        monkeypatch: pytest.MonkeyPatch, windows_iso: Path, virtio_iso: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Image 4 of the stand-in ISO says EDITIONID ServerStandard: Setup would stop at the key
+    page while the build waited its whole budget."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
+    argv = base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2")
+    argv[argv.index("--edition") + 1] = "Windows Server 2022 SERVERSTANDARD"
+    assert hotadd([*argv, "--force-tcg"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "not evaluation media (Edition ID ServerStandard)" in err
+    assert "product-key page" in err and "--product-key-env NAME" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_product_key_env_must_be_set(monkeypatch: pytest.MonkeyPatch, windows_iso: Path,
+                                     virtio_iso: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
+    monkeypatch.delenv("LAB_KEY", raising=False)
+    argv = [*base_args(windows_iso, virtio_iso, tmp_path / "g.qcow2"),
+            "--product-key-env", "LAB_KEY", "--force-tcg"]
+    assert hotadd(argv, monkeypatch) == 2
+    assert "$LAB_KEY, which is empty or unset" in capsys.readouterr().err
+
+
+def test_product_key_reaches_the_answer_file_and_nothing_else(
+        tmp_path: Path, windows_iso: Path, virtio_iso: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LAB_KEY", KEY.lower())
+    key = windows_setup.product_key_from_env("LAB_KEY")
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    double.probe.marker = {"provisioned_utc": "2026-11-24T06:59:30Z",
+                           "steps": {"winrm": "ok", "test signing": "ok"}}
+    answer: list[str] = []
+    spec, _, manifest = build_against_double(
+        tmp_path, windows_iso, virtio_iso, double,
+        image=ImageSelector(name="windows server 2022 serverstandard"), product_key=key,
+        answer=answer)
+    root = ET.fromstring(answer[0])
+    pe = root.find("u:settings[@pass='windowsPE']/u:component[@name='Microsoft-Windows-Setup']",
+                   NS)
+    assert pe is not None and pe.findtext("u:UserData/u:ProductKey/u:Key", None, NS) == KEY
+    assert root.findtext("u:settings[@pass='specialize']/u:component"
+                         "[@name='Microsoft-Windows-Shell-Setup']/u:ProductKey", None, NS) == KEY
+    # selected by the index install.wim gave it, not by the spelling on the command line
+    assert pe.findtext("u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData/u:Key", None,
+                       NS) == "/IMAGE/INDEX"
+    assert pe.findtext("u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData/u:Value", None,
+                       NS) == "4"
+    assert manifest.image_index == 4
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file() and path.stat().st_size < 10_000_000:
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in repr(spec)
+    captured = capsys.readouterr()
+    assert KEY not in captured.out + captured.err
+
+
+def test_evaluation_answer_file_selects_by_index(tmp_path: Path, windows_iso: Path,
+                                                 virtio_iso: Path) -> None:
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    double.probe.marker = {"provisioned_utc": "2026-11-24T06:59:30Z",
+                           "steps": {"winrm": "ok", "test signing": "ok"}}
+    answer: list[str] = []
+    build_against_double(tmp_path, windows_iso, virtio_iso, double,
+                         image=ImageSelector(name="WINDOWS SERVER 2022 serverdatacenter"),
+                         answer=answer)
+    root = ET.fromstring(answer[0])
+    assert [m.findtext("u:Key", None, NS) for m in root.iter(f"{{{NS['u']}}}MetaData")] == \
+        ["/IMAGE/INDEX"]
+    assert root.findtext(".//u:MetaData/u:Value", None, NS) == "2"
+    assert root.find(".//u:ProductKey", NS) is None
+
+
+# ---- a broken install shows in minutes ------------------------------------------------------
+
+def _marked_double(tmp_path: Path) -> WinRMDouble:
+    double = WinRMDouble(tmp_path / "guest", password=PASSWORD)
+    double.probe.marker = {"provisioned_utc": "2026-11-24T06:59:30Z",
+                           "steps": {"winrm": "ok", "test signing": "ok"}}
+    return double
+
+
+def test_setup_that_never_writes_the_disk_fails_at_boot(tmp_path: Path, windows_iso: Path,
+                                                        virtio_iso: Path) -> None:
+    """A missed "press any key" (OVMF shell) or a Setup page waiting for input writes nothing:
+    the build stops after the stall time, having kept pressing keys, and names the last
+    screenshot, instead of waiting out the install budget."""
+    double = _marked_double(tmp_path)
+    stuck = InstallerDouble(double, tmp_path / "golden.qcow2.build" / "serial.log",
+                            setup_starts=False)
+    with pytest.raises(GuestNotReady) as err:
+        build_against_double(tmp_path, windows_iso, virtio_iso, double, installer=stuck,
+                             stall=2)
+    msg = str(err.value)
+    assert "stopped at stage 'boot installer'" in msg
+    assert "wrote nothing to the disk in 2s" in msg and "'press any key'" in msg
+    assert "--vnc" in msg and "--stall-timeout" in msg
+    shots = sorted((tmp_path / "golden.qcow2.build" / "screens").iterdir())
+    assert shots and f"last screenshot {shots[-1]}" in msg
+    assert stuck.keys >= 2, "keys are pressed until Setup writes the disk"
+    assert stuck.closed and not (tmp_path / "golden.qcow2").exists()
+
+
+def test_disk_that_stops_growing_fails_the_install_stage(tmp_path: Path, windows_iso: Path,
+                                                         virtio_iso: Path) -> None:
+    """Setup started (one key press, the disk grew), then stopped; WinRM never answers."""
+    double = _marked_double(tmp_path)
+    hung = InstallerDouble(double, tmp_path / "golden.qcow2.build" / "serial.log", writes=3)
+    with pytest.raises(GuestNotReady) as err:
+        build_against_double(tmp_path, windows_iso, virtio_iso, double, installer=hung,
+                             stall=2)
+    msg = str(err.value)
+    assert "stopped at stage 'install'" in msg
+    assert "the disk stopped growing: nothing new written for 2s (at 0.19 GiB)" in msg
+    assert hung.keys == 1, "no key presses once Setup writes: one would restart Setup"
+
+
+def test_disk_watch_follows_the_allocated_size(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"")
+    now = [100.0]
+    watch = windows_image.DiskWatch(lambda: windows_image.allocated_bytes(disk), stall=60,
+                                    clock=lambda: now[0])
+    now[0] = 150.0
+    watch.check()  # within the stall time
+    assert not watch.written
+    with disk.open("r+b") as f:  # sparse: only what is written takes space
+        f.seek(1 << 30)
+        f.write(os.urandom(1 << 20))
+    now[0] = 170.0
+    watch.check()
+    assert watch.written and watch.last_growth == 170.0 and watch.size >= 1 << 20
+    assert watch.size < 1 << 30, "allocated size, not the apparent size"
+    now[0] = 230.0
+    watch.check()
+    now[0] = 230.5
+    with pytest.raises(GuestNotReady, match="stopped growing: nothing new written for 60s"):
+        watch.check()
+
+
+def test_never_written_disk_reports_the_missed_key(tmp_path: Path) -> None:
+    now = [0.0]
+    watch = windows_image.DiskWatch(lambda: 4096, stall=30, clock=lambda: now[0])
+    now[0] = 31.0
+    with pytest.raises(GuestNotReady) as err:
+        watch.check()
+    assert "wrote nothing to the disk in 30s" in err.value.problem
+    assert "--vnc" in err.value.fix
+
+
+def test_screenshots_are_numbered_and_taken_periodically(tmp_path: Path) -> None:
+    taken = threading.Event()
+    count = [0]
+
+    def shoot(path: Path) -> Path | None:
+        count[0] += 1
+        if count[0] == 2:
+            return None  # nothing to show this time (domain between states)
+        path.write_bytes(b"\x89PNG")
+        if count[0] >= 3:
+            taken.set()
+        return path
+
+    shots = windows_image.Screenshots(shoot, tmp_path / "screens", every=0.01)
+    shots.start()
+    assert taken.wait(30)
+    shots.stop()
+    last = shots.take("failed")
+    assert last is not None and last.name.endswith("-failed.png") and shots.last == last
+    names = sorted(p.name for p in (tmp_path / "screens").iterdir())
+    assert names[0].startswith("0001-") and names[-1] == last.name
+    assert len(names) == count[0] - 1
+
+
+def test_vnc_listens_on_loopback_only() -> None:
+    from harness.host.domain import (
+        Cdrom,
+        DomainSpec,
+        Profile,
+        Topology,
+        VcpuPlan,
+        to_xml,
+    )
+
+    iso = Path(windows_media.__file__)  # any existing file
+    base = DomainSpec(name="hotadd-t-1", vcpus=VcpuPlan(Topology(cores=2), boot=2),
+                      profile=Profile.WINDOWS, serial_log=Path("/tmp/s.log"),
+                      cdroms=(Cdrom(iso),))
+    assert ET.fromstring(to_xml(base)).find("./devices/graphics") is None
+    root = ET.fromstring(to_xml(dataclasses.replace(base, vnc=True)))
+    graphics = root.findall("./devices/graphics")
+    assert len(graphics) == 1
+    g = graphics[0]
+    assert (g.get("type"), g.get("autoport"), g.get("listen")) == ("vnc", "yes", "127.0.0.1")
+    assert [(el.get("type"), el.get("address")) for el in g.findall("listen")] == \
+        [("address", "127.0.0.1")]
+    assert g.get("port") is None and g.get("passwd") is None
+
+
+def test_cli_wires_the_watch_options() -> None:
+    parser = argparse.ArgumentParser()
+    image_command.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["image", "build", "--iso", "a", "--virtio-iso", "b",
+                              "--edition", "2", "--output", "o"])
+    assert (args.stall_timeout, args.screenshot_every, args.vnc) == (600.0, 30.0, False)
+    args = parser.parse_args(["image", "build", "--iso", "a", "--virtio-iso", "b",
+                              "--edition", "2", "--output", "o", "--stall-timeout", "90",
+                              "--screenshot-every", "5", "--vnc"])
+    assert (args.stall_timeout, args.screenshot_every, args.vnc) == (90.0, 5.0, True)
+
+
+@pytest.fixture
+def searchable_dir() -> Iterator[Path]:
+    """A directory every user can search (pytest's own temporary directories are private)."""
+    path = Path(tempfile.mkdtemp(prefix="hotadd-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("private", ["iso", "output"])
+def test_system_libvirt_unreachable_files_are_refused_up_front(
+        private: str, monkeypatch: pytest.MonkeyPatch, windows_iso: Path, virtio_iso: Path,
+        searchable_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under qemu:///system QEMU runs as libvirt's own user: a Windows ISO or an output
+    directory it cannot reach is an input error naming the directory and the fix, before
+    anything is built (and before libvirt is even asked)."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, PASSWORD)
+    shared = searchable_dir / "shared"
+    closed = searchable_dir / "closed"
+    for d, mode in ((shared, 0o755), (closed, 0o700)):
+        d.mkdir()
+        d.chmod(mode)
+    iso = (closed if private == "iso" else shared) / "ws2022.iso"
+    shutil.copyfile(windows_iso, iso)
+    out = (closed if private == "output" else shared) / "g.qcow2"
+    argv = ["image", "build", "--iso", str(iso), "--virtio-iso", str(virtio_iso),
+            "--edition", "2", "--output", str(out), "--force-tcg",
+            "--libvirt-uri", "qemu:///system"]
+    assert hotadd(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert f"is under {closed}, which other users cannot search" in err
+    assert f"chmod o+x {closed}" in err
+    left = sorted(p.relative_to(searchable_dir).as_posix() for p in searchable_dir.rglob("*"))
+    assert left == sorted(["closed", "shared", iso.relative_to(searchable_dir).as_posix()])

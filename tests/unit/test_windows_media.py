@@ -4,7 +4,10 @@ properties a Windows Server install.wim carries, inside a real ISO 9660 image.""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,6 @@ from harness.errors import InputError
 from harness.guests import windows_setup
 from harness.guests.windows_setup import ImageSelector, UnattendSettings, WimImage, WindowsVersion
 from harness.host.domain import Firmware
-from harness.progress import Progress
 from tests.support import windows_media
 
 # the stand-in media, as fixtures of this module
@@ -28,9 +30,10 @@ def test_windows_iso_files_live_in_udf(windows_iso: Path) -> None:
     windows_setup.check_readable_iso(windows_iso, "Windows ISO")
 
 
-def test_wiminfo_parsing_of_a_real_wim(windows_iso: Path, tmp_path: Path) -> None:
-    images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
-    assert [i.index for i in images] == [1, 2, 3]
+def test_images_of_a_real_wim_inside_the_iso(windows_iso: Path, tmp_path: Path) -> None:
+    images = windows_setup.windows_iso_images(windows_iso)
+    assert [i.index for i in images] == [1, 2, 3, 4]
+    assert [i.evaluation for i in images] == [True, True, False, False]
     dc = images[1]
     assert dc == WimImage(index=2, name="Windows Server 2022 SERVERDATACENTER",
                           display_name=windows_media.SERVER_2022["DISPLAYNAME"],
@@ -38,12 +41,11 @@ def test_wiminfo_parsing_of_a_real_wim(windows_iso: Path, tmp_path: Path) -> Non
                           build=20348)
     assert dc.version is WindowsVersion.WS2022
     assert windows_setup.check_edition(dc) is WindowsVersion.WS2022
-    assert not list(tmp_path.iterdir()), "the extracted install.wim is removed again"
 
 
 def test_image_name_not_in_the_iso_lists_the_ones_present(windows_iso: Path,
                                                           tmp_path: Path) -> None:
-    images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
+    images = windows_setup.windows_iso_images(windows_iso)
     assert ImageSelector.parse("windows server 2022 serverdatacenter").pick(images, "x").index == 2
     assert ImageSelector(index=1).pick(images, "x").name.endswith("SERVERSTANDARDCORE")
     with pytest.raises(InputError) as err:
@@ -57,7 +59,7 @@ def test_image_name_not_in_the_iso_lists_the_ones_present(windows_iso: Path,
 
 
 def test_client_editions_are_refused(windows_iso: Path, tmp_path: Path) -> None:
-    images = windows_setup.windows_iso_images(windows_iso, tmp_path, Progress(quiet=True))
+    images = windows_setup.windows_iso_images(windows_iso)
     with pytest.raises(InputError, match=r"client edition.*only Windows Server"):
         windows_setup.check_edition(images[2])
     with pytest.raises(InputError, match="cannot tell which Windows Server release"):
@@ -73,13 +75,84 @@ def test_server_2016_is_refused_before_anything_is_installed() -> None:
         windows_setup.check_edition(old)
 
 
-def test_parse_wiminfo_ignores_the_header() -> None:
-    text = ("WIM Information:\n----------------\nPath:           x.wim\nImage Count:    1\n\n"
-            "Available Images:\n-----------------\nIndex:                  1\n"
-            "Name:                   Windows Server 2019 SERVERSTANDARD\n"
-            "Description:            \nBuild:                  17763\n")
-    assert windows_setup.parse_wiminfo(text) == (
-        WimImage(index=1, name="Windows Server 2019 SERVERSTANDARD", build=17763),)
+def wiminfo_fields(wim: Path) -> list[dict[str, str]]:
+    """wimtools' own reading of the WIM: the oracle for ours."""
+    out = subprocess.run(["wiminfo", str(wim)], capture_output=True, text=True,
+                         check=True).stdout
+    blocks = out.split("Available Images:", 1)[1].split("\n\n")
+    return [dict((k.strip(), v.strip()) for k, v in (ln.split(":", 1) for ln in b.splitlines()
+                                                     if ":" in ln))
+            for b in blocks if "Index:" in b]
+
+
+def test_metadata_read_from_the_stream_matches_wiminfo(tmp_path: Path) -> None:
+    wim = windows_media.make_wim(tmp_path / "install.wim", tmp_path, [
+        ("Windows Server 2022 SERVERSTANDARD", windows_media.SERVER_2022_VOLUME),
+        ("Windows Server 2022 SERVERDATACENTER", windows_media.SERVER_2022)])
+    with wim.open("rb") as f:
+        header, xml = windows_setup.read_wim_xml(f, str(wim))
+    assert header.image_count == 2 and not header.xml_compressed
+    ours = windows_setup.parse_wim_xml(xml)
+    theirs = wiminfo_fields(wim)
+    assert [(str(i.index), i.name, i.display_name, i.edition_id, i.installation_type,
+             str(i.build)) for i in ours] == \
+        [(t["Index"], t["Name"], t["Display Name"], t["Edition ID"], t["Installation Type"],
+          t["Build"]) for t in theirs]
+
+
+def test_not_a_wim_is_refused(tmp_path: Path) -> None:
+    import io
+
+    with pytest.raises(InputError, match="not a WIM file"):
+        windows_setup.read_wim_xml(io.BytesIO(b"PK\3\4" + b"\0" * 300), "x.wim")
+    wim = windows_media.make_wim(tmp_path / "i.wim", tmp_path, [("A", {})])
+    with pytest.raises(InputError, match="ends early"):
+        windows_setup.read_wim_xml(io.BytesIO(wim.read_bytes()[:-10]), "i.wim")
+
+
+@pytest.fixture(scope="module")
+def big_windows_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in whose install.wim carries 48 MiB of incompressible file data before its XML
+    (Microsoft's carries gigabytes)."""
+    tmp = tmp_path_factory.mktemp("bigiso")
+    src = tmp / "wimsrc" / "Windows" / "System32"
+    src.mkdir(parents=True)
+    (src / "big.dat").write_bytes(os.urandom(48 << 20))
+    wim = tmp / "tree" / "sources" / "install.wim"
+    wim.parent.mkdir(parents=True)
+    subprocess.run(["wimcapture", "--compress=none", str(tmp / "wimsrc"), str(wim),
+                    "Windows Server 2022 SERVERDATACENTER"], check=True, capture_output=True)
+    props = [a for k, v in windows_media.SERVER_2022.items()
+             for a in ("--image-property", f"{k}={v}")]
+    subprocess.run(["wiminfo", str(wim), "1", *props], check=True, capture_output=True)
+    shutil.rmtree(tmp / "wimsrc")
+    return windows_media.make_udf_bridge_iso(tmp / "tree", tmp / "big.iso", "SSS_X64FREE")
+
+
+def test_image_list_extracts_nothing(big_windows_iso: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`hotadd image list` reads install.wim's header and XML as 7-Zip streams it: no copy of
+    the WIM lands in the working directory or beside the ISO, and it needs no temporary
+    directory at all (the one it would use does not exist)."""
+    from harness import cli
+
+    wim_size = (48 << 20)
+    empty = {name: tmp_path / name for name in ("cwd", "home")}
+    for d in empty.values():
+        d.mkdir()
+    monkeypatch.setenv("HOME", str(empty["home"]))
+    monkeypatch.chdir(empty["cwd"])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-temporary-directory"))
+    before = sorted(p.name for p in big_windows_iso.parent.iterdir())
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("harness.commands.image",))
+    assert cli.main(["image", "list", "--iso", str(big_windows_iso)]) == 0
+    assert capsys.readouterr().out.split("\t")[:3] == ["1", "Windows Server 2022 SERVERDATACENTER",
+                                                       "ServerDatacenterEval"]
+    for d in empty.values():
+        assert list(d.rglob("*")) == [], f"{d} was written to"
+    assert sorted(p.name for p in big_windows_iso.parent.iterdir()) == before
+    assert big_windows_iso.stat().st_size > wim_size  # the WIM really is that big
 
 
 def test_missing_unreadable_and_wrong_isos(tmp_path: Path, windows_iso: Path,
@@ -94,12 +167,12 @@ def test_missing_unreadable_and_wrong_isos(tmp_path: Path, windows_iso: Path,
         windows_setup.check_readable_iso(junk, "Windows ISO")
     windows_setup.check_readable_iso(windows_iso, "Windows ISO")
     with pytest.raises(InputError, match=r"no sources/install\.wim"):
-        windows_setup.windows_iso_images(virtio_iso, tmp_path, Progress(quiet=True))
+        windows_setup.windows_iso_images(virtio_iso)
 
 
 def test_provisioning_iso_contents_listed_back(virtio_iso: Path, tmp_path: Path) -> None:
     settings = UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI,
-                                ImageSelector(name="Windows Server 2022 SERVERDATACENTER"),
+                                WimImage(index=2, name="Windows Server 2022 SERVERDATACENTER"),
                                 password="Lab-Pa55word!")
     tree = windows_setup.stage_provisioning(settings, virtio_iso, tmp_path / "prov")
     iso = windows_setup.build_iso(tree, tmp_path / "provision.iso", windows_setup.PROVISION_LABEL)

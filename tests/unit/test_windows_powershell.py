@@ -109,3 +109,86 @@ def test_critical_provisioning_steps_exist() -> None:
 
     steps = set(re.findall(r"Invoke-Step '([^']+)'", windows_setup.PROVISION_SCRIPT.read_text()))
     assert steps >= windows_image.CRITICAL_STEPS
+
+
+# ---- provisioning order (parsed, not grepped) ----------------------------------------------
+
+def _commands(node: Node) -> list[Node]:
+    """Every `command` node under `node`, in source order."""
+    return [n for n in _walk(node) if n.type == "command"]
+
+
+def _name(command: Node) -> str:
+    names = [c for c in command.children if c.type in ("command_name", "command_name_expr")]
+    return (names[0].text or b"").decode() if names else ""
+
+
+def _literals(node: Node) -> list[str]:
+    """The string literals and bare words under `node`, unquoted, in order."""
+    out: list[str] = []
+
+    def walk(n: Node) -> None:
+        if n.type in ("string_literal", "generic_token"):
+            out.append((n.text or b"").decode().strip("'\""))
+            return
+        for child in n.children:
+            walk(child)
+
+    walk(node)
+    return out
+
+
+def provision_steps() -> list[tuple[str, Node]]:
+    """hotadd-provision.ps1's `Invoke-Step 'name' { body }` calls in execution order."""
+    root = PARSER.parse(windows_setup.PROVISION_SCRIPT.read_bytes()).root_node
+    steps = []
+    for cmd in _commands(root):
+        if _name(cmd) == "Invoke-Step":
+            elements = next(c for c in cmd.children if c.type == "command_elements")
+            body = _first(elements, "script_block_expression")
+            steps.append((_literals(elements)[0], body))
+    return steps
+
+
+def _first(node: Node, type_: str) -> Node:
+    """The first node of `type_` under `node` (depth first)."""
+    found = [n for n in _walk(node) if n.type == type_]
+    if not found:
+        raise LookupError(type_)
+    return found[0]
+
+
+def _walk(node: Node) -> list[Node]:
+    return [node, *(n for child in node.children for n in _walk(child))]
+
+
+def test_provisioning_turns_winrm_on_first() -> None:
+    """A later step that hangs (network profile, drivers, bcdedit) can then be examined over
+    WinRM instead of only on a screen nobody sees."""
+    names = [name for name, _ in provision_steps()]
+    assert names[0] == "winrm"
+    for later in ("virtio drivers", "network profile private", "test signing"):
+        assert names.index(later) > names.index("winrm")
+
+
+def test_autologon_secret_is_removed_in_its_own_last_step() -> None:
+    steps = provision_steps()
+    name, body = steps[-1]
+    assert name == "forget the autologon password"
+    calls = {_name(c) for c in _commands(body)}
+    assert "Remove-ItemProperty" in calls  # DefaultPassword
+    assert "DefaultPassword" in _literals(body)
+    assert "LsaStorePrivateData" in (body.text or b"").decode()
+    for other_name, other in steps[:-1]:
+        text = (other.text or b"").decode()
+        assert "LsaStorePrivateData" not in text and "DefaultPassword" not in text, other_name
+
+
+def test_winrm_starts_plain_automatic_not_delayed() -> None:
+    """`sc.exe config WinRM start= auto` clears DelayedAutoStart; PowerShell 5.1's Set-Service
+    cannot (and Enable-PSRemoting may leave WinRM delayed)."""
+    _, body = next(s for s in provision_steps() if s[0] == "winrm")
+    sc = [c for c in _commands(body)
+          if _name(c) == "Invoke-Native" and _literals(c)[:1] == ["sc.exe"]]
+    assert [_literals(c)[1:] for c in sc] == [["config", "WinRM", "start=", "auto"]]
+    assert "Set-Service" not in {_name(c) for c in _commands(body)}

@@ -10,7 +10,12 @@ import pytest
 
 from harness.errors import InputError
 from harness.guests import windows_setup
-from harness.guests.windows_setup import ImageSelector, UnattendSettings, WindowsVersion
+from harness.guests.windows_setup import (
+    ImageSelector,
+    UnattendSettings,
+    WimImage,
+    WindowsVersion,
+)
 from harness.host.domain import Firmware
 
 NS = {"u": "urn:schemas-microsoft-com:unattend",
@@ -19,11 +24,16 @@ PASSWORD = "Lab-Only-Pa55!<&>"
 VERSIONS = [WindowsVersion.WS2019, WindowsVersion.WS2022, WindowsVersion.WS2025]
 
 
-def render(version: WindowsVersion, firmware: Firmware,
-           image: ImageSelector | None = None) -> ET.Element:
+def image_of(version: WindowsVersion, index: int = 2, name: str = "") -> WimImage:
+    return WimImage(index=index, name=name or f"Windows Server {version.value} SERVERDATACENTER",
+                    edition_id="ServerDatacenterEval", build=version.build)
+
+
+def render(version: WindowsVersion, firmware: Firmware, image: WimImage | None = None,
+           product_key: str | None = None) -> ET.Element:
     text = windows_setup.render_autounattend(UnattendSettings(
         version=version, firmware=firmware, password=PASSWORD,
-        image=image or ImageSelector(name=f"Windows Server {version.value} SERVERDATACENTER")))
+        image=image or image_of(version), product_key=product_key))
     assert PASSWORD not in text
     return ET.fromstring(text.encode("utf-8"))
 
@@ -54,10 +64,12 @@ def test_answer_file(version: WindowsVersion, firmware: Firmware) -> None:
     setup = component(root, "windowsPE", "Microsoft-Windows-Setup")
     meta = setup.find("u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData", NS)
     assert meta is not None and meta.get(f"{{{NS['wcm']}}}action") == "add"
-    assert text(meta, "u:Key") == "/IMAGE/NAME"
-    assert text(meta, "u:Value") == f"Windows Server {version.value} SERVERDATACENTER"
+    assert text(meta, "u:Key") == "/IMAGE/INDEX"
+    assert text(meta, "u:Value") == "2"
     assert text(setup, "u:UserData/u:AcceptEula") == "true"
     assert setup.find("u:UserData/u:ProductKey", NS) is None  # evaluation media need none
+    assert component(root, "specialize", "Microsoft-Windows-Shell-Setup").find(
+        "u:ProductKey", NS) is None
     disk = setup.find("u:DiskConfiguration/u:Disk", NS)
     assert disk is not None and text(disk, "u:WillWipeDisk") == "true"
     types = [t.text for t in disk.findall("u:CreatePartitions/u:CreatePartition/u:Type", NS)]
@@ -106,12 +118,65 @@ def test_answer_file(version: WindowsVersion, firmware: Firmware) -> None:
                 "u:ComputerName") == "HOTADD-WIN"
 
 
-def test_image_by_index() -> None:
-    root = render(WindowsVersion.WS2022, Firmware.UEFI, ImageSelector(index=4))
+def test_image_by_the_index_install_wim_gave_it() -> None:
+    """Whatever the user typed (a name in another case, say), Setup gets the index read from
+    the ISO: /IMAGE/NAME must match install.wim's NAME exactly."""
+    root = render(WindowsVersion.WS2022, Firmware.UEFI,
+                  image_of(WindowsVersion.WS2022, index=4, name="A & <B>"))
     meta = component(root, "windowsPE", "Microsoft-Windows-Setup").find(
         "u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData", NS)
     assert meta is not None
     assert (text(meta, "u:Key"), text(meta, "u:Value")) == ("/IMAGE/INDEX", "4")
+    assert root.find(".//u:MetaData[u:Key='/IMAGE/NAME']", NS) is None
+
+
+KEY = "ABCDE-12345-FGHIJ-67890-KLMNO"
+
+
+@pytest.mark.parametrize("firmware", list(Firmware), ids=lambda f: f.value)
+def test_product_key_in_windows_pe_and_specialize(firmware: Firmware) -> None:
+    root = render(WindowsVersion.WS2022, firmware, product_key=KEY)
+    setup = component(root, "windowsPE", "Microsoft-Windows-Setup")
+    assert text(setup, "u:UserData/u:ProductKey/u:Key") == KEY
+    assert text(setup, "u:UserData/u:ProductKey/u:WillShowUI") == "OnError"
+    assert text(component(root, "specialize", "Microsoft-Windows-Shell-Setup"),
+                "u:ProductKey") == KEY
+    assert ET.tostring(root).count(KEY.encode()) == 2
+
+
+def test_malformed_product_key_is_refused_without_showing_it() -> None:
+    secret = "NOT-A-KEY-SECRET"
+    with pytest.raises(InputError) as err:
+        UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI, image_of(WindowsVersion.WS2022),
+                         PASSWORD, product_key=secret)
+    assert secret not in str(err.value) and "--product-key-env" in str(err.value)
+    settings = UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI,
+                                image_of(WindowsVersion.WS2022), PASSWORD, product_key=KEY)
+    assert KEY not in repr(settings)
+
+
+@pytest.mark.parametrize(("edition_id", "display", "evaluation"), [
+    ("ServerStandardEval", "Windows Server 2022 Standard Evaluation", True),
+    ("ServerDatacenterEval", "", True),
+    ("ServerDatacenter", "Windows Server 2022 Datacenter Evaluation (Desktop Experience)", True),
+    ("ServerStandard", "Windows Server 2022 Standard (Desktop Experience)", False),
+    ("ServerDatacenter", "", False),
+])
+def test_evaluation_media_from_install_wim_metadata(edition_id: str, display: str,
+                                                    evaluation: bool) -> None:
+    image = WimImage(index=1, name="Windows Server 2022 SERVERSTANDARD", display_name=display,
+                     edition_id=edition_id, build=20348)
+    assert image.evaluation is evaluation
+    if evaluation:
+        windows_setup.check_licence(image, None)
+        with pytest.raises(InputError, match=r"evaluation media.*without a product key"):
+            windows_setup.check_licence(image, KEY)
+    else:
+        windows_setup.check_licence(image, KEY)
+        with pytest.raises(InputError) as err:
+            windows_setup.check_licence(image, None)
+        assert "product-key page" in err.value.problem
+        assert "--product-key-env" in err.value.fix
 
 
 def test_server_2016_uses_its_driver_folders() -> None:
@@ -119,12 +184,6 @@ def test_server_2016_uses_its_driver_folders() -> None:
     paths = [p.text or "" for p in root.iterfind(".//u:DriverPaths/u:PathAndCredentials/u:Path",
                                                  NS)]
     assert paths and all("\\2k16\\amd64" in p for p in paths)
-
-
-def test_names_with_markup_are_escaped() -> None:
-    root = render(WindowsVersion.WS2022, Firmware.UEFI, ImageSelector(name="A & <B>"))
-    assert root.find(".//u:MetaData/u:Value", NS) is not None
-    assert text(root, ".//u:MetaData/u:Value") == "A & <B>"
 
 
 def test_selector_and_settings_errors() -> None:
@@ -135,9 +194,10 @@ def test_selector_and_settings_errors() -> None:
     assert ImageSelector.parse("3") == ImageSelector(index=3)
     assert ImageSelector.parse("Windows Server 2022 SERVERSTANDARD").name is not None
     with pytest.raises(InputError, match="password is empty"):
-        UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI, ImageSelector(index=1), "")
-    settings = UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI, ImageSelector(index=1),
-                                PASSWORD)
+        UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI, image_of(WindowsVersion.WS2022),
+                         "")
+    settings = UnattendSettings(WindowsVersion.WS2022, Firmware.UEFI,
+                                image_of(WindowsVersion.WS2022), PASSWORD)
     assert PASSWORD not in repr(settings)
 
 

@@ -105,6 +105,8 @@ def test_replay_at_load_then_deregistration(guest: Guest) -> None:
     load = live[0]
     assert isinstance(load, DriverRecord) and load.flags == 1
     assert load.active_count == len(online)
+    # A cpuhp callback has no *OperationStatus to find: the probe writes op_status_in 0.
+    assert {r.op_status_in for r in live if isinstance(r, NotifyRecord)} == {0}
 
     records = _unload_and_collect(guest)
     assert records[:len(live)] == live

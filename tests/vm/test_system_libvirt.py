@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import windows_media
+
 pytestmark = pytest.mark.vm
 SOCKET = Path("/run/libvirt/libvirt-sock")
 
@@ -71,3 +73,39 @@ def _run_with_env(extra: dict[str, str], *args: str) -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", "harness", "run", "--quiet", *args],
                           env=os.environ | extra, capture_output=True, text=True, timeout=600,
                           check=False)
+
+
+windows_iso = windows_media.windows_iso
+virtio_iso = windows_media.virtio_iso
+
+
+def test_image_build_through_system_libvirtd(system_libvirtd: None, windows_iso: Path,
+                                             virtio_iso: Path) -> None:
+    """`hotadd image build` under qemu:///system: QEMU, running as libvirt's user, opens the
+    Windows ISO, the provisioning ISO (mode 0600, handed over by libvirt), the NVRAM and the
+    disk in the build's work directory. The stand-in ISO boots nothing, so the build must get
+    as far as waiting for Setup to write the disk, and stop there."""
+    from harness.errors import GuestNotReady
+    from harness.guests import windows_image
+    from harness.guests.windows_setup import ImageSelector
+    from harness.host.domain import Firmware
+    from harness.progress import Progress
+
+    shared = Path(tempfile.mkdtemp(prefix="hotadd-sysimg-", dir="/var/tmp"))
+    shared.chmod(0o755)
+    try:
+        iso = shared / "ws2022.iso"
+        shutil.copyfile(windows_iso, iso)
+        spec = windows_image.ImageBuildSpec(
+            windows_iso=iso, virtio_iso=virtio_iso, image=ImageSelector(index=2),
+            output=shared / "golden.qcow2", password="Build-Pa55word!",
+            firmware=Firmware.UEFI, memory_mib=512, force_tcg=True,
+            libvirt_uri="qemu:///system", screenshot_every=2,
+            timeouts=windows_image.StageTimeouts(stall=5, winrm_read=3))
+        with pytest.raises(GuestNotReady) as err:
+            windows_image.build_image(spec, Progress(quiet=True))
+        assert "stopped at stage 'boot installer'" in str(err.value)
+        assert "wrote nothing to the disk" in str(err.value)
+        assert sorted(p.name for p in shared.iterdir()) == ["golden.qcow2.build", "ws2022.iso"]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

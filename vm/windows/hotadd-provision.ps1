@@ -3,11 +3,13 @@
   started by Autounattend.xml's FirstLogonCommands from the provisioning ISO.
 
   Runs in: Windows Server 2016/2019/2022/2025, Windows PowerShell 5.1, as Administrator.
-  Does: virtio drivers into the driver store, network profile Private, WinRM for a *lab*
-  guest reached only through a 127.0.0.1 host forward (HTTP listener on 5985, Basic auth and
-  AllowUnencrypted on; NTLM stays enabled, it is the Windows default), firewall rule,
-  LocalAccountTokenFilterPolicy, test signing on, crash settings that keep a bugcheck on
-  screen, no automatic updates, the Server 2016 ACPI0010 workaround, then writes the marker
+  Does, in this order: WinRM first (so a later step that hangs can be examined over WinRM)
+  for a *lab* guest reached only through a 127.0.0.1 host forward (HTTP listener on 5985,
+  Basic auth and AllowUnencrypted on; NTLM stays enabled, it is the Windows default; firewall
+  rule; plain automatic start), LocalAccountTokenFilterPolicy, virtio drivers into the driver
+  store, network profile Private, test signing on, crash settings that keep a bugcheck on
+  screen, no automatic updates, the Server 2016 ACPI0010 workaround, removal of the cached
+  answer file, removal of the AutoLogon password (its own last step), then writes the marker
   C:\ProgramData\HotAdd\provisioned.json and reboots (test signing needs the reboot).
   The harness waits for WinRM *and* a boot newer than the marker before it trusts the image.
 #>
@@ -44,6 +46,33 @@ function Invoke-Native {
 
 $build = [int](Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion').CurrentBuildNumber
 
+# WinRM first: if a later step hangs, the guest can still be examined over WinRM.
+Invoke-Step 'winrm' {
+    # Lab only: Basic over HTTP is acceptable because the host forwards 5985 to 127.0.0.1 alone.
+    Enable-PSRemoting -Force -SkipNetworkProfileCheck | Out-Null  # service, listener, rules
+    if (-not (Get-ChildItem -Path WSMan:\localhost\Listener |
+              Where-Object { $_.Keys -contains 'Transport=HTTP' })) {
+        New-Item -Path WSMan:\localhost\Listener -Transport HTTP -Address * -Force | Out-Null
+    }
+    Set-Item -Path WSMan:\localhost\Service\Auth\Basic -Value $true
+    Set-Item -Path WSMan:\localhost\Service\AllowUnencrypted -Value $true
+    Set-Item -Path WSMan:\localhost\MaxTimeoutms -Value 1800000
+    Set-Item -Path WSMan:\localhost\Shell\MaxMemoryPerShellMB -Value 2048
+    # plain automatic start: Enable-PSRemoting may leave it on delayed start, and PowerShell
+    # 5.1's Set-Service cannot clear DelayedAutoStart (sc.exe can)
+    Invoke-Native 'sc.exe' @('config', 'WinRM', 'start=', 'auto') | Out-Null
+    if (-not (Get-NetFirewallRule -Name 'hotadd-winrm-http' -ErrorAction SilentlyContinue)) {
+        New-NetFirewallRule -Name 'hotadd-winrm-http' -DisplayName 'hotadd WinRM HTTP (lab)' `
+            -Direction Inbound -Protocol TCP -LocalPort 5985 -Action Allow -Profile Any | Out-Null
+    }
+    Restart-Service -Name WinRM
+}
+
+Invoke-Step 'local account token filter' {
+    New-ItemProperty -Force -Path 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Policies\System' `
+        -Name LocalAccountTokenFilterPolicy -PropertyType DWord -Value 1 | Out-Null
+}
+
 Invoke-Step 'virtio drivers' {
     $drivers = Join-Path $media '$WinPEDriver$'
     if (Test-Path -LiteralPath $drivers) {
@@ -61,10 +90,6 @@ Invoke-Step 'network profile private' {
     Get-NetConnectionProfile | Set-NetConnectionProfile -NetworkCategory Private
 }
 
-Invoke-Step 'local account token filter' {
-    New-ItemProperty -Force -Path 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Policies\System' `
-        -Name LocalAccountTokenFilterPolicy -PropertyType DWord -Value 1 | Out-Null
-}
 
 Invoke-Step 'test signing' {
     Invoke-Native 'bcdedit.exe' @('/set', '{current}', 'testsigning', 'on') | Out-Null
@@ -108,31 +133,18 @@ public static extern bool UpdateDriverForPlugAndPlayDevicesW(IntPtr hwnd, string
     }
 }
 
-Invoke-Step 'winrm' {
-    # Lab only: Basic over HTTP is acceptable because the host forwards 5985 to 127.0.0.1 alone.
-    Enable-PSRemoting -Force -SkipNetworkProfileCheck | Out-Null  # service, listener, rules
-    if (-not (Get-ChildItem -Path WSMan:\localhost\Listener |
-              Where-Object { $_.Keys -contains 'Transport=HTTP' })) {
-        New-Item -Path WSMan:\localhost\Listener -Transport HTTP -Address * -Force | Out-Null
-    }
-    Set-Item -Path WSMan:\localhost\Service\Auth\Basic -Value $true
-    Set-Item -Path WSMan:\localhost\Service\AllowUnencrypted -Value $true
-    Set-Item -Path WSMan:\localhost\MaxTimeoutms -Value 1800000
-    Set-Item -Path WSMan:\localhost\Shell\MaxMemoryPerShellMB -Value 2048
-    Set-Service -Name WinRM -StartupType Automatic
-    if (-not (Get-NetFirewallRule -Name 'hotadd-winrm-http' -ErrorAction SilentlyContinue)) {
-        New-NetFirewallRule -Name 'hotadd-winrm-http' -DisplayName 'hotadd WinRM HTTP (lab)' `
-            -Direction Inbound -Protocol TCP -LocalPort 5985 -Action Allow -Profile Any | Out-Null
-    }
-    Restart-Service -Name WinRM
-}
 
-Invoke-Step 'forget the password' {
-    # The golden image should keep only the account's hash: no cached answer file, no
-    # AutoLogon secret (nothing here needs an interactive logon once provisioning ran).
+Invoke-Step 'forget the answer file' {
+    # The golden image should keep only the account's hash: no cached answer file (it holds
+    # the encoded password and any product key).
     foreach ($f in @('Panther\unattend.xml', 'Panther\Unattend\unattend.xml', 'Panther\Autounattend.xml')) {
         Remove-Item -Force -ErrorAction SilentlyContinue -LiteralPath (Join-Path $env:SystemRoot $f)
     }
+}
+
+# Last step of its own: no AutoLogon secret (nothing needs an interactive logon once
+# provisioning ran); whatever failed before it, the secret still goes.
+Invoke-Step 'forget the autologon password' {
     $winlogon = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon'
     Set-ItemProperty -Path $winlogon -Name AutoAdminLogon -Value '0'
     foreach ($name in 'DefaultPassword', 'AutoLogonCount') {

@@ -154,10 +154,13 @@ static int format_record(char *buf, size_t len, const struct probe_record *r)
 		n += scnprintf(buf + n, len - n, "}");
 		return n;
 	}
+	/* op_status is the probe's own veto (0 unless it vetoed); op_status_in, the value found on
+	 * entry, is always 0: a cpuhp callback has no *OperationStatus to inherit. */
 	return scnprintf(buf, len,
 			 "{\"v\":1,\"seq\":%u,\"t_ns\":%llu,\"kind\":\"notify\",\"state\":\"%s\","
 			 "\"phase\":\"%s\",\"nt_number\":%u,\"group\":0,\"number\":%u,"
-			 "\"status\":%u,\"op_status\":%u,\"active_count\":%u,\"irql\":0}",
+			 "\"status\":%u,\"op_status\":%u,\"op_status_in\":0,\"active_count\":%u,"
+			 "\"irql\":0}",
 			 r->seq, r->t_ns, state_names[r->what], phase_names[r->phase], r->cpu,
 			 r->cpu, r->status, r->op_status, r->active_count);
 }
