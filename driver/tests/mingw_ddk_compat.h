@@ -1,7 +1,7 @@
 /*
  * mingw_ddk_compat.h - declarations the WDK has and mingw-w64's DDK headers (10.x) lack, so
  * that probe_wdm.c can be type-checked on Linux. Force-included (-include) by
- * tests/test_driver_wdm_compile.py only; never part of the driver build.
+ * tests/driver/test_driver_wdm_compile.py only; never part of the driver build.
  *
  * Environment: x86_64-w64-mingw32-gcc, compile only. Every prototype below is copied from
  * Microsoft's documentation of the routine (learn.microsoft.com, wdm.h); nothing else is

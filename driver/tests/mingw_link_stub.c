@@ -1,7 +1,7 @@
 /*
  * mingw_link_stub.c - links the WDM-level probe into a native image with mingw-w64, so the
  * Linux tests see every kernel routine it imports resolve against mingw-w64's ntoskrnl.exe
- * and hal.dll import libraries. Built by tests/test_driver_wdm_compile.py into a temporary
+ * and hal.dll import libraries. Built by tests/driver/test_driver_wdm_compile.py into a temporary
  * directory; never loaded, never part of the driver (the real DriverEntry is in driver.c).
  *
  * Environment: x86_64-w64-mingw32-gcc, -nostdlib -shared -Wl,--subsystem,native.

@@ -1,6 +1,6 @@
 /*
  * ring_harness.c - host test driver for HotAddProbe's portable code (probe_ring.c,
- * probe_format.c, probe_veto.c, probe_core.c). Built by tests/driver_toolchain.py with the host
+ * probe_format.c, probe_veto.c, probe_core.c). Built by tests/support/driver_toolchain.py with the host
  * gcc under -fsanitize=address,undefined or -fsanitize=thread into a temporary directory;
  * never part of the driver.
  *

@@ -1,5 +1,5 @@
 """Fixtures of the driver host tests: the ring harness built once per session, under
-AddressSanitizer + UBSan and under ThreadSanitizer (tests/driver_toolchain.py)."""
+AddressSanitizer + UBSan and under ThreadSanitizer (tests/support/driver_toolchain.py)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ from tests.support.driver_toolchain import (
     RingHarness,
     VetoPolicy,
     assert_seq_complete,
-    build_ring_harness,
     parse_lines,
     spec,
 )
@@ -30,16 +29,6 @@ U32_MAX = 0xFFFF_FFFF
 U64_MAX = 2**64 - 1
 STATUS_INSUFFICIENT_RESOURCES = 0xC000_009A
 STATUS_INVALID_PARAMETER = 0xC000_000D
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> RingHarness:
-    return build_ring_harness(tmp_path_factory.mktemp("driver-asan"))
-
-
-@pytest.fixture(scope="module")
-def tsan_harness(tmp_path_factory: pytest.TempPathFactory) -> RingHarness:
-    return build_ring_harness(tmp_path_factory.mktemp("driver-tsan"), sanitizer="thread")
 
 
 def _one(harness: RingHarness, line: str) -> tuple[dict[str, Any], list[str]]:

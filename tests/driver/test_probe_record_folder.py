@@ -2,7 +2,7 @@
 
 That the DACL takes and that a junction, a symbolic link or a second hard link is refused can
 only be seen on Windows (driver/README.md, "Not verifiable here", says how to try it on a
-guest). Here: tests/test_driver_wdm_compile.py type-checks every call with mingw-w64's DDK
+guest). Here: tests/driver/test_driver_wdm_compile.py type-checks every call with mingw-w64's DDK
 headers and pins the imports; this file checks, from the source, that the calls are made in
 the order that makes them protect anything.
 """
