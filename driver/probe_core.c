@@ -53,6 +53,10 @@ HapCoreLoad(HAP_CORE *Core, unsigned int ActiveCount, unsigned int Flags)
     record.u.Driver.VetoDuringReplay = Core->Veto.DuringReplay;
     /* Whatever DriverEntry did before (parameters, file, writer thread), `load` is t_ns 0. */
     HapRingStartEpoch(&Core->Ring);
+    /* The clock handshake: the counter reading that is t_ns 0, and its frequency; user mode
+     * reads the same counter (QueryPerformanceCounter) and so knows t_ns at any instant. */
+    record.u.Driver.LoadQpc = Core->Ring.Clock.EpochTicks;
+    record.u.Driver.QpcHz = Core->Ring.Clock.Frequency;
     (void)HapRingAppend(&Core->Ring, &record);
 }
 

@@ -128,6 +128,12 @@ HapFormatDriver(_In_ const HAP_RECORD *Record, _Inout_ HAP_OUT *Out)
             HapPutField(Out, "veto_status", Record->u.Driver.VetoStatus);
             HapPutField(Out, "veto_during_replay", Record->u.Driver.VetoDuringReplay);
         }
+        if (Record->u.Driver.QpcHz != 0u) {
+            /* the clock handshake: user mode reads the same counter (QueryPerformanceCounter)
+             * and so knows the probe's t_ns at any instant */
+            HapPutField(Out, "qpc", Record->u.Driver.LoadQpc);
+            HapPutField(Out, "qpc_hz", Record->u.Driver.QpcHz);
+        }
         break;
     case HapEventRegisterFailed:
         HapPutField(Out, "status", Record->u.Driver.Status);

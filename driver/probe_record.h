@@ -52,6 +52,8 @@ typedef struct _HAP_RECORD {
             unsigned int VetoStatus;    /* load */
             unsigned int VetoDuringReplay; /* load: 0 or 1 */
             unsigned long long Count;   /* dropped */
+            unsigned long long LoadQpc; /* load: performance counter at t_ns == 0 */
+            unsigned long long QpcHz;   /* load: its frequency; 0 = not known (fields omitted) */
         } Driver;
         struct {
             unsigned int State;         /* HAP_NOTIFY_STATE */

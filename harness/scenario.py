@@ -19,7 +19,7 @@ import enum
 import json
 import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,17 @@ from harness.errors import (
     Outcome,
     exit_code,
 )
-from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
+from harness.guests.base import (
+    GuestFacts,
+    GuestKind,
+    GuestSession,
+    HardwareRequest,
+    ProbeSettings,
+)
 from harness.host import accel, storage
 from harness.host.connection import check_uri, open_connection, versions
-from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
+from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan, to_xml
+from harness.host.events import OstEvent
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
 from harness.oracle import HostFacts, Severity, Verdict, check
@@ -267,6 +274,8 @@ class RunResult:
     crashed: str | None = None  # the crash (bugcheck) if the guest died under test (a verdict)
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
+    guest: GuestFacts | None = None  # what the guest said about itself before the load
+    clock_uncertainty: float | None = None  # clock_offset is right to +- this (handshake)
     interrupted: Interruption | None = None  # a Ctrl-C/SIGTERM ended the run early
     failed_stage: str | None = None  # the stage the error ended, e.g. "add 2, waiting for ..."
     console_excerpt: str | None = None  # what the console said when the guest crashed/wedged
@@ -303,7 +312,11 @@ class RunResult:
             "add_after_unload": self.after_unload.to_dict() if self.after_unload else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
-            "guest_clock": {"t0_host_wall": self.clock_offset},
+            "guest_clock": {"t0_host_wall": self.clock_offset,
+                            "uncertainty_s": _r(self.clock_uncertainty),
+                            "method": "load" if self.clock_uncertainty is None
+                            else "handshake"},
+            "guest": dataclasses.asdict(self.guest) if self.guest else None,
             "interrupted": self.interrupted.to_dict() if self.interrupted else None,
             "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
         }
@@ -504,9 +517,11 @@ class Attempt:
         self.adds: list[AddOutcome] = []
         self.plugged: list[PluggedVcpu] = []
         self.clock_offset: float | None = None  # host Unix time of guest t_ns == 0
+        self.clock_uncertainty: float | None = None  # +- seconds, when a handshake gave it
         self._boot_count: int | None = None
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
+        self.guest_facts: GuestFacts | None = None
         self._unloaded = False
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
 
@@ -521,12 +536,21 @@ class Attempt:
         return self.guest.machine
 
     def load(self) -> None:
+        if self.guest_facts is None:
+            self.guest_facts = self.session.facts()
+            if self.guest_facts is not None and self.guest_facts.vbs == "running":
+                self.progress.say("warning: virtualization-based security is running in the "
+                                  "guest; it is not supported with CPU hot-add")
         with self.progress.stage("load", "the probe to register"):
             self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
             self.probe_touched = True
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
+            sample = self.session.clock_sample()
             self._boot_count = self.session.processor_count()
+        if sample is not None:  # one read of the probe's clock inside one command
+            self.clock_offset, self.clock_uncertainty = sample.t0_host, sample.uncertainty
+            return
         records = parse_records(self.session.live_records().splitlines())
         self.clock_offset = loaded_at - records[-1].t_ns / 1e9 if records else None
 
@@ -625,29 +649,23 @@ class Attempt:
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
                          clock_offset=self.clock_offset, after_unload=self.after_unload,
+                         guest=self.guest_facts, clock_uncertainty=self.clock_uncertainty,
                          **_failure(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
-        seen = _hotadd_notifies(session.live_records())
+        seen = len(_hotadd_notifies(session.live_records()))
         plugged = machine.hotadd(vcpu_id, spec.method)
         self.plugged.append(plugged)
         t0 = time.monotonic()
-        ost = machine.wait_ost(plugged, spec.ack_timeout,
-                               tick=lambda: progress.waiting(f"add {index}", "ACPI _OST", t0))
-        start: NotifyRecord | None = None
-        end: NotifyRecord | None = None
-        deadline = time.monotonic() + spec.ack_timeout
-        while time.monotonic() < deadline:
-            new = _hotadd_notifies(session.live_records())[len(seen):]
-            start = next((r for r in new if r.state is NotifyState.START), None)
-            end = next((r for r in new if start and r.state is not NotifyState.START
-                        and r.nt_number == start.nt_number), None)
-            if end is not None:
-                break
+
+        def tick() -> None:
             machine.check_alive()
-            progress.waiting(f"add {index}", "the probe's start and complete/failure", t0)
-            time.sleep(0.1)
+            progress.waiting(f"add {index}", "ACPI _OST and the probe's start and end", t0)
+
+        ost, start, end = await_add(
+            lambda: machine.wait_ost(plugged, 0),
+            lambda: _hotadd_notifies(session.live_records())[seen:], spec.ack_timeout, tick)
         return AddOutcome(
             index=index, plugged=plugged,
             ost_status=ost.status if ost else None,
@@ -703,6 +721,21 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None,
     return result
 
 
+def planned_xml(spec: ScenarioSpec) -> str:
+    """The domain XML `run_scenario(spec)` would define (`hotadd run --print-xml`): nothing is
+    built, started or connected to, and the image and driver need not exist. An explicit
+    accelerator is taken as given (the XML for a KVM host can be printed anywhere)."""
+    kind = guest_kind(spec)
+    accelerator = (accel.kvm_status().accelerator if spec.accelerator is Accelerator.AUTO
+                   else spec.accelerator)
+    domain = run_name(spec.guest.value)
+    hw = HardwareRequest(name=domain, vcpus=spec.vcpu_plan, accelerator=accelerator,
+                         run_dir=spec.run_dir or default_run_dir(domain),
+                         scratch=storage.scratch_path(domain), memory_mib=spec.memory_mib,
+                         firmware=spec.firmware)
+    return to_xml(kind.planned_spec(hw))
+
+
 def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
          run_dir: Path, partial: list[RunResult]) -> RunResult:
     with progress.stage("prepare", f"{kind.name} guest image"):
@@ -739,6 +772,32 @@ def write_result(result: RunResult) -> Path:
     path = result.run_dir / "result.json"
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return path
+
+
+def await_add(poll_ost: Callable[[], OstEvent | None],
+              poll_records: Callable[[], Sequence[NotifyRecord]], timeout: float,
+              tick: Callable[[], None], *, clock: Callable[[], float] = time.monotonic,
+              pause: Callable[[float], None] = time.sleep,
+              ) -> tuple[OstEvent | None, NotifyRecord | None, NotifyRecord | None]:
+    """Wait for the guest's _OST and for the probe's start and complete/failure of one add at
+    the same time, under one deadline: an _OST that never comes costs `timeout` once, not
+    `timeout` before the record wait even begins. Returns (ost, start, end); None = missing.
+    `tick` runs between polls (liveness check, progress); `clock`/`pause` are for tests."""
+    deadline = clock() + timeout
+    ost: OstEvent | None = None
+    start: NotifyRecord | None = None
+    end: NotifyRecord | None = None
+    while True:
+        ost = ost or poll_ost()
+        if end is None:
+            new = poll_records()
+            start = next((r for r in new if r.state is NotifyState.START), None)
+            end = next((r for r in new if start and r.state is not NotifyState.START
+                        and r.nt_number == start.nt_number), None)
+        if (ost is not None and end is not None) or clock() >= deadline:
+            return ost, start, end
+        tick()
+        pause(0.1)
 
 
 def _crash_under_test(exc: HotaddError) -> str | None:

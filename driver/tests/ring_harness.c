@@ -174,6 +174,8 @@ static const SPEC_FIELD gSpecFields[] = {
     FIELD(HapKindDriver, "veto_status", u.Driver.VetoStatus),
     FIELD(HapKindDriver, "veto_replay", u.Driver.VetoDuringReplay),
     FIELD(HapKindDriver, "count", u.Driver.Count),
+    FIELD(HapKindDriver, "qpc", u.Driver.LoadQpc),
+    FIELD(HapKindDriver, "qpc_hz", u.Driver.QpcHz),
     FIELD(HapKindNotify, "state", u.Notify.State),
     FIELD(HapKindNotify, "phase", u.Notify.Phase),
     FIELD(HapKindNotify, "nt", u.Notify.NtNumber),

@@ -20,14 +20,17 @@ def _build(args: argparse.Namespace) -> int:
     spec = windows_image.ImageBuildSpec(
         windows_iso=args.iso, virtio_iso=args.virtio_iso,
         image=windows_setup.ImageSelector.parse(args.edition), output=args.output,
-        password=windows_setup.password_from_env(args.password_env),
+        password="" if args.print_xml else windows_setup.password_from_env(args.password_env),
         product_key=(windows_setup.product_key_from_env(args.product_key_env)
-                     if args.product_key_env else None),
+                     if args.product_key_env and not args.print_xml else None),
         firmware=Firmware(args.firmware), disk_gib=args.disk_gib, memory_mib=args.memory_mib,
         force_tcg=args.force_tcg, libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
         timeouts=windows_image.StageTimeouts(stall=args.stall_timeout),
         screenshot_every=args.screenshot_every, vnc=args.vnc,
     )
+    if args.print_xml:
+        print(windows_image.planned_installer_xml(spec))
+        return exit_code(Outcome.PASS)
     manifest = windows_image.build_image(spec, Progress())
     print(f"golden image: {spec.output} (read-only; Windows Server {manifest.windows_version}, "
           f"{manifest.edition}); manifest {windows_image.manifest_path(spec.output)}")
@@ -83,6 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--product-key-env", metavar="NAME", default=None,
                        help="environment variable holding the product key, for media other "
                             "than evaluation (whose Setup would stop at the key page)")
+    build.add_argument("--print-xml", action="store_true",
+                       help="print the installer domain XML and stop: nothing is read, created "
+                            "or started, the ISOs need not exist, no password is needed (KVM "
+                            "unless --force-tcg)")
     build.set_defaults(func=_build)
     listing = actions.add_parser("list", help="list the images inside a Windows ISO")
     listing.add_argument("--iso", type=Path, required=True, help="Windows Server ISO")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HotaddError, InputError
+from harness.errors import HotaddError, InputError, Outcome, exit_code
 from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, Topology
@@ -17,7 +17,13 @@ from harness.progress import Progress
 from harness.records import UINT32_MAX
 from harness.report.html import write_report
 from harness.report.text import render_result
-from harness.scenario import NTSTATUS_ERROR_MIN, GuestChoice, ScenarioSpec, run_scenario
+from harness.scenario import (
+    NTSTATUS_ERROR_MIN,
+    GuestChoice,
+    ScenarioSpec,
+    planned_xml,
+    run_scenario,
+)
 
 DEFAULT_ADDS = 2
 
@@ -104,6 +110,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--ack-timeout", type=_positive(float), default=60.0)
     r.add_argument("--json", action="store_true", help="print result.json to stdout")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.add_argument("--print-xml", action="store_true",
+                   help="print the domain XML the run would define and stop: nothing is "
+                        "started, and the image and driver need not exist")
     p.set_defaults(func=run_command)
 
 
@@ -138,6 +147,9 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
 
 def run_command(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.print_xml:
+        print(planned_xml(spec))
+        return exit_code(Outcome.PASS)
     result = run_scenario(spec, Progress(quiet=args.quiet))
     try:
         report = f"report: {write_report(result.run_dir)}"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import TransportError
+from harness.errors import InputError, TransportError
 from harness.host.domain import Accelerator, DomainSpec, Firmware, VcpuPlan
 from harness.host.machine import Machine
 from harness.oracle import Profile as OracleProfile
@@ -43,6 +43,39 @@ class ProbeSettings:
     add_existing: bool = True  # KE_PROCESSOR_CHANGE_ADD_EXISTING / replay of online CPUs
     veto_index: int | None = None  # processor index (NtNumber / Linux CPU id) whose Start fails
     veto_status: int = STATUS_INSUFFICIENT_RESOURCES  # NTSTATUS the veto reports
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """What the guest OS says about itself before the probe loads; result.json's "guest"."""
+
+    os: str
+    build: int | None = None
+    #: virtualization-based security: "off", "enabled, not running", "running"; None where
+    #: the guest has no such thing or could not tell
+    vbs: str | None = None
+    dynamic_processors: bool | None = None  # the OS reports support for hot-added CPUs
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """The probe's own clock (`t_ns`) read once in the guest, inside one command whose
+    sending and answer the host timed: the read happened between `host_before` and
+    `host_after` (host Unix seconds)."""
+
+    t_ns: int
+    host_before: float
+    host_after: float
+
+    @property
+    def t0_host(self) -> float:
+        """Host Unix time of the probe's t_ns == 0: the middle of what is known."""
+        return (self.host_before + self.host_after) / 2 - self.t_ns / 1e9
+
+    @property
+    def uncertainty(self) -> float:
+        """Half the bracket: t0_host is right to within this many seconds."""
+        return (self.host_after - self.host_before) / 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +116,15 @@ class GuestSession(abc.ABC):
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
 
+    def clock_sample(self) -> ClockSample | None:
+        """One read of the probe's clock inside one command (the probe is loaded); None if
+        this guest cannot, and the scenario maps time from the load instead."""
+        return None
+
+    def facts(self) -> GuestFacts | None:
+        """The guest's own description for the result; None if it has nothing to add."""
+        return None
+
     def close(self) -> None:
         self.transport.close()
 
@@ -100,6 +142,12 @@ class GuestKind(abc.ABC):
     @abc.abstractmethod
     def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
         """The domain for this guest, with the run's hardware choices applied."""
+
+    def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
+        """The domain `domain_spec` would give, built from names alone (`--print-xml`):
+        nothing is built, created or read that may not exist yet; `planned` is set."""
+        raise InputError(f"the {self.name} guest cannot print its domain XML without "
+                         "preparing", "run without --print-xml")
 
     @abc.abstractmethod
     def open_session(self, machine: Machine, progress: Progress,

@@ -68,11 +68,11 @@ PHYSFLAT_MIN_POSSIBLE_CPUS = 9
 PRESET_LPJ = 20_000_000
 
 
-def kernel_cmdline(image: ReferenceImage, max_vcpus: int) -> str:
+def kernel_cmdline(image_cmdline: str, max_vcpus: int) -> str:
     """The image's command line plus the per-run parameters: `possible_cpus` at least 9, so
     that Linux addresses IPIs by physical APIC ID on any topology and in any hot-add order, and
     a preset `lpj`, so a hot-added CPU does not calibrate its delay loop."""
-    return (f"{image.cmdline} possible_cpus={max(max_vcpus, PHYSFLAT_MIN_POSSIBLE_CPUS)}"
+    return (f"{image_cmdline} possible_cpus={max(max_vcpus, PHYSFLAT_MIN_POSSIBLE_CPUS)}"
             f" lpj={PRESET_LPJ}")
 
 #: Kernel modules the guest loads at boot (with their dependencies): network and pvpanic.
@@ -487,6 +487,12 @@ def _prune(root: Path, keep: Path) -> None:
     for old in builds[_KEEP_BUILDS - 1:]:
         if old.stat().st_mtime < recent:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def planned_boot_files() -> tuple[Path, Path]:
+    """Kernel and initramfs of the build for the current inputs, built or not (--print-xml)."""
+    final = paths.guests_dir() / "reference" / _inputs_hash(_versions())
+    return final / "vmlinuz", final / "initrd.img"
 
 
 def build(force: bool = False, progress: Progress | None = None) -> ReferenceImage:

@@ -93,17 +93,24 @@ class ReferenceGuest(GuestKind):
         self._image = reference.build(progress=progress)
 
     def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
+        img = self.image
+        return self._spec(hw, DirectBoot(img.kernel, img.initrd,
+                                         reference.kernel_cmdline(img.cmdline, hw.vcpus.maximum)))
+
+    def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
+        kernel, initrd = reference.planned_boot_files()
+        cmdline = reference.kernel_cmdline(reference.CMDLINE, hw.vcpus.maximum)
+        return self._spec(hw, DirectBoot(kernel, initrd, cmdline), planned=True)
+
+    def _spec(self, hw: HardwareRequest, boot: DirectBoot, planned: bool = False) -> DomainSpec:
         if hw.firmware is Firmware.UEFI:
             raise InputError("the reference guest boots its kernel directly, without firmware",
                              "use --firmware bios (the default) with --guest reference")
-        img = self.image
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
             serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 512,
-            accelerator=hw.accelerator,
-            direct_boot=DirectBoot(img.kernel, img.initrd,
-                                   reference.kernel_cmdline(img, hw.vcpus.maximum)),
-            forwards=(Forward(guest_port=22, host_port=free_port()),),
+            accelerator=hw.accelerator, direct_boot=boot,
+            forwards=(Forward(guest_port=22, host_port=free_port()),), planned=planned,
         )
 
     def console_records(self, serial_text: str) -> str:

@@ -8,6 +8,7 @@ PowerShell), so WinRM and Windows OpenSSH both work.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import tempfile
@@ -18,16 +19,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args, get_type_hints
 
-from harness.errors import GuestNotReady, TransportError
+from harness.errors import GuestNotReady, InputError, TransportError
+from harness.guests.base import ClockSample
 from harness.paths import REPO_ROOT
 from harness.transport.base import CommandResult, Transport
-from harness.transport.winrm import RemoteFileMissing, fetch_by_chunks, run_powershell
+from harness.transport.winrm import (
+    RemoteFileMissing,
+    encoded_command,
+    fetch_by_chunks,
+    run_powershell,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 VM_DIR = REPO_ROOT / "vm" / "windows"
 PROBE_SCRIPT = VM_DIR / "hotadd-probe.ps1"
+#: Oldest Windows build the probe loads on: Server 2019 (17763) ships KMDF 1.27, which the
+#: driver is built against; Server 2016 (14393) ships KMDF 1.19.
+MIN_BUILD = 17763
 RECORDS_PATH = r"C:\ProgramData\HotAddProbe\records.jsonl"
 SERVICE_NAME = "HotAddProbe"
 PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
@@ -131,6 +141,14 @@ class Provisioning:
     last_boot_utc: str
 
 
+class VbsStatus(enum.IntEnum):
+    """Win32_DeviceGuard.VirtualizationBasedSecurityStatus."""
+
+    OFF = 0
+    ENABLED_NOT_RUNNING = 1
+    RUNNING = 2
+
+
 @dataclass(frozen=True)
 class Preflight:
     """Get-HotAddPreflight's reply: can the guest take CPU hot-add and load a test-signed
@@ -147,8 +165,23 @@ class Preflight:
     test_signing: bool | None
     secure_boot: bool | None
     wdf_version: str
+    vbs_status: int | None  # Win32_DeviceGuard's; None: the guest could not tell
     logical_processors: int
     last_boot_utc: str
+
+    @property
+    def vbs(self) -> VbsStatus | None:
+        return None if self.vbs_status is None else VbsStatus(self.vbs_status)
+
+    def check(self) -> Preflight:
+        """This preflight, or InputError if the guest is too old for the probe."""
+        if self.build < MIN_BUILD:
+            raise InputError(
+                f"the guest is Windows build {self.build} ({self.product}); the probe needs "
+                f"build {MIN_BUILD} (Server 2019) or later: Server 2016 ships KMDF 1.19 and "
+                "the driver needs KMDF 1.27",
+                "build the image from Windows Server 2019, 2022 or 2025 media")
+        return self
 
 
 #: Every reply type, by the function that prints it.
@@ -190,6 +223,7 @@ def _reply_value(hint: Any, value: Any, where: str) -> Any:
                          "compare vm/windows/hotadd-probe.ps1 with the guest's copy")
 
 
+
 def ps_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -210,6 +244,41 @@ def probe_control(transport: Transport, call: str, timeout: float = 300.0) -> di
         raise TransportError(f"{call}: bad JSON from the guest ({exc}): {lines[-1][:300]}",
                              "run it by hand in the guest") from None
     return data
+
+
+#: Exit code of the clock snippet when the load record carries no qpc (an older driver).
+NO_CLOCK_RC = 45
+
+
+def clock_script(records_path: str = RECORDS_PATH) -> str:
+    """PowerShell short enough for one -EncodedCommand: the probe's t_ns now, from the load
+    record's qpc/qpc_hz and QueryPerformanceCounter (Stopwatch), which reads the counter
+    KeQueryPerformanceCounter does. The counter is read last, just before the answer."""
+    return (
+        "$ErrorActionPreference='Stop';"
+        f"$l=Get-Content -LiteralPath {ps_literal(records_path)} -TotalCount 1|ConvertFrom-Json;"
+        f"if($l.event -ne 'load' -or -not $l.qpc_hz){{exit {NO_CLOCK_RC}}};"
+        "$n=[Diagnostics.Stopwatch]::GetTimestamp();"
+        "[Console]::Out.Write([decimal]::Floor(([decimal]$n-[decimal]$l.qpc)*1000000000"
+        "/[decimal]$l.qpc_hz))"
+    )
+
+
+def clock_sample(transport: Transport) -> ClockSample | None:
+    """The clock handshake: one command, timed by the host around it (None: the driver's
+    load record has no qpc)."""
+    command = encoded_command(clock_script())
+    before = time.time()
+    res = transport.run(command, timeout=60.0)
+    after = time.time()
+    if res.rc == NO_CLOCK_RC:
+        return None
+    res.check()
+    try:
+        return ClockSample(t_ns=int(res.stdout.strip()), host_before=before, host_after=after)
+    except ValueError:
+        raise TransportError(f"the clock handshake answered {res.stdout.strip()[:100]!r}",
+                             "run the clock snippet by hand in the guest") from None
 
 
 def install_driver(transport: Transport, source: str) -> DriverInstall:
@@ -251,8 +320,9 @@ def processor_count(transport: Transport) -> ProcessorCount:
 
 
 def preflight(transport: Transport, timeout: float = 300.0) -> Preflight:
-    """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1)."""
-    return parse_reply(Preflight, probe_control(transport, Preflight.FUNCTION, timeout))
+    """Can the guest take CPU hot-add and load a test-signed driver (see hotadd-probe.ps1);
+    InputError for a build older than MIN_BUILD."""
+    return parse_reply(Preflight, probe_control(transport, Preflight.FUNCTION, timeout)).check()
 
 
 def wait_provisioned(transport: Transport, timeout: float,

@@ -40,7 +40,12 @@ from harness.errors import (
     InputError,
     TransportError,
 )
-from harness.guests.windows_control import PROVISION_LOG, preflight, wait_provisioned
+from harness.guests.windows_control import (
+    PROVISION_LOG,
+    VbsStatus,
+    preflight,
+    wait_provisioned,
+)
 from harness.guests.windows_setup import (
     PROVISION_LABEL,
     ImageSelector,
@@ -69,6 +74,7 @@ from harness.host.domain import (
     Profile,
     Topology,
     VcpuPlan,
+    to_xml,
 )
 from harness.host.machine import Machine, check_system_qemu_can_reach, free_port, run_name
 from harness.host.sweep import sweep
@@ -331,20 +337,38 @@ def start_installer(spec: ImageBuildSpec, accelerator: Accelerator, disk: Path, 
         sweep(conn)
         name = run_name("winimage")
         scratch = storage.run_scratch(name)
-        dom_spec = DomainSpec(
-            name=name, profile=Profile.WINDOWS,
-            vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=spec.vcpus), boot=spec.vcpus),
-            serial_log=spec.logs / "serial.log", memory_mib=spec.memory_mib,
-            firmware=spec.firmware, accelerator=accelerator, nvram=nvram,
-            disks=(Disk(disk, bus=DiskBus.SATA),),
-            cdroms=(Cdrom(spec.windows_iso.resolve()), Cdrom(prov_iso)),
-            forwards=(Forward(guest_port=5985, host_port=port),),
-            metadata={"purpose": "windows image build"}, vnc=spec.vnc,
-        )
+        dom_spec = installer_spec(spec, name, accelerator, disk, prov_iso, nvram, port)
         return Installer(Machine.start(conn, dom_spec, scratch), conn, disk)
     except BaseException:
         conn.close()
         raise
+
+
+def installer_spec(spec: ImageBuildSpec, name: str, accelerator: Accelerator, disk: Path,
+                   prov_iso: Path, nvram: Path | None, port: int,
+                   planned: bool = False) -> DomainSpec:
+    """The installer domain: Windows ISO first, provisioning ISO, the new disk on SATA."""
+    return DomainSpec(
+        name=name, profile=Profile.WINDOWS,
+        vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=spec.vcpus), boot=spec.vcpus),
+        serial_log=spec.logs / "serial.log", memory_mib=spec.memory_mib,
+        firmware=spec.firmware, accelerator=accelerator, nvram=nvram,
+        disks=(Disk(disk, bus=DiskBus.SATA),),
+        cdroms=(Cdrom(spec.windows_iso.resolve()), Cdrom(prov_iso)),
+        forwards=(Forward(guest_port=5985, host_port=port),),
+        metadata={"purpose": "windows image build"}, vnc=spec.vnc, planned=planned,
+    )
+
+
+def planned_installer_xml(spec: ImageBuildSpec) -> str:
+    """The installer domain XML `build_image(spec)` would define (`--print-xml`): no ISO is
+    read, nothing created or started; KVM unless the spec forces TCG."""
+    accelerator = Accelerator.TCG if spec.force_tcg else Accelerator.KVM
+    work = spec.output.parent / ".hotadd-image-PLANNED"
+    nvram = work / "OVMF_VARS.fd" if spec.firmware is Firmware.UEFI else None
+    return to_xml(installer_spec(spec, run_name("winimage"), accelerator,
+                                 spec.output.with_name(spec.output.name + ".partial"),
+                                 work / "provision.iso", nvram, free_port(), planned=True))
 
 
 InstallerFactory = Callable[[ImageBuildSpec, Accelerator, Path, Path, "Path | None", int],
@@ -498,6 +522,9 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
             if pre.test_signing is not True:
                 raise InfrastructureError("test signing is not in effect after the reboot",
                                           "is Secure Boot on? the image needs OVMF without it")
+            if pre.vbs is VbsStatus.RUNNING:
+                progress.say("warning: virtualization-based security is running in the guest "
+                             "(not supported with CPU hot-add); the manifest records it")
             if not pre.dyn_processor_enabled:
                 progress.say(f"warning: {pre.product} ({pre.edition}) does not report dynamic "
                              "processor support (SharedUserData DbgDynProcessorEnabled): "
@@ -533,6 +560,7 @@ def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, pa
         hotadd={"dyn_processor_enabled": pre.get("dyn_processor_enabled"),
                 "licence_dynamic_partitioning": pre.get("licence_dynamic_partitioning"),
                 "test_signing": pre.get("test_signing"), "wdf_version": pre.get("wdf_version"),
+                "vbs_status": pre.get("vbs_status"),
                 "edition_id": pre.get("edition")},
         source_iso=spec.windows_iso.name, virtio_iso=spec.virtio_iso.name,
         provisioning={str(k): str(v) for k, v in facts["provisioning"].get("steps", {}).items()},

@@ -17,6 +17,8 @@ from pathlib import Path
 from harness.errors import InputError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import (
+    ClockSample,
+    GuestFacts,
     GuestKind,
     GuestSession,
     HardwareRequest,
@@ -42,6 +44,9 @@ from harness.transport.base import Transport
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 
 DRIVER_FILE = "hotaddprobe.sys"  # its name on the driver ISO
+VBS_WORDS = {windows_control.VbsStatus.OFF: "off",
+             windows_control.VbsStatus.ENABLED_NOT_RUNNING: "enabled, not running",
+             windows_control.VbsStatus.RUNNING: "running"}
 WINRM_PORT = 5985
 #: Windows Server takes 30-90 s to boot to WinRM on KVM; shorter waits only fail spuriously.
 MIN_READY_TIMEOUT = 300.0
@@ -110,6 +115,39 @@ class WindowsSession(GuestSession):
         with self._guest():
             return windows_control.processor_count(self.transport).logical
 
+    def clock_sample(self) -> ClockSample | None:
+        with self._guest():
+            return windows_control.clock_sample(self.transport)
+
+    def facts(self) -> GuestFacts:
+        """From the preflight, which also refuses builds the probe cannot load on."""
+        with self._guest():
+            pre = windows_control.preflight(self.transport)
+        vbs = None if pre.vbs is None else VBS_WORDS[pre.vbs]
+        return GuestFacts(os=f"{pre.product} ({pre.edition})", build=pre.build, vbs=vbs,
+                          dynamic_processors=pre.dyn_processor_enabled)
+
+
+def _firmware(hw: HardwareRequest, installed: Firmware | None) -> Firmware:
+    """The image's firmware (a different --firmware is an error), else --firmware or UEFI."""
+    if installed is None:
+        return hw.firmware or Firmware.UEFI
+    if hw.firmware is not None and hw.firmware is not installed:
+        raise InputError(f"the image was installed with {installed.value} firmware, not "
+                         f"{hw.firmware.value}", f"use --firmware {installed.value}")
+    return installed
+
+
+def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | None,
+          driver_iso: Path, planned: bool = False) -> DomainSpec:
+    return DomainSpec(
+        name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
+        serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
+        firmware=firmware, accelerator=hw.accelerator, nvram=nvram, disks=(disk,),
+        cdroms=(Cdrom(driver_iso),),
+        forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),), planned=planned,
+    )
+
 
 class WindowsGuest(GuestKind):
     name = "windows"
@@ -157,10 +195,7 @@ class WindowsGuest(GuestKind):
             raise InputError("Windows under TCG emulation takes far too long to boot for a run",
                              "run the Windows scenario on a KVM host (--accel kvm)")
         m = self.manifest
-        firmware = Firmware(m.firmware)
-        if hw.firmware is not None and hw.firmware is not firmware:
-            raise InputError(f"the image was installed with {firmware.value} firmware, not "
-                             f"{hw.firmware.value}", f"use --firmware {firmware.value}")
+        firmware = _firmware(hw, Firmware(m.firmware))
         nvram = None
         if firmware is Firmware.UEFI:
             nvram = hw.scratch / "OVMF_VARS.fd"
@@ -176,14 +211,19 @@ class WindowsGuest(GuestKind):
         shutil.copyfile(windows_control.PROBE_SCRIPT, tree / windows_control.PROBE_SCRIPT.name)
         iso = windows_setup.build_iso(tree, hw.scratch / "driver.iso", windows_setup.DRIVER_LABEL)
         shutil.rmtree(tree)
-        return DomainSpec(
-            name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
-            firmware=firmware, accelerator=hw.accelerator, nvram=nvram,
-            disks=(Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus)),),
-            cdroms=(Cdrom(iso),),
-            forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),),
-        )
+        disk = Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus))
+        return _spec(hw, firmware, disk, nvram, iso)
+
+    def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
+        """From the image's manifest if there is one, else the image build's defaults (UEFI,
+        SATA); the image, driver and manifest need not exist."""
+        manifest_file = windows_image.manifest_path(self.image) if self.image else None
+        m = (windows_image.GoldenManifest.read(manifest_file)
+             if manifest_file is not None and manifest_file.is_file() else None)
+        firmware = _firmware(hw, Firmware(m.firmware) if m else None)
+        disk = Disk(hw.scratch / "disk0.qcow2", bus=DiskBus(m.disk_bus) if m else DiskBus.SATA)
+        nvram = hw.scratch / "OVMF_VARS.fd" if firmware is Firmware.UEFI else None
+        return _spec(hw, firmware, disk, nvram, hw.scratch / "driver.iso", planned=True)
 
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> GuestSession:

@@ -29,7 +29,7 @@ from typing import IO
 from xml.sax.saxutils import escape
 
 from harness.errors import InfrastructureError, InputError
-from harness.guests.windows_control import PROBE_SCRIPT, VM_DIR
+from harness.guests.windows_control import MIN_BUILD, PROBE_SCRIPT, VM_DIR
 from harness.host.domain import Firmware
 
 TEMPLATE = VM_DIR / "Autounattend.xml.in"
@@ -243,7 +243,12 @@ def check_edition(image: WimImage) -> WindowsVersion:
     if version is None:
         raise InputError(f"cannot tell which Windows Server release {image.describe()} is "
                          f"(build {image.build})",
-                         "use Windows Server 2019, 2022 or 2025 media (2016 needs a workaround)")
+                         "use Windows Server 2019, 2022 or 2025 media")
+    if version.build < MIN_BUILD:
+        raise InputError(f"image {image.describe()} is Windows Server {version.value} (build "
+                         f"{version.build}): the probe needs build {MIN_BUILD} or later "
+                         "(Server 2016 ships KMDF 1.19, the driver needs 1.27)",
+                         "use Windows Server 2019, 2022 or 2025 media")
     return version
 
 

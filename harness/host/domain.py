@@ -200,6 +200,8 @@ class DomainSpec:
     forwards: tuple[Forward, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     vnc: bool = False  # the screen on a VNC port libvirt picks, on 127.0.0.1 only
+    #: only to be printed (--print-xml): its input files need not exist, nothing starts it
+    planned: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name.startswith(NAME_PREFIX):
@@ -216,7 +218,7 @@ class DomainSpec:
         if self.direct_boot is None and not self.disks and not self.cdroms:
             raise InputError("the guest has nothing to boot from",
                              "give a kernel/initrd, a disk image or an ISO")
-        for path in self.input_files():
+        for path in [] if self.planned else self.input_files():
             if not path.exists():
                 raise InputError(f"{path} does not exist",
                                  "build or download it first (see README), or fix the path")
@@ -257,6 +259,8 @@ def _cpu(root: ET.Element, spec: DomainSpec) -> None:
     t = spec.vcpus.topology
     _sub(cpu, "topology", sockets=str(t.sockets), dies=str(t.dies), cores=str(t.cores),
          threads=str(t.threads))
+    for name in hidden_cpu_features(spec.profile):
+        _sub(cpu, "feature", policy="disable", name=name)
 
 
 def _os(root: ET.Element, spec: DomainSpec) -> None:
@@ -349,7 +353,10 @@ def _metadata(root: ET.Element, spec: DomainSpec) -> None:
 # --- policy ----------------------------------------------------------------------------------
 
 def hyperv_enlightenments(accel: Accelerator) -> tuple[str, ...]:
-    """Hyper-V enlightenments QEMU accepts on this accelerator.
+    """Hyper-V enlightenments QEMU accepts on this accelerator. Never empty: QEMU sets the
+    Hyper-V "dynamic partitioning available" CPUID bit only when some enlightenment is on, and
+    without it Windows lists hot-added CPUs in Device Manager but never schedules on them
+    (cloud-hypervisor #1799; QEMU "hyperv: cpu hotplug fix with HyperV enabled").
 
     vpindex (and synic/stimer, which need it) make QEMU refuse to start under TCG; a real KVM
     host takes them and Windows runs much better with them.
@@ -358,6 +365,19 @@ def hyperv_enlightenments(accel: Accelerator) -> tuple[str, ...]:
     if accel is Accelerator.KVM:
         return (*base, "vpindex", "runtime", "synic", "stimer")
     return base
+
+
+#: CPU features a Windows guest must not see (host-passthrough would pass them on).
+#: vmx/svm: nested virtualisation lets Windows turn on virtualization-based security (VBS),
+#: which is not supported together with CPU hot-add. sgx/sgxlc: OVMF without SMM CPU hot-plug
+#: never sets IA32_FEATURE_CONTROL on a hot-added CPU, and Windows guests with SGX exposed
+#: crashed on CPU hot-add (tianocore/edk2 issue 11188; the fix is in the SMM path only).
+WINDOWS_HIDDEN_CPU_FEATURES = ("vmx", "svm", "sgx", "sgxlc")
+
+
+def hidden_cpu_features(profile: Profile) -> tuple[str, ...]:
+    """Features disabled in the guest CPU for this profile, whatever the accelerator."""
+    return WINDOWS_HIDDEN_CPU_FEATURES if profile is Profile.WINDOWS else ()
 
 
 def profile_devices(devices: ET.Element, spec: DomainSpec) -> None:
@@ -381,7 +401,8 @@ def to_xml(spec: DomainSpec, emulator: str | None = None) -> str:
     _os(root, spec)
     _features(root, spec)
     _cpu(root, spec)
-    clock = _sub(root, "clock", offset="localtime" if spec.profile is Profile.WINDOWS else "utc")
+    # UTC for both: the answer file sets Windows' time zone to UTC, so its RTC reads UTC too
+    clock = _sub(root, "clock", offset="utc")
     if spec.profile is Profile.WINDOWS and spec.accelerator is Accelerator.KVM:
         _sub(clock, "timer", name="hypervclock", present="yes")
     _sub(root, "on_poweroff", "destroy")

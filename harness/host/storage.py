@@ -18,9 +18,14 @@ from harness.host.domain import OVMF_VARS
 OWNER_FILE = "owner.pid"
 
 
+def scratch_path(domain_name: str) -> Path:
+    """Where a run's scratch directory is (or would be)."""
+    return paths.scratch_dir() / domain_name
+
+
 def run_scratch(domain_name: str) -> Path:
     """Create the scratch directory for a run and record which process owns it."""
-    path = paths.scratch_dir() / domain_name
+    path = scratch_path(domain_name)
     path.mkdir(parents=True, exist_ok=False)
     (path / OWNER_FILE).write_text(str(os.getpid()))
     return path

@@ -4,10 +4,10 @@ One WS-Management shell is opened lazily and reused for every command (pytest-te
 WinRM backend opening a shell per command and never deleting it is what we avoid); `close()`
 deletes it. `run()` runs a command line in that shell (cmd.exe, the WinRM default, as for
 Windows OpenSSH), `run_script()` runs PowerShell of any length: short scripts go as
-`-EncodedCommand`, longer ones are staged into a temp file in chunks that each stay under
-cmd.exe's 8191-character limit, then run with `-File`. The staging and the chunked base64
-`fetch` are plain command lines, so `run_powershell()` and `fetch_by_chunks()` also serve
-Windows over SSH (whose default shell is cmd.exe too).
+`-EncodedCommand`, longer ones are staged into a file under a short fixed path in chunks that
+each stay well under cmd.exe's 8191-character limit, then run with `-File`. The staging and
+the chunked base64 `fetch` are plain command lines, so `run_powershell()` and
+`fetch_by_chunks()` also serve Windows over SSH (whose default shell is cmd.exe too).
 
 Authentication: HTTP Basic over unencrypted HTTP, for a *lab* guest whose WinRM port is only
 forwarded to 127.0.0.1 (the provisioning script enables exactly that); NTLM (with pywinrm's
@@ -47,8 +47,20 @@ from harness.transport.base import CommandResult, Transport
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: cmd.exe refuses longer command lines ("The command line is too long").
+#: cmd.exe refuses a longer command line ("The command line is too long."), counted *after*
+#: environment variables are expanded: Microsoft KB 830473, "Command prompt (Cmd.exe)
+#: command-line string limitation", https://learn.microsoft.com/en-us/troubleshoot/
+#: windows-client/shell-experience/command-line-string-limitation
 CMD_LINE_LIMIT = 8191
+#: WinRS (the WinRM cmd shell) and Windows OpenSSH run each command as `cmd.exe /c LINE`; the
+#: KB counts that prefix too.
+CMD_PREFIX = "cmd.exe /c "
+#: The most any command line the harness generates may hold: the limit less the prefix, less
+#: a margin. Generated lines also never name a %VARIABLE%, so expansion cannot lengthen them.
+LINE_BUDGET = 8000
+#: Where long scripts are staged: a literal path (not %TEMP%, which for Administrator expands
+#: to 41 characters), present on every Windows and writable by administrators.
+STAGE_DIR = "C:\\Windows\\Temp"
 #: Raw bytes per fetch round trip (base64 makes it 4/3 larger on the wire).
 FETCH_CHUNK = 512 * 1024
 #: What `run_script` and the staging commands run: no profile, no prompts, any script allowed.
@@ -148,11 +160,11 @@ class PowerShellPlan:
     cleanup: str | None
 
 
-def _stage_decoder(name: str) -> str:
-    """PowerShell that turns %TEMP%\\name.b64 (UTF-8 script, base64 lines) into name.ps1."""
+def _stage_decoder(b64: str, ps1: str) -> str:
+    """PowerShell that turns `b64` (UTF-8 script, base64 lines) into `ps1`."""
     return (
         "$ErrorActionPreference='Stop';"
-        f"$b=Join-Path $env:TEMP '{name}.b64';$p=Join-Path $env:TEMP '{name}.ps1';"
+        f"$b={ps_quote(b64)};$p={ps_quote(ps1)};"
         "$t=[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String("
         "((Get-Content -Raw -LiteralPath $b) -replace '\\s','')));"
         "[IO.File]::WriteAllText($p,$t,(New-Object Text.UTF8Encoding $true));"
@@ -160,29 +172,45 @@ def _stage_decoder(name: str) -> str:
     )
 
 
-def powershell_plan(script: str, *, limit: int = CMD_LINE_LIMIT) -> PowerShellPlan:
+class CommandLineTooLong(ValueError):
+    """A generated command line would break cmd.exe's limit (a harness bug, not the guest's)."""
+
+
+def check_line(line: str, budget: int = LINE_BUDGET) -> str:
+    """`line` if cmd.exe will take it whatever the guest's environment holds: within `budget`
+    and naming no %VARIABLE% (whose expansion could push it over CMD_LINE_LIMIT)."""
+    if len(line) > budget or "%" in line:
+        raise CommandLineTooLong(f"generated command line of {len(line)} characters "
+                                 f"(budget {budget}{', names a %VARIABLE%' if '%' in line else ''})"
+                                 f": {line[:80]}...")
+    return line
+
+
+def powershell_plan(script: str, *, limit: int = LINE_BUDGET) -> PowerShellPlan:
     """How to run `script` through cmd.exe without exceeding its command-line limit.
 
     Short scripts: one `-EncodedCommand`. Longer: base64 of the UTF-8 text appended to
-    %TEMP%\\hotadd-<id>.b64 with `>>file echo CHUNK` (redirection first, so a chunk ending in a
-    digit is never read as a handle number), decoded to a .ps1 with a BOM (Windows PowerShell
+    STAGE_DIR\\hotadd-<id>.b64 with `>>file echo CHUNK` (redirection first, so a chunk ending in
+    a digit is never read as a handle number), decoded to a .ps1 with a BOM (Windows PowerShell
     5.1 reads BOM-less files as ANSI), run with `-File` so `exit N` becomes the exit code.
+    Every line is at most `limit` characters and names no variable (`check_line`).
     """
     single = encoded_command(script)
     if len(single) <= limit:
-        return PowerShellPlan(steps=(), run=single, cleanup=None)
-    name = f"hotadd-{uuid.uuid4().hex[:12]}"
-    target = f'>>"%TEMP%\\{name}.b64" echo '
+        return PowerShellPlan(steps=(), run=check_line(single, limit), cleanup=None)
+    stem = f"{STAGE_DIR}\\hotadd-{uuid.uuid4().hex[:12]}"
+    b64, ps1 = f"{stem}.b64", f"{stem}.ps1"
+    target = f'>>"{b64}" echo '
     room = (limit - len(target)) // 4 * 4
     data = base64.b64encode(script.encode("utf-8")).decode("ascii")
-    steps = [f'if exist "%TEMP%\\{name}.b64" del /f /q "%TEMP%\\{name}.b64"']
+    steps = [f'if exist "{b64}" del /f /q "{b64}"']
     steps += [target + data[i : i + room] for i in range(0, len(data), room)]
-    steps.append(encoded_command(_stage_decoder(name)))
-    return PowerShellPlan(
-        steps=tuple(steps),
-        run=f'{POWERSHELL} -File "%TEMP%\\{name}.ps1"',
-        cleanup=f'del /f /q "%TEMP%\\{name}.ps1"',
-    )
+    steps.append(encoded_command(_stage_decoder(b64, ps1)))
+    plan = PowerShellPlan(steps=tuple(steps), run=f'{POWERSHELL} -File "{ps1}"',
+                          cleanup=f'del /f /q "{ps1}"')
+    for line in (*plan.steps, plan.run, plan.cleanup or ""):
+        check_line(line, limit)
+    return plan
 
 
 def ps_quote(text: str) -> str:
@@ -251,11 +279,18 @@ class WinRMTransport(Transport):
         self._protocol, self._shell_id = protocol, shell_id
         return protocol, shell_id
 
-    def _drop(self) -> None:
-        """Forget the shell without talking to the guest (the connection is gone)."""
-        if self._protocol is not None:
-            self._protocol.transport.close_session()
+    def _drop(self, delete: bool = False) -> None:
+        """Forget the shell; with `delete` (the service answered, so it is alive) try to
+        delete it first: a forgotten shell lives on until WinRS's idle timeout (2 h) and
+        counts against MaxShellsPerUser (30), after which no shell opens at all."""
+        protocol, shell_id = self._protocol, self._shell_id
         self._protocol, self._shell_id = None, None
+        if protocol is None:
+            return
+        if delete and shell_id is not None:
+            with contextlib.suppress(Exception):
+                protocol.close_shell(shell_id)
+        protocol.transport.close_session()
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         """Run one pywinrm call; turn every failure into a redacted TransportError."""
@@ -269,10 +304,12 @@ class WinRMTransport(Transport):
                        "auth enabled in the guest (vm/windows/provision.ps1 does it)")
         except WSManFaultError as exc:
             code = f" wsman code {exc.wsman_fault_code}" if exc.wsman_fault_code else ""
-            self._fail(what, f"WinRM fault (HTTP {exc.code}{code}): {exc.reason}")
+            self._fail(what, f"WinRM fault (HTTP {exc.code}{code}): {exc.reason}",
+                       service_answered=True)
         except WinRMTransportError as exc:
             self._fail(what, f"HTTP {exc.code} from the WinRM service"
-                       + (f": {exc.response_text[:300]}" if exc.response_text else ""))
+                       + (f": {exc.response_text[:300]}" if exc.response_text else ""),
+                       service_answered=True)
         except requests.exceptions.ConnectionError as exc:
             self._fail(what, f"connection refused or reset ({type(exc).__name__})")
         except requests.exceptions.Timeout:
@@ -281,9 +318,10 @@ class WinRMTransport(Transport):
             self._fail(what, f"{type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
-    def _fail(self, what: str, fault: str, fix: str | None = None) -> NoReturn:
+    def _fail(self, what: str, fault: str, fix: str | None = None,
+              service_answered: bool = False) -> NoReturn:
         self.last_fault = redact(fault, self.endpoint.password)
-        self._drop()
+        self._drop(delete=service_answered)
         raise TransportError(
             f"{self.description}: {what} failed: {self.last_fault}",
             fix or "check that the guest is up and WinRM listens on the forwarded port "

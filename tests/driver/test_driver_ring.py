@@ -48,14 +48,17 @@ COMMON = ["v", "seq", "t_ns", "kind"]
           veto_status=STATUS_INSUFFICIENT_RESOURCES, veto_replay=1),
      {"event": "load", "active_count": 2, "flags": 0, "veto_index": 3,
       "veto_status": STATUS_INSUFFICIENT_RESOURCES, "veto_during_replay": 1}),
+    (spec("driver", event="load", t=0, active=2, flags=1, qpc=U64_MAX - 1, qpc_hz=10_000_000),
+     {"event": "load", "active_count": 2, "flags": 1, "qpc": U64_MAX - 1,
+      "qpc_hz": 10_000_000}),
     (spec("driver", event="registered", t=7), {"event": "registered"}),
     (spec("driver", event="register_failed", t=7, status=STATUS_INSUFFICIENT_RESOURCES),
      {"event": "register_failed", "status": STATUS_INSUFFICIENT_RESOURCES}),
     (spec("driver", event="deregistered", t=7), {"event": "deregistered"}),
     (spec("driver", event="unload", t=7), {"event": "unload"}),
     (spec("driver", event="dropped", t=7, count=12), {"event": "dropped", "count": 12}),
-], ids=["load", "load-with-veto", "registered", "register_failed", "deregistered", "unload",
-        "dropped"])
+], ids=["load", "load-with-veto", "load-with-clock", "registered", "register_failed",
+        "deregistered", "unload", "dropped"])
 def test_every_driver_event_is_formatted_with_its_fields_in_order(
         harness: RingHarness, line: str, expected: dict[str, Any]) -> None:
     obj, keys = _one(harness, line)

@@ -8,21 +8,42 @@ Running/Done with ExitCode, the OperationTimeout fault (2150858793) while a comm
 401 for bad credentials. It can refuse connections for a while (nothing listens on the port
 yet) and answer HTTP 500 to the first N requests, as a booting guest does.
 
-Commands are executed by a small deterministic interpreter, not by Windows:
+Each command line first goes through what cmd.exe does to it (WinRS runs `cmd.exe /c LINE`):
+`%VAR%` is expanded from Administrator's environment (`ADMIN_ENV`: %TEMP% is
+C:\\Users\\Administrator\\AppData\\Local\\Temp), and a line whose `cmd.exe /c ` + expansion
+passes 8191 characters fails with cmd's own message and exit code 1 (Microsoft KB 830473).
+Then a small deterministic interpreter, not Windows, executes it:
 - the cmd.exe forms the harness emits (`>>"FILE" echo DATA`, `if exist F del`, `del /f /q F`)
-  act on a scratch directory (`%TEMP%` and `C:\\` are mapped into it);
+  act on a scratch directory (drives `C:\\` and `D:\\` are mapped into it);
 - `powershell.exe ... -EncodedCommand B64` is decoded (UTF-16LE) and its intent looked up in a
   tiny table (the staging decoder and the fetch-chunk reader, matched by regex; a script that
   is vm/windows/hotadd-probe.ps1 plus a call line goes to `ProbeModel`, a model of what those
   functions do to the guest); any other script text runs as portable `sh` script text;
-- `powershell.exe ... -File F` (a staged long script) is treated like the decoded text above;
+- `powershell.exe ... -File F` (a staged long script) is treated like the decoded text above,
+  read as Windows PowerShell 5.1 reads it: UTF-8 only with a BOM, else ANSI (cp1252);
 - any other command line runs with `sh -c`.
-Command lines longer than cmd.exe's 8191 characters fail as they do on Windows.
+
+Limits of a default WinRM service, enforced as Windows does ("Installation and configuration
+for Windows Remote Management", https://learn.microsoft.com/en-us/windows/win32/winrm/
+installation-and-configuration-for-windows-remote-management; MS-WSMV 2.2.4.42 WinrsType):
+- MaxEnvelopeSizekb 500: a larger request gets the 0x80338111 fault; responses stay within the
+  MaxEnvelopeSize the client asked for (Windows splits output over more Receives);
+- MaxShellsPerUser 30: the 31st open shell gets the "maximum number of 30 concurrent shells"
+  fault (a client that drops shells without deleting them runs into it);
+- MaxTimeoutms 60000: an OperationTimeout above it is refused;
+- WinRS IdleTimeout 7200000 ms: a shell unused that long is gone (shell-not-found fault),
+  measured on `clock`, which tests may replace to move time on without sleeping;
+- the shell's code page (WINRS_CODEPAGE, else the OEM code page 437) encodes the output.
+Not modelled, and why: MaxConcurrentOperationsPerUser 1500 and MaxConcurrentUsers 10 (the
+harness runs one operation at a time as one user, far below both); MaxProcessesPerShell 25 and
+MaxMemoryPerShellMB (per-process resources of the guest, not of the protocol); exit codes above
+255 (commands run by `sh` cannot produce them; ProbeModel results carry any int).
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import json
 import os
@@ -33,12 +54,13 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from harness.guests import windows_control as windows
+from harness.guests import windows_control
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -47,10 +69,55 @@ NS = {
     "rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell",
 }
 SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
-CMD_LINE_LIMIT = 8191
-STREAM_CHUNK = 64 * 1024  # bytes per stream per Receive response (Windows sends small chunks)
+CMD_LINE_LIMIT = 8191  # KB 830473, after %VAR% expansion, counting "cmd.exe /c "
+CMD_PREFIX = "cmd.exe /c "
+TOO_LONG = b"The command line is too long.\r\n"
+STREAM_CHUNK = 64 * 1024  # at most this many bytes per stream per Receive response
 OPERATION_TIMEOUT_FAULT = 2150858793
 SHELL_NOT_FOUND_FAULT = 2150858843
+SHELL_QUOTA_FAULT = 2150859173
+#: a Receive for an unknown CommandId: a fault, as Windows gives; its exact code is not known
+#: to us, so the shell-not-found code stands in (the transport treats both alike)
+COMMAND_NOT_FOUND_FAULT = 2150858843
+ENVELOPE_QUOTA_FAULT = 2150859025  # 0x80338111
+MAX_ENVELOPE_KB = 500
+MAX_SHELLS_PER_USER = 30
+MAX_TIMEOUT_MS = 60_000
+IDLE_TIMEOUT_S = 7200.0
+#: What cmd.exe sees in a WinRM session of the built-in Administrator (profile paths of a
+#: Windows Server install); names are case-insensitive as on Windows.
+ADMIN_ENV = {
+    "ALLUSERSPROFILE": "C:\\ProgramData",
+    "APPDATA": "C:\\Users\\Administrator\\AppData\\Roaming",
+    "COMPUTERNAME": "HOTADD-WIN",
+    "ComSpec": "C:\\Windows\\system32\\cmd.exe",
+    "HOMEDRIVE": "C:",
+    "HOMEPATH": "\\Users\\Administrator",
+    "LOCALAPPDATA": "C:\\Users\\Administrator\\AppData\\Local",
+    "ProgramData": "C:\\ProgramData",
+    "ProgramFiles": "C:\\Program Files",
+    "SystemDrive": "C:",
+    "SystemRoot": "C:\\Windows",
+    "TEMP": "C:\\Users\\Administrator\\AppData\\Local\\Temp",
+    "TMP": "C:\\Users\\Administrator\\AppData\\Local\\Temp",
+    "USERDOMAIN": "HOTADD-WIN",
+    "USERNAME": "Administrator",
+    "USERPROFILE": "C:\\Users\\Administrator",
+    "windir": "C:\\Windows",
+}
+
+
+def expand(line: str, env: dict[str, str] = ADMIN_ENV) -> str:
+    """cmd.exe's %VAR% expansion of an interactive (/c) command line: a defined name is
+    replaced, an undefined one is left as written (unlike in a batch file)."""
+    names = {k.upper(): v for k, v in env.items()}
+    return re.sub(r"%([^%\r\n]+)%",
+                  lambda m: names.get(m[1].upper(), m[0]), line)
+
+
+def cmd_refuses(line: str, env: dict[str, str] = ADMIN_ENV) -> bool:
+    """Would `cmd.exe /c LINE` be refused as too long (KB 830473)?"""
+    return len(CMD_PREFIX + expand(line, env)) > CMD_LINE_LIMIT
 
 
 @dataclass
@@ -58,6 +125,7 @@ class Command:
     """One command's output as it is produced, and its exit code once known."""
 
     line: str
+    codepage: int = 65001  # the shell's: the interpreter writes UTF-8, Receive re-encodes
     out: bytearray = field(default_factory=bytearray)
     err: bytearray = field(default_factory=bytearray)
     rc: int | None = None
@@ -65,6 +133,16 @@ class Command:
     receives: int = 0
     terminated: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
+    decoders: tuple[codecs.IncrementalDecoder, ...] = field(
+        default_factory=lambda: (codecs.getincrementaldecoder("utf-8")("replace"),
+                                 codecs.getincrementaldecoder("utf-8")("replace")))
+
+    def encoded(self, stream: int, data: bytes, final: bool) -> bytes:
+        """`data` (UTF-8) as the shell's code page would render it."""
+        if self.codepage == 65001:
+            return data
+        text = self.decoders[stream].decode(data, final=final)
+        return text.encode(f"cp{self.codepage}", errors="replace")
 
     def finish(self, out: bytes, err: bytes, rc: int) -> None:
         with self.cond:
@@ -76,6 +154,8 @@ class Command:
 
 @dataclass
 class Shell:
+    last_used: float
+    codepage: int = 437  # WinRS default without WINRS_CODEPAGE: the OEM code page
     commands: dict[str, Command] = field(default_factory=dict)
 
 
@@ -83,13 +163,20 @@ class WinRMDouble:
     """The server double. Use as a context manager; `url`/`port` tell clients where it is."""
 
     def __init__(self, root: Path, *, username: str = "Administrator", password: str = "pw",
-                 fail_first: int = 0, listen_after: float = 0.0) -> None:
+                 fail_first: int = 0, listen_after: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
-        self.temp = root / "TEMP"
         self.drive_c = root / "C"
         self.drive_d = root / "D"  # an attached ISO
-        for d in (self.temp, self.drive_c, self.drive_d):
+        self.env = dict(ADMIN_ENV)
+        self.temp = self.path(self.env["TEMP"])
+        for d in (self.drive_c, self.drive_d, self.temp, self.path("C:\\Windows\\Temp")):
             d.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.max_envelope_kb = MAX_ENVELOPE_KB
+        self.max_shells = MAX_SHELLS_PER_USER
+        self.idle_timeout = IDLE_TIMEOUT_S
+        self.scripts: list[str] = []  # every PowerShell script text run, as Windows read it
         self.probe = ProbeModel(self)
         self.username, self.password = username, password
         self.fail_first = fail_first
@@ -146,11 +233,37 @@ class WinRMDouble:
         shell_id = _selector(root)
         with self.lock:
             self.requests.append((action, body.decode("utf-8")))
+        if len(body) > self.max_envelope_kb * 1024:
+            return _fault(ENVELOPE_QUOTA_FAULT, message_id,
+                          "The WinRM client sent a request to the remote WS-Management service "
+                          "and was notified that the request size exceeded the configured "
+                          "MaxEnvelopeSize quota.")
+        timeout_ms = _duration(_text(root, "s:Header/w:OperationTimeout") or "PT20S") * 1000
+        if timeout_ms > MAX_TIMEOUT_MS:
+            return _fault(0, message_id, f"The OperationTimeout {timeout_ms:.0f} ms exceeds "
+                                         f"MaxTimeoutms ({MAX_TIMEOUT_MS}).")
+        now = self.clock()
+        with self.lock:
+            for sid, idle in list(self.shells.items()):
+                if now - idle.last_used > self.idle_timeout:
+                    for cmd in idle.commands.values():
+                        _kill(cmd)
+                    del self.shells[sid]
         verb = action.rsplit("/", 1)[-1]
         if verb == "Create":
+            if len(self.shells) >= self.max_shells:
+                return _fault(SHELL_QUOTA_FAULT, message_id,
+                              "The WS-Management service cannot process the request. This user "
+                              f"is allowed a maximum number of {self.max_shells} concurrent "
+                              "shells, which has been exceeded. Close existing shells or raise "
+                              "the quota for this user.")
+            codepage = 437
+            for opt in root.findall("s:Header/w:OptionSet/w:Option", NS):
+                if opt.get("Name") == "WINRS_CODEPAGE" and (opt.text or "").isdigit():
+                    codepage = int(opt.text or "437")
             sid = str(uuid.uuid4()).upper()
             with self.lock:
-                self.shells[sid] = Shell()
+                self.shells[sid] = Shell(last_used=now, codepage=codepage)
             return 200, _envelope(
                 "http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", message_id,
                 f"<x:ResourceCreated><a:Address>{self.url}</a:Address><a:ReferenceParameters>"
@@ -163,6 +276,7 @@ class WinRMDouble:
             return _fault(SHELL_NOT_FOUND_FAULT, message_id,
                           "The request for the Windows Remote Shell with ShellId failed "
                           "because the shell was not found on the server.")
+        shell.last_used = now
         if verb == "Delete":
             for cmd in shell.commands.values():
                 _kill(cmd)
@@ -176,7 +290,7 @@ class WinRMDouble:
             if args is not None and args.text:
                 line = f"{line} {args.text}"
             cid = str(uuid.uuid4()).upper()
-            cmd = Command(line)
+            cmd = Command(line, codepage=shell.codepage)
             shell.commands[cid] = cmd
             with self.lock:
                 self.command_lines.append(line)
@@ -187,8 +301,13 @@ class WinRMDouble:
         if verb == "Receive":
             stream = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS)
             cid = stream.get("CommandId", "") if stream is not None else ""
-            timeout = _duration(_text(root, "s:Header/w:OperationTimeout") or "PT20S")
-            return self._receive(shell.commands[cid], cid, message_id, timeout)
+            envelope = int(_text(root, "s:Header/w:MaxEnvelopeSize") or 153600)
+            if cid not in shell.commands:  # already signalled/cleaned up, or never existed
+                return _fault(COMMAND_NOT_FOUND_FAULT, message_id,
+                              "The request for the Windows Remote Shell with ShellId failed "
+                              "because the command was not found on the server.")
+            return self._receive(shell.commands[cid], cid, message_id, timeout_ms / 1000,
+                                 envelope)
         if verb == "Signal":
             sig = root.find("s:Body/rsp:Signal", NS)
             cid = sig.get("CommandId", "") if sig is not None else ""
@@ -200,8 +319,10 @@ class WinRMDouble:
                                   "<rsp:SignalResponse/>")
         return _fault(0, message_id, f"action not supported by the double: {action}")
 
-    def _receive(self, cmd: Command, cid: str, message_id: str, timeout: float
-                 ) -> tuple[int, str]:
+    def _receive(self, cmd: Command, cid: str, message_id: str, timeout: float,
+                 envelope: int) -> tuple[int, str]:
+        # both streams base64-encoded (4/3) in one response, plus room for the SOAP around them
+        chunk = min(STREAM_CHUNK, (envelope - 4096) * 3 // 4 // 2)
         with cmd.cond:
             cmd.cond.wait_for(lambda: bool(cmd.out or cmd.err) or cmd.rc is not None,
                               timeout=timeout)
@@ -209,12 +330,13 @@ class WinRMDouble:
                 return _fault(OPERATION_TIMEOUT_FAULT, message_id,
                               "The WS-Management service cannot complete the operation "
                               "within the time specified in OperationTimeout.")
-            out, err = bytes(cmd.out[:STREAM_CHUNK]), bytes(cmd.err[:STREAM_CHUNK])
-            del cmd.out[:STREAM_CHUNK]
-            del cmd.err[:STREAM_CHUNK]
+            out, err = bytes(cmd.out[:chunk]), bytes(cmd.err[:chunk])
+            del cmd.out[:chunk]
+            del cmd.err[:chunk]
             cmd.receives += 1
             done = cmd.rc is not None and not cmd.out and not cmd.err
             rc = cmd.rc
+            out, err = cmd.encoded(0, out, done), cmd.encoded(1, err, done)
         streams = "".join(
             f'<rsp:Stream Name="{name}" CommandId="{cid}">'
             f"{base64.b64encode(data).decode('ascii')}</rsp:Stream>"
@@ -226,24 +348,25 @@ class WinRMDouble:
         else:
             streams += (f'<rsp:CommandState CommandId="{cid}" '
                         f'State="{SHELL}/CommandState/Running"/>')
-        return 200, _envelope(f"{SHELL}/ReceiveResponse", message_id,
-                              f"<rsp:ReceiveResponse>{streams}</rsp:ReceiveResponse>")
+        text = _envelope(f"{SHELL}/ReceiveResponse", message_id,
+                         f"<rsp:ReceiveResponse>{streams}</rsp:ReceiveResponse>")
+        assert len(text.encode("utf-8")) <= envelope, "the double broke MaxEnvelopeSize"
+        return 200, text
 
     # -- the interpreter --
 
     def path(self, windows_path: str) -> Path:
-        """Map a guest path (%TEMP%\\x, $env:TEMP\\x, C:\\x) into the scratch directory."""
+        """Map an absolute guest path (C:\\x, D:\\x) into the scratch directory."""
         p = windows_path.strip().strip('"')
-        for prefix, base in (("%TEMP%\\", self.temp), ("C:\\", self.drive_c),
-                             ("D:\\", self.drive_d)):
+        for prefix, base in (("C:\\", self.drive_c), ("D:\\", self.drive_d)):
             if p.upper().startswith(prefix.upper()):
                 return base.joinpath(*p[len(prefix):].split("\\"))
         raise ValueError(f"the double cannot map guest path {windows_path!r}")
 
     def _start(self, cmd: Command) -> None:
-        line = cmd.line
-        if len(line) > CMD_LINE_LIMIT:
-            cmd.finish(b"", b"The command line is too long.\r\n", 1)
+        line = expand(cmd.line, self.env)
+        if len(CMD_PREFIX + line) > CMD_LINE_LIMIT:
+            cmd.finish(b"", TOO_LONG, 1)
             return
         if m := re.fullmatch(r'>>("[^"]+") echo (\S+)', line):
             with self.path(m[1]).open("ab") as f:
@@ -262,22 +385,26 @@ class WinRMDouble:
         elif m := re.fullmatch(r"powershell\.exe [^\"]*-EncodedCommand (\S+)", line):
             self._powershell(cmd, base64.b64decode(m[1]).decode("utf-16-le"))
         elif m := re.fullmatch(r'powershell\.exe [^"]*-File ("[^"]+")', line):
-            self._powershell(cmd, self.path(m[1]).read_text(encoding="utf-8-sig"))
+            raw = self.path(m[1]).read_bytes()
+            bom = raw.startswith(b"\xef\xbb\xbf")  # else PowerShell 5.1 reads ANSI
+            self._powershell(cmd, raw[3:].decode("utf-8") if bom
+                             else raw.decode("cp1252", errors="replace"))
         else:
             self._sh(cmd, line)
 
     def _powershell(self, cmd: Command, script: str) -> None:
         """The intent table: what the harness's own PowerShell snippets do, done here."""
-        stage = re.search(r"\$b=Join-Path \$env:TEMP '([\w.-]+)\.b64';"
-                          r"\$p=Join-Path \$env:TEMP '([\w.-]+)\.ps1'", script)
+        with self.lock:
+            self.scripts.append(script)
+        stage = re.search(r"\$b='((?:[^']|'')+)';\$p='((?:[^']|'')+)';", script)
         chunk = re.search(r"if\(-not \[IO\.File\]::Exists\('(?:[^']|'')*'\)\)\{exit (\d+)\};"
                           r"\$f=\[IO\.File\]::Open\('((?:[^']|'')*)','Open','Read','ReadWrite'\);"
                           r"try\{\[void\]\$f\.Seek\((\d+),'Begin'\);\$b=New-Object byte\[\] (\d+)",
                           script)
         if stage:
-            src = self.temp / f"{stage[1]}.b64"
+            src = self.path(stage[1].replace("''", "'"))
             text = base64.b64decode(re.sub(rb"\s", b"", src.read_bytes()))
-            (self.temp / f"{stage[2]}.ps1").write_bytes(b"\xef\xbb\xbf" + text)
+            self.path(stage[2].replace("''", "'")).write_bytes(b"\xef\xbb\xbf" + text)
             src.unlink()
             cmd.finish(b"", b"", 0)
         elif chunk:
@@ -293,6 +420,8 @@ class WinRMDouble:
                 f.seek(int(chunk[3]))
                 data = f.read(int(chunk[4]))
             cmd.finish(base64.b64encode(data), b"", 0)
+        elif "[Diagnostics.Stopwatch]::GetTimestamp()" in script:
+            cmd.finish(*self.probe.clock())
         elif "function Install-HotAddProbe" in script:
             out, rc = self.probe.call(script.strip().splitlines()[-1])
             cmd.finish(out.encode() + b"\r\n" if rc == 0 else b"",
@@ -301,8 +430,11 @@ class WinRMDouble:
             self._sh(cmd, script)
 
     def _sh(self, cmd: Command, script: str) -> None:
-        """Run portable script text with sh, streaming its output into the command."""
-        proc = subprocess.Popen(["sh", "-c", script], cwd=self.root, stdin=subprocess.DEVNULL,
+        """Run portable script text with sh, streaming its output into the command. The text
+        goes through a file: Linux caps one argv string at 128 KiB, Windows has no such cap."""
+        text = self.root / f".sh-{uuid.uuid4().hex}"
+        text.write_text(script, encoding="utf-8")
+        proc = subprocess.Popen(["sh", str(text)], cwd=self.root, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         cmd.proc = proc
@@ -321,6 +453,7 @@ class WinRMDouble:
 
         def reap() -> None:
             rc = proc.wait()
+            text.unlink(missing_ok=True)
             for r in readers:
                 r.join()
             cmd.finish(b"", b"", rc)
@@ -332,10 +465,10 @@ class ProbeModel:
     """What vm/windows/hotadd-probe.ps1's functions do to a Windows guest, as a tiny model:
     the service's state and Parameters, the records file, the processor count. The harness's
     call line (the script's last line) is parsed as PowerShell would bind it. Replies are built
-    from the harness's reply types (`windows.PROBE_REPLIES`), the one declaration of their keys
-    that the script is checked against too."""
+    from the harness's reply types (`windows_control.PROBE_REPLIES`), the one declaration of
+    their keys that the script is checked against too."""
 
-    RECORDS = windows.RECORDS_PATH
+    RECORDS = windows_control.RECORDS_PATH
 
     def __init__(self, double: WinRMDouble) -> None:
         self.double = double
@@ -346,6 +479,10 @@ class ProbeModel:
         self.marker: dict[str, object] | None = None  # C:\\ProgramData\\HotAdd\\provisioned.json
         self.last_boot_utc = "2026-11-24T07:00:00.1234567Z"
         self.test_signing = True
+        self.build = 20348
+        self.driver_has_clock = True  # load records carry qpc/qpc_hz (the current driver)
+        self.loaded_at = 0.0
+        self.vbs_status: int | None = 0
         self.calls: list[str] = []
 
     def call(self, line: str) -> tuple[str, int]:
@@ -364,6 +501,20 @@ class ProbeModel:
     def _records(self) -> Path:
         return self.double.path(self.RECORDS)
 
+    QPC_HZ = 10_000_000  # what Windows reports on current hardware
+
+    def qpc(self, t: float) -> int:
+        """The guest's performance counter at host time `t` (guest and host share a clock)."""
+        return int(t * self.QPC_HZ)
+
+    def clock(self) -> tuple[bytes, bytes, int]:
+        """The clock snippet: t_ns now from the load record's qpc, as the script computes."""
+        first = json.loads(self._records().read_text().splitlines()[0])
+        if first.get("event") != "load" or not first.get("qpc_hz"):
+            return b"", b"", 45
+        now = self.qpc(time.time())
+        return str((now - first["qpc"]) * 1_000_000_000 // first["qpc_hz"]).encode(), b"", 0
+
     def install_hotaddprobe(self, args: dict[str, str]) -> dict[str, object] | str:
         source = args["Source"]
         candidates = [source] if ":" in source else [f"C:\\{source}", f"D:\\{source}"]
@@ -371,13 +522,13 @@ class ProbeModel:
         if found is None:
             return f"no drive holds {source} (is the driver ISO attached?)"
         self.state = "Stopped"
-        return asdict(windows.DriverInstall(
+        return asdict(windows_control.DriverInstall(
             service="HotAddProbe", path="C:\\Windows\\System32\\drivers\\HotAddProbe.sys",
             source=found, signed_in_guest=True, signature="Valid",
             signer="CN=hotadd test signing (lab only)"))
 
     def set_hotaddprobeparameters(self, args: dict[str, str]) -> dict[str, object] | str:
-        if unknown := set(args) - set(windows.ProbeParameters.NAMES):
+        if unknown := set(args) - set(windows_control.ProbeParameters.NAMES):
             return f"A parameter cannot be found that matches parameter name {sorted(unknown)}"
         for key, value in args.items():
             if int(value) < 0:
@@ -391,14 +542,19 @@ class ProbeModel:
             return "sc.exe start: the service does not exist (1060)"
         path = self._records()
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [{"v": 1, "seq": 1, "t_ns": 0, "kind": "driver", "event": "load",
-                  "active_count": self.logical, "flags": self.parameters.get("Flags", 1)}]
+        self.loaded_at = time.time()
+        load: dict[str, object] = {"v": 1, "seq": 1, "t_ns": 0, "kind": "driver",
+                                   "event": "load", "active_count": self.logical,
+                                   "flags": self.parameters.get("Flags", 1)}
+        if self.driver_has_clock:
+            load |= {"qpc": self.qpc(self.loaded_at), "qpc_hz": self.QPC_HZ}
+        lines = [load]
         if self.start_code == 0:
             self.state = "Running"
             lines.append({"v": 1, "seq": 2, "t_ns": 1000, "kind": "driver",
                           "event": "registered"})
         path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-        return asdict(windows.ServiceStart(
+        return asdict(windows_control.ServiceStart(
             started=self.start_code == 0, code=self.start_code, state=self.state,
             message="" if self.start_code == 0 else "A device attached to the system is not "
                                                     "functioning."))
@@ -409,28 +565,29 @@ class ProbeModel:
             with self._records().open("a") as f:
                 f.write('{"v":1,"seq":3,"t_ns":2000,"kind":"driver","event":"deregistered"}\n')
         self.state = "Stopped"
-        return asdict(windows.ServiceStop(stopped=True, code=code, state=self.state))
+        return asdict(windows_control.ServiceStop(stopped=True, code=code, state=self.state))
 
     def get_hotaddrecords(self, args: dict[str, str]) -> dict[str, object] | str:
         path = self._records()
-        return asdict(windows.RecordsText(path=self.RECORDS, exists=path.is_file(),
+        return asdict(windows_control.RecordsText(path=self.RECORDS, exists=path.is_file(),
                                           text=path.read_text() if path.is_file() else ""))
 
     def get_hotaddprocessorcount(self, args: dict[str, str]) -> dict[str, object] | str:
-        return asdict(windows.ProcessorCount(logical=self.logical,
+        return asdict(windows_control.ProcessorCount(logical=self.logical,
                                              active_all_groups=self.logical,
                                              environment=self.logical))
 
     def get_hotaddpreflight(self, args: dict[str, str]) -> dict[str, object] | str:
-        return asdict(windows.Preflight(
+        return asdict(windows_control.Preflight(
             product="Windows Server 2022 Datacenter Evaluation", edition="ServerDatacenterEval",
-            build=20348, installation_type="Server", dyn_processor_enabled=True,
+            build=self.build, installation_type="Server", dyn_processor_enabled=True,
             licence_dynamic_partitioning=1, test_signing=self.test_signing, secure_boot=None,
-            wdf_version="1.33.20348.1", logical_processors=self.logical,
-            last_boot_utc=self.last_boot_utc))
+            wdf_version="1.33.20348.1", vbs_status=self.vbs_status,
+            logical_processors=self.logical, last_boot_utc=self.last_boot_utc))
 
     def get_hotaddprovisioning(self, args: dict[str, str]) -> dict[str, object] | str:
-        return asdict(windows.Provisioning(marker=self.marker, last_boot_utc=self.last_boot_utc))
+        return asdict(windows_control.Provisioning(marker=self.marker,
+                                                   last_boot_utc=self.last_boot_utc))
 
 
 class _Handler(BaseHTTPRequestHandler):

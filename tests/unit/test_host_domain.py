@@ -27,6 +27,8 @@ from harness.host.domain import (
     to_xml,
 )
 
+ACCELERATORS = [Accelerator.KVM, Accelerator.TCG]
+
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
@@ -85,6 +87,37 @@ def test_windows_profile_devices(files) -> None:  # type: ignore[no-untyped-def]
     hv = {el.tag for el in root.iterfind("features/hyperv/*")}
     assert hv == set(hyperv_enlightenments(Accelerator.TCG)) and "vpindex" not in hv
     assert root.find("devices/video") is not None
+
+
+@pytest.mark.parametrize("accel", ACCELERATORS, ids=lambda a: a.value)
+def test_windows_cpu_hides_nested_virtualisation_and_sgx(files, accel: Accelerator) -> None:  # type: ignore[no-untyped-def]
+    """host-passthrough would hand vmx (VBS: unsupported with CPU hot-add) and sgx/sgxlc
+    (hot-add crash on OVMF without SMM CPU hot-plug, edk2 #11188) to Windows."""
+    root = ET.fromstring(to_xml(windows_spec(files, accel)))
+    disabled = {f.get("name") for f in root.iterfind("cpu/feature")
+                if f.get("policy") == "disable"}
+    assert {"vmx", "svm", "sgx", "sgxlc"} <= disabled
+    assert root.find("cpu/feature[@policy='require']") is None
+    linux = ET.fromstring(to_xml(linux_spec(files)))
+    assert linux.find("cpu/feature") is None
+
+
+@pytest.mark.parametrize("accel", ACCELERATORS, ids=lambda a: a.value)
+def test_windows_always_has_a_hyperv_enlightenment(files, accel: Accelerator) -> None:  # type: ignore[no-untyped-def]
+    """QEMU sets the "dynamic partitioning available" CPUID bit only with some Hyper-V
+    enlightenment on; without it Windows never schedules on hot-added CPUs."""
+    assert hyperv_enlightenments(accel)
+    root = ET.fromstring(to_xml(windows_spec(files, accel)))
+    on = [el for el in root.iterfind("features/hyperv/*") if el.get("state") == "on"]
+    assert on, "a Windows domain without Hyper-V enlightenments ignores hot-added CPUs"
+
+
+@pytest.mark.parametrize("make", ["windows", "linux"])
+def test_guest_clock_is_utc(files, make: str) -> None:  # type: ignore[no-untyped-def]
+    """The answer file sets Windows' time zone to UTC: a localtime RTC would put the guest
+    off by the host's UTC offset."""
+    spec = windows_spec(files) if make == "windows" else linux_spec(files)
+    assert ET.fromstring(to_xml(spec)).find("clock").get("offset") == "utc"  # type: ignore[union-attr]
 
 
 def test_kvm_gets_the_full_enlightenment_set(files) -> None:  # type: ignore[no-untyped-def]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import GuestCrashed, TransportError
+from harness.errors import GuestCrashed, InputError, TransportError
 from harness.guests import windows_control
-from harness.guests.base import ProbeSettings
+from harness.guests.base import GuestFacts, ProbeSettings
 from harness.guests.windows_kind import DRIVER_FILE, WindowsSession, probe_parameters
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 from tests.support.winrm_double import WinRMDouble
@@ -118,6 +118,61 @@ def test_probe_parameters_mapping() -> None:
                             active=2).veto_during_replay is False
     assert probe_parameters(ProbeSettings(), active=None).call() == (
         "Set-HotAddProbeParameters -Flags 1 -VetoIndex -1 -VetoStatus -1 -VetoDuringReplay -1")
+
+
+def test_preflight_records_vbs_and_the_session_reports_it(
+        double: WinRMDouble, transport: WinRMTransport, tmp_path: Path) -> None:
+    from harness.scenario import RunResult, ScenarioSpec
+
+    double.probe.vbs_status = 2
+    pre = windows_control.preflight(transport)
+    assert pre.vbs is windows_control.VbsStatus.RUNNING
+    facts = WindowsSession(transport).facts()
+    assert facts == GuestFacts(os="Windows Server 2022 Datacenter Evaluation "
+                                  "(ServerDatacenterEval)", build=20348, vbs="running",
+                               dynamic_processors=True)
+    result = RunResult(ScenarioSpec(), tmp_path, "hotadd-x", None, (), (), {}, {}, guest=facts)
+    assert result.to_dict()["guest"]["vbs"] == "running"
+    assert result.to_dict()["guest_clock"]["method"] == "load"
+    timed = RunResult(ScenarioSpec(), tmp_path, "hotadd-x", None, (), (), {}, {},
+                      clock_offset=1.5, clock_uncertainty=0.25)
+    assert timed.to_dict()["guest_clock"] == {"t0_host_wall": 1.5, "uncertainty_s": 0.25,
+                                              "method": "handshake"}
+    double.probe.vbs_status = None  # no Device Guard class: unknown, not an error
+    assert windows_control.preflight(transport).vbs_status is None
+
+
+def test_preflight_refuses_builds_before_server_2019(double: WinRMDouble,
+                                                     transport: WinRMTransport) -> None:
+    double.probe.build = 14393
+    with pytest.raises(InputError, match=r"build 14393.*17763.*KMDF 1\.19"):
+        windows_control.preflight(transport)
+    with pytest.raises(InputError, match="17763"):
+        WindowsSession(transport).facts()
+
+
+def test_clock_handshake_brackets_the_probe_load(double: WinRMDouble,
+                                                 transport: WinRMTransport) -> None:
+    """One command reads the probe's clock; the host's times around it bound the load."""
+    session = WindowsSession(transport)
+    session.load_probe(ProbeSettings())
+    sample = session.clock_sample()
+    assert sample is not None and sample.host_before <= sample.host_after
+    low = sample.host_before - sample.t_ns / 1e9
+    high = sample.host_after - sample.t_ns / 1e9
+    assert low <= double.probe.loaded_at <= high
+    assert abs(sample.t0_host - double.probe.loaded_at) <= sample.uncertainty
+    commands = len(double.command_lines)
+    session.clock_sample()
+    assert len(double.command_lines) == commands + 1, "one command, no staging"
+
+
+def test_clock_handshake_without_qpc_falls_back(double: WinRMDouble,
+                                                transport: WinRMTransport) -> None:
+    double.probe.driver_has_clock = False
+    session = WindowsSession(transport)
+    session.load_probe(ProbeSettings())
+    assert session.clock_sample() is None
 
 
 def test_preflight_and_errors(double: WinRMDouble, transport: WinRMTransport) -> None:

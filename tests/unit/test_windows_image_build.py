@@ -290,6 +290,7 @@ def test_build_success_path_against_the_double(tmp_path: Path, windows_iso: Path
     assert saved == manifest
     assert (saved.windows_version, saved.image_index, saved.firmware) == ("2022", 2, "uefi")
     assert saved.hotadd["dyn_processor_enabled"] is True
+    assert saved.hotadd["vbs_status"] == 0
     assert saved.provisioning["power"] == "failed: no"
     assert PASSWORD not in windows_image.manifest_path(out).read_text()
     assert installer.closed and installer.keys == 1  # pressed until Setup wrote the disk

@@ -121,6 +121,6 @@ def test_domain_starts_under_qemu_and_takes_a_hotadd(conn, tmp_path: Path,  # ty
         plugged = machine.hotadd()
         assert plugged.libvirt_id == 2 and machine.qemu_view().present == 3
         # the image build presses space through libvirt for the ISO's boot prompt
-        windows_image.Installer(machine, conn).press_keys(1.5)
+        windows_image.Installer(machine, conn, spec.disks[0].path).press_key()
     assert image.read_bytes() == before, "the golden image is never written"
     assert not hw.scratch.exists()

@@ -67,6 +67,14 @@ def test_client_editions_are_refused(windows_iso: Path, tmp_path: Path) -> None:
                                        build=99999))
 
 
+def test_server_2016_is_refused_before_anything_is_installed() -> None:
+    """The preflight would refuse it hours later: Server 2016 ships KMDF 1.19."""
+    old = WimImage(index=2, name="Windows Server 2016 SERVERDATACENTER",
+                   edition_id="ServerDatacenter", installation_type="Server", build=14393)
+    with pytest.raises(InputError, match=r"KMDF 1\.19"):
+        windows_setup.check_edition(old)
+
+
 def wiminfo_fields(wim: Path) -> list[dict[str, str]]:
     """wimtools' own reading of the WIM: the oracle for ours."""
     out = subprocess.run(["wiminfo", str(wim)], capture_output=True, text=True,

@@ -72,6 +72,7 @@ def test_generated_snippets_parse() -> None:
         windows_control.ProbeParameters(flags=1, veto_index=3, veto_status=0xC000009A,
                                 veto_during_replay=False).call(),
         f"Install-HotAddProbe -Source {windows_control.ps_literal('hotaddprobe.sys')}",
+        windows_control.clock_script(),
     ]
     for snippet in snippets:
         assert syntax_errors(snippet) == [], snippet

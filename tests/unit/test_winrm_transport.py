@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from winrm.protocol import Protocol
 
 from harness.errors import GuestNotReady, TransportError
 from harness.transport.winrm import (
     CMD_LINE_LIMIT,
+    LINE_BUDGET,
     REDACTED,
     RemoteFileMissing,
     WinRMEndpoint,
@@ -24,7 +28,14 @@ from harness.transport.winrm import (
     powershell_plan,
     redact,
 )
-from tests.support.winrm_double import WinRMDouble, wait_until
+from tests.support.winrm_double import (
+    ADMIN_ENV,
+    CMD_PREFIX,
+    WinRMDouble,
+    cmd_refuses,
+    expand,
+    wait_until,
+)
 
 PASSWORD = "Lab-Pa55w0rd!only"
 
@@ -99,7 +110,8 @@ def test_long_script_is_staged_in_chunks_under_the_cmd_limit(
     assert max(len(c) for c in double.command_lines) <= CMD_LINE_LIMIT
     assert len(double.command_lines) > 4
     assert any("-File" in c for c in double.command_lines)
-    assert list(double.temp.iterdir()) == [], "staged files are removed afterwards"
+    assert list(double.path("C:\\Windows\\Temp").iterdir()) == [], "staged files are removed"
+    assert not any(cmd_refuses(c) for c in double.command_lines)
     assert res.command.startswith("powershell script (")
 
 
@@ -127,6 +139,126 @@ def test_plan_boundaries() -> None:
     big = powershell_plan("x" * 20_000)
     assert all(len(s) <= CMD_LINE_LIMIT for s in (*big.steps, big.run))
     assert big.cleanup is not None
+
+
+def test_staging_lines_fit_after_cmd_expands_them() -> None:
+    """KB 830473: the limit applies after %VAR% expansion and counts `cmd.exe /c `. Lines that
+    name %TEMP% (41 characters for Administrator) must not be sized to the raw limit."""
+    plan = powershell_plan("Write-Output 'x'\n" * 3000)
+    lines = [*plan.steps, plan.run, plan.cleanup or ""]
+    assert len(plan.steps) > 3
+    for line in lines:
+        assert "%" not in line and len(line) <= LINE_BUDGET
+        assert len(CMD_PREFIX + expand(line)) <= CMD_LINE_LIMIT - 150, "keep a margin"
+
+
+def test_the_double_expands_variables_and_counts_the_prefix(transport: WinRMTransport) -> None:
+    res = transport.run("echo '%TEMP%' '%UserProfile%' %NOT_DEFINED%")
+    assert res.stdout.split() == [ADMIN_ENV["TEMP"], ADMIN_ENV["USERPROFILE"], "%NOT_DEFINED%"]
+    room = CMD_LINE_LIMIT - len(CMD_PREFIX) - len("echo ")
+    assert transport.run("echo " + "x" * room).rc == 0
+    refused = transport.run("echo " + "x" * (room + 1))
+    assert (refused.rc, refused.stderr) == (1, "The command line is too long.\r\n")
+    # 8185 characters as written, over the limit once %TEMP% is expanded
+    grown = transport.run("echo %TEMP%" + "x" * (room - len("%TEMP%")))
+    assert grown.rc == 1 and "too long" in grown.stderr
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(size=st.integers(0, 64 * 1024), filler=st.sampled_from(["x", "ü", "€", "'", "%TEMP%"]))
+@example(size=0, filler="x")
+@example(size=64 * 1024, filler="€")
+@example(size=5970, filler="x")  # around where -EncodedCommand stops fitting
+@example(size=6100, filler="x")
+def test_scripts_of_every_size_run_through_plan_and_double(
+        size: int, filler: str, double: WinRMDouble, transport: WinRMTransport) -> None:
+    """Any script from 0 to 64 KiB (ASCII, multi-byte, quotes, a %VAR% in the text): every
+    line the plan makes is accepted by cmd.exe as the double models it, and the script that
+    PowerShell finally reads is the one we sent."""
+    head = "echo ran\n"
+    body = (filler * size)[: max(0, size - len(head))]
+    script = head + "#" + body
+    plan = powershell_plan(script)
+    assert not any(cmd_refuses(line) for line in (*plan.steps, plan.run, plan.cleanup or ""))
+    double.scripts.clear()
+    res = transport.run_script(script, timeout=60)
+    assert (res.rc, res.stdout.strip()) == (0, "ran")
+    assert double.scripts[-1] == script
+
+
+def test_a_bom_less_staged_script_is_read_as_ansi(double: WinRMDouble,
+                                                 transport: WinRMTransport) -> None:
+    """Windows PowerShell 5.1 reads a .ps1 without a BOM as ANSI: UTF-8 text turns to
+    mojibake. The plan writes a BOM; a script staged without one is read as Windows would."""
+    double.path("C:\\Windows\\Temp\\nobom.ps1").write_bytes("echo ü".encode())
+    transport.run('powershell.exe -NoProfile -File "C:\\Windows\\Temp\\nobom.ps1"').check()
+    assert double.scripts[-1] == "echo Ã¼"
+
+
+def test_output_uses_the_shells_code_page(double: WinRMDouble) -> None:
+    """Without WINRS_CODEPAGE=65001 WinRS encodes output in the OEM code page (437): the
+    transport asks for UTF-8, a raw shell without it gets '?' for what 437 lacks."""
+    with WinRMTransport(endpoint(double)) as t:
+        assert t.run("echo €ü").stdout.strip() == "€ü"
+    proto = Protocol(endpoint=double.url, transport="basic", username="Administrator",
+                     password=PASSWORD, read_timeout_sec=3, operation_timeout_sec=1,
+                     server_cert_validation="ignore", proxy=None)
+    shell = proto.open_shell()
+    out, _err, rc = proto.get_command_output(shell, proto.run_command(shell, "echo €ü"))
+    proto.close_shell(shell)
+    assert (rc, out.strip()) == (0, "?\x81".encode("latin-1"))
+
+
+def test_shell_quota_is_thirty_per_user(double: WinRMDouble) -> None:
+    """MaxShellsPerUser 30: a client that forgets shells is refused the 31st."""
+    transports = [WinRMTransport(endpoint(double)) for _ in range(31)]
+    try:
+        for t in transports[:30]:
+            t.run("echo open").check()
+        with pytest.raises(TransportError, match="maximum number of 30 concurrent shells"):
+            transports[30].run("echo one too many")
+    finally:
+        for t in transports:
+            t.close()
+    assert double.shells == {}
+
+
+def test_an_idle_shell_expires_and_the_transport_reconnects_once(tmp_path: Path) -> None:
+    """WinRS IdleTimeout (2 h): the shell is gone on the server; the next command notices
+    before it started and reconnects once. The double's clock is moved, nothing sleeps."""
+    now = [1000.0]
+    with WinRMDouble(tmp_path / "g", password=PASSWORD, clock=lambda: now[0]) as double, \
+            WinRMTransport(endpoint(double)) as transport:
+        transport.run("echo first").check()
+        now[0] += 7201
+        assert transport.run("echo second").stdout.strip() == "second"
+        assert len([a for a, _ in double.requests if a.endswith("/Create")]) == 2
+
+
+def test_request_envelope_over_500_kb_is_refused(double: WinRMDouble,
+                                                 transport: WinRMTransport) -> None:
+    """MaxEnvelopeSizekb 500: a command whose request passes it gets Windows' quota fault."""
+    with pytest.raises(TransportError, match="MaxEnvelopeSize quota"):
+        transport.run("echo " + "x" * 520_000)
+
+
+def test_faulted_commands_do_not_leak_shells_into_the_quota(double: WinRMDouble,
+                                                           transport: WinRMTransport) -> None:
+    """A fault drops the transport's shell; the service is alive, so the shell is deleted,
+    not left to count against MaxShellsPerUser until WinRS's 2-hour idle timeout."""
+    for _ in range(20):
+        with pytest.raises(TransportError, match="MaxEnvelopeSize quota"):
+            transport.run("echo " + "x" * 520_000)
+    assert len(double.shells) <= 1
+    assert transport.run("echo still-fine").stdout.strip() == "still-fine"
+
+
+def test_operation_timeout_above_max_timeoutms_is_refused(double: WinRMDouble) -> None:
+    ep = WinRMEndpoint(port=double.port, username="Administrator", password=PASSWORD,
+                       operation_timeout=61, read_timeout=70)
+    with WinRMTransport(ep) as t, pytest.raises(TransportError, match="MaxTimeoutms"):
+        t.run("echo slow")
 
 
 def test_fetch_copies_a_file_in_chunks(double: WinRMDouble, transport: WinRMTransport,

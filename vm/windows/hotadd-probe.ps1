@@ -213,6 +213,13 @@ public static extern int NtQuerySystemInformation(int cls, byte[] info, int leng
     $secureBoot = $null
     try { $secureBoot = [bool](Confirm-SecureBootUEFI) } catch { $secureBoot = $null }
     $wdf = Get-Item -LiteralPath (Join-Path $env:SystemRoot 'System32\drivers\Wdf01000.sys') -ErrorAction SilentlyContinue
+    # Virtualization-based security: 0 off, 1 enabled but not running, 2 running (not
+    # supported together with CPU hot-add; the domain hides vmx/svm so it cannot start)
+    $vbs = $null
+    try {
+        $dg = Get-CimInstance -Namespace 'root\Microsoft\Windows\DeviceGuard' -ClassName Win32_DeviceGuard -ErrorAction Stop
+        $vbs = [int]$dg.VirtualizationBasedSecurityStatus
+    } catch { $vbs = $null }
     Write-HotAddResult ([ordered]@{
         product = [string]$cv.ProductName; edition = [string]$cv.EditionID
         build = [int]$cv.CurrentBuildNumber
@@ -222,6 +229,7 @@ public static extern int NtQuerySystemInformation(int cls, byte[] info, int leng
         test_signing = $(if ($ntstatus -eq 0) { [bool]($ciOptions -band 0x2) } else { $null })
         secure_boot = $secureBoot
         wdf_version = $(if ($wdf) { [string]$wdf.VersionInfo.ProductVersion } else { '' })
+        vbs_status = $vbs
         logical_processors = [int](Get-CimInstance -ClassName Win32_ComputerSystem).NumberOfLogicalProcessors
         last_boot_utc = (Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')
     })
