@@ -392,6 +392,7 @@ class Attempt:
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
         self._unloaded = False
+        self._probe_ran = False  # the probe's code has run in the guest (its load began)
 
     @property
     def session(self) -> GuestSession:
@@ -405,6 +406,7 @@ class Attempt:
 
     def load(self) -> None:
         with self.progress.stage("load", "the probe to register"):
+            self._probe_ran = True
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
             self._boot_count = self.session.processor_count()
@@ -490,6 +492,8 @@ class Attempt:
                 records = self.guest.kind.console_records(self.machine.serial_text())
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
+        if isinstance(exc, GuestCrashed) and not self._probe_ran:
+            exc = _crash_before_probe(exc)
         return self._result(None, (), exc)
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
@@ -555,6 +559,8 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None,
     try:
         result = _run(spec, kind, progress, domain, run_dir)
     except HotaddError as exc:
+        if isinstance(exc, GuestCrashed):  # no attempt began: no probe code ran
+            exc = _crash_before_probe(exc)
         progress.timings["total"] = progress.elapsed()
         result = RunResult(spec, run_dir, domain, None, (), (), dict(progress.timings),
                            base_versions(), **_failure(exc))
@@ -577,6 +583,14 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
         if not result.passed and spec.keep_on_failure and guest.running:
             guest.keep(progress)
         return result
+
+
+def _crash_before_probe(exc: GuestCrashed) -> GuestUnhealthy:
+    """A guest that crashed before any probe code ran says nothing about the driver: exit 2."""
+    sick = GuestUnhealthy(f"{exc.problem} (before the probe was loaded: not a verdict)",
+                          exc.fix, exc.excerpt)
+    sick.stage = exc.stage
+    return sick
 
 
 def _failure(exc: HotaddError | None) -> dict[str, Any]:

@@ -12,8 +12,10 @@ import pytest
 
 from harness.errors import ExitCode
 from harness.guests import reference
-from harness.guests.reference_kind import ReferenceGuest
+from harness.guests.base import GuestSession
+from harness.guests.reference_kind import ReferenceGuest, ReferenceSession
 from harness.host.domain import Accelerator, Topology
+from harness.host.machine import Machine
 from harness.progress import Progress
 from harness.scenario import ScenarioSpec, run_scenario
 
@@ -52,3 +54,28 @@ def test_a_sick_guest_ends_the_run_with_the_console_report(
     assert saved["exit_code"] == int(code) and console in saved["console_excerpt"]
     assert saved["failed_stage"] == result.failed_stage
     assert len(result.adds) == 0, "the faulted add never completed"
+
+
+class PanicsBeforeTheProbe(ReferenceGuest):
+    """The reference guest, crashed (sysrq) as soon as its session is open: before any probe
+    code ran."""
+
+    def open_session(self, machine: Machine, progress: Progress,
+                     timeout: float) -> GuestSession:
+        session = super().open_session(machine, progress, timeout)
+        assert isinstance(session, ReferenceSession)
+        session.transport.run("(sleep 0.2; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &")
+        machine.wait_serial("a line that never comes", timeout)  # raises once the guest died
+        return session
+
+
+def test_a_crash_before_the_probe_loaded_is_not_a_verdict(tmp_path: Path) -> None:
+    spec = ScenarioSpec(topology=Topology(cores=2), boot_vcpus=1, adds=1,
+                        accelerator=Accelerator.TCG, run_dir=tmp_path / "run")
+    result = run_scenario(spec, Progress(quiet=True), kind=PanicsBeforeTheProbe())
+
+    assert result.exit_code is ExitCode.HARNESS_ERROR, result.error
+    assert result.error is not None and "before the probe was loaded" in result.error
+    assert result.failed_stage == "ready" and result.crashed is None
+    assert result.console_excerpt is not None and "sysrq triggered crash" in (
+        result.console_excerpt)
