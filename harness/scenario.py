@@ -760,6 +760,8 @@ def _failure(exc: HotaddError | None) -> dict[str, Any]:
     """RunResult's error fields for `exc` (a crash is a verdict failure, anything else exit 2)."""
     if exc is None:
         return {}
+    if isinstance(exc, GuestCrashed) and not exc.under_test:
+        exc.add_note("the guest crashed before the probe was loaded: not a verdict")
     return {
         "error": f"[{exc.stage}] {exc.message}" if exc.stage else exc.message,
         "crashed": _crash_under_test(exc),

@@ -55,13 +55,13 @@ CMDLINE = "console=ttyS0 panic=0 mitigations=off tsc=reliable"
 #: userspace APIC (TCG) delivers a logical-mode IPI only to CPUs before the first unused APIC ID
 #: (apic_get_delivery_bitmask() stops at the first empty slot of local_apics[], indexed by APIC
 #: ID: https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/hw/intc/apic.c), so a CPU whose APIC
-#: ID lies beyond a hole never hears a reschedule IPI and stop_machine() waits for it forever.
+#: ID lies beyond a hole never hears a reschedule IPI and stop_machine() waits on it (seen: >26 s).
 #: See vm/reference/README.md, "Why possible_cpus".
 PHYSFLAT_MIN_POSSIBLE_CPUS = 9
 
 #: A hot-added CPU of a qemu64 guest (no constant_tsc) calibrates its delay loop against the
-#: timer tick (calibrate_delay_direct(), then the slower converge when that fails, as it does
-#: under TCG); on a loaded 2-core host that took 0.5-2.6 s of a 1.3-3.2 s add, measured from
+#: timer tick (calibrate_delay_direct(), then the slower converge when that fails, as it did
+#: here under TCG); on a loaded 2-core host that took 0.5-2.6 s of a 1.3-3.2 s add, measured from
 #: the guest's own log. A preset `lpj` skips it (0.36-0.79 s per add under the same load).
 #: x86 udelay() scales TSC cycles by lpj, so the value must not be too small: 20,000,000 is
 #: the TSC rate of a 5 GHz host at HZ=250, so delays are at worst about twice as long as asked.
@@ -83,9 +83,9 @@ GUEST_PROBE_PATH = "/lib/hotadd/hotadd_probe.ko"
 GUEST_PROBE_NAME = "hotadd_probe"
 GUEST_RECORDS_PATH = "/proc/hotadd_probe/records"
 
-#: Kernel messages that mean the guest is sick (Linux 6.1 wording). The lockup and stall
-#: detectors fire after 20 s (soft lockup, watchdog_thresh=10) and 21 s (RCU), well inside the
-#: harness's waits; the hung-task detector after 120 s.
+#: Kernel messages that mean the guest is sick (Linux 6.1 wording). With the kernel's default
+#: thresholds the soft-lockup detector fires after 20 s (2 x watchdog_thresh=10), the RCU stall
+#: detector after about 21 s, the hung-task detector after 120 s.
 CONSOLE_ALARMS = (
     ConsoleAlarm("kernel panic", re.compile(r"Kernel panic - not syncing"), Severity.CRASH),
     ConsoleAlarm("oops", re.compile(

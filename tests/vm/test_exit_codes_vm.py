@@ -58,3 +58,5 @@ def test_crash_before_the_probe_is_the_labs(tmp_path: Path,
     code, result = _run(tmp_path / "run")
     assert (code, result["outcome"], result["exit_code"]) == (2, "error", 2), result
     assert result["crashed"] is None and "guest panic" in str(result["error"])
+    assert "before the probe was loaded: not a verdict" in str(result["error"])
+    assert "sysrq triggered crash" in str(result["console_excerpt"])
