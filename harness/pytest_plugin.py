@@ -97,7 +97,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave a failing test's guest running for inspection (later tests "
                          "boot a new one)")
     group.addoption("--hotadd-artifacts", type=Path, metavar="DIR",
-                    help="per-test artifacts and report.html (default: <basetemp>/hotadd)")
+                    help="per-test artifacts and report.html (default: <basetemp>/hotadd; "
+                         "with --hotadd-matrix: ./runs/TIME-matrix-NAME)")
+    group.addoption("--hotadd-matrix", type=Path, metavar="FILE",
+                    help="run the scenario matrix of this TOML file (hotadd matrix; with -n N "
+                         "on N pytest-xdist workers)")
+    group.addoption("--hotadd-host", action="append", metavar="NAME|URI",
+                    help="with --hotadd-matrix: run on this host of the file only (repeatable)")
 
 
 MARKERS = (
@@ -114,6 +120,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     try:
         spec = base_spec(config)
+        matrix: Path | None = config.getoption("hotadd_matrix")
+        if matrix is not None:
+            from harness.matrix_plugin import MatrixSession
+
+            MatrixSession.register(config, matrix)
     except HotaddError as exc:
         raise pytest.UsageError(f"hotadd options: {exc}") from exc
     config.stash[_LAB] = Lab(config, spec)

@@ -53,6 +53,7 @@ class ReferenceSession(GuestSession):
 class ReferenceGuest(GuestKind):
     name = "reference"
     oracle_profile = OracleProfile.LINUX
+    default_memory_mib = 512
 
     def __init__(self) -> None:
         self._image: reference.ReferenceImage | None = None
@@ -73,7 +74,7 @@ class ReferenceGuest(GuestKind):
         img = self.image
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 512,
+            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or self.default_memory_mib,
             accelerator=hw.accelerator,
             direct_boot=DirectBoot(img.kernel, img.initrd, img.cmdline),
             forwards=(Forward(guest_port=22, host_port=free_port()),),

@@ -113,6 +113,7 @@ class WindowsSession(GuestSession):
 class WindowsGuest(GuestKind):
     name = "windows"
     oracle_profile = OracleProfile.WINDOWS
+    default_memory_mib = 2048
 
     def __init__(self, image: Path | None, driver: Path | None, *,
                  allow_tcg: bool = False) -> None:
@@ -177,7 +178,7 @@ class WindowsGuest(GuestKind):
         shutil.rmtree(tree)
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
+            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or self.default_memory_mib,
             firmware=firmware, accelerator=hw.accelerator, nvram=nvram,
             disks=(Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus)),),
             cdroms=(Cdrom(iso),),
