@@ -102,15 +102,20 @@ class MatrixCase:
     """One scenario on one host with one guest: a test of the matrix."""
 
     group: str
-    scenario: str  # its name, with the expanded values: "veto[veto-cpu=0]"
+    scenario: str  # its name in the file
+    values: str  # the expanded values that made this case: "veto-cpu=0,adds=2" (or "")
     host: MatrixHost
     guest: str  # the [guests.NAME] it runs
     spec: ScenarioSpec  # libvirt_uri and run_dir are set where it runs
     need: Capacity
 
     @property
+    def params(self) -> str:
+        return f"[{self.values}]" if self.values else ""
+
+    @property
     def row(self) -> str:
-        return f"{self.group}/{self.scenario}"
+        return f"{self.group}/{self.scenario}{self.params}"
 
     @property
     def column(self) -> str:
@@ -118,8 +123,9 @@ class MatrixCase:
 
     @property
     def case_id(self) -> str:
-        """The test's id; reads like a URI: group/scenario[values]@host/guest."""
-        return f"{self.row}@{self.column}"
+        """The test's id; reads like a URI: group/scenario@host/guest[values] (pytest and
+        JUnit take a trailing [...] as the parameters)."""
+        return f"{self.group}/{self.scenario}@{self.column}{self.params}"
 
 
 @dataclass(frozen=True)
@@ -242,13 +248,12 @@ def select_hosts(hosts: tuple[MatrixHost, ...], wanted: Sequence[str]) -> tuple[
 
 
 def _expand(options: Mapping[str, object]) -> list[tuple[str, dict[str, object]]]:
-    """The cross product of the list-valued options: (label of the chosen values, options)."""
+    """The cross product of the list-valued options: ("key=value,..." chosen, options)."""
     keys = [k for k, v in options.items() if isinstance(v, list)]
     combos = []
     for values in itertools.product(*(options[k] for k in keys)):  # type: ignore[call-overload]
         chosen = dict(options) | dict(zip(keys, values, strict=True))
-        label = ",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-        combos.append((f"[{label}]" if label else "", chosen))
+        combos.append((",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)), chosen))
     return combos
 
 
@@ -290,6 +295,19 @@ def needs(spec: ScenarioSpec) -> Capacity:
     return Capacity(vcpus, spec.memory_mib or guest_kind(spec).default_memory_mib)
 
 
+def _case(group: str, scenario: str, values: str, host: MatrixHost, guest: str,
+          options: Mapping[str, object], base: Path, where: str) -> MatrixCase:
+    spec = build_spec(options, base, where)
+    need = needs(spec)
+    if not host.capacity.fits(need):
+        _fail(where, f"needs {need.vcpus} vCPUs and {need.memory_mib} MiB but host "
+              f"{host.name} offers {host.capacity.vcpus} vCPUs and "
+              f"{host.capacity.memory_mib} MiB",
+              "lower the scenario's boot vCPUs/adds/memory or raise "
+              f"[hosts.{host.name}] vcpus/memory")
+    return MatrixCase(group, scenario, values, host, guest, spec, need)
+
+
 def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
     """Read and check the whole file; every case it lists, or an InputError naming the
     place and the fix."""
@@ -312,6 +330,9 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
         guests[name] = dict(_table(table, f"[guests.{name}]"))
         guests[name].pop("description", None)
         _check_keys(guests[name], GUEST_OPTIONS, f"[guests.{name}]")
+        if any(isinstance(v, list) for v in guests[name].values()):
+            _fail(f"[guests.{name}]", "a guest's options are single values",
+                  "list variants as separate [guests.NAME] tables")
     groups = _table(data.get("groups"), "[groups]") if "groups" in data else {}
     if not groups:
         _fail(where, "no [groups.NAME] with scenarios", "add a group of [[groups.NAME.scenario]]")
@@ -342,21 +363,12 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
             for key, value in (defaults | group | scenario).items():
                 if isinstance(value, list) and not value:
                     _fail(swhere, f"'{key}' is an empty list", "give at least one value")
-            for label, options in _expand(defaults | group | scenario):
-                for host in (h for h in hosts if h.name in on_hosts):
-                    for guest in on_guests:
-                        case_where = f"{swhere}{label} on {host.name}/{guest}"
-                        spec = build_spec(guests[guest] | options, base, case_where)
-                        need = needs(spec)
-                        if not host.capacity.fits(need):
-                            _fail(case_where, f"needs {need.vcpus} vCPUs and "
-                                  f"{need.memory_mib} MiB but host {host.name} offers "
-                                  f"{host.capacity.vcpus} vCPUs and "
-                                  f"{host.capacity.memory_mib} MiB",
-                                  "lower the scenario's boot vCPUs/adds/memory or raise "
-                                  f"[hosts.{host.name}] vcpus/memory")
-                        cases.append(MatrixCase(gname, f"{sname}{label}", host, guest, spec,
-                                                need))
+            for guest in on_guests:  # a guest's table overrides [defaults], a scenario both
+                for label, options in _expand(defaults | guests[guest] | group | scenario):
+                    for host in (h for h in hosts if h.name in on_hosts):
+                        cases.append(_case(gname, sname, label, host, guest, options, base,
+                                           f"{swhere}{label and f'[{label}]'} on "
+                                           f"{host.name}/{guest}"))
     if not cases:
         _fail(where, "no case runs on the selected hosts",
               "select hosts the scenarios name (--host), or drop their 'hosts' lists")

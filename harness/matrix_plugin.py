@@ -211,7 +211,7 @@ class MatrixSession:
             return
         self.page = write_matrix_page(
             self.artifacts, self.matrix.name, self.matrix.description,
-            [(c.row, c.column) for c in self.matrix.cases], self.cells)
+            [(c.row, c.column) for c in self.matrix.cases], self.cells.values())
         outcome = self.outcome()
         if outcome is not None and session.exitstatus in (0, 1):
             session.exitstatus = int(exit_code(outcome))

@@ -74,7 +74,8 @@ class ReferenceGuest(GuestKind):
         img = self.image
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or self.default_memory_mib,
+            serial_log=hw.run_dir / "serial.log",
+            memory_mib=hw.memory_mib or self.default_memory_mib,
             accelerator=hw.accelerator,
             direct_boot=DirectBoot(img.kernel, img.initrd, img.cmdline),
             forwards=(Forward(guest_port=22, host_port=free_port()),),

@@ -178,7 +178,8 @@ class WindowsGuest(GuestKind):
         shutil.rmtree(tree)
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or self.default_memory_mib,
+            serial_log=hw.run_dir / "serial.log",
+            memory_mib=hw.memory_mib or self.default_memory_mib,
             firmware=firmware, accelerator=hw.accelerator, nvram=nvram,
             disks=(Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus)),),
             cdroms=(Cdrom(iso),),

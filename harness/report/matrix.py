@@ -13,7 +13,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +74,7 @@ class CaseCell:
 class _PageCell:
     cell: CaseCell | None
     link: str | None
+    expected: bool  # the matrix lists this scenario on this host/guest
 
 
 @dataclass(frozen=True)
@@ -93,23 +94,26 @@ def _link(run_dir: str | None, directory: Path) -> str | None:
 
 
 def write_matrix_page(directory: Path, title: str, description: str,
-                      order: Sequence[tuple[str, str]], cells: Mapping[str, CaseCell]) -> Path:
+                      order: Sequence[tuple[str, str]], results: Iterable[CaseCell]) -> Path:
     """Write matrix.html and matrix.json in `directory`. `order` lists every case's (row,
-    column) as the matrix file does; `cells` are the results that arrived, by "row@column"."""
+    column) as the matrix file does; `results` are the cells that arrived."""
     directory.mkdir(parents=True, exist_ok=True)
+    cells = {(c.row, c.column): c for c in results}
     rows = list(dict.fromkeys(r for r, _ in order))
+    expected = set(order)
     columns = tuple(dict.fromkeys(c for _, c in order))
     counts: dict[str, int] = {}
     for row, column in order:
-        cell = cells.get(f"{row}@{column}")
+        cell = cells.get((row, column))
         outcome = cell.outcome if cell else "not run"
         counts[outcome] = counts.get(outcome, 0) + 1
     page = _Page(
         title=title, description=description,
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         counts=", ".join(f"{n} {k}" for k, n in sorted(counts.items())), columns=columns,
-        rows=tuple((r, tuple(_PageCell(c := cells.get(f"{r}@{col}"),
-                                       _link(c.run_dir, directory) if c else None)
+        rows=tuple((r, tuple(_PageCell(c := cells.get((r, col)),
+                                       _link(c.run_dir, directory) if c else None,
+                                       (r, col) in expected)
                              for col in columns)) for r in rows))
     path = directory / MATRIX_PAGE
     path.write_text(template(TEMPLATE).render(page=page))
