@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,18 @@ def _dir_name(case_id: str) -> str:
 
 
 PLUGIN_NAME = "hotadd-matrix"
+
+
+def night_outcome(outcomes: Iterable[str]) -> Outcome | None:
+    """The matrix's outcome from its cases': fail if any verdict failed (the driver
+    misbehaved somewhere: that is news even when other cases broke), else error if any case
+    had no verdict, else pass; None when no case reported."""
+    seen = {o for o in outcomes if o != "skipped"}
+    if not seen:
+        return None
+    if Outcome.FAIL.value in seen:
+        return Outcome.FAIL
+    return Outcome.PASS if seen == {Outcome.PASS.value} else Outcome.ERROR
 
 
 class MatrixSession:
@@ -197,14 +209,7 @@ class MatrixSession:
             longrepr=None if report.passed else str(report.longrepr)[-2000:])
 
     def outcome(self) -> Outcome | None:
-        """The night's outcome: fail if any case's verdict failed (the driver misbehaved),
-        else error if any case had no verdict, else pass; None if no case reported."""
-        outcomes = {c.outcome for c in self.cells.values() if c.outcome != "skipped"}
-        if not outcomes:
-            return None
-        if Outcome.FAIL.value in outcomes:
-            return Outcome.FAIL
-        return Outcome.PASS if outcomes == {Outcome.PASS.value} else Outcome.ERROR
+        return night_outcome(c.outcome for c in self.cells.values())
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.controller:
