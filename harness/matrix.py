@@ -54,6 +54,8 @@ MANAGED = {
 TOP_KEYS = ("name", "description", "defaults", "hosts", "guests", "groups")
 HOST_KEYS = ("uri", "vcpus", "memory", "description")
 SELECTORS = ("hosts", "guests")
+GROUP_KEYS = ("description", "scenario", *SELECTORS)
+SCENARIO_KEYS = ("name", "description", *SELECTORS)
 REMOTE_ITEM = "issue 14 item 3"
 
 
@@ -343,7 +345,7 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
         scenarios = group.pop("scenario", None)
         group.pop("description", None)
         selectors = {k: group.pop(k) for k in SELECTORS if k in group}
-        _check_keys(group, SCENARIO_OPTIONS, gwhere)
+        _check_keys(group, SCENARIO_OPTIONS | set(GROUP_KEYS), gwhere)
         if not isinstance(scenarios, list) or not scenarios:
             _fail(gwhere, "has no scenarios", f"add [[groups.{gname}.scenario]] tables")
         seen: set[str] = set()
@@ -356,7 +358,7 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
             seen.add(sname)
             scenario.pop("description", None)
             sel = selectors | {k: scenario.pop(k) for k in SELECTORS if k in scenario}
-            _check_keys(scenario, SCENARIO_OPTIONS, swhere)
+            _check_keys(scenario, SCENARIO_OPTIONS | set(SCENARIO_KEYS), swhere)
             on_hosts = _names(sel.get("hosts", [h.name for h in all_hosts]),
                               [h.name for h in all_hosts], "hosts", swhere)
             on_guests = _names(sel.get("guests", list(guests)), list(guests), "guests", swhere)
