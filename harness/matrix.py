@@ -31,6 +31,7 @@ import argparse
 import difflib
 import itertools
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,11 @@ class MatrixCase:
         """The test's id; reads like a URI: group/scenario@host/guest[values] (pytest and
         JUnit take a trailing [...] as the parameters)."""
         return f"{self.group}/{self.scenario}@{self.column}{self.params}"
+
+    @property
+    def dir_name(self) -> str:
+        """The case's run directory under the artifacts directory."""
+        return re.sub(r"[^A-Za-z0-9_.=,@-]+", "-", self.case_id).strip("-")
 
 
 @dataclass(frozen=True)
@@ -371,6 +377,12 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
                         cases.append(_case(gname, sname, label, host, guest, options, base,
                                            f"{swhere}{label and f'[{label}]'} on "
                                            f"{host.name}/{guest}"))
+    seen: dict[str, MatrixCase] = {}
+    for case in cases:  # a name is a test id and a run directory: each must be one case's
+        if (other := seen.setdefault(case.dir_name, case)) is not case:
+            _fail(where, f"cases {other.case_id} and {case.case_id} would share a name (and a run "
+                  "directory)", "list each value once, and give groups and scenarios names "
+                  "that differ by more than punctuation")
     if not cases:
         _fail(where, "no case runs on the selected hosts",
               "select hosts the scenarios name (--host), or drop their 'hosts' lists")

@@ -14,7 +14,6 @@ and turns the cases' outcomes into hotadd's exit code.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -76,10 +75,6 @@ def worker_id(config: pytest.Config) -> str:
     """The xdist worker's id (gw0, gw1, ...), or "main" in a run without workers."""
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     return str(workerinput["workerid"]) if workerinput else "main"
-
-
-def _dir_name(case_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,@-]+", "-", case_id).strip("-")
 
 
 PLUGIN_NAME = "hotadd-matrix"
@@ -146,7 +141,7 @@ class MatrixSession:
     def run_case(self, item: MatrixItem) -> None:
         case = item.case
         uri = self.uri_for(case.host)
-        run_dir = self.artifacts / _dir_name(case.case_id)
+        run_dir = self.artifacts / case.dir_name
         props = item.user_properties
         props += [("hotadd.matrix.case", case.case_id), ("hotadd.host", case.host.name),
                   ("hotadd.host.uri", uri), ("hotadd.worker", self.worker),

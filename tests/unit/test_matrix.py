@@ -271,6 +271,21 @@ def test_a_file_without_hosts_runs_on_this_machine_at_its_size(tmp_path: Path) -
     assert host.uri == "qemu:///embed" and host.capacity.vcpus == os.cpu_count()
 
 
+def test_cases_that_would_share_a_name_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="would share a name"):
+        load_matrix(matrix_file(tmp_path, "[groups.g]\n[[groups.g.scenario]]\n"
+                                          "boot-vcpus = 1\nadds = [1, 1]\n"))
+    with pytest.raises(InputError, match="would share a name"):
+        load_matrix(matrix_file(tmp_path, """
+            [groups."a b"]
+            [[groups."a b".scenario]]
+            name = "s"
+            [groups.a-b]
+            [[groups.a-b.scenario]]
+            name = "s"
+            """))
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[groups.g\n", "is not valid TOML"),
     ("name = 'x'\n", r"no \[groups.NAME\] with scenarios"),
