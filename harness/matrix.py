@@ -377,9 +377,9 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
                         cases.append(_case(gname, sname, label, host, guest, options, base,
                                            f"{swhere}{label and f'[{label}]'} on "
                                            f"{host.name}/{guest}"))
-    seen: dict[str, MatrixCase] = {}
+    by_dir: dict[str, MatrixCase] = {}
     for case in cases:  # a name is a test id and a run directory: each must be one case's
-        if (other := seen.setdefault(case.dir_name, case)) is not case:
+        if (other := by_dir.setdefault(case.dir_name, case)) is not case:
             _fail(where, f"cases {other.case_id} and {case.case_id} would share a name (and a run "
                   "directory)", "list each value once, and give groups and scenarios names "
                   "that differ by more than punctuation")
