@@ -316,6 +316,46 @@ def _case(group: str, scenario: str, values: str, host: MatrixHost, guest: str,
     return MatrixCase(group, scenario, values, host, guest, spec, need)
 
 
+def _group_cases(gname: str, raw_group: object, defaults: Mapping[str, object],
+                 guests: Mapping[str, Mapping[str, object]], all_hosts: Sequence[MatrixHost],
+                 hosts: Sequence[MatrixHost], base: Path) -> list[MatrixCase]:
+    """The cases of one [groups.NAME]: each scenario x its values x hosts x guests."""
+    gwhere = f"[groups.{gname}]"
+    group = dict(_table(raw_group, gwhere))
+    scenarios = group.pop("scenario", None)
+    group.pop("description", None)
+    selectors = {k: group.pop(k) for k in SELECTORS if k in group}
+    _check_keys(group, SCENARIO_OPTIONS | set(GROUP_KEYS), gwhere)
+    if not isinstance(scenarios, list) or not scenarios:
+        _fail(gwhere, "has no scenarios", f"add [[groups.{gname}.scenario]] tables")
+    cases = []
+    seen: set[str] = set()
+    for i, raw in enumerate(scenarios):
+        scenario = dict(_table(raw, f"{gwhere} scenario {i + 1}"))
+        sname = scenario.pop("name", f"s{i + 1}")
+        swhere = f"{gwhere} scenario '{sname}'"
+        if not isinstance(sname, str) or sname in seen or not sname:
+            _fail(swhere, "needs a unique, non-empty name", 'add name = "..."')
+        seen.add(sname)
+        scenario.pop("description", None)
+        sel = selectors | {k: scenario.pop(k) for k in SELECTORS if k in scenario}
+        _check_keys(scenario, SCENARIO_OPTIONS | set(SCENARIO_KEYS), swhere)
+        on_hosts = _names(sel.get("hosts", [h.name for h in all_hosts]),
+                          [h.name for h in all_hosts], "hosts", swhere)
+        on_guests = _names(sel.get("guests", list(guests)), list(guests), "guests", swhere)
+        for key, value in (dict(defaults) | group | scenario).items():
+            if isinstance(value, list) and not value:
+                _fail(swhere, f"'{key}' is an empty list", "give at least one value")
+        for guest in on_guests:  # a guest's table overrides [defaults], a scenario both
+            for label, options in _expand(dict(defaults) | dict(guests[guest]) | group
+                                          | scenario):
+                for host in (h for h in hosts if h.name in on_hosts):
+                    cases.append(_case(gname, sname, label, host, guest, options, base,
+                                       f"{swhere}{label and f'[{label}]'} on "
+                                       f"{host.name}/{guest}"))
+    return cases
+
+
 def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
     """Read and check the whole file; every case it lists, or an InputError naming the
     place and the fix."""
@@ -344,44 +384,13 @@ def load_matrix(path: Path, host_filter: Sequence[str] = ()) -> Matrix:
     groups = _table(data.get("groups"), "[groups]") if "groups" in data else {}
     if not groups:
         _fail(where, "no [groups.NAME] with scenarios", "add a group of [[groups.NAME.scenario]]")
-    cases = []
-    for gname, group in groups.items():
-        gwhere = f"[groups.{gname}]"
-        group = dict(_table(group, gwhere))
-        scenarios = group.pop("scenario", None)
-        group.pop("description", None)
-        selectors = {k: group.pop(k) for k in SELECTORS if k in group}
-        _check_keys(group, SCENARIO_OPTIONS | set(GROUP_KEYS), gwhere)
-        if not isinstance(scenarios, list) or not scenarios:
-            _fail(gwhere, "has no scenarios", f"add [[groups.{gname}.scenario]] tables")
-        seen: set[str] = set()
-        for i, raw in enumerate(scenarios):
-            scenario = dict(_table(raw, f"{gwhere} scenario {i + 1}"))
-            sname = scenario.pop("name", f"s{i + 1}")
-            swhere = f"{gwhere} scenario '{sname}'"
-            if not isinstance(sname, str) or sname in seen or not sname:
-                _fail(swhere, "needs a unique, non-empty name", 'add name = "..."')
-            seen.add(sname)
-            scenario.pop("description", None)
-            sel = selectors | {k: scenario.pop(k) for k in SELECTORS if k in scenario}
-            _check_keys(scenario, SCENARIO_OPTIONS | set(SCENARIO_KEYS), swhere)
-            on_hosts = _names(sel.get("hosts", [h.name for h in all_hosts]),
-                              [h.name for h in all_hosts], "hosts", swhere)
-            on_guests = _names(sel.get("guests", list(guests)), list(guests), "guests", swhere)
-            for key, value in (defaults | group | scenario).items():
-                if isinstance(value, list) and not value:
-                    _fail(swhere, f"'{key}' is an empty list", "give at least one value")
-            for guest in on_guests:  # a guest's table overrides [defaults], a scenario both
-                for label, options in _expand(defaults | guests[guest] | group | scenario):
-                    for host in (h for h in hosts if h.name in on_hosts):
-                        cases.append(_case(gname, sname, label, host, guest, options, base,
-                                           f"{swhere}{label and f'[{label}]'} on "
-                                           f"{host.name}/{guest}"))
+    cases = [case for gname, group in groups.items()
+             for case in _group_cases(gname, group, defaults, guests, all_hosts, hosts, base)]
     by_dir: dict[str, MatrixCase] = {}
     for case in cases:  # a name is a test id and a run directory: each must be one case's
         if (other := by_dir.setdefault(case.dir_name, case)) is not case:
-            _fail(where, f"cases {other.case_id} and {case.case_id} would share a name (and a run "
-                  "directory)", "list each value once, and give groups and scenarios names "
+            _fail(where, f"cases {other.case_id} and {case.case_id} would share a name (and "
+                  "a run directory)", "list each value once, and give groups and scenarios names "
                   "that differ by more than punctuation")
     if not cases:
         _fail(where, "no case runs on the selected hosts",
