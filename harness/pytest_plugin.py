@@ -17,6 +17,9 @@ libvirt URI, accelerator and artifacts directory. Fixtures:
 Markers: `hotadd_windows`, `hotadd_kvm`, `hotadd_vcpus(total, free=k)`; a test whose need is
 not met is skipped with a reason naming what is missing and the option that provides it.
 
+`--hotadd-matrix FILE` runs a scenario matrix instead of test files (`hotadd matrix`; see
+`harness.matrix_plugin`), on pytest-xdist workers with `-n N`.
+
 Each test's artifacts (serial.log, domain.xml, records.jsonl, result.json, screenshot.png on
 failure) land in `<artifacts>/<test>/`; the run's HTML report in `<artifacts>/report.html`;
 JUnit XML (`--junitxml`) gets the verdict, findings, add latencies and versions as properties.

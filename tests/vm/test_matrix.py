@@ -17,7 +17,7 @@ import pytest
 from harness.host import roots
 from harness.host.roots import qemu_pids_mentioning, sweep_dead_worker_roots, workers_dir
 from tests.support.processes import run_hotadd
-from tests.vm.test_report import chromium
+from tests.vm.test_report import chromium, count_color, png_pixels
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "examples" / "smoke.toml"
@@ -58,6 +58,11 @@ def test_smoke_matrix_on_two_workers(tmp_path: Path) -> None:
     links = [line.split('href="')[1].split('"')[0] for line in dom.splitlines()
              if 'href="' in line]
     assert len(links) == 4 and all((art / link).is_file() for link in links)
+    png = tmp_path / "matrix.png"
+    chromium(["--window-size=1200,700", f"--screenshot={png}", page.as_uri()], tmp_path)
+    _, _, pixels = png_pixels(png.read_bytes())
+    assert count_color(pixels, "#2e7d32") > 4 * 100  # four green "pass" badges drawn
+    assert count_color(pixels, "#c62828") == 0  # and no red "fail" one
 
     for uri in uris:
         assert not qemu_pids_mentioning(uri.split("root=")[1])
