@@ -12,8 +12,8 @@ How it stays correct without a daemon:
   released it or died: the kernel drops flocks of a dead process), so it is removed and not
   counted. A crashed worker therefore never leaks capacity, and no pid can be mistaken for
   another.
-- A process that does not fit waits by blocking on one live holder's lock (no polling), then
-  counts again.
+- A process that does not fit waits, blocking on every live holder's lock at once (no
+  polling), until any one lets go; then it counts again.
 flock(2) is per open file description and released on the last close or on exit
 (https://man7.org/linux/man-pages/man2/flock.2.html).
 """
@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,13 +132,30 @@ def lease(host_key: str, capacity: Capacity, need: Capacity, label: str,
                 fcntl.flock(ledger, fcntl.LOCK_UN)
             if on_wait is not None:
                 on_wait(live)
-            _wait_for(holders / f"{live[0].token}.json")
+            _wait_for_any([holders / f"{h.token}.json" for h in live])
         yield mine[2]
     finally:
         os.close(ledger)
         if mine is not None:
             mine[1].unlink(missing_ok=True)  # unlink first: a waiter then never counts it
             os.close(mine[0])  # releases the flock: a waiter blocked on it wakes up
+
+
+def _wait_for_any(holder_files: list[Path]) -> None:
+    """Block until any of these holders lets go. One daemon thread blocks in flock on each;
+    the first to return wakes this one. The others end when their holder lets go (or with the
+    process): a lock they then take is on a released, unlinked or dead holder's file, which
+    nobody counts."""
+    done = threading.Event()
+
+    def wait_one(path: Path) -> None:
+        _wait_for(path)
+        done.set()
+
+    for path in holder_files:
+        threading.Thread(target=wait_one, args=(path,), name=f"capacity-wait-{path.stem}",
+                         daemon=True).start()
+    done.wait()
 
 
 def _wait_for(holder_file: Path) -> None:
