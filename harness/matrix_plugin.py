@@ -6,9 +6,9 @@ pytest-xdist distributes them over workers. Per process (a worker, or pytest its
 xdist): one embedded libvirt root claimed from the worker slots (`harness.host.roots`). Per
 case: a lease on the host's capacity (`harness.host.capacity`), then `run_scenario` as `hotadd
 run` does, the case's run report, and its facts as JUnit properties (host, worker, guest,
-verdict, per-add latencies). The controller alone (the process without `workerinput`) sweeps
-dead workers' roots before workers start, writes the matrix page from the reports it receives,
-and turns the cases' outcomes into hotadd's exit code.
+verdict, per-add latencies). The controller alone (the process without `workerinput`) writes
+the matrix page from the reports it receives and turns the cases' outcomes into hotadd's exit
+code; `harness.pytest_plugin` has it sweep dead workers' roots before workers start.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pytest
 
 from harness.errors import HotaddError, Outcome, exit_code
 from harness.host.capacity import Holder, lease
-from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
 from harness.matrix import Matrix, MatrixCase, MatrixHost, load_matrix
 from harness.progress import Progress
+from harness.pytest_plugin import process_root
 from harness.report.html import write_report
 from harness.report.junit import junit_properties
 from harness.report.matrix import CaseCell, write_matrix_page
@@ -107,9 +107,7 @@ class MatrixSession:
                           else Path.cwd() / "runs" / (
                               f"{time.strftime('%Y%m%d-%H%M%S')}-matrix-{matrix.name}"))
         self.cells: dict[str, CaseCell] = {}
-        self.swept: list[str] = []
         self.page: Path | None = None
-        self._root: WorkerRoot | None = None
 
     @classmethod
     def register(cls, config: pytest.Config, path: Path) -> None:
@@ -134,9 +132,7 @@ class MatrixSession:
         """This process's libvirt URI on `host`: its own embedded root, or the host's daemon."""
         if not host.embedded:
             return host.uri
-        if self._root is None:
-            self._root = claim_worker_root()
-        return self._root.uri
+        return process_root(self.config).uri
 
     def run_case(self, item: MatrixItem) -> None:
         case = item.case
@@ -169,20 +165,7 @@ class MatrixSession:
         if not result.passed:
             raise CaseFailed(render_result(result))
 
-    def pytest_unconfigure(self) -> None:
-        if self._root is not None:
-            self._root.release()
-            self._root = None
-
     # --- the controller -------------------------------------------------------------------------
-
-    @pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers
-    def pytest_sessionstart(self) -> None:
-        if self.controller:
-            try:
-                self.swept = sweep_dead_worker_roots()
-            except HotaddError as exc:
-                raise pytest.UsageError(f"hotadd matrix: {exc}") from exc
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -217,8 +200,6 @@ class MatrixSession:
             session.exitstatus = int(exit_code(outcome))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for line in self.swept:
-            terminalreporter.write_line(f"hotadd: swept a dead worker's root: {line}")
         if self.page is not None:
             outcome = self.outcome()
             terminalreporter.write_line(
