@@ -136,12 +136,10 @@ class MatrixSession:
 
     def run_case(self, item: MatrixItem) -> None:
         case = item.case
-        uri = self.uri_for(case.host)
         run_dir = self.artifacts / case.dir_name
         props = item.user_properties
         props += [("hotadd.matrix.case", case.case_id), ("hotadd.host", case.host.name),
-                  ("hotadd.host.uri", uri), ("hotadd.worker", self.worker),
-                  ("hotadd.matrix.guest", case.guest)]
+                  ("hotadd.worker", self.worker), ("hotadd.matrix.guest", case.guest)]
         progress = Progress(quiet=self.config.getoption("verbose") < 1)
 
         def waiting(holders: list[Holder]) -> None:
@@ -149,11 +147,13 @@ class MatrixSession:
                          f"{', '.join(h.label for h in holders)}")
 
         try:
+            uri = self.uri_for(case.host)
+            props.append(("hotadd.host.uri", uri))
             with lease(case.host.gate_key, case.host.capacity, case.need, case.case_id,
                        waiting):
                 result = run_scenario(dataclasses.replace(case.spec, libvirt_uri=uri,
                                                           run_dir=run_dir), progress)
-        except HotaddError as exc:  # found before the run started (e.g. a missing image)
+        except HotaddError as exc:  # found before the run started (a missing image, a root)
             props += [("hotadd.outcome", Outcome.ERROR.value), ("hotadd.verdict", "none"),
                       ("hotadd.error", str(exc))]
             raise CaseFailed(f"hotadd: error: {exc}") from exc

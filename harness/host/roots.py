@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
-from harness.errors import InfrastructureError
+from harness.errors import InfrastructureError, InputError
+from harness.host.connection import EMBED_ROOT_MAX
 
 WORKERS = "libvirt-workers"
 
@@ -65,6 +66,13 @@ def claim_worker_root() -> WorkerRoot:
     slot = 0
     while (claimed := _try_claim(slot)) is None:
         slot += 1
+    if len(str(claimed.path)) > EMBED_ROOT_MAX:
+        claimed.release()
+        raise InputError(
+            f"worker libvirt roots under {workers_dir()} would be longer than "
+            f"{EMBED_ROOT_MAX} characters: QEMU's monitor sockets under them would exceed the "
+            "107-byte UNIX socket path limit",
+            "set HOTADD_CACHE_DIR to a shorter directory (e.g. /var/tmp/hotadd)")
     return claimed
 
 

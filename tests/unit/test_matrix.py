@@ -4,9 +4,12 @@ shipped examples; the CLI wrapper's pytest command line; the matrix page; worker
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -349,9 +352,18 @@ def test_matrix_page_shows_each_cell_escaped_and_cases_without_result(tmp_path: 
     assert '"verdict": "fail"' in (tmp_path / "out" / "matrix.json").read_text()
 
 
+@pytest.fixture
+def short_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A cache directory short enough for libvirt roots (QEMU's sockets live under them)."""
+    path = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
+    monkeypatch.setenv("HOTADD_CACHE_DIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_worker_roots_are_one_per_process_and_free_again_when_it_exits(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOTADD_CACHE_DIR", str(tmp_path))
+        short_cache: Path) -> None:
+    tmp_path = short_cache
     code = ("import sys; from harness.host.roots import claim_worker_root; "
             "print(claim_worker_root().path, flush=True); sys.stdin.readline()")
     env = os.environ | {"PYTHONPATH": str(REPO)}
@@ -373,3 +385,13 @@ def test_worker_roots_are_one_per_process_and_free_again_when_it_exits(
     again.release()
     mine.release()
     assert roots.sweep_dead_worker_roots() == []  # free, but nothing left in them
+
+
+def test_worker_roots_under_a_too_long_cache_say_how_to_shorten_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTADD_CACHE_DIR", str(tmp_path / ("x" * 60)))
+    with pytest.raises(InputError) as err:
+        roots.claim_worker_root()
+    assert "UNIX socket path limit" in err.value.problem
+    assert "HOTADD_CACHE_DIR" in str(err.value.fix)
+    assert roots._try_claim(0) is not None  # the refused claim let its slot go

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,8 +38,11 @@ name = "t"
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": str(REPO), "HOTADD_CACHE_DIR": str(tmp_path / "cache")}
+def env() -> Iterator[dict[str, str]]:
+    """A cache of its own, short enough for the workers' libvirt roots."""
+    cache = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
+    yield os.environ | {"PYTHONPATH": str(REPO), "HOTADD_CACHE_DIR": str(cache)}
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def properties(junit: Path) -> dict[str, dict[str, str]]:
@@ -65,7 +71,7 @@ def test_hotadd_matrix_runs_cases_on_workers_and_reports_once(
         assert props["hotadd.worker"] in {"gw0", "gw1"}
         assert props["hotadd.host"] == "local"
         assert props["hotadd.host.uri"].startswith(
-            f"qemu:///embed?root={tmp_path / 'cache' / 'libvirt-workers'}/")
+            f"qemu:///embed?root={env['HOTADD_CACHE_DIR']}/libvirt-workers/")
         assert props["hotadd.matrix.guest"] == "ws"
         assert (props["hotadd.outcome"], props["hotadd.verdict"]) == ("error", "none")
         assert "missing.qcow2 does not exist" in props["hotadd.error"]
