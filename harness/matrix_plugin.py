@@ -1,7 +1,7 @@
 """The pytest side of a matrix (`pytest --hotadd-matrix FILE -n N`, which `hotadd matrix` runs).
 
 Registered by `harness.pytest_plugin` when `--hotadd-matrix` is given. The matrix file is
-collected as a test file whose tests are its cases (`group/scenario[values]@host/guest`);
+collected as a test file whose tests are its cases (`group/scenario@host/guest[values]`);
 pytest-xdist distributes them over workers. Per process (a worker, or pytest itself without
 xdist): one embedded libvirt root claimed from the worker slots (`harness.host.roots`). Per
 case: a lease on the host's capacity (`harness.host.capacity`), then `run_scenario` as `hotadd
