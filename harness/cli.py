@@ -17,7 +17,7 @@ from harness import __version__, interrupts
 from harness.errors import HotaddError, exit_code
 
 COMMAND_MODULES = tuple(f"harness.commands.{name}" for name in (
-    "run", "check", "doctor", "guest", "image", "sweep", "report"))
+    "run", "check", "doctor", "guest", "image", "sweep", "report", "matrix"))
 
 
 def build_parser() -> argparse.ArgumentParser:

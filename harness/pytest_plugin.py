@@ -17,6 +17,9 @@ libvirt URI, accelerator and artifacts directory. Fixtures:
 Markers: `hotadd_windows`, `hotadd_kvm`, `hotadd_vcpus(total, free=k)`; a test whose need is
 not met is skipped with a reason naming what is missing and the option that provides it.
 
+`--hotadd-matrix FILE` runs a scenario matrix instead of test files (`hotadd matrix`; see
+`harness.matrix_plugin`), on pytest-xdist workers with `-n N`.
+
 Each test's artifacts (serial.log, domain.xml, records.jsonl, result.json, screenshot.png on
 failure) land in `<artifacts>/<test>/`; the run's HTML report in `<artifacts>/report.html`;
 JUnit XML (`--junitxml`) gets the verdict, findings, add latencies and versions as properties.
@@ -43,6 +46,7 @@ from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host import accel
 from harness.host.domain import Accelerator, Topology
 from harness.host.machine import HotplugMethod, run_name
+from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
 from harness.progress import Progress
 from harness.records import NotifyRecord, Record, parse_records
 from harness.report.html import write_report
@@ -69,6 +73,10 @@ _LAB = pytest.StashKey["Lab"]()
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _NEXT_WANTS_GUEST = pytest.StashKey[bool]()
 _BENCH = pytest.StashKey["_TestBench"]()
+_WORKER_ROOT = pytest.StashKey[WorkerRoot]()
+#: what the xdist controller tells each worker: the one artifacts directory of the session
+ARTIFACTS_KEY = "hotadd_artifacts"
+TEST_DIR_PROPERTY = "hotadd.test_dir"
 
 
 # --- options and markers ----------------------------------------------------------------------
@@ -97,7 +105,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave a failing test's guest running for inspection (later tests "
                          "boot a new one)")
     group.addoption("--hotadd-artifacts", type=Path, metavar="DIR",
-                    help="per-test artifacts and report.html (default: <basetemp>/hotadd)")
+                    help="per-test artifacts and report.html (default: <basetemp>/hotadd; "
+                         "with --hotadd-matrix: ./runs/TIME-matrix-NAME)")
+    group.addoption("--hotadd-matrix", type=Path, metavar="FILE",
+                    help="run the scenario matrix of this TOML file (hotadd matrix; with -n N "
+                         "on N pytest-xdist workers)")
+    group.addoption("--hotadd-host", action="append", metavar="NAME|URI",
+                    help="with --hotadd-matrix: run on this host of the file only (repeatable)")
 
 
 MARKERS = (
@@ -114,9 +128,63 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     try:
         spec = base_spec(config)
+        matrix: Path | None = config.getoption("hotadd_matrix")
+        if matrix is not None:
+            from harness.matrix_plugin import MatrixSession
+
+            MatrixSession.register(config, matrix)
     except HotaddError as exc:
         raise pytest.UsageError(f"hotadd options: {exc}") from exc
-    config.stash[_LAB] = Lab(config, spec)
+    lab = config.stash[_LAB] = Lab(config, _worker_libvirt(config, spec))
+    config.pluginmanager.register(lab, "hotadd-lab")
+
+
+def _worker_libvirt(config: pytest.Config, spec: ScenarioSpec) -> ScenarioSpec:
+    """Under pytest-xdist, a worker that would use the per-user default embedded root takes a
+    worker root of its own instead: libvirt lets one process hold a root. An explicitly given
+    URI is used as given."""
+    if not hasattr(config, "workerinput") or config.getoption("hotadd_matrix"):
+        return spec  # (a matrix's cases take the process's root when they run)
+    if (spec.libvirt_uri or os.environ.get("HOTADD_LIBVIRT_URI") or
+            paths.default_libvirt_uri()) != paths.default_libvirt_uri():
+        return spec
+    return dataclasses.replace(spec, libvirt_uri=process_root(config).uri)
+
+
+def process_root(config: pytest.Config) -> WorkerRoot:
+    """This process's worker root, claimed on first use and held until pytest ends."""
+    if _WORKER_ROOT not in config.stash:
+        config.stash[_WORKER_ROOT] = claim_worker_root()
+    return config.stash[_WORKER_ROOT]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A session with workers (or a matrix) first sweeps the worker roots of dead workers:
+    their QEMU outlives them, and this process is the next run that can clear it."""
+    config = session.config
+    if hasattr(config, "workerinput") or not (
+            config.getoption("hotadd_matrix") or getattr(config.option, "numprocesses", None)):
+        return
+    try:
+        config.stash[_LAB].swept = sweep_dead_worker_roots()
+    except HotaddError as exc:
+        raise pytest.UsageError(f"hotadd: {exc}") from exc
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(_WORKER_ROOT, None)
+    if root is not None:
+        root.release()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: every worker puts its tests' artifacts in the
+    controller's directory, where the controller alone writes the session's report."""
+    lab: Lab = node.config.stash[_LAB]
+    lab.default_artifacts(node.config._tmp_path_factory.getbasetemp() / "hotadd")
+    node.workerinput[ARTIFACTS_KEY] = str(lab.artifacts)
 
 
 def base_spec(config: pytest.Config) -> ScenarioSpec:
@@ -219,7 +287,12 @@ class Lab:
         self.report_error: str | None = None
         self._test_dirs: list[Path] = []  # this session's, in the order the tests ran
         self.kept: list[str] = []
-        self._artifacts: Path | None = config.getoption("hotadd_artifacts")
+        self.swept: list[str] = []  # dead workers' roots cleared at the start
+        workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+        self.worker = workerinput is not None  # an xdist worker: the controller reports
+        self._artifacts: Path | None = (
+            Path(workerinput[ARTIFACTS_KEY]) if workerinput and ARTIFACTS_KEY in workerinput
+            else config.getoption("hotadd_artifacts"))
         self._stack = contextlib.ExitStack()  # the host connection
         self._guest_stack = contextlib.ExitStack()  # the current guest
         self._host: Host | None = None
@@ -299,8 +372,16 @@ class Lab:
             self._host = None
             self._stack.close()
 
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """On the xdist controller: the test directories the workers made, for the report."""
+        for name, value in report.user_properties:
+            if name == TEST_DIR_PROPERTY and Path(str(value)) not in self._test_dirs:
+                self._test_dirs.append(Path(str(value)))
+
     def finish(self) -> None:
         self.close()
+        if self.worker:
+            return  # the controller writes the one report, from every worker's tests
         if self._test_dirs and self._artifacts is not None:
             try:
                 self.report = write_report(self._artifacts, self._test_dirs)
@@ -308,7 +389,7 @@ class Lab:
                 self.report_error = str(exc)
 
     def summary_lines(self) -> list[str]:
-        lines = []
+        lines = [f"hotadd: swept a dead worker's root: {s}" for s in self.swept]
         if self.report is not None:
             lines.append(f"hotadd: report {self.report}")
         if self.report_error is not None:
@@ -345,6 +426,7 @@ def hotadd_guest(hotadd_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Gu
     lab = hotadd_lab
     guest = lab.guest()
     test_dir = lab.test_dir(request.node.nodeid)
+    request.node.user_properties.append((TEST_DIR_PROPERTY, str(test_dir)))
     progress = Progress(quiet=lab.progress.quiet)
     try:
         guest.restore(test_dir, progress)

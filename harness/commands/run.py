@@ -71,14 +71,25 @@ def add_parser(sub: Any) -> None:
         "run", help="boot a guest, hot-add vCPUs, collect the probe's records, give a verdict",
         description="Run one hot-add scenario. Exit 0 pass, 1 verdict fail (or guest crash), "
                     "2 harness/infrastructure error.")
-    g = p.add_argument_group("guest")
+    add_arguments(p)
+    p.set_defaults(func=run_command)
+
+
+#: The argument groups of `add_arguments`; `harness.matrix` reads a matrix file's guest tables
+#: and scenarios against them, so a scenario option means exactly what the flag means.
+GUEST_GROUP, VCPU_GROUP, PROBE_GROUP, RUN_GROUP = "guest", "vCPUs", "probe", "run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of one scenario (also what a matrix file's scenarios may set)."""
+    g = p.add_argument_group(GUEST_GROUP)
     g.add_argument("--guest", choices=[c.value for c in GuestChoice], default="reference")
     g.add_argument("--image", type=Path, help="Windows golden image (hotadd image build)")
     g.add_argument("--driver", type=Path, help="Windows probe driver .sys (default: from image)")
     g.add_argument("--memory", type=_positive(int), metavar="MIB", help="guest memory")
     g.add_argument("--firmware", choices=[f.value for f in Firmware])
     g.add_argument("--accel", choices=[a.value for a in Accelerator], default="auto")
-    t = p.add_argument_group("vCPUs")
+    t = p.add_argument_group(VCPU_GROUP)
     t.add_argument("--sockets", type=int, default=1)
     t.add_argument("--dies", type=int, default=1)
     t.add_argument("--cores", type=int, default=4)
@@ -94,14 +105,14 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--method", choices=[m.value for m in HotplugMethod], default="setVcpu")
     t.add_argument("--add-after-unload", action="store_true",
                    help="after unloading the probe, add one more vCPU and expect no record")
-    pr = p.add_argument_group("probe")
+    pr = p.add_argument_group(PROBE_GROUP)
     pr.add_argument("--veto-cpu", type=int, metavar="INDEX",
                     help="processor index whose Start the probe vetoes (an online one: replay)")
     pr.add_argument("--veto-status", type=_status, default=None,
                     help="NTSTATUS of the veto (default 0xC000009A); needs --veto-cpu")
     pr.add_argument("--no-add-existing", action="store_true",
                     help="register without KE_PROCESSOR_CHANGE_ADD_EXISTING (no replay)")
-    r = p.add_argument_group("run")
+    r = p.add_argument_group(RUN_GROUP)
     r.add_argument("--libvirt-uri", help=f"default: {default_uri()}")
     r.add_argument("--run-dir", type=Path, help="artifacts directory (default ./runs/TIME-NAME)")
     r.add_argument("--keep-on-failure", action="store_true",
@@ -113,7 +124,6 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--print-xml", action="store_true",
                    help="print the domain XML the run would define and stop: nothing is "
                         "started, and the image and driver need not exist")
-    p.set_defaults(func=run_command)
 
 
 def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:

@@ -134,6 +134,7 @@ class GuestKind(abc.ABC):
 
     name: str
     oracle_profile: OracleProfile
+    default_memory_mib: int  # when the run gives none (a matrix gates host memory by it)
 
     @abc.abstractmethod
     def prepare(self, progress: Progress) -> None:

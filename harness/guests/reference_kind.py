@@ -78,6 +78,7 @@ class ReferenceSession(GuestSession):
 class ReferenceGuest(GuestKind):
     name = "reference"
     oracle_profile = OracleProfile.LINUX
+    default_memory_mib = 512
 
     def __init__(self, fault: reference.FaultInjection | None = None) -> None:
         self._image: reference.ReferenceImage | None = None
@@ -108,7 +109,8 @@ class ReferenceGuest(GuestKind):
                              "use --firmware bios (the default) with --guest reference")
         return DomainSpec(
             name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
-            serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 512,
+            serial_log=hw.run_dir / "serial.log",
+            memory_mib=hw.memory_mib or self.default_memory_mib,
             accelerator=hw.accelerator, direct_boot=boot,
             forwards=(Forward(guest_port=22, host_port=free_port()),), planned=planned,
         )

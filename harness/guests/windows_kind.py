@@ -142,7 +142,8 @@ def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | Non
           driver_iso: Path, planned: bool = False) -> DomainSpec:
     return DomainSpec(
         name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
-        serial_log=hw.run_dir / "serial.log", memory_mib=hw.memory_mib or 2048,
+        serial_log=hw.run_dir / "serial.log",
+        memory_mib=hw.memory_mib or WindowsGuest.default_memory_mib,
         firmware=firmware, accelerator=hw.accelerator, nvram=nvram, disks=(disk,),
         cdroms=(Cdrom(driver_iso),),
         forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),), planned=planned,
@@ -152,6 +153,7 @@ def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | Non
 class WindowsGuest(GuestKind):
     name = "windows"
     oracle_profile = OracleProfile.WINDOWS
+    default_memory_mib = 2048
 
     def __init__(self, image: Path | None, driver: Path | None, *,
                  allow_tcg: bool = False) -> None:

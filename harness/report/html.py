@@ -107,6 +107,11 @@ _ENV = jinja2.Environment(
     keep_trailing_newline=True)
 
 
+def template(name: str) -> jinja2.Template:
+    """A page template of `templates/` (this page's, or another report's that shares its CSS)."""
+    return _ENV.get_template(name)
+
+
 @dataclass(frozen=True)
 class SummaryRow:
     """One scenario's line in the summary table."""

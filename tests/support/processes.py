@@ -10,20 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.host.roots import qemu_pids_mentioning
 
-def qemu_pids_mentioning(text: str) -> list[int]:
-    """PIDs of running QEMU processes whose command line contains `text` (a root or a name)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and text in cmdline:
-            pids.append(int(proc.name))
-    return pids
+__all__ = ["qemu_pids_mentioning", "run_hotadd", "short_root"]
 
 
 @contextmanager
