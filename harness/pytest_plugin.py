@@ -44,7 +44,7 @@ from harness import paths
 from harness.errors import HotaddError, InfrastructureError, InputError
 from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host import accel
-from harness.host.domain import Accelerator, Topology
+from harness.host.domain import Accelerator, GuestOS, Topology
 from harness.host.machine import HotplugMethod, run_name
 from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
 from harness.progress import Progress
@@ -56,7 +56,6 @@ from harness.scenario import (
     AddOutcome,
     Attempt,
     Guest,
-    GuestChoice,
     Host,
     RunResult,
     ScenarioSpec,
@@ -86,8 +85,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hotadd-libvirt-uri", metavar="URI",
                     help="libvirt URI (default: HOTADD_LIBVIRT_URI, else "
                          f"{paths.default_libvirt_uri()})")
-    group.addoption("--hotadd-guest", choices=[c.value for c in GuestChoice],
-                    default=GuestChoice.REFERENCE.value, help="guest kind (default: reference)")
+    group.addoption("--hotadd-guest", choices=[c.value for c in GuestOS],
+                    default=GuestOS.REFERENCE.value, help="guest kind (default: reference)")
     group.addoption("--hotadd-image", type=Path, metavar="PATH",
                     help="Windows golden image (hotadd image build)")
     group.addoption("--hotadd-driver", type=Path, metavar="PATH",
@@ -194,7 +193,7 @@ def base_spec(config: pytest.Config) -> ScenarioSpec:
     if max_vcpus < 1:
         raise InputError(f"--hotadd-max-vcpus {max_vcpus} must be >= 1", "give a positive count")
     return ScenarioSpec(
-        guest=GuestChoice(config.getoption("hotadd_guest")),
+        guest=GuestOS(config.getoption("hotadd_guest")),
         topology=Topology(sockets=1, dies=1, cores=max_vcpus, threads=1), boot_vcpus=boot,
         adds=0, accelerator=Accelerator(config.getoption("hotadd_accel")),
         libvirt_uri=config.getoption("hotadd_libvirt_uri"),
@@ -205,7 +204,7 @@ def base_spec(config: pytest.Config) -> ScenarioSpec:
 
 def missing_for(item: pytest.Item, spec: ScenarioSpec) -> str | None:
     """Why this session cannot run `item` (the reason of its skip), or None."""
-    if item.get_closest_marker("hotadd_windows") and spec.guest is not GuestChoice.WINDOWS:
+    if item.get_closest_marker("hotadd_windows") and spec.guest is not GuestOS.WINDOWS:
         return (f"needs the Windows guest; this session runs the {spec.guest.value} guest: "
                 "run with --hotadd-guest windows --hotadd-image IMAGE (see 'hotadd image build')")
     if item.get_closest_marker("hotadd_kvm"):
@@ -337,7 +336,7 @@ class Lab:
     def _boot(self) -> Guest:
         spec, progress = self.spec, self.progress
         kind = guest_kind(spec)
-        with progress.stage("prepare", f"{kind.name} guest image"):
+        with progress.stage("prepare", f"{kind.os.value} guest image"):
             kind.prepare(progress)
         if self._host is None:
             self._host = self._stack.enter_context(open_host(spec, progress))

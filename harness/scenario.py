@@ -39,13 +39,13 @@ from harness.errors import (
 from harness.guests.base import (
     GuestFacts,
     GuestKind,
-    GuestSession,
     HardwareRequest,
     ProbeSettings,
+    Session,
 )
 from harness.host import accel, storage
 from harness.host.connection import check_uri, open_connection, versions
-from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan, to_xml
+from harness.host.domain import Accelerator, Firmware, GuestOS, Topology, VcpuPlan, to_xml
 from harness.host.events import OstEvent
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
@@ -55,19 +55,16 @@ from harness.progress import Progress
 from harness.records import NotifyRecord, NotifyState, Phase, parse_records
 
 RESULT_SCHEMA = "hotadd.result/1"
+#: The oracle's rule set for each guest: the reference guest's probe speaks for Linux.
+ORACLE_PROFILES = {GuestOS.REFERENCE: OracleProfile.LINUX, GuestOS.WINDOWS: OracleProfile.WINDOWS}
 NTSTATUS_ERROR_MIN = 0x8000_0000  # the lowest 32-bit status with NT_SUCCESS false
-
-
-class GuestChoice(enum.Enum):
-    REFERENCE = "reference"
-    WINDOWS = "windows"
 
 
 @dataclass(frozen=True)
 class ScenarioSpec:
     """Everything a run needs to know, validated before any VM exists."""
 
-    guest: GuestChoice = GuestChoice.REFERENCE
+    guest: GuestOS = GuestOS.REFERENCE
     topology: Topology = field(default_factory=lambda: Topology(sockets=1, dies=1, cores=4))
     boot_vcpus: int = 2
     adds: int = 2
@@ -129,7 +126,7 @@ class ScenarioSpec:
                              "(--no-add-existing) its Start is never called: it would veto "
                              "nothing", f"choose a hot-added index ({plan.boot}.."
                              f"{plan.maximum - 1}), or drop --no-add-existing")
-        if self.guest is GuestChoice.REFERENCE:
+        if self.guest is GuestOS.REFERENCE:
             from harness.guests.reference_kind import probe_params
 
             probe_params(probe)  # the statuses the Linux probe can report, before any boot
@@ -138,7 +135,7 @@ class ScenarioSpec:
         if self.memory_mib is not None and self.memory_mib < 1:
             raise InputError(f"--memory {self.memory_mib} MiB is no memory at all",
                              "give the guest memory in MiB, e.g. --memory 1024, or leave it out")
-        if self.guest is GuestChoice.REFERENCE:
+        if self.guest is GuestOS.REFERENCE:
             given = [name for name, value in (("--image", self.image), ("--driver", self.driver))
                      if value is not None]
             if given:
@@ -339,13 +336,13 @@ def _spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
 
 
 def guest_kind(spec: ScenarioSpec) -> GuestKind:
-    if spec.guest is GuestChoice.REFERENCE:
-        from harness.guests.reference_kind import ReferenceGuest
+    if spec.guest is GuestOS.REFERENCE:
+        from harness.guests.reference_kind import ReferenceKind
 
-        return ReferenceGuest()
-    from harness.guests.windows_kind import WindowsGuest
+        return ReferenceKind()
+    from harness.guests.windows_kind import WindowsKind
 
-    return WindowsGuest(image=spec.image, driver=spec.driver)
+    return WindowsKind(image=spec.image, driver=spec.driver)
 
 
 def default_run_dir(domain: str) -> Path:
@@ -403,7 +400,7 @@ class Guest:
         self.kind = kind
         self.host = host
         self.machine = machine
-        self.session: GuestSession | None = None
+        self.session: Session | None = None
         self._saved: Path | None = None
 
     @classmethod
@@ -444,7 +441,7 @@ class Guest:
     def name(self) -> str:
         return self.machine.name
 
-    def connect(self, progress: Progress) -> GuestSession:
+    def connect(self, progress: Progress) -> Session:
         """Wait for the guest's transport and open a session (stage "ready")."""
         self.close_session()
         with progress.stage("ready", "the guest's transport"):
@@ -526,7 +523,7 @@ class Attempt:
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
 
     @property
-    def session(self) -> GuestSession:
+    def session(self) -> Session:
         if self.guest.session is None:
             raise InputError("the guest has no open session", "call Guest.connect() first")
         return self.guest.session
@@ -619,7 +616,7 @@ class Attempt:
             adds_performed=performed,
             adds_expected_ok=self.spec.adds_expected_ok if performed == self.spec.adds else None,
             boot_cpus=self._boot_count, guest_count=guest_count)
-        verdict = check(final, self.guest.kind.oracle_profile, facts)
+        verdict = check(final, ORACLE_PROFILES[self.spec.guest], facts)
         checks = _host_checks(self, qemu.present, qemu.running_cpus, guest_count)
         return self._result(verdict, checks)
 
@@ -738,7 +735,7 @@ def planned_xml(spec: ScenarioSpec) -> str:
 
 def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
          run_dir: Path, partial: list[RunResult]) -> RunResult:
-    with progress.stage("prepare", f"{kind.name} guest image"):
+    with progress.stage("prepare", f"{kind.os.value} guest image"):
         kind.prepare(progress)
     with open_host(spec, progress) as host, \
             Guest.boot(spec, kind, host, progress, domain, run_dir) as guest:
@@ -819,7 +816,7 @@ def _host_checks(attempt: Attempt, qemu_present: int, qemu_running: int,
     adds = attempt.adds
     expected_present = plan.boot + len(adds)
     # Linux always answers _OST; whether Windows does is an open question (a warning).
-    ost_severity = (Severity.FAIL if attempt.guest.kind.oracle_profile is OracleProfile.LINUX
+    ost_severity = (Severity.FAIL if ORACLE_PROFILES[spec.guest] is OracleProfile.LINUX
                     else Severity.WARN)
     checks = [
         HostCheck("qemu.present", Severity.FAIL, qemu_present == expected_present,

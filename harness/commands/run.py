@@ -11,7 +11,7 @@ from typing import Any
 from harness.errors import HotaddError, InputError, Outcome, exit_code
 from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
 from harness.host.connection import default_uri
-from harness.host.domain import Accelerator, Firmware, Topology
+from harness.host.domain import Accelerator, Firmware, GuestOS, Topology
 from harness.host.machine import HotplugMethod
 from harness.progress import Progress
 from harness.records import UINT32_MAX
@@ -19,7 +19,6 @@ from harness.report.html import write_report
 from harness.report.text import render_result
 from harness.scenario import (
     NTSTATUS_ERROR_MIN,
-    GuestChoice,
     ScenarioSpec,
     planned_xml,
     run_scenario,
@@ -83,7 +82,7 @@ GUEST_GROUP, VCPU_GROUP, PROBE_GROUP, RUN_GROUP = "guest", "vCPUs", "probe", "ru
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every option of one scenario (also what a matrix file's scenarios may set)."""
     g = p.add_argument_group(GUEST_GROUP)
-    g.add_argument("--guest", choices=[c.value for c in GuestChoice], default="reference")
+    g.add_argument("--guest", choices=[c.value for c in GuestOS], default="reference")
     g.add_argument("--image", type=Path, help="Windows golden image (hotadd image build)")
     g.add_argument("--driver", type=Path, help="Windows probe driver .sys (default: from image)")
     g.add_argument("--memory", type=_positive(int), metavar="MIB", help="guest memory")
@@ -139,7 +138,7 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
     else:
         adds = args.adds  # with --vcpu-ids too: ScenarioSpec refuses a count that differs
     spec = ScenarioSpec(
-        guest=GuestChoice(args.guest), topology=topology, boot_vcpus=args.boot_vcpus,
+        guest=GuestOS(args.guest), topology=topology, boot_vcpus=args.boot_vcpus,
         adds=adds, vcpu_ids=args.vcpu_ids,
         method=HotplugMethod(args.method),
         probe=ProbeSettings(

@@ -1,7 +1,7 @@
 """What the scenario needs from a guest OS, whatever it is.
 
 A `GuestKind` knows how to prepare its image, describe its virtual hardware and open a session
-once the domain runs; a `GuestSession` loads and unloads the probe and reads what it wrote.
+once the domain runs; a `Session` loads and unloads the probe and reads what it wrote.
 The reference guest and Windows implement both; the scenario sees nothing else.
 """
 
@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InputError, TransportError
-from harness.host.domain import Accelerator, DomainSpec, Firmware, VcpuPlan
+from harness.host.domain import Accelerator, DomainSpec, Firmware, GuestOS, VcpuPlan
 from harness.host.machine import Machine
-from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
 
@@ -91,7 +90,7 @@ class HardwareRequest:
     firmware: Firmware | None = None  # None: the guest kind's default
 
 
-class GuestSession(abc.ABC):
+class Session(abc.ABC):
     """A running guest reached through a transport."""
 
     transport: Transport
@@ -132,8 +131,7 @@ class GuestSession(abc.ABC):
 class GuestKind(abc.ABC):
     """One guest OS: image, hardware flavour, readiness, and how to talk to it."""
 
-    name: str
-    oracle_profile: OracleProfile
+    os: GuestOS  # which guest this kind runs (the scenario maps it to an oracle profile)
     default_memory_mib: int  # when the run gives none (a matrix gates host memory by it)
 
     @abc.abstractmethod
@@ -147,12 +145,12 @@ class GuestKind(abc.ABC):
     def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
         """The domain `domain_spec` would give, built from names alone (`--print-xml`):
         nothing is built, created or read that may not exist yet; `planned` is set."""
-        raise InputError(f"the {self.name} guest cannot print its domain XML without "
+        raise InputError(f"the {self.os.value} guest cannot print its domain XML without "
                          "preparing", "run without --print-xml")
 
     @abc.abstractmethod
     def open_session(self, machine: Machine, progress: Progress,
-                     timeout: float) -> GuestSession:
+                     timeout: float) -> Session:
         """Wait until the guest is reachable and return a session; GuestNotReady otherwise."""
 
     def console_records(self, serial_text: str) -> str:

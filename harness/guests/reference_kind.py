@@ -12,14 +12,13 @@ from harness.errors import InputError
 from harness.guests import reference
 from harness.guests.base import (
     GuestKind,
-    GuestSession,
     HardwareRequest,
     ProbeSettings,
+    Session,
     blaming_the_guest,
 )
-from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, Profile
+from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, GuestOS
 from harness.host.machine import Machine, free_port
-from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
 
@@ -39,7 +38,7 @@ def probe_params(settings: ProbeSettings,
                                  fault=fault)
 
 
-class ReferenceSession(GuestSession):
+class ReferenceSession(Session):
     """The probe module over SSH. `still_alive` (the machine's check) is consulted when the
     guest stops answering, so a crashed or wedged guest is reported as such (with the console's
     words), not as a lost connection."""
@@ -75,9 +74,8 @@ class ReferenceSession(GuestSession):
             return len(reference.online_cpus(self.transport))
 
 
-class ReferenceGuest(GuestKind):
-    name = "reference"
-    oracle_profile = OracleProfile.LINUX
+class ReferenceKind(GuestKind):
+    os = GuestOS.REFERENCE
     default_memory_mib = 512
 
     def __init__(self, fault: reference.FaultInjection | None = None) -> None:
@@ -108,7 +106,7 @@ class ReferenceGuest(GuestKind):
             raise InputError("the reference guest boots its kernel directly, without firmware",
                              "use --firmware bios (the default) with --guest reference")
         return DomainSpec(
-            name=hw.name, vcpus=hw.vcpus, profile=Profile.LINUX,
+            name=hw.name, vcpus=hw.vcpus, guest_os=GuestOS.REFERENCE,
             serial_log=hw.run_dir / "serial.log",
             memory_mib=hw.memory_mib or self.default_memory_mib,
             accelerator=hw.accelerator, direct_boot=boot,
@@ -119,7 +117,7 @@ class ReferenceGuest(GuestKind):
         return reference.records_from_console(serial_text)
 
     def open_session(self, machine: Machine, progress: Progress,
-                     timeout: float) -> GuestSession:
+                     timeout: float) -> Session:
         t0 = time.monotonic()
         machine.watch_console(reference.CONSOLE_ALARMS)
         machine.wait_serial(re.escape(reference.READY_MARKER), timeout,

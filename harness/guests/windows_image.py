@@ -71,7 +71,7 @@ from harness.host.domain import (
     DomainSpec,
     Firmware,
     Forward,
-    Profile,
+    GuestOS,
     Topology,
     VcpuPlan,
     to_xml,
@@ -349,7 +349,7 @@ def installer_spec(spec: ImageBuildSpec, name: str, accelerator: Accelerator, di
                    planned: bool = False) -> DomainSpec:
     """The installer domain: Windows ISO first, provisioning ISO, the new disk on SATA."""
     return DomainSpec(
-        name=name, profile=Profile.WINDOWS,
+        name=name, guest_os=GuestOS.WINDOWS,
         vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=spec.vcpus), boot=spec.vcpus),
         serial_log=spec.logs / "serial.log", memory_mib=spec.memory_mib,
         firmware=spec.firmware, accelerator=accelerator, nvram=nvram,

@@ -20,9 +20,9 @@ from harness.guests.base import (
     ClockSample,
     GuestFacts,
     GuestKind,
-    GuestSession,
     HardwareRequest,
     ProbeSettings,
+    Session,
     blaming_the_guest,
 )
 from harness.host import storage
@@ -34,10 +34,9 @@ from harness.host.domain import (
     DomainSpec,
     Firmware,
     Forward,
-    Profile,
+    GuestOS,
 )
 from harness.host.machine import Machine, free_port
-from harness.oracle import Profile as OracleProfile
 from harness.paths import REPO_ROOT
 from harness.progress import Progress, throttled
 from harness.transport.base import Transport
@@ -67,7 +66,7 @@ def probe_parameters(settings: ProbeSettings,
         veto_status=settings.veto_status, veto_during_replay=replay)
 
 
-class WindowsSession(GuestSession):
+class WindowsSession(Session):
     """The probe driver in a running Windows guest, over any cmd.exe transport.
 
     `still_alive` (the machine's check) is consulted whenever the guest stops answering, so a
@@ -141,18 +140,17 @@ def _firmware(hw: HardwareRequest, installed: Firmware | None) -> Firmware:
 def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | None,
           driver_iso: Path, planned: bool = False) -> DomainSpec:
     return DomainSpec(
-        name=hw.name, vcpus=hw.vcpus, profile=Profile.WINDOWS,
+        name=hw.name, vcpus=hw.vcpus, guest_os=GuestOS.WINDOWS,
         serial_log=hw.run_dir / "serial.log",
-        memory_mib=hw.memory_mib or WindowsGuest.default_memory_mib,
+        memory_mib=hw.memory_mib or WindowsKind.default_memory_mib,
         firmware=firmware, accelerator=hw.accelerator, nvram=nvram, disks=(disk,),
         cdroms=(Cdrom(driver_iso),),
         forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),), planned=planned,
     )
 
 
-class WindowsGuest(GuestKind):
-    name = "windows"
-    oracle_profile = OracleProfile.WINDOWS
+class WindowsKind(GuestKind):
+    os = GuestOS.WINDOWS
     default_memory_mib = 2048
 
     def __init__(self, image: Path | None, driver: Path | None, *,
@@ -228,7 +226,7 @@ class WindowsGuest(GuestKind):
         return _spec(hw, firmware, disk, nvram, hw.scratch / "driver.iso", planned=True)
 
     def open_session(self, machine: Machine, progress: Progress,
-                     timeout: float) -> GuestSession:
+                     timeout: float) -> Session:
         assert self._password is not None
         transport = WinRMTransport(WinRMEndpoint(
             port=machine.forwarded_port(WINRM_PORT), username=self.manifest.user,

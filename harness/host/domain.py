@@ -34,11 +34,13 @@ class Accelerator(enum.Enum):
     TCG = "tcg"
 
 
-class Profile(enum.Enum):
-    """Guest-OS flavour of the virtual hardware."""
+class GuestOS(enum.Enum):
+    """Which guest runs: the one name for the guest kind everywhere (`--guest`, the scenario,
+    the hardware flavour here, the guest kind in `harness.guests`, the oracle profile the
+    scenario maps it to)."""
 
+    REFERENCE = "reference"  # Linux: pvpanic, virtio-net, virtio disks, direct kernel boot
     WINDOWS = "windows"  # Hyper-V enlightenments, Hyper-V crash MSRs, e1000e, SATA disks
-    LINUX = "linux"  # pvpanic, virtio-net, virtio disks
 
 
 class DiskBus(enum.Enum):
@@ -188,7 +190,7 @@ class DomainSpec:
 
     name: str
     vcpus: VcpuPlan
-    profile: Profile
+    guest_os: GuestOS
     serial_log: Path
     memory_mib: int = 512
     firmware: Firmware = Firmware.BIOS
@@ -259,7 +261,7 @@ def _cpu(root: ET.Element, spec: DomainSpec) -> None:
     t = spec.vcpus.topology
     _sub(cpu, "topology", sockets=str(t.sockets), dies=str(t.dies), cores=str(t.cores),
          threads=str(t.threads))
-    for name in hidden_cpu_features(spec.profile):
+    for name in hidden_cpu_features(spec.guest_os):
         _sub(cpu, "feature", policy="disable", name=name)
 
 
@@ -282,7 +284,7 @@ def _features(root: ET.Element, spec: DomainSpec) -> None:
     feats = _sub(root, "features")
     _sub(feats, "acpi")
     _sub(feats, "apic")
-    if spec.profile is Profile.WINDOWS:
+    if spec.guest_os is GuestOS.WINDOWS:
         hv = _sub(feats, "hyperv", mode="custom")
         for name in hyperv_enlightenments(spec.accelerator):
             if name == "spinlocks":
@@ -330,7 +332,7 @@ def _qemu_netdev(root: ET.Element, spec: DomainSpec) -> None:
     if not spec.forwards:
         return
     fwds = ",".join(f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in spec.forwards)
-    model = "e1000e" if spec.profile is Profile.WINDOWS else "virtio-net-pci"
+    model = "e1000e" if spec.guest_os is GuestOS.WINDOWS else "virtio-net-pci"
     cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
     for arg in ("-netdev", f"user,id=hotaddnet0,restrict=on,{fwds}",
                 "-device", f"{model},netdev=hotaddnet0,bus=pcie.0,addr={NIC_SLOT}"):
@@ -375,14 +377,14 @@ def hyperv_enlightenments(accel: Accelerator) -> tuple[str, ...]:
 WINDOWS_HIDDEN_CPU_FEATURES = ("vmx", "svm", "sgx", "sgxlc")
 
 
-def hidden_cpu_features(profile: Profile) -> tuple[str, ...]:
-    """Features disabled in the guest CPU for this profile, whatever the accelerator."""
-    return WINDOWS_HIDDEN_CPU_FEATURES if profile is Profile.WINDOWS else ()
+def hidden_cpu_features(guest_os: GuestOS) -> tuple[str, ...]:
+    """Features disabled in the guest CPU for this guest, whatever the accelerator."""
+    return WINDOWS_HIDDEN_CPU_FEATURES if guest_os is GuestOS.WINDOWS else ()
 
 
 def profile_devices(devices: ET.Element, spec: DomainSpec) -> None:
     """Devices that depend on the guest flavour: how a crash is reported."""
-    if spec.profile is Profile.WINDOWS:
+    if spec.guest_os is GuestOS.WINDOWS:
         _sub(devices, "panic", model="hyperv")  # crash MSRs: bugcheck code + 4 parameters
     else:
         panic = _sub(devices, "panic", model="isa")  # pvpanic
@@ -403,7 +405,7 @@ def to_xml(spec: DomainSpec, emulator: str | None = None) -> str:
     _cpu(root, spec)
     # UTC for both: the answer file sets Windows' time zone to UTC, so its RTC reads UTC too
     clock = _sub(root, "clock", offset="utc")
-    if spec.profile is Profile.WINDOWS and spec.accelerator is Accelerator.KVM:
+    if spec.guest_os is GuestOS.WINDOWS and spec.accelerator is Accelerator.KVM:
         _sub(clock, "timer", name="hypervclock", present="yes")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")

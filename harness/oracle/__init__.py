@@ -5,7 +5,7 @@ per-processor timeline). The rules are data (`harness.oracle.rules`, documented 
 docs/oracle-rules.md); `harness.oracle.model` generates valid traces of the protocol.
 """
 
-from harness.oracle.engine import build_timeline, check
+from harness.oracle.engine import check, processor_timelines
 from harness.oracle.host import HostFacts
 from harness.oracle.rules import RULES, RULES_BY_ID, Profile, Rule, Severity, Source, rules_for
 from harness.oracle.verdict import (
@@ -28,8 +28,8 @@ __all__ = [
     "Severity",
     "Source",
     "Verdict",
-    "build_timeline",
     "check",
+    "processor_timelines",
     "render_verdict",
     "rules_for",
 ]

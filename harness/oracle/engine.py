@@ -13,7 +13,7 @@ from harness.oracle.verdict import Finding, ProcessorTimeline, Verdict
 from harness.records import Phase, Record
 
 
-def build_timeline(trace: Trace) -> tuple[ProcessorTimeline, ...]:
+def processor_timelines(trace: Trace) -> tuple[ProcessorTimeline, ...]:
     """One row per Start (replay, then hot-adds) with what closed it and how long it took."""
     rows: list[ProcessorTimeline] = []
     for phase, notifies in ((Phase.REPLAY, trace.replay), (Phase.HOTADD, trace.hotadd)):
@@ -57,6 +57,6 @@ def check(records: Sequence[Record], profile: Profile, host: HostFacts | None = 
         for h in sorted(_capped(hits), key=lambda h: min(h.seqs, default=0)))
     return Verdict(
         passed=all(f.severity is not Severity.FAIL for f in findings),
-        findings=findings, timeline=build_timeline(trace), profile=profile,
+        findings=findings, timeline=processor_timelines(trace), profile=profile,
         record_count=len(trace.records),
     )

@@ -20,7 +20,7 @@ from harness.host.domain import (
     DomainSpec,
     Firmware,
     Forward,
-    Profile,
+    GuestOS,
     Topology,
     VcpuPlan,
     hyperv_enlightenments,
@@ -42,7 +42,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def windows_spec(files: dict[str, Path], accel: Accelerator = Accelerator.TCG) -> DomainSpec:
     return DomainSpec(
         name="hotadd-win-0001", vcpus=VcpuPlan(Topology(sockets=2, cores=4), boot=2),
-        profile=Profile.WINDOWS, serial_log=files["kernel"].parent / "serial.log",
+        guest_os=GuestOS.WINDOWS, serial_log=files["kernel"].parent / "serial.log",
         memory_mib=4096, firmware=Firmware.UEFI, accelerator=accel, nvram=files["OVMF_VARS.fd"],
         disks=(Disk(files["disk.qcow2"], DiskBus.SATA),), cdroms=(Cdrom(files["install.iso"]),),
         forwards=(Forward(5985, 40000), Forward(22, 40001)))
@@ -50,7 +50,8 @@ def windows_spec(files: dict[str, Path], accel: Accelerator = Accelerator.TCG) -
 
 def linux_spec(files: dict[str, Path]) -> DomainSpec:
     return DomainSpec(
-        name="hotadd-ref-0001", vcpus=VcpuPlan(Topology(cores=4), boot=1), profile=Profile.LINUX,
+        name="hotadd-ref-0001", vcpus=VcpuPlan(Topology(cores=4), boot=1),
+        guest_os=GuestOS.REFERENCE,
         serial_log=files["kernel"].parent / "serial.log",
         direct_boot=DirectBoot(files["kernel"], files["initrd"], "console=ttyS0"),
         forwards=(Forward(22, 40002),))
@@ -162,7 +163,7 @@ def test_topology_fields_must_be_positive() -> None:
 
 def test_spec_refuses_what_libvirt_would_choke_on(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plan = VcpuPlan(Topology(cores=2), boot=1)
-    base = {"vcpus": plan, "profile": Profile.LINUX, "serial_log": tmp_path / "s.log",
+    base = {"vcpus": plan, "guest_os": GuestOS.REFERENCE, "serial_log": tmp_path / "s.log",
             "direct_boot": DirectBoot(files["kernel"], files["initrd"], "")}
     with pytest.raises(InputError, match="run prefix"):
         DomainSpec(name="mine", **base)  # type: ignore[arg-type]
@@ -171,7 +172,7 @@ def test_spec_refuses_what_libvirt_would_choke_on(files, tmp_path: Path) -> None
     with pytest.raises(InputError, match="NVRAM"):
         DomainSpec(name="hotadd-x", firmware=Firmware.UEFI, **base)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="does not exist"):
-        DomainSpec(name="hotadd-x", vcpus=plan, profile=Profile.LINUX,
+        DomainSpec(name="hotadd-x", vcpus=plan, guest_os=GuestOS.REFERENCE,
                    serial_log=tmp_path / "s.log", disks=(Disk(tmp_path / "missing.qcow2"),))
 
 

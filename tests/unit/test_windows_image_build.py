@@ -512,7 +512,7 @@ def test_vnc_listens_on_loopback_only() -> None:
     from harness.host.domain import (
         Cdrom,
         DomainSpec,
-        Profile,
+        GuestOS,
         Topology,
         VcpuPlan,
         to_xml,
@@ -520,7 +520,7 @@ def test_vnc_listens_on_loopback_only() -> None:
 
     iso = Path(windows_media.__file__)  # any existing file
     base = DomainSpec(name="hotadd-t-1", vcpus=VcpuPlan(Topology(cores=2), boot=2),
-                      profile=Profile.WINDOWS, serial_log=Path("/tmp/s.log"),
+                      guest_os=GuestOS.WINDOWS, serial_log=Path("/tmp/s.log"),
                       cdroms=(Cdrom(iso),))
     assert ET.fromstring(to_xml(base)).find("./devices/graphics") is None
     root = ET.fromstring(to_xml(dataclasses.replace(base, vnc=True)))

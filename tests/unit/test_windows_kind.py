@@ -15,7 +15,7 @@ import pytest
 from harness.errors import InputError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import HardwareRequest
-from harness.guests.windows_kind import DRIVER_FILE, WindowsGuest
+from harness.guests.windows_kind import DRIVER_FILE, WindowsKind
 from harness.host import storage
 from harness.host.domain import OVMF_VARS, Accelerator, Firmware, Topology, VcpuPlan
 from harness.host.machine import Machine, run_name
@@ -60,25 +60,25 @@ def test_prepare_refuses_what_cannot_run(tmp_path: Path, driver: Path,
     quiet = Progress(quiet=True)
     monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
     with pytest.raises(InputError, match="needs a golden image"):
-        WindowsGuest(None, driver).prepare(quiet)
+        WindowsKind(None, driver).prepare(quiet)
     with pytest.raises(InputError, match="does not exist"):
-        WindowsGuest(tmp_path / "none.qcow2", driver).prepare(quiet)
+        WindowsKind(tmp_path / "none.qcow2", driver).prepare(quiet)
     bare = tmp_path / "bare.qcow2"
     bare.write_bytes(b"")
     with pytest.raises(InputError, match="has no manifest"):
-        WindowsGuest(bare, driver).prepare(quiet)
+        WindowsKind(bare, driver).prepare(quiet)
     image = golden(tmp_path)
     with pytest.raises(InputError, match=r"probe driver .*missing\.sys is missing"):
-        WindowsGuest(image, tmp_path / "missing.sys").prepare(quiet)
+        WindowsKind(image, tmp_path / "missing.sys").prepare(quiet)
     monkeypatch.delenv(windows_setup.PASSWORD_ENV)
     with pytest.raises(InputError, match="HOTADD_WINDOWS_PASSWORD"):
-        WindowsGuest(image, driver).prepare(quiet)
+        WindowsKind(image, driver).prepare(quiet)
 
 
 def test_refuses_tcg_and_a_firmware_mismatch(tmp_path: Path, driver: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
-    guest = WindowsGuest(golden(tmp_path), driver)
+    guest = WindowsKind(golden(tmp_path), driver)
     guest.prepare(Progress(quiet=True))
     hw = hardware(tmp_path, Firmware.BIOS)
     try:
@@ -98,7 +98,7 @@ def test_domain_starts_under_qemu_and_takes_a_hotadd(conn, tmp_path: Path,  # ty
     monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
     image = golden(tmp_path)
     before = image.read_bytes()
-    guest = WindowsGuest(image, driver, allow_tcg=True)
+    guest = WindowsKind(image, driver, allow_tcg=True)
     guest.prepare(Progress(quiet=True))
     hw = hardware(tmp_path)
     spec = guest.domain_spec(hw)

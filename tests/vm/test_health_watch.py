@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import ExitCode
 from harness.guests import reference
-from harness.guests.reference_kind import ReferenceGuest
+from harness.guests.reference_kind import ReferenceKind
 from harness.host.domain import Accelerator, Topology
 from harness.progress import Progress
 from harness.scenario import ScenarioSpec, run_scenario
@@ -39,7 +39,7 @@ def test_a_sick_guest_ends_the_run_with_the_console_report(
         console: str) -> None:
     spec = ScenarioSpec(topology=Topology(cores=4), boot_vcpus=2, adds=2,
                         accelerator=Accelerator.TCG, run_dir=tmp_path / "run")
-    kind = ReferenceGuest(fault=reference.FaultInjection(fault, cpu=2))  # the first add's CPU
+    kind = ReferenceKind(fault=reference.FaultInjection(fault, cpu=2))  # the first add's CPU
     result = run_scenario(spec, Progress(quiet=True), kind=kind)
 
     assert result.exit_code is code, result.error

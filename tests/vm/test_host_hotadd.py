@@ -22,7 +22,7 @@ from harness.host.domain import (
     DomainSpec,
     Firmware,
     Forward,
-    Profile,
+    GuestOS,
     Topology,
     VcpuPlan,
 )
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.vm
 def reference_spec(image: reference.ReferenceImage, scratch: Path, name: str,
                    boot: int = 1) -> DomainSpec:
     return DomainSpec(
-        name=name, vcpus=VcpuPlan(Topology(cores=4), boot=boot), profile=Profile.LINUX,
+        name=name, vcpus=VcpuPlan(Topology(cores=4), boot=boot), guest_os=GuestOS.REFERENCE,
         serial_log=scratch / "serial.log", accelerator=Accelerator.TCG,
         direct_boot=DirectBoot(image.kernel, image.initrd, image.cmdline),
         forwards=(Forward(22, free_port()),))
@@ -119,7 +119,7 @@ def test_windows_profile_domain_starts_and_takes_hot_adds(conn: libvirt.virConne
 
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1G"], check=True)
     spec = DomainSpec(
-        name=name, vcpus=VcpuPlan(Topology(sockets=2, cores=4), boot=2), profile=Profile.WINDOWS,
+        name=name, vcpus=VcpuPlan(Topology(sockets=2, cores=4), boot=2), guest_os=GuestOS.WINDOWS,
         serial_log=tmp_path / "serial.log", memory_mib=1024, firmware=Firmware.UEFI,
         accelerator=Accelerator.TCG, nvram=storage.nvram_copy(scratch),
         disks=(Disk(storage.overlay(base, scratch)),), forwards=(Forward(5985, free_port()),))

@@ -18,7 +18,7 @@ import pytest
 from harness.guests import reference
 from harness.guests.reference import ProbeParams, ReferenceImage
 from harness.host import storage
-from harness.host.domain import DirectBoot, DomainSpec, Forward, Profile, Topology, VcpuPlan
+from harness.host.domain import DirectBoot, DomainSpec, Forward, GuestOS, Topology, VcpuPlan
 from harness.host.machine import Machine, free_port, run_name
 from harness.oracle import HostFacts, check
 from harness.oracle import Profile as OracleProfile
@@ -53,7 +53,7 @@ def guest(conn: Any, reference_image: ReferenceImage,
     port = free_port()
     serial = tmp_path_factory.mktemp("probe-module") / "serial.log"
     spec = DomainSpec(
-        name=name, vcpus=VcpuPlan(Topology(cores=4), boot=2), profile=Profile.LINUX,
+        name=name, vcpus=VcpuPlan(Topology(cores=4), boot=2), guest_os=GuestOS.REFERENCE,
         serial_log=serial, direct_boot=DirectBoot(image.kernel, image.initrd, image.cmdline),
         forwards=(Forward(guest_port=22, host_port=port),),
     )
