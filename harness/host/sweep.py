@@ -9,6 +9,7 @@ touches a live run of another process (on a shared `qemu:///system`, say).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -18,9 +19,15 @@ import libvirt
 
 from harness import paths
 from harness.host import storage
-from harness.host.connection import default_uri, open_connection
+from harness.host.connection import default_uri, embed_root, open_connection
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
+
+#: Per-domain QEMU logs kept in an embedded root (the newest, of domains no longer running):
+#: enough to read the last runs' QEMU messages, bounded however many runs a lab makes.
+KEEP_QEMU_LOGS = 20
+#: libvirt.log (in the cache) is rotated to libvirt.log.1 past this size: at most two files.
+LIBVIRT_LOG_MAX = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -28,16 +35,40 @@ class SweepReport:
     removed_domains: tuple[str, ...]
     removed_scratch: tuple[str, ...]
     kept_live: tuple[str, ...]  # prefixed domains whose owner still runs
+    pruned_logs: tuple[str, ...] = ()  # old QEMU logs removed, a rotated libvirt.log
 
     def describe(self) -> str:
+        pruned = (f"; pruned {len(self.pruned_logs)} old log(s)" if self.pruned_logs else "")
         if not (self.removed_domains or self.removed_scratch):
-            return "sweep: nothing left behind by earlier runs"
+            return "sweep: nothing left behind by earlier runs" + pruned
         parts = []
         if self.removed_domains:
             parts.append(f"domains {', '.join(self.removed_domains)}")
         if self.removed_scratch:
             parts.append(f"scratch dirs {', '.join(self.removed_scratch)}")
-        return "sweep: removed leftovers of crashed runs: " + "; ".join(parts)
+        return "sweep: removed leftovers of crashed runs: " + "; ".join(parts) + pruned
+
+
+def prune_logs(conn: libvirt.virConnect, live: set[str]) -> tuple[str, ...]:
+    """Keep the logs under the cache bounded: the newest KEEP_QEMU_LOGS per-domain QEMU logs
+    of an embedded root (never a running domain's), and libvirt.log rotated once it passes
+    LIBVIRT_LOG_MAX. Returns what was removed or rotated."""
+    pruned: list[str] = []
+    root = embed_root(conn.getURI())
+    logs = root / "log" / "qemu" if root is not None else None
+    if logs is not None and logs.is_dir():
+        old = sorted((p for p in logs.glob("*.log") if p.stem not in live),
+                     key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_QEMU_LOGS:]
+        for path in old:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                pruned.append(str(path))
+    log = paths.cache_root() / paths.LIBVIRT_LOG
+    with contextlib.suppress(OSError):
+        if log.stat().st_size > LIBVIRT_LOG_MAX:
+            log.replace(log.with_name(log.name + ".1"))
+            pruned.append(str(log))
+    return tuple(pruned)
 
 
 def _owner(dom: libvirt.virDomain) -> tuple[int, str] | None:
@@ -88,7 +119,8 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
             continue
         storage.remove_scratch(path)
         scratch.append(path.name)
-    return SweepReport(tuple(removed), tuple(scratch), tuple(live))
+    running = {dom.name() for dom in conn.listAllDomains(0)}
+    return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running))
 
 
 def _command(args: argparse.Namespace) -> int:
