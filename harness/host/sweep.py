@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import socket
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ import libvirt
 
 from harness import paths
 from harness.host import storage
-from harness.host.connection import default_uri, embed_root, open_connection
+from harness.host.connection import default_uri, embed_root, known_uris, open_connection
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
 
@@ -123,17 +126,69 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
     return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running))
 
 
+_QEMU_ROOT = re.compile(r"(/\S+)/lib/qemu/domain-\d+-" + re.escape(NAME_PREFIX))
+
+
+def qemu_roots() -> set[Path]:
+    """Embedded roots of the hotadd QEMU processes running on this host (from their command
+    lines: the monitor's files live under ROOT/lib/qemu/domain-N-NAME)."""
+    roots: set[Path] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            if "qemu-system" in cmdline and (match := _QEMU_ROOT.search(cmdline)):
+                roots.add(Path(match.group(1)))
+    return roots
+
+
+def other_uris(uri: str) -> list[str]:
+    """The libvirt URIs hotadd used on this host besides `uri`, and the roots of hotadd QEMU
+    processes still running (however they started)."""
+    uris = [u for u in known_uris() if u != uri]
+    running = {f"qemu:///embed?root={r}" for r in qemu_roots()}
+    return uris + sorted(u for u in running if u not in uris and embed_root(u) != embed_root(uri))
+
+
+def _sweep_elsewhere(uri: str) -> tuple[bool, str]:
+    """Sweep `uri` in a subprocess (libvirt allows one embedded root per process)."""
+    proc = subprocess.run([sys.executable, "-m", "harness", "sweep", "--libvirt-uri", uri],
+                          capture_output=True, text=True, check=False)
+    text = (proc.stdout + proc.stderr).strip().replace("hotadd: error: ", "")
+    busy = "another process holds the embedded libvirt root" in text
+    return proc.returncode == 0 or busy, (f"in use by a running hotadd, not swept: {text}"
+                                          if busy else text)
+
+
 def _command(args: argparse.Namespace) -> int:
-    conn = open_connection(args.libvirt_uri)
+    uri = args.libvirt_uri or default_uri()
+    conn = open_connection(uri)
     try:
         print(sweep(conn).describe())
     finally:
         conn.close()
-    return 0
+    others = other_uris(uri)
+    if not others:
+        return 0
+    if not args.all:
+        print(f"sweep: looked only at {uri}; hotadd also used (or runs QEMU under): "
+              f"{', '.join(others)}\n  'hotadd sweep --all' sweeps them too")
+        return 0
+    ok = True
+    for other in others:
+        swept, text = _sweep_elsewhere(other)
+        ok &= swept
+        print(f"{other}: {text}")
+    return 0 if ok else 2
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="remove domains and overlays left by crashed runs")
     p.add_argument("--libvirt-uri", default=None,
                    help=f"libvirt URI (default: {default_uri()})")
+    p.add_argument("--all", action="store_true",
+                   help="also sweep every other libvirt root hotadd used on this host, and the "
+                        "roots of hotadd QEMU processes still running")
     p.set_defaults(func=_command)
