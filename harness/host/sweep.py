@@ -116,7 +116,7 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
                 raise
         removed.append(name)
     scratch: list[str] = []
-    for path in sorted(paths.scratch_dir().iterdir()):
+    for path in sorted(p for p in paths.scratch_dir().iterdir() if p.is_dir()):
         pid = _scratch_owner(path)
         if path.name in live or (pid is not None and owner_alive(pid)):
             continue
