@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
+from harness.errors import HotaddError
 from harness.host.domain import OVMF_CODE, OVMF_VARS, default_emulator
 
 
@@ -67,13 +68,12 @@ def _hotpluggable_cpu_types(emulator: str) -> Check:
 
 
 def _libvirt() -> Check:
-    from harness.errors import LibvirtUnreachable
     from harness.host.connection import default_uri, open_connection, versions
 
     uri = default_uri()
     try:
         conn = open_connection(uri)
-    except LibvirtUnreachable as exc:
+    except HotaddError as exc:  # unreachable, or an unusable URI, root or cache
         return Check("libvirt", False, exc.problem, exc.fix or "")
     try:
         v = versions(conn)
@@ -106,10 +106,14 @@ def _tool(name: str, command: str, fix: str) -> Check:
 
 
 def _disk() -> Check:
-    usage = shutil.disk_usage(paths.cache_dir())
+    try:
+        cache = paths.cache_dir()
+    except HotaddError as exc:  # a doctor reports an unusable cache, it does not stop at it
+        return Check("cache directory", False, exc.problem, exc.fix or "")
+    usage = shutil.disk_usage(cache)
     free_gib = usage.free / 2**30
     ok = free_gib >= 2
-    return Check("disk space", ok, f"{free_gib:.1f} GiB free in {paths.cache_dir()} "
+    return Check("disk space", ok, f"{free_gib:.1f} GiB free in {cache} "
                  "(reference guest ~0.2 GiB; a Windows golden image 10-20 GiB)",
                  "" if ok else "free space or set HOTADD_CACHE_DIR to a bigger disk")
 

@@ -11,6 +11,7 @@ raise an error naming the directory and the fix when it cannot be used.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from harness.errors import InfrastructureError
@@ -34,9 +35,8 @@ def _usable_dir(path: Path) -> Path:
            "(e.g. HOTADD_CACHE_DIR=/var/tmp/hotadd)")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # unnamed (O_TMPFILE): nobody else sees it
+            pass
     except OSError as exc:
         raise InfrastructureError(
             f"the hotadd cache directory {path} is unusable: {exc.strerror or exc}", fix

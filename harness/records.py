@@ -12,16 +12,17 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from harness.errors import InputError
 
 FORMAT_VERSION = 1
 ADD_EXISTING = 1  # KE_PROCESSOR_CHANGE_ADD_EXISTING, the `flags` bit in a `load` record
 UINT32_MAX = 0xFFFF_FFFF
+MAX_LINE = 65_536  # characters in one record line; a real one has about 250
 
 
 class Kind(enum.Enum):
@@ -151,9 +152,11 @@ def _enum_field(obj: Mapping[str, Any], name: str, enum_type: type[E]) -> E:
     if name not in obj:
         raise _BadRecord(f'missing required field "{name}"')
     value = obj[name]
-    for member in enum_type:
-        if member.value == value:
-            return member
+    if isinstance(value, str):
+        try:
+            return enum_type(value)
+        except ValueError:
+            pass
     allowed = ", ".join(str(m.value) for m in enum_type)
     raise _BadRecord(f'field "{name}" = {json.dumps(value)} is not one of: {allowed}')
 
@@ -195,10 +198,17 @@ _BUILDERS: Mapping[Kind, Callable[[Mapping[str, Any], int], Record]] = {
 
 def parse_record(text: str, line: int = 0) -> Record:
     """Parse one JSON object into a record; raises `_BadRecord` (internal) saying why not."""
+    if len(text) > MAX_LINE:
+        raise _BadRecord(f"the line is longer than {MAX_LINE} characters; a record is a few "
+                         "hundred")
     try:
         obj = json.loads(text.strip())
     except json.JSONDecodeError as exc:
         raise _BadRecord(f"not JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise _BadRecord("JSON nested too deeply to be a record") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise _BadRecord(f"not a record: {exc}") from None
     if not isinstance(obj, dict):
         raise _BadRecord(f"expected a JSON object, got {type(obj).__name__}")
     if "v" not in obj:
@@ -218,34 +228,51 @@ def parse_records(source: str | os.PathLike[str] | Iterable[str]) -> list[Record
     a path. Blank lines are skipped. The first bad line raises `InputError` naming file:line and
     why; ordering problems are not input errors, they are the oracle's business.
     """
+    return list(iter_records(source))
+
+
+def iter_records(source: str | os.PathLike[str] | Iterable[str]) -> Iterator[Record]:
+    """`parse_records` one record at a time: a file of any size is read in bounded memory
+    (no line longer than MAX_LINE is ever held, so /dev/zero is an error, not a MemoryError)."""
     if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
-        return _parse_lines(source.splitlines(), "<lines>")
-    if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        try:
-            with path.open(encoding="utf-8") as handle:
-                return _parse_lines(handle, str(path))
-        except OSError as exc:
-            raise InputError(f"cannot read records file {path}: {exc.strerror}",
-                             "pass the path of the records.jsonl the probe wrote") from None
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                             "pass the JSON Lines file the probe wrote, not a binary") from None
-    return _parse_lines(source, "<lines>")
+        yield from _parse_lines(source.splitlines(), "<lines>")
+        return
+    if not isinstance(source, str | os.PathLike):
+        yield from _parse_lines(source, "<lines>")
+        return
+    path = Path(source)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            yield from _parse_lines(_bounded_lines(handle), str(path))
+    except OSError as exc:
+        raise InputError(f"cannot read records file {path}: {exc.strerror}",
+                         "pass the path of the records.jsonl the probe wrote") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                         "pass the JSON Lines file the probe wrote, not a binary") from None
 
 
-def _parse_lines(lines: Iterable[str], name: str) -> list[Record]:
-    records: list[Record] = []
+def _bounded_lines(handle: TextIO) -> Iterator[str]:
+    """The file's lines, each cut at MAX_LINE + 1 characters (parse_record refuses those)."""
+    while True:
+        text = handle.readline(MAX_LINE + 1)
+        if not text:
+            return
+        yield text
+        if len(text) > MAX_LINE:
+            return  # the rest of that line is never read: the error names it
+
+
+def _parse_lines(lines: Iterable[str], name: str) -> Iterator[Record]:
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            records.append(parse_record(text, number))
+            yield parse_record(text, number)
         except _BadRecord as exc:
             raise InputError(f"{name}:{number}: {exc}",
                              "fix the probe's writer; docs/record-format.md lists the fields"
                              ) from None
-    return records
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:

@@ -378,7 +378,7 @@ def open_host(spec: ScenarioSpec, progress: Progress) -> Iterator[Host]:
         except BaseException:
             conn.close()
             raise
-        if swept.removed_domains or swept.removed_scratch:
+        if swept.removed_domains or swept.removed_scratch or swept.pruned_logs:
             progress.say(swept.describe())
     try:
         yield Host(conn, choice.accelerator, {**base_versions(), **found,

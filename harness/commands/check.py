@@ -16,7 +16,7 @@ from harness.oracle.engine import check
 from harness.oracle.host import HostFacts
 from harness.oracle.rules import Profile
 from harness.oracle.verdict import render_verdict
-from harness.records import parse_records
+from harness.records import iter_records
 
 
 def _count(text: str) -> int:
@@ -55,7 +55,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    records = parse_records(args.file)
     host = None
     if any(v is not None for v in (args.adds, args.adds_ok, args.boot_cpus, args.guest_count)):
         if args.adds is not None and args.adds_ok is not None and args.adds_ok > args.adds:
@@ -63,7 +62,8 @@ def run_check(args: argparse.Namespace) -> int:
                              "--adds-ok counts the adds expected to succeed, out of --adds")
         host = HostFacts(adds_performed=args.adds, adds_expected_ok=args.adds_ok,
                          boot_cpus=args.boot_cpus, guest_count=args.guest_count)
-    verdict = check(records, Profile(args.profile), host)
+    # streamed: a file of any size is judged in one pass and bounded memory
+    verdict = check(iter_records(args.file), Profile(args.profile), host)
     if args.json:
         json.dump(verdict.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

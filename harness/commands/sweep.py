@@ -1,4 +1,5 @@
-"""`hotadd sweep`: remove domains and scratch files left by crashed runs."""
+"""`hotadd sweep`: remove domains and scratch files left by crashed runs, and prune old logs;
+name the other libvirt roots hotadd used (`--all` sweeps them too)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,36 @@ import argparse
 
 from harness.errors import Outcome, exit_code
 from harness.host.connection import default_uri, open_connection
-from harness.host.sweep import sweep
+from harness.host.sweep import other_uris, sweep, sweep_elsewhere
 
 
 def _command(args: argparse.Namespace) -> int:
-    conn = open_connection(args.libvirt_uri)
+    uri = args.libvirt_uri or default_uri()
+    conn = open_connection(uri)
     try:
         print(sweep(conn).describe())
     finally:
         conn.close()
-    return exit_code(Outcome.PASS)
+    others = other_uris(uri)
+    if not others:
+        return exit_code(Outcome.PASS)
+    if not args.all:
+        print(f"sweep: looked only at {uri}; hotadd also used (or runs QEMU under): "
+              f"{', '.join(others)}\n  'hotadd sweep --all' sweeps them too")
+        return exit_code(Outcome.PASS)
+    ok = True
+    for other in others:
+        swept, text = sweep_elsewhere(other)
+        ok &= swept
+        print(f"{other}: {text}")
+    return exit_code(Outcome.PASS if ok else Outcome.ERROR)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="remove domains and overlays left by crashed runs")
     p.add_argument("--libvirt-uri", default=None,
                    help=f"libvirt URI (default: {default_uri()})")
+    p.add_argument("--all", action="store_true",
+                   help="also sweep every other libvirt root hotadd used on this host, and the "
+                        "roots of hotadd QEMU processes still running")
     p.set_defaults(func=_command)

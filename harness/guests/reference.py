@@ -135,6 +135,10 @@ def errno_for_ntstatus(status: int) -> int | None:
 
 
 _IMAGE_FILE = "image.json"
+#: sha256sum(1) format, written last by a build: what `build()` checks before every use, so a
+#: truncated kernel or initramfs is rebuilt instead of costing a guest that never gets ready.
+_SUMS_FILE = "sha256sums"
+_HASHED = ("vmlinuz", "initrd.img", "id_ed25519", "hotadd_probe.ko", _IMAGE_FILE)
 _KEEP_BUILDS = 2
 _PRUNE_AFTER_S = 24 * 3600
 _HEADERS_META = "linux-headers-amd64"
@@ -503,13 +507,73 @@ def build(force: bool = False, progress: Progress | None = None) -> ReferenceIma
     root.mkdir(parents=True, exist_ok=True)
     final = root / _inputs_hash(v)
     with _build_lock(root):
-        if (final / _IMAGE_FILE).is_file() and not force:
-            os.utime(final)  # mark it in use, so a build for other inputs won't prune it
-            return ReferenceImage.from_json((final / _IMAGE_FILE).read_text())
+        if final.exists() and not force:
+            try:
+                image = _verified(final)
+            except _Damaged as why:
+                progress.say(f"guest build: the cached reference guest {final} is damaged "
+                             f"({why}); rebuilding it")
+                _remove_damaged(final)
+            else:
+                os.utime(final)  # mark it in use, so a build for other inputs won't prune it
+                return image
         with progress.stage("guest build", f"reference guest for kernel {v.kernel_release}"):
             image = _build_into(root, final, v, progress)
         _prune(root, final)
         return image
+
+
+class _Damaged(Exception):
+    """Why a cached build cannot be used as it is."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_sums(build_dir: Path) -> None:
+    (build_dir / _SUMS_FILE).write_text(
+        "".join(f"{_sha256(build_dir / name)}  {name}\n" for name in _HASHED))
+
+
+def _verified(build_dir: Path) -> ReferenceImage:
+    """The cached build in `build_dir`, after checking every file against the hashes its build
+    recorded; _Damaged says what is wrong (missing, truncated, altered, unreadable)."""
+    try:
+        lines = (build_dir / _SUMS_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Damaged(f"no readable {_SUMS_FILE}: an interrupted build or an older cache "
+                       f"({exc})") from None
+    sums: dict[str, str] = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        sums[name] = digest
+    for name in _HASHED:
+        try:
+            got = _sha256(build_dir / name)
+        except OSError as exc:
+            raise _Damaged(f"{name}: {exc.strerror or exc}") from None
+        if sums.get(name) != got:
+            raise _Damaged(f"{name} does not match the sha256 recorded when it was built "
+                           "(truncated or altered)")
+    try:
+        return ReferenceImage.from_json((build_dir / _IMAGE_FILE).read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _Damaged(f"{_IMAGE_FILE} is unreadable ({exc!r})") from None
+
+
+def _remove_damaged(build_dir: Path) -> None:
+    try:
+        shutil.rmtree(build_dir)
+    except OSError as exc:
+        raise InfrastructureError(
+            f"the damaged reference guest build {build_dir} cannot be removed: "
+            f"{exc.strerror or exc}",
+            f"remove it (rm -rf {build_dir}) and run 'hotadd guest build'") from None
 
 
 def _build_into(root: Path, final: Path, v: _Versions, progress: Progress) -> ReferenceImage:
@@ -552,6 +616,7 @@ def _build_into(root: Path, final: Path, v: _Versions, progress: Progress) -> Re
             build_dir=final,
         )
         (final / _IMAGE_FILE).write_text(image.to_json())
+        _write_sums(final)  # last: a build without it is incomplete
         return image
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,6 +8,7 @@ registered once per process before the first connection and run by one daemon th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -202,7 +203,35 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
         raise LibvirtUnreachable(problem, _fix_for(uri, exc)) from exc
     if root is not None:
         _embed_root_in_use = root
+    remember_uri(uri)
     return conn
+
+
+# Every libvirt URI hotadd opened, one per line, so `hotadd sweep` can say which it did not
+# look at and `--all` can sweep them: a killed run leaves its QEMU under whatever root it used.
+_URIS_FILE = "libvirt-uris"
+
+
+def remember_uri(uri: str) -> None:
+    """Add `uri` to the cache's list (best effort: a read-only cache only loses the note)."""
+    if uri in known_uris():
+        return
+    with contextlib.suppress(OSError), (paths.cache_root() / _URIS_FILE).open("a") as f:
+        f.write(uri + "\n")
+
+
+def known_uris() -> list[str]:
+    """The URIs hotadd opened on this host, without embedded roots that no longer exist."""
+    try:
+        lines = (paths.cache_root() / _URIS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    for uri in lines:
+        root = embed_root(uri)
+        if uri and uri not in out and (root is None or root.is_dir()):
+            out.append(uri)
+    return out
 
 
 def versions(conn: libvirt.virConnect) -> HostVersions:

@@ -76,9 +76,8 @@ def claim_worker_root() -> WorkerRoot:
     return claimed
 
 
-def qemu_pids_mentioning(text: str) -> list[int]:
-    """PIDs of running QEMU processes whose command line contains `text` (a root or a name)."""
-    pids = []
+def qemu_cmdlines() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every running QEMU process on this host."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -86,9 +85,13 @@ def qemu_pids_mentioning(text: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "qemu-system" in cmdline and text in cmdline:
-            pids.append(int(proc.name))
-    return pids
+        if "qemu-system" in cmdline:
+            yield int(proc.name), cmdline
+
+
+def qemu_pids_mentioning(text: str) -> list[int]:
+    """PIDs of running QEMU processes whose command line contains `text` (a root or a name)."""
+    return [pid for pid, cmdline in qemu_cmdlines() if text in cmdline]
 
 
 def has_leftovers(root: Path) -> bool:

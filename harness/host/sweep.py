@@ -8,7 +8,11 @@ touches a live run of another process (on a shared `qemu:///system`, say).
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +21,16 @@ import libvirt
 
 from harness import paths
 from harness.host import storage
+from harness.host.connection import embed_root, known_uris
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
+from harness.host.roots import qemu_cmdlines
+
+#: Per-domain QEMU logs kept in an embedded root (the newest, of domains no longer running):
+#: enough to read the last runs' QEMU messages, bounded however many runs a lab makes.
+KEEP_QEMU_LOGS = 20
+#: libvirt.log (in the cache) is rotated to libvirt.log.1 past this size: at most two files.
+LIBVIRT_LOG_MAX = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -26,16 +38,40 @@ class SweepReport:
     removed_domains: tuple[str, ...]
     removed_scratch: tuple[str, ...]
     kept_live: tuple[str, ...]  # prefixed domains whose owner still runs
+    pruned_logs: tuple[str, ...] = ()  # old QEMU logs removed, a rotated libvirt.log
 
     def describe(self) -> str:
+        pruned = (f"; pruned {len(self.pruned_logs)} old log(s)" if self.pruned_logs else "")
         if not (self.removed_domains or self.removed_scratch):
-            return "sweep: nothing left behind by earlier runs"
+            return "sweep: nothing left behind by earlier runs" + pruned
         parts = []
         if self.removed_domains:
             parts.append(f"domains {', '.join(self.removed_domains)}")
         if self.removed_scratch:
             parts.append(f"scratch dirs {', '.join(self.removed_scratch)}")
-        return "sweep: removed leftovers of crashed runs: " + "; ".join(parts)
+        return "sweep: removed leftovers of crashed runs: " + "; ".join(parts) + pruned
+
+
+def prune_logs(conn: libvirt.virConnect, live: set[str]) -> tuple[str, ...]:
+    """Keep the logs under the cache bounded: the newest KEEP_QEMU_LOGS per-domain QEMU logs
+    of an embedded root (never a running domain's), and libvirt.log rotated once it passes
+    LIBVIRT_LOG_MAX. Returns what was removed or rotated."""
+    pruned: list[str] = []
+    root = embed_root(conn.getURI())
+    logs = root / "log" / "qemu" if root is not None else None
+    if logs is not None and logs.is_dir():
+        old = sorted((p for p in logs.glob("*.log") if p.stem not in live),
+                     key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_QEMU_LOGS:]
+        for path in old:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                pruned.append(str(path))
+    log = paths.cache_root() / paths.LIBVIRT_LOG
+    with contextlib.suppress(OSError):
+        if log.stat().st_size > LIBVIRT_LOG_MAX:
+            log.replace(log.with_name(log.name + ".1"))
+            pruned.append(str(log))
+    return tuple(pruned)
 
 
 def _owner(dom: libvirt.virDomain) -> tuple[int, str] | None:
@@ -80,10 +116,40 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
                 raise
         removed.append(name)
     scratch: list[str] = []
-    for path in sorted(paths.scratch_dir().iterdir()):
+    for path in sorted(p for p in paths.scratch_dir().iterdir() if p.is_dir()):
         pid = _scratch_owner(path)
         if path.name in live or (pid is not None and owner_alive(pid)):
             continue
         storage.remove_scratch(path)
         scratch.append(path.name)
-    return SweepReport(tuple(removed), tuple(scratch), tuple(live))
+    running = {dom.name() for dom in conn.listAllDomains(0)}
+    return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running))
+
+
+_QEMU_ROOT = re.compile(r"(/\S+)/lib/qemu/domain-\d+-" + re.escape(NAME_PREFIX))
+
+
+def qemu_roots() -> set[Path]:
+    """Embedded roots of the hotadd QEMU processes running on this host (from their command
+    lines: the monitor's files live under ROOT/lib/qemu/domain-N-NAME)."""
+    return {Path(match.group(1)) for _, cmdline in qemu_cmdlines()
+            if (match := _QEMU_ROOT.search(cmdline))}
+
+
+def other_uris(uri: str) -> list[str]:
+    """The libvirt URIs hotadd used on this host besides `uri`, and the roots of hotadd QEMU
+    processes still running (however they started)."""
+    uris = [u for u in known_uris() if u != uri]
+    running = {f"qemu:///embed?root={r}" for r in qemu_roots()}
+    return uris + sorted(u for u in running if u not in uris and embed_root(u) != embed_root(uri))
+
+
+def sweep_elsewhere(uri: str) -> tuple[bool, str]:
+    """Sweep `uri` in a subprocess (libvirt allows one embedded root per process)."""
+    proc = subprocess.run([sys.executable, "-m", "harness", "sweep", "--libvirt-uri", uri],
+                          capture_output=True, text=True, check=False)
+    text = (proc.stdout + proc.stderr).strip().replace("hotadd: error: ", "")
+    busy = "another process holds the embedded libvirt root" in text
+    return proc.returncode == 0 or busy, (f"in use by a running hotadd, not swept: {text}"
+                                          if busy else text)
+

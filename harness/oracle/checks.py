@@ -1,18 +1,26 @@
 """The trace checks. Each yields `Hit`s naming the rule it breaks; severity is not decided here.
 
-One function per concern, each reading the `Trace` landmarks. The facts behind every rule are
-in `harness.oracle.rules` and `docs/processor-change-semantics.md`.
+One class per concern. The engine streams the records through every check once, in file
+order: `record` sees each record (with the section a notify arrived in), `episode` each
+Start once it ended (closed, cut by a second Start, or never closed), `orphan` each
+Complete/Failure without an open Start, and `finish` the end of the trace. A check keeps only
+what its rule needs (counts, the last record, one entry per processor), never the trace, so
+`hotadd check` runs in linear time and bounded memory. The facts behind every rule are in
+`harness.oracle.rules` and `docs/processor-change-semantics.md`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from itertools import pairwise
+import heapq
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
 
 from harness.oracle.host import HostFacts
 from harness.oracle.rules import Profile
-from harness.oracle.trace import Trace, pair_up
+from harness.oracle.trace import MAX_PROCESSORS, MAX_REPLAY, Episode, Landmarks, Section
 from harness.records import (
     DriverEvent,
     DriverRecord,
@@ -34,14 +42,48 @@ class Hit:
     seqs: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
-    trace: Trace
+    """What every check may read: the landmarks so far, the profile, the host's facts, and the
+    replay (kept whole up to MAX_REPLAY notifies: its rules compare all of it)."""
+
+    marks: Landmarks
     profile: Profile
     host: HostFacts | None
+    replay: list[NotifyRecord] = field(default_factory=list)
+    replay_beyond: int = 0  # replay notifies past MAX_REPLAY, not kept
+
+    def keep_replay(self, record: NotifyRecord) -> None:
+        if len(self.replay) < MAX_REPLAY:
+            self.replay.append(record)
+        else:
+            self.replay_beyond += 1
+
+    @property
+    def replay_veto(self) -> NotifyRecord | None:
+        """The first replay Start the probe vetoed."""
+        return next((r for r in self.replay
+                     if r.state is NotifyState.START and r.op_status != 0), None)
 
 
-Check = Callable[[Context], Iterator[Hit]]
+class Check:
+    """One concern of the rules, fed the trace once. Every hook yields the hits it found."""
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        """Every record in order; `where` is the section of a notify (None: driver record)."""
+        return iter(())
+
+    def episode(self, ctx: Context, ep: Episode, where: Section) -> Iterator[Hit]:
+        """A replay or hot-add Start that ended (closed, restarted, or never closed)."""
+        return iter(())
+
+    def orphan(self, ctx: Context, r: NotifyRecord, where: Section) -> Iterator[Hit]:
+        """A Complete/Failure with no open Start for its nt_number."""
+        return iter(())
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        """The trace ended."""
+        return iter(())
 
 
 def _hit(rule_id: str, message: str, *records: Record | None) -> Hit:
@@ -56,28 +98,33 @@ def _of(records: Sequence[NotifyRecord], state: NotifyState) -> list[NotifyRecor
     return [r for r in records if r.state is state]
 
 
-def check_sequence(ctx: Context) -> Iterator[Hit]:
-    records = ctx.trace.records
-    if not records:
-        yield Hit("seq.first_load", "the trace is empty: the probe never wrote its load record",
-                  ())
-        return
-    first = records[0]
-    if not (isinstance(first, DriverRecord) and first.event is DriverEvent.LOAD):
-        yield _hit("seq.first_load", "the first record is not the driver's load", first)
-    if first.seq != 1:
-        yield _hit("seq.complete", f"the first record has seq {first.seq}, not 1", first)
-    for prev, cur in pairwise(records):
-        if cur.seq == prev.seq + 1:
+class SequenceCheck(Check):
+    def __init__(self) -> None:
+        self.prev: Record | None = None
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        prev, self.prev = self.prev, r
+        if prev is None:
+            if not (isinstance(r, DriverRecord) and r.event is DriverEvent.LOAD):
+                yield _hit("seq.first_load", "the first record is not the driver's load", r)
+            if r.seq != 1:
+                yield _hit("seq.complete", f"the first record has seq {r.seq}, not 1", r)
+            return
+        if r.seq == prev.seq + 1:
             pass
-        elif cur.seq > prev.seq:
-            yield _hit("seq.complete", f"seq jumps from {prev.seq} to {cur.seq}: "
-                       f"{cur.seq - prev.seq - 1} record(s) missing", prev, cur)
+        elif r.seq > prev.seq:
+            yield _hit("seq.complete", f"seq jumps from {prev.seq} to {r.seq}: "
+                       f"{r.seq - prev.seq - 1} record(s) missing", prev, r)
         else:
-            yield _hit("seq.complete", f"seq {cur.seq} follows seq {prev.seq}: a record is "
-                       "repeated or out of order", prev, cur)
-        if cur.t_ns < prev.t_ns:
-            yield _hit("time.monotonic", f"t_ns goes back {prev.t_ns - cur.t_ns} ns", prev, cur)
+            yield _hit("seq.complete", f"seq {r.seq} follows seq {prev.seq}: a record is "
+                       "repeated or out of order", prev, r)
+        if r.t_ns < prev.t_ns:
+            yield _hit("time.monotonic", f"t_ns goes back {prev.t_ns - r.t_ns} ns", prev, r)
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        if self.prev is None:
+            yield Hit("seq.first_load",
+                      "the trace is empty: the probe never wrote its load record", ())
 
 
 # Which driver event may follow which (None: before any driver record).
@@ -96,101 +143,151 @@ RING_SIZE_FIX = ("raise HAP_RING_CAPACITY in driver/probe_public.h (driver/READM
                  "\"The dropped event\"), rebuild the driver and run again")
 
 
-def check_losses(ctx: Context) -> Iterator[Hit]:
-    """A `dropped` line takes its own seq, so the loss is no seq gap: it is reported here."""
-    dropped = ctx.trace.dropped
-    total = sum(r.count or 0 for r in dropped)
-    in_all = f" ({total} in all, in {len(dropped)} places)" if len(dropped) > 1 else ""
-    for record in dropped:
-        yield _hit("records.none_dropped", f"the probe lost {record.count} record(s) just "
-                   f"before this point{in_all}: its record ring was full, so the trace is "
-                   "incomplete and other findings may be consequences of the loss; fix: "
-                   f"{RING_SIZE_FIX}", record)
+class LossCheck(Check):
+    """A `dropped` line takes its own seq, so the loss is no seq gap: it is reported here,
+    every one with the total (so the first few reported are kept, the rest counted)."""
+
+    def __init__(self) -> None:
+        self.kept: list[DriverRecord] = []
+        self.places = 0
+        self.total = 0
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if isinstance(r, DriverRecord) and r.event is DriverEvent.DROPPED:
+            self.places += 1
+            self.total += r.count or 0
+            if len(self.kept) < MAX_REPORTS_PER_RULE:
+                self.kept.append(r)
+        return iter(())
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        in_all = (f" ({self.total} in all, in {self.places} places)" if self.places > 1
+                  else "")
+        for record in self.kept:
+            yield _hit("records.none_dropped", f"the probe lost {record.count} record(s) just "
+                       f"before this point{in_all}: its record ring was full, so the trace is "
+                       "incomplete and other findings may be consequences of the loss; fix: "
+                       f"{RING_SIZE_FIX}", record)
+        for _ in range(self.places - len(self.kept)):  # counted, not kept (past the cap)
+            yield Hit("records.none_dropped", "", ())
 
 
-def check_driver(ctx: Context) -> Iterator[Hit]:
-    state: DriverEvent | None = None
-    unload: DriverRecord | None = None
-    for record in ctx.trace.records:
-        if isinstance(record, DriverRecord) and record.event is DriverEvent.DROPPED:
+class DriverCheck(Check):
+    def __init__(self) -> None:
+        self.state: DriverEvent | None = None
+        self.unload: DriverRecord | None = None
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, DriverRecord):
+            return
+        if r.event is DriverEvent.DROPPED:
             # A loss report, not a life-cycle step (records.none_dropped judges it): after
             # load it may come anywhere, last included (the final flush's report).
-            if state is None:
-                yield _hit("driver.order", "dropped before load", record)
-            continue
-        if unload is not None and isinstance(record, DriverRecord):
-            yield _hit("driver.order", f"{record.event.value} after unload", unload, record)
-            continue
-        if not isinstance(record, DriverRecord):
-            continue
-        if record.event not in _NEXT_EVENT[state]:
-            after = f"after {state.value}" if state else "before load"
-            yield _hit("driver.order", f"{record.event.value} {after}", record)
-        if record.event is DriverEvent.UNLOAD:
-            unload = record
-            if state is DriverEvent.REGISTERED:
+            if self.state is None:
+                yield _hit("driver.order", "dropped before load", r)
+            return
+        if self.unload is not None:
+            yield _hit("driver.order", f"{r.event.value} after unload", self.unload, r)
+            return
+        if r.event not in _NEXT_EVENT[self.state]:
+            after = f"after {self.state.value}" if self.state else "before load"
+            yield _hit("driver.order", f"{r.event.value} {after}", r)
+        if r.event is DriverEvent.UNLOAD:
+            self.unload = r
+            if self.state is DriverEvent.REGISTERED:
                 yield _hit("driver.deregister_before_unload",
-                           "unload while the callback is still registered", record)
-        if record.event is DriverEvent.REGISTER_FAILED and nt_success(record.status or 0):
+                           "unload while the callback is still registered", r)
+        if r.event is DriverEvent.REGISTER_FAILED and nt_success(r.status or 0):
             yield _hit("driver.register_failed_status",
-                       f"register_failed with success status 0x{record.status or 0:08X}", record)
-        state = record.event
-    if state is DriverEvent.LOAD:
-        yield _hit("driver.order", "the trace ends before the register call returned",
-                   ctx.trace.load)
+                       f"register_failed with success status 0x{r.status or 0:08X}", r)
+        self.state = r.event
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        if self.state is DriverEvent.LOAD:
+            yield _hit("driver.order", "the trace ends before the register call returned",
+                       ctx.marks.load)
 
 
-def check_phase_labels(ctx: Context) -> Iterator[Hit]:
+class PhaseLabelCheck(Check):
     """Before the register call returned the label decides (see harness.oracle.trace); after
     it, a notify can only be a hot-add."""
-    trace = ctx.trace
-    for record in (*trace.hotadd, *trace.after_end):
-        if record.phase is not Phase.HOTADD:
-            yield _hit("phase.label", f"{_nt(record)} says phase {record.phase.value} but "
-                       "arrived after the register call returned", record)
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord) or ctx.marks.in_window:
+            return
+        if r.phase is not Phase.HOTADD:
+            yield _hit("phase.label", f"{_nt(r)} says phase {r.phase.value} but arrived after "
+                       "the register call returned", r)
 
 
-def check_registration_window(ctx: Context) -> Iterator[Hit]:
+class RegistrationWindowCheck(Check):
     """A hot-add inside the registration window is judged as a hot-add; one that falls
-    between the replay's first and last record would mean the replay did not exclude it."""
-    trace = ctx.trace
-    if not trace.replay or not trace.window_hotadd:
-        return
-    position = {id(r): i for i, r in enumerate(trace.records)}
-    first, last = position[id(trace.replay[0])], position[id(trace.replay[-1])]
-    inside = [r for r in trace.window_hotadd if first < position[id(r)] < last]
-    if inside:
-        yield _hit("replay.not_interleaved", f"{len(inside)} hot-add notification(s) (first: "
-                   f"{_nt(inside[0])}) arrived between the replay's first and last record",
-                   trace.replay[0], inside[0])
+    between the replay's first and last record would mean the replay did not exclude it.
+    Kept: the first replay record, and the count and first of the window hot-adds since the
+    latest replay record (they are inside once another replay record follows)."""
+
+    def __init__(self) -> None:
+        self.first_replay: NotifyRecord | None = None
+        self.pending = 0
+        self.first_pending: NotifyRecord | None = None
+        self.inside = 0
+        self.first_inside: NotifyRecord | None = None
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord) or not ctx.marks.in_window:
+            return iter(())
+        if where is Section.HOTADD:
+            if self.first_replay is not None:
+                self.pending += 1
+                self.first_pending = self.first_pending or r
+        elif self.first_replay is None:
+            self.first_replay = r
+        elif self.pending:
+            self.inside += self.pending
+            self.first_inside = self.first_inside or self.first_pending
+            self.pending, self.first_pending = 0, None
+        return iter(())
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        if self.inside and self.first_inside is not None:
+            yield _hit("replay.not_interleaved", f"{self.inside} hot-add notification(s) "
+                       f"(first: {_nt(self.first_inside)}) arrived between the replay's first "
+                       "and last record", self.first_replay, self.first_inside)
 
 
-def check_replay(ctx: Context) -> Iterator[Hit]:
-    trace = ctx.trace
-    if not trace.replay:
-        # A failed register call may have refused before any replay (the probe refuses
-        # unknown Flags bits itself): only a successful one must have replayed.
-        if (trace.add_existing and trace.boot_count and trace.registration is not None
-                and trace.registration.event is DriverEvent.REGISTERED):
-            yield _hit("replay.starts", f"ADD_EXISTING was passed but none of the "
-                       f"{trace.boot_count} active processors got Start", trace.registration)
-        return
-    if not trace.add_existing:
-        yield _hit("replay.none_without_flag", f"{len(trace.replay)} notify record(s) inside a "
-                   "register call made without ADD_EXISTING", *trace.replay[:1])
-        return
-    starts = _of(trace.replay, NotifyState.START)
-    closes = [r for r in trace.replay if r.state is not NotifyState.START]
-    yield from _replay_starts(ctx, starts, closes)
-    veto = trace.replay_veto
-    yield from (_replay_after_veto(ctx, starts, closes, veto) if veto is not None
-                else _replay_completes(starts, closes))
+class ReplayCheck(Check):
+    """The replay as a whole (its rules compare all of it): judged once the trace ended."""
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        marks, replay = ctx.marks, ctx.replay
+        if ctx.replay_beyond:
+            yield _hit("replay.starts", f"{MAX_REPLAY + ctx.replay_beyond} notify records "
+                       f"inside the register call, more than any machine has processors for; "
+                       f"only the first {MAX_REPLAY} are judged", replay[-1])
+        if not replay:
+            # A failed register call may have refused before any replay (the probe refuses
+            # unknown Flags bits itself): only a successful one must have replayed.
+            if (marks.add_existing and marks.boot_count and marks.registration is not None
+                    and marks.registration.event is DriverEvent.REGISTERED):
+                yield _hit("replay.starts", f"ADD_EXISTING was passed but none of the "
+                           f"{marks.boot_count} active processors got Start", marks.registration)
+            return
+        if not marks.add_existing:
+            yield _hit("replay.none_without_flag", f"{len(replay)} notify record(s) inside a "
+                       "register call made without ADD_EXISTING", replay[0])
+            return
+        starts = _of(replay, NotifyState.START)
+        closes = [r for r in replay if r.state is not NotifyState.START]
+        yield from _replay_starts(ctx, starts, closes)
+        veto = ctx.replay_veto
+        yield from (_replay_after_veto(ctx, starts, closes, veto) if veto is not None
+                    else _replay_completes(starts, closes))
 
 
 def _replay_starts(ctx: Context, starts: list[NotifyRecord],
                    closes: list[NotifyRecord]) -> Iterator[Hit]:
-    trace = ctx.trace
-    count = trace.boot_count
+    marks = ctx.marks
+    count = marks.boot_count
     seen: dict[int, NotifyRecord] = {}
     for start in starts:
         if start.nt_number in seen:
@@ -200,13 +297,16 @@ def _replay_starts(ctx: Context, starts: list[NotifyRecord],
             yield _hit("replay.starts", f"Start for nt {start.nt_number}, but only {count} "
                        "processors were active at load", start)
         seen.setdefault(start.nt_number, start)
-    if trace.replay_veto is None and count is not None and len(seen) < count:
-        missing = sorted(set(range(count)) - set(seen))
-        yield _hit("replay.starts", f"no replay Start for processor(s) {missing}",
-                   trace.registration or trace.load)
+    if ctx.replay_veto is None and count is not None and len(seen) < count:
+        # count comes from the file (up to 2**32): never build range(count)
+        missing = sum(1 for n in seen if n < count)
+        first = list(islice((n for n in range(count) if n not in seen), 16))
+        shown = f"{first}{' ...' if count - missing > 16 else ''}"
+        yield _hit("replay.starts", f"no replay Start for processor(s) {shown}",
+                   marks.registration or marks.load)
     if closes:
-        first_close = next(i for i, r in enumerate(trace.replay) if r is closes[0])
-        late = _of(trace.replay[first_close:], NotifyState.START)
+        first_close = next(i for i, r in enumerate(ctx.replay) if r is closes[0])
+        late = _of(ctx.replay[first_close:], NotifyState.START)
         if late:
             yield _hit("replay.starts", f"Start for nt {late[0].nt_number} after the first "
                        f"{closes[0].state.value}: not all Starts came first", closes[0], late[0])
@@ -222,15 +322,15 @@ def _replay_completes(starts: list[NotifyRecord], closes: list[NotifyRecord]) ->
     for failure in _of(closes, NotifyState.FAILURE):
         yield _hit("replay.completes", f"Failure for nt {failure.nt_number} although no "
                    "replay Start was vetoed", failure)
-    started = [s.nt_number for s in starts]
-    got = [c.nt_number for c in completes]
-    if sorted(got) != sorted(set(started)):
-        extra = sorted(n for n in set(got) if got.count(n) > started.count(n))
-        missing = sorted(n for n in set(started) if n not in got)
-        offenders = ([s for s in starts if s.nt_number in missing]
-                     + [c for c in completes if c.nt_number in extra])
+    started = Counter(s.nt_number for s in starts)
+    got = Counter(c.nt_number for c in completes)
+    if sorted(got.elements()) != sorted(started):
+        extra = sorted(n for n in got if got[n] > started[n])
+        missing = sorted(n for n in started if n not in got)
+        offenders = ([s for s in starts if s.nt_number in set(missing)]
+                     + [c for c in completes if c.nt_number in set(extra)])
         yield _hit("replay.completes", f"replay Completes do not match the Starts: no Complete "
-                   f"for {missing}, unexpected or repeated {extra}", *offenders[:4])
+                   f"for {missing[:16]}, unexpected or repeated {extra[:16]}", *offenders[:4])
     for index, complete in enumerate(completes):
         if complete.nt_number != index:
             yield _hit("replay.ascending", f"replay Complete #{index} is for nt "
@@ -253,18 +353,21 @@ def _replay_after_veto(ctx: Context, starts: list[NotifyRecord], closes: list[No
     got = sorted(f.nt_number for f in failures)
     if got != expected:
         yield _hit("replay.veto_failures", f"after the veto of nt {veto.nt_number} Failures "
-                   f"went to {got}, expected {expected}", veto, *failures[:2])
-    registration = ctx.trace.registration
+                   f"went to {got[:16]}, expected {expected[:16]}", veto, *failures[:2])
+    registration = ctx.marks.registration
     if registration is not None and registration.event is DriverEvent.REGISTERED:
         yield _hit("replay.veto_register_failed", "the register call succeeded although the "
                    f"replay Start of nt {veto.nt_number} was vetoed", veto, registration)
 
 
-def check_hotadds(ctx: Context) -> Iterator[Hit]:
-    pairing = pair_up(ctx.trace.hotadd)
-    for orphan in pairing.orphans:
-        yield _hit("hotadd.pair", f"{_nt(orphan)} without an open Start", orphan)
-    for ep in pairing.episodes:
+class HotaddCheck(Check):
+    def orphan(self, ctx: Context, r: NotifyRecord, where: Section) -> Iterator[Hit]:
+        if where is Section.HOTADD:
+            yield _hit("hotadd.pair", f"{_nt(r)} without an open Start", r)
+
+    def episode(self, ctx: Context, ep: Episode, where: Section) -> Iterator[Hit]:
+        if where is not Section.HOTADD:
+            return
         start, close = ep.start, ep.close
         if ep.vetoed:
             if close is None:
@@ -283,16 +386,15 @@ def check_hotadds(ctx: Context) -> Iterator[Hit]:
         elif close is None:
             yield _hit("hotadd.pair", f"the Start for nt {start.nt_number} was never closed",
                        start)
-        if close is not None:
-            inside = [r for r in ctx.trace.hotadd[ep.start_at + 1:ep.close_at]
-                      if r.state is NotifyState.START]
-            if inside:
-                yield _hit("hotadd.serialized", f"Start for nt {inside[0].nt_number} arrived "
-                           f"while nt {start.nt_number}'s add was still open", start, inside[0])
+        if close is not None and ep.inside is not None:
+            yield _hit("hotadd.serialized", f"Start for nt {ep.inside.nt_number} arrived "
+                       f"while nt {start.nt_number}'s add was still open", start, ep.inside)
 
 
-def check_statuses(ctx: Context) -> Iterator[Hit]:
-    for r in (*ctx.trace.replay, *ctx.trace.hotadd, *ctx.trace.after_end):
+class StatusCheck(Check):
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord):
+            return
         if r.state is NotifyState.FAILURE:
             if nt_success(r.status):
                 yield _hit("status.failure_error", f"Failure for nt {r.nt_number} carries success "
@@ -311,30 +413,97 @@ def check_statuses(ctx: Context) -> Iterator[Hit]:
                        f"*OperationStatus to a success code 0x{r.op_status:08X}", r)
 
 
-def check_indices(ctx: Context) -> Iterator[Hit]:
-    trace = ctx.trace
-    active = set(range(trace.boot_count or 0))
-    for ep in pair_up(trace.hotadd).episodes:
-        start = ep.start
-        if start.nt_number in active:
-            yield _hit("index.unused", f"hot-add Start for nt {start.nt_number}, which is "
-                       "already active", start)
-        else:
-            lowest = min(set(range(len(active) + 1)) - active)
-            if start.nt_number != lowest:
-                yield _hit("index.next_free", f"hot-added processor got nt {start.nt_number}, "
-                           f"the next free one is {lowest}", start)
-        if ep.close is not None and ep.close.state is NotifyState.COMPLETE:
-            active.add(start.nt_number)
+class IndexCheck(Check):
+    """Each hot-add Start against the indices taken when it arrived: the boot processors
+    (0..boot-1, never materialised: the load record may claim 2**32), completed hot-adds, and
+    adds still in flight (Windows hands the index out at Start).
+
+    The lowest free index is a pointer below which every index is taken but for `holes` (a
+    heap of indices given back by adds that did not complete): O(log n) per Start, however
+    the adds interleave. At most MAX_PROCESSORS hot-added processors are tracked."""
+
+    def __init__(self) -> None:
+        self.boot: int | None = None
+        self.added: set[int] = set()  # completed hot-adds
+        self.in_flight: dict[int, NotifyRecord] = {}
+        self.holes: list[int] = []
+        self.lowest = 0
+
+    def _boot(self, ctx: Context) -> int:
+        if self.boot is None:
+            self.boot = self.lowest = ctx.marks.boot_count or 0
+        return self.boot
+
+    def _active(self, nt: int) -> bool:
+        return nt < (self.boot or 0) or nt in self.added
+
+    def _taken(self, nt: int) -> bool:
+        return self._active(nt) or nt in self.in_flight
+
+    def _first_free(self) -> int:
+        while self.holes and self._taken(self.holes[0]):
+            heapq.heappop(self.holes)
+        if self.holes:
+            return self.holes[0]
+        while self._taken(self.lowest):
+            self.lowest += 1
+        return self.lowest
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if where is not Section.HOTADD or not isinstance(r, NotifyRecord) or (
+                r.state is not NotifyState.START):
+            return
+        self._boot(ctx)
+        nt = r.nt_number
+        if len(self.added) + len(self.in_flight) >= MAX_PROCESSORS and not self._taken(nt):
+            return  # past the cap (ProcessorNumberCheck says so): not tracked
+        if self._active(nt):
+            self.in_flight[nt] = r
+            yield _hit("index.unused", f"hot-add Start for nt {nt}, which is already active", r)
+            return
+        free = self._first_free()
+        if nt in self.in_flight and nt < free:  # its own earlier Start, cut short: free again
+            free = nt
+        self.in_flight[nt] = r
+        if nt != free:
+            yield _hit("index.next_free", f"hot-added processor got nt {nt}, "
+                       f"the next free one is {free}", r)
+
+    def episode(self, ctx: Context, ep: Episode, where: Section) -> Iterator[Hit]:
+        if where is not Section.HOTADD:
+            return iter(())
+        nt = ep.start.nt_number
+        self._boot(ctx)
+        if self.in_flight.get(nt) is ep.start:
+            del self.in_flight[nt]
+            if ep.close is not None and ep.close.state is NotifyState.COMPLETE:
+                self.added.add(nt)
+            elif not self._active(nt) and nt < self.lowest:
+                heapq.heappush(self.holes, nt)
+        return iter(())
 
 
-def check_processor_numbers(ctx: Context) -> Iterator[Hit]:
-    by_nt: dict[int, NotifyRecord] = {}
-    by_pair: dict[tuple[int, int], NotifyRecord] = {}
-    for r in (*ctx.trace.replay, *ctx.trace.hotadd):
+class ProcessorNumberCheck(Check):
+    """One entry per processor (not per record): the first record of each nt and pair."""
+
+    def __init__(self) -> None:
+        self.by_nt: dict[int, NotifyRecord] = {}
+        self.by_pair: dict[tuple[int, int], NotifyRecord] = {}
+        self.full = False  # MAX_PROCESSORS reached
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord) or where is Section.AFTER_END:
+            return
         pair = (r.group, r.number)
-        first = by_nt.setdefault(r.nt_number, r)
-        owner = by_pair.setdefault(pair, r)
+        if r.nt_number not in self.by_nt and len(self.by_nt) >= MAX_PROCESSORS:
+            if not self.full:
+                self.full = True
+                yield _hit("procnum.consistent", f"more than {MAX_PROCESSORS} distinct "
+                           "processors, more than any machine has: later ones are not checked "
+                           "against the others", r)
+            return
+        first = self.by_nt.setdefault(r.nt_number, r)
+        owner = self.by_pair.setdefault(pair, r)
         if r.number >= 64 and ctx.profile is Profile.WINDOWS:
             yield _hit("procnum.consistent", f"nt {r.nt_number} has number {r.number}: a group "
                        "holds at most 64 processors", r)
@@ -346,101 +515,130 @@ def check_processor_numbers(ctx: Context) -> Iterator[Hit]:
                        f"claim {r.group}:{r.number}", owner, r)
 
 
-def check_index_mapping(ctx: Context) -> Iterator[Hit]:
+class IndexMappingCheck(Check):
     """The Windows probe's map_* fields: what KeGetProcessorNumberFromIndex(nt_number) said in
     the callback (driver/README.md). Records without them (the Linux probe) are not judged."""
-    placed = [(r, False) for r in ctx.trace.replay] + [(r, True) for r in ctx.trace.hotadd]
-    for r, hotadd in placed:
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord) or where is Section.AFTER_END:
+            return
         status = r.extra.get("map_status")
         if status is None:
-            continue
-        in_start = hotadd and r.state is NotifyState.START
+            return
+        in_start = where is Section.HOTADD and r.state is NotifyState.START
         rule = "procnum.index_during_start" if in_start else "procnum.matches_index"
         if status != 0:
+            # an extra field: any JSON value, shown as it is when it is not an NTSTATUS
+            shown = f"0x{status:08X}" if type(status) is int else json.dumps(status)[:80]
             yield _hit(rule, f"{_nt(r)}: KeGetProcessorNumberFromIndex({r.nt_number}) failed "
-                       f"with 0x{int(status):08X}", r)
-            continue
+                       f"with {shown}", r)
+            return
         mapped = (r.extra.get("map_group"), r.extra.get("map_number"))
         if mapped != (r.group, r.number):
             yield _hit(rule, f"{_nt(r)} is {r.group}:{r.number}, but KeGetProcessorNumberFromIndex"
                        f"({r.nt_number}) gives {mapped[0]}:{mapped[1]}", r)
 
 
-def check_counts(ctx: Context) -> Iterator[Hit]:
-    trace = ctx.trace
-    previous: Record | None = trace.load
-    last = trace.boot_count
-    completed = 0
-    hotadds = {id(r) for r in trace.hotadd}
-    judged = hotadds | {id(r) for r in trace.replay}
-    # File order: a hot-add in the registration window may come before replay records.
-    in_order = [(r, id(r) in hotadds and r.state is NotifyState.COMPLETE)
-                for r in trace.records if isinstance(r, NotifyRecord) and id(r) in judged]
-    for r, is_complete in in_order:
-        if last is not None and r.active_count < last:
-            yield _hit("count.never_decreases", f"active_count drops from {last} to "
-                       f"{r.active_count}", previous, r)
-        last, previous = r.active_count, r
-        if trace.boot_count is None:
-            continue
-        completed += is_complete
-        want = trace.boot_count + completed
+class CountCheck(Check):
+    """In file order: a hot-add in the registration window may come before replay records."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.previous: Record | None = None
+        self.last: int | None = None
+        self.completed = 0
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord) or where is Section.AFTER_END:
+            return
+        boot = ctx.marks.boot_count
+        if not self.started:
+            self.started, self.previous, self.last = True, ctx.marks.load, boot
+        if self.last is not None and r.active_count < self.last:
+            yield _hit("count.never_decreases", f"active_count drops from {self.last} to "
+                       f"{r.active_count}", self.previous, r)
+        self.last, self.previous = r.active_count, r
+        if boot is None:
+            return
+        self.completed += where is Section.HOTADD and r.state is NotifyState.COMPLETE
+        want = boot + self.completed
         if r.active_count != want:
             yield _hit("count.grows", f"{_nt(r)} saw active_count {r.active_count}, expected "
-                       f"{want} (load count {trace.boot_count} + {completed} hot-add "
+                       f"{want} (load count {boot} + {self.completed} hot-add "
                        "Complete(s) so far)", r)
 
 
-def check_levels(ctx: Context) -> Iterator[Hit]:
-    trace = ctx.trace
-    if ctx.profile is Profile.LINUX:
-        for r in (*trace.replay, *trace.hotadd, *trace.after_end):
+class LevelCheck(Check):
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if not isinstance(r, NotifyRecord):
+            return
+        if ctx.profile is Profile.LINUX:
             if r.irql != 0 or r.group != 0:
                 yield _hit("linux.fixed_fields", f"{_nt(r)} has irql {r.irql}, group "
                            f"{r.group}: the Linux probe always writes 0", r)
+            return
+        ceiling, name = ((APC_LEVEL, "APC_LEVEL") if where is Section.REPLAY
+                         else (0, "PASSIVE_LEVEL"))
+        if where is not Section.AFTER_END and r.irql > ceiling:
+            yield _hit("irql.level", f"{_nt(r)} ran at IRQL {r.irql}, above {name}", r)
+
+
+class AfterEndCheck(Check):
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if where is Section.AFTER_END and isinstance(r, NotifyRecord):
+            yield _hit("notify.after_end", f"{_nt(r)} after {ctx.marks.end.event.value}"
+                       if ctx.marks.end else _nt(r), ctx.marks.end, r)
+
+
+class HostCheck(Check):
+    """Counts of hot-add Starts and Completes, against what the host saw."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.completes = 0
+        self.first_start: NotifyRecord | None = None
+        self.first_complete: NotifyRecord | None = None
+        self.last_complete: NotifyRecord | None = None
+
+    def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
+        if where is not Section.HOTADD or not isinstance(r, NotifyRecord):
+            return
+        if r.state is NotifyState.START:
+            self.starts += 1
+            self.first_start = self.first_start or r
+        elif r.state is NotifyState.COMPLETE:
+            self.completes += 1
+            self.first_complete = self.first_complete or r
+            self.last_complete = r
         return
-    for records, ceiling, name in ((trace.replay, APC_LEVEL, "APC_LEVEL"),
-                                   (trace.hotadd, 0, "PASSIVE_LEVEL")):
-        for r in records:
-            if r.irql > ceiling:
-                yield _hit("irql.level", f"{_nt(r)} ran at IRQL {r.irql}, above {name}", r)
+        yield  # a generator, like every hook
+
+    def finish(self, ctx: Context) -> Iterator[Hit]:
+        host, marks = ctx.host, ctx.marks
+        if host is None:
+            return
+        if host.adds_performed is not None and self.starts != host.adds_performed:
+            yield _hit("host.adds", f"{self.starts} hot-add Start(s) for {host.adds_performed} "
+                       "vCPU add(s) on the host", self.first_start)
+        if host.adds_expected_ok is not None and self.completes != host.adds_expected_ok:
+            yield _hit("host.completes", f"{self.completes} hot-add Complete(s), the host "
+                       f"expected {host.adds_expected_ok}", self.first_complete)
+        if host.boot_cpus is not None and marks.load is not None and (
+                marks.boot_count != host.boot_cpus):
+            yield _hit("host.boot_count", f"the probe saw {marks.boot_count} active "
+                       f"processor(s) at load, the guest booted with {host.boot_cpus}",
+                       marks.load)
+        if host.guest_count is not None:
+            base = host.boot_cpus if host.boot_cpus is not None else marks.boot_count
+            if base is not None and base + self.completes != host.guest_count:
+                yield _hit("host.final_count", f"{base} boot + {self.completes} added = "
+                           f"{base + self.completes}, but the guest reports "
+                           f"{host.guest_count}", self.last_complete)
 
 
-def check_after_end(ctx: Context) -> Iterator[Hit]:
-    end = ctx.trace.end
-    for r in ctx.trace.after_end:
-        assert end is not None
-        yield _hit("notify.after_end", f"{_nt(r)} after {end.event.value}", end, r)
-
-
-def check_host(ctx: Context) -> Iterator[Hit]:
-    host = ctx.host
-    if host is None:
-        return
-    trace = ctx.trace
-    starts = _of(trace.hotadd, NotifyState.START)
-    completes = _of(trace.hotadd, NotifyState.COMPLETE)
-    if host.adds_performed is not None and len(starts) != host.adds_performed:
-        yield _hit("host.adds", f"{len(starts)} hot-add Start(s) for {host.adds_performed} "
-                   "vCPU add(s) on the host", *starts[:1])
-    if host.adds_expected_ok is not None and len(completes) != host.adds_expected_ok:
-        yield _hit("host.completes", f"{len(completes)} hot-add Complete(s), the host expected "
-                   f"{host.adds_expected_ok}", *completes[:1])
-    if host.boot_cpus is not None and trace.load is not None and (
-            trace.boot_count != host.boot_cpus):
-        yield _hit("host.boot_count", f"the probe saw {trace.boot_count} active processor(s) "
-                   f"at load, the guest booted with {host.boot_cpus}", trace.load)
-    if host.guest_count is not None:
-        base = host.boot_cpus if host.boot_cpus is not None else trace.boot_count
-        if base is not None and base + len(completes) != host.guest_count:
-            yield _hit("host.final_count", f"{base} boot + {len(completes)} added = "
-                       f"{base + len(completes)}, but the guest reports {host.guest_count}",
-                       *completes[-1:])
-
-
-CHECKS: tuple[Check, ...] = (
-    check_sequence, check_losses, check_driver, check_phase_labels, check_registration_window,
-    check_replay, check_hotadds, check_statuses, check_indices, check_processor_numbers,
-    check_index_mapping, check_counts, check_levels,
-    check_after_end, check_host,
+#: The checks, in reporting order (ties in seq keep this order). Each run gets fresh instances.
+CHECKS: tuple[type[Check], ...] = (
+    SequenceCheck, LossCheck, DriverCheck, PhaseLabelCheck, RegistrationWindowCheck,
+    ReplayCheck, HotaddCheck, StatusCheck, IndexCheck, ProcessorNumberCheck, IndexMappingCheck,
+    CountCheck, LevelCheck, AfterEndCheck, HostCheck,
 )

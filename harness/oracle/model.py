@@ -14,7 +14,7 @@ Windows profile gives when the vetoing driver is not told of the Failure (an ope
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import InputError
@@ -131,7 +131,14 @@ class ProtocolModel:
 
     def records(self) -> list[Record]:
         """The records a correct probe writes for this run, seq 1.. and t_ns from 0."""
-        w = _Writer(self.step_ns, self._processor_number)
+        out: list[Record] = []
+        self.stream(out.append)
+        return out
+
+    def stream(self, sink: Callable[[Record], None]) -> None:
+        """`records()` one at a time into `sink`, holding none of them: traces of millions
+        of records for the oracle's benchmark and its bounded-memory test."""
+        w = _Writer(self.step_ns, self._processor_number, sink)
         w.driver(DriverEvent.LOAD, active_count=self.existing,
                  flags=ADD_EXISTING if self.add_existing else 0)
         if not self._replay(w):
@@ -144,7 +151,6 @@ class ProtocolModel:
                 w.driver(DriverEvent.DEREGISTERED)
         if self.unload:
             w.driver(DriverEvent.UNLOAD)
-        return w.out
 
     def _processor_number(self, nt: int) -> tuple[int, int]:
         if self.profile is Profile.LINUX:
@@ -190,23 +196,27 @@ class _Writer:
 
     step_ns: int
     processor_number: Callable[[int], tuple[int, int]]
-    out: list[Record] = field(default_factory=list)
+    sink: Callable[[Record], None]
+    written: int = 0
     t: int = 0
+
+    def _emit(self, record: Record) -> None:
+        self.sink(record)
+        self.written += 1
+        self.t += self.step_ns
 
     def driver(self, event: DriverEvent, active_count: int | None = None,
                flags: int | None = None, status: int | None = None) -> None:
-        self.out.append(DriverRecord(seq=len(self.out) + 1, t_ns=self.t, event=event,
-                                     active_count=active_count, flags=flags, status=status))
-        self.t += self.step_ns
+        self._emit(DriverRecord(seq=self.written + 1, t_ns=self.t, event=event,
+                                active_count=active_count, flags=flags, status=status))
 
     def notify(self, state: NotifyState, phase: Phase, nt: int, active: int, *, status: int = 0,
                op_status: int = 0, irql: int = 0) -> None:
         group, number = self.processor_number(nt)
-        self.out.append(NotifyRecord(
-            seq=len(self.out) + 1, t_ns=self.t, state=state, phase=phase, nt_number=nt,
+        self._emit(NotifyRecord(
+            seq=self.written + 1, t_ns=self.t, state=state, phase=phase, nt_number=nt,
             group=group, number=number, status=status, op_status=op_status,
             active_count=active, irql=irql, op_status_in=0))
-        self.t += self.step_ns
 
 
 # Editing traces: for tests that break one thing in a valid trace, and for hand-made variants.

@@ -1,4 +1,5 @@
-"""A record list cut into the parts the rules talk about: replay, hot-adds, after the end.
+"""A record stream cut, as it arrives, into the parts the rules talk about: replay, hot-adds,
+after the end; and Start/Complete/Failure paired into episodes while streaming.
 
 The cut is by position: notifies after the register call returned are hot-adds, after the end
 they are "after the end", whatever their `phase` label says (`phase.label` reports a label
@@ -6,13 +7,15 @@ that disagrees). Inside the registration window (before `registered`/`register_f
 position alone cannot tell a replay from a hot-add that landed while the register call still
 ran, so there the probe's label decides: it is the thread's (the replay runs on the
 registering thread, a hot-add on another; driver/probe_core.c), so `hotadd` there is a hot-add
-and is judged with the other hot-adds.
+and is judged with the other hot-adds. Nothing here keeps the whole trace: the landmarks, one
+open episode per processor, and the replay (bounded by the processors at load, capped at
+`MAX_REPLAY`) are all the oracle holds, whatever the file's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 
 from harness.records import (
     ADD_EXISTING,
@@ -27,70 +30,58 @@ from harness.records import (
 _REGISTRATION = (DriverEvent.REGISTERED, DriverEvent.REGISTER_FAILED)
 # After these the callback is not registered: no notify may follow.
 _END = (DriverEvent.REGISTER_FAILED, DriverEvent.DEREGISTERED, DriverEvent.UNLOAD)
+#: Distinct processors the oracle keeps state for (consistency of (group, number), the indices
+#: handed out): 1,024 full processor groups of 64
+#: (https://learn.microsoft.com/en-us/windows/win32/procthread/processor-groups), far beyond
+#: any machine. Past it a trace says so, and later processors are not tracked: memory stays
+#: bounded whatever the file holds.
+MAX_PROCESSORS = 65_536
+#: Replay notifies kept for the replay rules (a Start and a Complete/Failure per processor);
+#: past it a trace is judged on the first MAX_REPLAY only, and says so.
+MAX_REPLAY = 2 * MAX_PROCESSORS
 
 
-@dataclass(frozen=True)
-class Episode:
-    """One Start and the Complete/Failure that closed it (None: never closed).
+class Section(enum.Enum):
+    """Where a notify arrived: inside the register call, while registered, or after the end."""
 
-    `start_at`/`close_at` are positions in the sequence handed to `pair_up` (close_at is -1
-    when never closed); `restarted` is set when the same nt_number got another Start while this
-    one was open.
-    """
+    REPLAY = "replay"
+    HOTADD = "hotadd"
+    AFTER_END = "after_end"
 
-    start: NotifyRecord
-    close: NotifyRecord | None
-    start_at: int
-    close_at: int = -1
-    restarted: bool = False
+
+@dataclass
+class Landmarks:
+    """What the stream has shown so far: the records every rule needs to know about."""
+
+    load: DriverRecord | None = None
+    registration: DriverRecord | None = None  # the first registered / register_failed
+    end: DriverRecord | None = None  # the record that ended the registration, if any
+    records: int = 0
+
+    def see(self, record: Record) -> None:
+        self.records += 1
+        if not isinstance(record, DriverRecord):
+            return
+        if record.event is DriverEvent.LOAD and self.load is None:
+            self.load = record
+        if record.event in _REGISTRATION and self.registration is None:
+            self.registration = record
+        if record.event in _END and self.end is None:
+            self.end = record
 
     @property
-    def vetoed(self) -> bool:
-        return self.start.op_status != 0
+    def in_window(self) -> bool:
+        """Inside the register call: before `registered`/`register_failed` (and any end)."""
+        return self.registration is None and self.end is None
 
-
-@dataclass(frozen=True)
-class Pairing:
-    episodes: tuple[Episode, ...]  # in Start order
-    orphans: tuple[NotifyRecord, ...]  # a Complete/Failure with no open Start
-
-
-def pair_up(notifies: Sequence[NotifyRecord]) -> Pairing:
-    """Match each Start with the next Complete/Failure for the same nt_number."""
-    open_starts: dict[int, tuple[int, NotifyRecord]] = {}
-    done: list[Episode] = []
-    orphans: list[NotifyRecord] = []
-    for at, record in enumerate(notifies):
-        if record.state is NotifyState.START:
-            previous = open_starts.get(record.nt_number)
-            if previous is not None:
-                done.append(Episode(previous[1], None, previous[0], restarted=True))
-            open_starts[record.nt_number] = (at, record)
-        elif record.nt_number in open_starts:
-            start_at, start = open_starts.pop(record.nt_number)
-            done.append(Episode(start, record, start_at, at))
-        else:
-            orphans.append(record)
-    done.extend(Episode(start, None, at) for at, start in open_starts.values())
-    done.sort(key=lambda episode: episode.start_at)
-    return Pairing(tuple(done), tuple(orphans))
-
-
-@dataclass(frozen=True)
-class Trace:
-    """The records plus the landmarks every rule needs."""
-
-    records: tuple[Record, ...]
-    load: DriverRecord | None
-    registration: DriverRecord | None  # the first registered / register_failed
-    replay: tuple[NotifyRecord, ...]  # labelled replay, before the register call returned
-    hotadd: tuple[NotifyRecord, ...]  # window hot-adds and notifies while registered, in order
-    after_end: tuple[NotifyRecord, ...]  # notifies after register_failed/deregistered/unload
-    end: DriverRecord | None  # the record that ended the registration, if any
-    dropped: tuple[DriverRecord, ...] = ()  # `dropped` lines: records the probe lost
-    # Labelled hotadd, before the register call returned: hot-adds on another thread while the
-    # register call ran (also in `hotadd`).
-    window_hotadd: tuple[NotifyRecord, ...] = ()
+    def section_of(self, record: NotifyRecord) -> Section:
+        """Where a notify arriving now belongs: inside the registration window its label
+        decides (a `hotadd` there is a hot-add on another thread), elsewhere its position."""
+        if self.end is not None:
+            return Section.AFTER_END
+        if self.registration is None:
+            return Section.HOTADD if record.phase is Phase.HOTADD else Section.REPLAY
+        return Section.HOTADD
 
     @property
     def add_existing(self) -> bool:
@@ -100,42 +91,61 @@ class Trace:
     def boot_count(self) -> int | None:
         return self.load.active_count if self.load is not None else None
 
+
+@dataclass
+class Episode:
+    """One Start and the Complete/Failure that closed it (None: never closed).
+
+    `number` counts Starts in its section (0, 1, ...); `restarted` is set when the same
+    nt_number got another Start while this one was open; `inside` is the first Start of any
+    processor that arrived while this one was open.
+    """
+
+    start: NotifyRecord
+    number: int
+    close: NotifyRecord | None = None
+    restarted: bool = False
+    inside: NotifyRecord | None = None
+
     @property
-    def replay_veto(self) -> NotifyRecord | None:
-        """The first replay Start the probe vetoed."""
-        return next((r for r in self.replay
-                     if r.state is NotifyState.START and r.op_status != 0), None)
+    def vetoed(self) -> bool:
+        return self.start.op_status != 0
 
 
-def _first(records: Sequence[Record], events: tuple[DriverEvent, ...]) -> int | None:
-    return next((i for i, r in enumerate(records)
-                 if isinstance(r, DriverRecord) and r.event in events), None)
+@dataclass
+class Pairer:
+    """Match each Start with the next Complete/Failure for the same nt_number, as records
+    arrive. `feed` returns the episodes that ended (closed, or cut by a second Start) and
+    whether the record was an orphan (a Complete/Failure with no open Start); `finish` the
+    episodes never closed, in Start order."""
 
+    open: dict[int, Episode] = field(default_factory=dict)
+    starts: int = 0
+    _last: Episode | None = None  # the most recent Start's episode
 
-def build_trace(records: Sequence[Record]) -> Trace:
-    recs = tuple(records)
-    load = next((r for r in recs if isinstance(r, DriverRecord) and r.event is DriverEvent.LOAD),
-                None)
-    reg_at = _first(recs, _REGISTRATION)
-    end_at = _first(recs, _END)
-    stop = len(recs) if end_at is None else end_at
-    replay_stop = stop if reg_at is None else min(reg_at, stop)
-    registration = recs[reg_at] if reg_at is not None else None
-    end = recs[end_at] if end_at is not None else None
-    assert registration is None or isinstance(registration, DriverRecord)
-    assert end is None or isinstance(end, DriverRecord)
+    def feed(self, record: NotifyRecord) -> tuple[list[Episode], bool]:
+        if record.state is NotifyState.START:
+            ended: list[Episode] = []
+            last = self._last
+            if last is not None and last.close is None and last.inside is None and (
+                    self.open.get(last.start.nt_number) is last):
+                last.inside = record  # the first Start after it, while it is still open
+            previous = self.open.get(record.nt_number)
+            if previous is not None:
+                previous.restarted = True
+                ended.append(previous)
+            episode = Episode(record, self.starts)
+            self.starts += 1
+            self.open[record.nt_number] = episode
+            self._last = episode
+            return ended, False
+        if record.nt_number not in self.open:
+            return [], True
+        episode = self.open.pop(record.nt_number)
+        episode.close = record
+        return [episode], False
 
-    def notifies(lo: int, hi: int) -> tuple[NotifyRecord, ...]:
-        return tuple(r for r in recs[lo:hi] if isinstance(r, NotifyRecord))
-
-    window = notifies(0, replay_stop)
-    window_hotadd = tuple(r for r in window if r.phase is Phase.HOTADD)
-    return Trace(
-        records=recs, load=load, registration=registration,
-        replay=tuple(r for r in window if r.phase is Phase.REPLAY),
-        hotadd=window_hotadd + notifies(replay_stop, stop),
-        after_end=notifies(stop, len(recs)), end=end,
-        dropped=tuple(r for r in recs
-                      if isinstance(r, DriverRecord) and r.event is DriverEvent.DROPPED),
-        window_hotadd=window_hotadd,
-    )
+    def finish(self) -> list[Episode]:
+        left = sorted(self.open.values(), key=lambda e: e.number)
+        self.open = {}
+        return left

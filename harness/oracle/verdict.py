@@ -61,6 +61,7 @@ class Verdict:
     timeline: tuple[ProcessorTimeline, ...]
     profile: Profile = Profile.WINDOWS
     record_count: int = 0
+    timeline_omitted: int = 0  # rows past the timeline's cap (a trace of thousands of adds)
 
     def __post_init__(self) -> None:
         if self.passed != all(f.severity is not Severity.FAIL for f in self.findings):
@@ -80,7 +81,7 @@ class Verdict:
             "rules_checked": [rule.id for rule in rules_for(self.profile)],
             "findings": [f.to_dict() for f in self.findings],
             "timeline": [t.to_dict() for t in self.timeline],
-        }
+        } | ({"timeline_omitted": self.timeline_omitted} if self.timeline_omitted else {})
 
 
 def _ms(t_ns: int | None) -> str:
@@ -110,4 +111,6 @@ def render_verdict(verdict: Verdict) -> str:
             lines.append(f"  {t.nt_number:>4} {f'{t.group}:{t.number}':>7} {t.phase.value:6} "
                          f"{_ms(t.start_t_ns):>10} {end:9} {_ms(t.end_t_ns):>10} "
                          f"{_ms(t.latency_ns):>9} {status}")
+    if verdict.timeline_omitted:
+        lines.append(f"  ... and {verdict.timeline_omitted} more rows (not kept)")
     return "\n".join(lines) + "\n"

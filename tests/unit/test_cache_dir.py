@@ -85,6 +85,9 @@ def test_cache_path_that_is_a_file(tmp_path: Path, short_tmp: Path) -> None:
     cache.write_text("not a directory\n")
     assert_commands_that_need_no_cache_work(cache, read_only=False)
     assert_commands_that_need_it_name_it(cache, tmp_path / "run", read_only=False)
+    doctor = hotadd(cache, "doctor")  # reports the cache among its checks, and goes on
+    assert doctor.returncode == 2 and "Traceback" not in doctor.stderr
+    assert "NO  cache directory" in doctor.stdout and "HOTADD_CACHE_DIR" in doctor.stdout
     assert cache.read_text() == "not a directory\n"
 
 

@@ -382,6 +382,20 @@ def test_timeline() -> None:
     assert "     3     0:3 hotadd" in text and "46.659" in text
 
 
+def test_timeline_keeps_replay_rows_first_around_a_window_hotadd() -> None:
+    """A hot-add whose Start lands between two replay Starts (streamed: the replay's count is
+    not final when its row comes) is still listed after every replay row."""
+    r = WINDOW_ADD.records()
+    add = [r[find(r, nt(START, HOTADD))], r[find(r, nt(COMPLETE, HOTADD))]]
+    out = [x for x in r if x not in add]
+    second_start = find(out, nt(START, REPLAY, 1))
+    out[second_start:second_start] = add
+    verdict = check(renumber(out), W)
+    assert "replay.not_interleaved" in {f.rule_id for f in verdict.findings}
+    assert [(t.nt_number, t.phase) for t in verdict.timeline] == [
+        (0, REPLAY), (1, REPLAY), (2, HOTADD)]
+
+
 def test_verdict_dict_is_json_ready() -> None:
     verdict = check(parse_records(TRACES / "win_hotadd_veto_no_failure.jsonl"), W)
     data = json.loads(json.dumps(verdict.to_dict()))
