@@ -48,7 +48,7 @@ from harness.host.domain import Accelerator, GuestOS, Topology
 from harness.host.machine import HotplugMethod, run_name
 from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
 from harness.progress import Progress
-from harness.records import NotifyRecord, Record, parse_records
+from harness.records import NotifyRecord, Record, read_records
 from harness.report.html import write_report
 from harness.report.junit import junit_properties
 from harness.report.text import render_result
@@ -526,7 +526,7 @@ class HotaddHelper:
     @staticmethod
     def records(result: RunResult) -> list[Record]:
         """The probe's records of the run (its records.jsonl)."""
-        return parse_records(result.run_dir / "records.jsonl")
+        return read_records(result.run_dir / "records.jsonl")
 
     @classmethod
     def notifies(cls, result: RunResult) -> list[NotifyRecord]:

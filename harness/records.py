@@ -221,29 +221,34 @@ def parse_record(text: str, line: int = 0) -> Record:
     return _BUILDERS[kind](obj, line)
 
 
-def parse_records(source: str | os.PathLike[str] | Iterable[str]) -> list[Record]:
-    """Read v1 records from a file path, or from an iterable of lines (named `<lines>`).
-
-    A str holding records itself (it has a newline or starts with "{") is read as text, not as
-    a path. Blank lines are skipped. The first bad line raises `InputError` naming file:line and
-    why; ordering problems are not input errors, they are the oracle's business.
-    """
-    return list(iter_records(source))
+def parse_records(text: str | Iterable[str], name: str = "<lines>") -> list[Record]:
+    """Read v1 records from text: a string (split into lines) or an iterable of lines. A string
+    is never taken for a path (`read_records` reads files). Blank lines are skipped. The first
+    bad line raises `InputError` naming `name`:line and why; ordering problems are not input
+    errors, they are the oracle's business."""
+    return list(iter_records(text, name))
 
 
-def iter_records(source: str | os.PathLike[str] | Iterable[str]) -> Iterator[Record]:
-    """`parse_records` one record at a time: a file of any size is read in bounded memory
+def iter_records(text: str | Iterable[str], name: str = "<lines>") -> Iterator[Record]:
+    """`parse_records` one record at a time."""
+    yield from _parse_lines(text.splitlines() if isinstance(text, str) else text, name)
+
+
+def read_records(path: str | os.PathLike[str]) -> list[Record]:
+    """Read v1 records from a file (see `parse_records`)."""
+    return list(iter_record_file(path))
+
+
+def iter_record_file(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """`read_records` one record at a time: a file of any size is read in bounded memory
     (no line longer than MAX_LINE is ever held, so /dev/zero is an error, not a MemoryError)."""
-    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
-        yield from _parse_lines(source.splitlines(), "<lines>")
-        return
-    if not isinstance(source, str | os.PathLike):
-        yield from _parse_lines(source, "<lines>")
-        return
-    path = Path(source)
+    path = Path(path)
     try:
         with path.open(encoding="utf-8") as handle:
             yield from _parse_lines(_bounded_lines(handle), str(path))
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, not a records file",
+                         "pass the path of the records.jsonl the probe wrote") from None
     except OSError as exc:
         raise InputError(f"cannot read records file {path}: {exc.strerror}",
                          "pass the path of the records.jsonl the probe wrote") from None

@@ -16,7 +16,7 @@ from harness.oracle.engine import check
 from harness.oracle.host import HostFacts
 from harness.oracle.rules import Profile
 from harness.oracle.verdict import render_verdict
-from harness.records import iter_records
+from harness.records import iter_record_file
 
 
 def _count(text: str) -> int:
@@ -63,7 +63,7 @@ def run_check(args: argparse.Namespace) -> int:
         host = HostFacts(adds_performed=args.adds, adds_expected_ok=args.adds_ok,
                          boot_cpus=args.boot_cpus, guest_count=args.guest_count)
     # streamed: a file of any size is judged in one pass and bounded memory
-    verdict = check(iter_records(args.file), Profile(args.profile), host)
+    verdict = check(iter_record_file(args.file), Profile(args.profile), host)
     if args.json:
         json.dump(verdict.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

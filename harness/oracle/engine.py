@@ -84,7 +84,7 @@ class _Timeline:
 def check(records: Iterable[Record], profile: Profile, host: HostFacts | None = None) -> Verdict:
     """Judge a probe's records by a profile's rules (and the host's counts, when given).
 
-    `records` may be any iterable, e.g. `iter_records(path)`: it is read once, in order."""
+    `records` may be any iterable, e.g. `iter_record_file(path)`: it is read once, in order."""
     ctx = Context(Landmarks(), profile, host)
     checks: list[Check] = [make() for make in CHECKS]
     hits = _Hits(profile)

@@ -23,7 +23,7 @@ import jinja2
 from markupsafe import Markup
 
 from harness.errors import InputError
-from harness.records import Record, parse_records
+from harness.records import Record, read_records
 from harness.report.timeline import build_timeline, render_svg
 
 REPORT_FILE = "report.html"
@@ -70,7 +70,7 @@ def load_scenario(run_dir: Path, relative_to: Path) -> ScenarioView:
     records_error = None
     if (run_dir / "records.jsonl").is_file():
         try:
-            records = parse_records(run_dir / "records.jsonl")
+            records = read_records(run_dir / "records.jsonl")
         except InputError as exc:
             records_error = str(exc)
     test = {}

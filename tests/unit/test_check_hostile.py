@@ -18,7 +18,14 @@ from harness.oracle.model import (
     ProtocolModel,
     edited,
 )
-from harness.records import MAX_LINE, NotifyRecord, Record, iter_records, record_to_dict
+from harness.records import (
+    MAX_LINE,
+    NotifyRecord,
+    Record,
+    iter_record_file,
+    iter_records,
+    record_to_dict,
+)
 from tests.support.processes import run_hotadd
 
 LOAD = '{"v":1,"seq":1,"t_ns":0,"kind":"driver","event":"load","active_count":1,"flags":1}\n'
@@ -83,7 +90,7 @@ def test_a_map_status_of_any_json_type_is_judged(tmp_path: Path, map_status: obj
 def peak_bytes_of_check(path: Path) -> int:
     tracemalloc.start()
     try:
-        verdict = check(iter_records(path), Profile.WINDOWS)
+        verdict = check(iter_record_file(path), Profile.WINDOWS)
         assert verdict.passed and verdict.timeline_omitted > 0
         return tracemalloc.get_traced_memory()[1]
     finally:

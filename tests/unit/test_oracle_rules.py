@@ -47,7 +47,7 @@ from harness.records import (
     NotifyState,
     Phase,
     Record,
-    parse_records,
+    read_records,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -293,10 +293,10 @@ def test_rule_passes(case: Case) -> None:
 
 
 def test_findings_carry_the_seqs_of_the_offending_records() -> None:
-    verdict = check(parse_records(TRACES / "win_bad_complete_after_veto.jsonl"), W)
+    verdict = check(read_records(TRACES / "win_bad_complete_after_veto.jsonl"), W)
     (finding,) = verdict.findings
     assert finding.rule_id == "hotadd.veto_honoured" and finding.seqs == (3, 4)
-    (finding,) = check(parse_records(TRACES / "win_bad_interleaved.jsonl"), W).findings
+    (finding,) = check(read_records(TRACES / "win_bad_interleaved.jsonl"), W).findings
     assert finding.seqs == (3, 4)
 
 
@@ -346,7 +346,7 @@ def test_model_rejects_impossible_runs() -> None:
 
 
 def test_warn_only_findings_pass_and_fail_findings_fail() -> None:
-    warned = check(parse_records(TRACES / "win_bad_interleaved.jsonl"), W)
+    warned = check(read_records(TRACES / "win_bad_interleaved.jsonl"), W)
     assert warned.passed and warned.count(Severity.WARN) == 1
     with pytest.raises(ValueError, match="passed must be False"):
         Verdict(passed=True, findings=(Finding("seq.complete", Severity.FAIL, "x", (1,)),),
@@ -370,11 +370,11 @@ def test_empty_trace_fails_with_first_load() -> None:
 
 
 def test_timeline() -> None:
-    verdict = check(parse_records(TRACES / "win_hotadd_complete.jsonl"), W)
+    verdict = check(read_records(TRACES / "win_hotadd_complete.jsonl"), W)
     rows = [(t.nt_number, t.phase, t.end_state, t.latency_ns) for t in verdict.timeline]
     assert rows == [(0, REPLAY, COMPLETE, 6900), (1, REPLAY, COMPLETE, 4400),
                     (2, HOTADD, COMPLETE, 51_763_000), (3, HOTADD, COMPLETE, 46_659_000)]
-    replay_veto = check(parse_records(TRACES / "win_replay_veto.jsonl"), W).timeline
+    replay_veto = check(read_records(TRACES / "win_replay_veto.jsonl"), W).timeline
     assert [(t.nt_number, t.end_state, t.status) for t in replay_veto] == [
         (0, FAILURE, VETO), (1, FAILURE, VETO), (2, None, None)]
     text = render_verdict(verdict)
@@ -397,7 +397,7 @@ def test_timeline_keeps_replay_rows_first_around_a_window_hotadd() -> None:
 
 
 def test_verdict_dict_is_json_ready() -> None:
-    verdict = check(parse_records(TRACES / "win_hotadd_veto_no_failure.jsonl"), W)
+    verdict = check(read_records(TRACES / "win_hotadd_veto_no_failure.jsonl"), W)
     data = json.loads(json.dumps(verdict.to_dict()))
     assert data["schema"] == VERDICT_SCHEMA and data["verdict"] == "pass"
     assert data["counts"] == {"fail": 0, "warn": 1}
@@ -420,7 +420,7 @@ def test_every_sample_trace_has_an_expectation() -> None:
 @pytest.mark.parametrize(("name", "profile", "want"), SAMPLE_RUNS,
                          ids=[f"{n}-{p}" for n, p, _ in SAMPLE_RUNS])
 def test_sample_traces(name: str, profile: str, want: dict[str, object]) -> None:
-    verdict = check(parse_records(TRACES / name), Profile(profile))
+    verdict = check(read_records(TRACES / name), Profile(profile))
     got = {"passed": verdict.passed,
            "fail": sorted({f.rule_id for f in verdict.findings if f.severity is Severity.FAIL}),
            "warn": sorted({f.rule_id for f in verdict.findings if f.severity is Severity.WARN})}

@@ -18,6 +18,7 @@ from harness.records import (
     Phase,
     dump_records,
     parse_records,
+    read_records,
 )
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
@@ -59,7 +60,7 @@ def test_unknown_fields_are_kept_and_written_back() -> None:
 
 def test_round_trip_of_every_sample_trace() -> None:
     for path in sorted(TRACES.glob("[wlc]*.jsonl")):
-        records = parse_records(path)
+        records = read_records(path)
         text = dump_records(records)
         assert parse_records(text.splitlines()) == records, path.name
         original = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -161,28 +162,40 @@ def test_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     path.write_text(json.dumps(LOAD) + "\n" + '{"v":1,"seq":2,"t_ns":3,"kind":"driver"}\n')
     with pytest.raises(InputError, match=re.escape(f'{path}:2: missing required field "event"')):
-        parse_records(path)
+        read_records(path)
     with pytest.raises(InputError, match=r"missing_field\.jsonl:3: .*op_status"):
-        parse_records(TRACES / "malformed_missing_field.jsonl")
+        read_records(TRACES / "malformed_missing_field.jsonl")
 
 
 def test_missing_and_binary_files_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"cannot read records file .*nope\.jsonl"):
-        parse_records(tmp_path / "nope.jsonl")
+        read_records(tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match="is a directory"):
+        read_records(tmp_path)
     binary = tmp_path / "records.bin"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(InputError, match="not UTF-8"):
-        parse_records(str(binary))
+        read_records(str(binary))
 
 
 def test_path_string_and_line_iterables_parse_the_same() -> None:
     path = TRACES / "win_hotadd_veto.jsonl"
-    assert parse_records(str(path)) == parse_records(path.read_text().splitlines())
+    assert read_records(str(path)) == parse_records(path.read_text().splitlines())
+
+
+def test_text_is_never_taken_for_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text and paths are separate entry points: an empty string is no records, not ".", and a
+    string naming a file is a (bad) record line, not that file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "records.jsonl").write_text(json.dumps(LOAD) + "\n")
+    assert parse_records("") == []
+    with pytest.raises(InputError, match="<lines>:1: not JSON"):
+        parse_records("records.jsonl")
 
 
 def test_a_string_of_records_is_read_as_text_not_as_a_path() -> None:
     text = (TRACES / "win_hotadd_veto.jsonl").read_text()
-    assert parse_records(text) == parse_records(TRACES / "win_hotadd_veto.jsonl")
+    assert parse_records(text) == read_records(TRACES / "win_hotadd_veto.jsonl")
     assert len(parse_records(json.dumps(LOAD))) == 1
     with pytest.raises(InputError, match='<lines>:2: missing required field "v"'):
         parse_records(json.dumps(LOAD) + "\n" + "{}\n")

@@ -13,7 +13,7 @@ import pytest
 
 from harness.oracle import check
 from harness.oracle.model import HotAdd, ProtocolModel
-from harness.records import dump_records, parse_records
+from harness.records import dump_records, read_records
 from harness.report.html import write_report
 from harness.report.timeline import build_timeline, render_svg
 
@@ -99,7 +99,7 @@ def test_the_svg_escapes_its_own_text(tmp_path: Path) -> None:
     """render_svg's output (embedded as Markup) is well-formed XML whose text and attributes
     carry the hostile strings literally: nothing was interpreted as markup."""
     result = _hostile_run(tmp_path / "run")
-    records = parse_records(tmp_path / "run" / "records.jsonl")
+    records = read_records(tmp_path / "run" / "records.jsonl")
     svg = render_svg(build_timeline(result, records), HOSTILE)
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG_NS}svg" and root.get("aria-label") == HOSTILE

@@ -17,7 +17,7 @@ import pytest
 from harness import cli
 from harness.commands import report as command
 from harness.oracle import HostFacts, Profile, check
-from harness.records import NotifyRecord, NotifyState, Phase, dump_records, parse_records
+from harness.records import NotifyRecord, NotifyState, Phase, dump_records, read_records
 from harness.report.html import REPORT_FILE
 from harness.report.timeline import COLORS, Mark, build_timeline
 from tests.support.processes import qemu_pids_mentioning, run_hotadd
@@ -54,7 +54,7 @@ def failing_copy(run_dir: Path, target: Path) -> Path:
     """The veto run with the vetoed processor's Failure removed, re-judged: a probe that
     vetoed and was never told the add failed."""
     shutil.copytree(run_dir, target)
-    records = [r for r in parse_records(target / "records.jsonl")
+    records = [r for r in read_records(target / "records.jsonl")
                if not (isinstance(r, NotifyRecord) and r.phase is Phase.HOTADD
                        and r.state is NotifyState.FAILURE)]
     (target / "records.jsonl").write_text(dump_records(records))
@@ -83,7 +83,7 @@ def test_run_prints_the_report_and_report_regenerates_it(veto_run: tuple[Path, s
 def test_timeline_has_every_processor_and_episode(veto_run: tuple[Path, str]) -> None:
     run_dir, _ = veto_run
     result = json.loads((run_dir / "result.json").read_text())
-    tl = build_timeline(result, parse_records(run_dir / "records.jsonl"))
+    tl = build_timeline(result, read_records(run_dir / "records.jsonl"))
     assert [lane.title for lane in tl.lanes] == [
         "probe", "processor 0", "processor 1", "processor 2", "processor 3"]
     assert [p.title for p in tl.panels] == [
