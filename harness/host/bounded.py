@@ -30,7 +30,7 @@ class CallTimedOut(Exception):
     def __init__(self, what: str, timeout: float) -> None:
         self.what = what
         self.timeout = timeout
-        super().__init__(f"{what} did not return within {timeout:.0f}s")
+        super().__init__(f"{what} did not return within {timeout:g}s")
 
 
 def call(fn: Callable[[], T], timeout: float, what: str) -> T:

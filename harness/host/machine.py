@@ -45,7 +45,7 @@ from harness.host import bounded, storage
 from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
 from harness.host.health import ConsoleAlarm, ConsoleWatch, HealthProblem, Severity
-from harness.host.roots import qemu_pids_mentioning
+from harness.host.roots import process_stopped, qemu_pids_mentioning
 from harness.host.screenshot import ppm_to_png
 
 #: The deadline of a libvirt call that should answer at once (a state, an XML, a QMP query).
@@ -218,7 +218,7 @@ class Machine:
             return
         self.running = False
         pid = self.qemu_pid()
-        if pid is not None and _stopped(pid):
+        if pid is not None and process_stopped(pid):
             # virDomainDestroy sends SIGTERM, which a stopped QEMU never handles, and SIGKILLs
             # only 10 s later (virProcessKillPainfully, src/util/virprocess.c): do it now.
             with contextlib.suppress(OSError):
@@ -295,7 +295,7 @@ class Machine:
         try:
             return bounded.call(fn, timeout, what)
         except bounded.CallTimedOut as late:
-            raise self.frozen(f"libvirt's {what} did not return within {late.timeout:.0f}s"
+            raise self.frozen(f"libvirt's {what} did not return within {late.timeout:g}s"
                               ) from None
 
     def qemu_pid(self) -> int | None:
@@ -310,7 +310,7 @@ class Machine:
         """The error for a QEMU that stopped answering: `what` happened; the message says
         whether its process is stopped (SIGSTOP, a debugger) or only silent."""
         pid = self.qemu_pid()
-        if pid is not None and _stopped(pid):
+        if pid is not None and process_stopped(pid):
             state = (f"its QEMU process {pid} is stopped (SIGSTOP or a debugger)",
                      f"find who stopped QEMU (kill -CONT {pid} resumes it); ")
         elif pid is not None:
@@ -357,7 +357,7 @@ class Machine:
         panic = self.panic()
         state = self.state()
         pid = self.qemu_pid()
-        if pid is not None and _stopped(pid):  # no verdict can come from a stopped QEMU
+        if pid is not None and process_stopped(pid):  # no verdict can come from a stopped QEMU
             raise self.frozen("seen stopped while the run waited on it")
         crash = problem is not None and problem.alarm.severity is Severity.CRASH
         if panic is not None or state == "crashed" or crash:
@@ -568,16 +568,6 @@ def _serial_to(xml: str, old: Path, new: Path) -> str:
                           "report it with the saved domain XML (virsh save-image-dumpxml)")
     return source.sub(lambda m: f"<source path='{new}'"
                       + re.sub(r"append=(['\"])off\1", "append='on'", m.group(2)) + ">", xml)
-
-
-def _stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (state T: a stop signal; t: a tracer), from proc(5)'s
-    /proc/PID/stat: the state is the field after the parenthesised command name."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")
 
 
 def _saved_copy(path: Path) -> Path:

@@ -14,17 +14,19 @@ import signal
 import subprocess
 import sys
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from harness import interrupts
+from harness import interrupts, paths
 from harness.errors import QemuFrozen
 from harness.guests import reference
 from harness.host import storage
 from harness.host.machine import Machine, run_name
+from harness.host.roots import process_stopped
 from tests.support.processes import qemu_pids_mentioning
 from tests.vm.test_host_hotadd import reference_spec
 from tests.vm.test_interrupts import assert_torn_down, finish, result_of, wait_for_line
@@ -32,11 +34,6 @@ from tests.vm.test_interrupts import assert_torn_down, finish, result_of, wait_f
 pytestmark = pytest.mark.vm
 
 BOUND_S = 60  # how long a helper waits for the call under test to be in flight
-
-
-def _state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2]
 
 
 @contextlib.contextmanager
@@ -82,7 +79,7 @@ def test_a_stopped_qemu_neither_blocks_a_signal_nor_the_teardown(
             assert pid is not None and pid in qemu_pids_mentioning(f"guest={name},")
             interrupts.install()
             with frozen(pid):
-                assert _state(pid) == "T"
+                assert process_stopped(pid)
                 # a QMP query on a stopped QEMU: a deadline, and an error that says why
                 with pytest.raises(QemuFrozen, match=f"QEMU process {pid} is stopped"):
                     machine.monitor("query-status", timeout=1)
@@ -96,7 +93,7 @@ def test_a_stopped_qemu_neither_blocks_a_signal_nor_the_teardown(
                     machine.qemu_view()
                 helper.join(BOUND_S)
                 assert not gave_up.is_set(), "the QMP query never ran on a worker thread"
-                assert _state(pid) == "T", "the signal came through only after QEMU resumed"
+                assert process_stopped(pid), "the signal came through only after QEMU resumed"
                 # the teardown (Machine's exit) runs while QEMU is still stopped
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)
@@ -129,15 +126,30 @@ def _root(cli_uri: str) -> str:
     return cli_uri.split("root=", 1)[1]
 
 
-def _resume(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+def frozen_run(cli_uri: str, run_dir: Path, ack_timeout: float,
+               sig: signal.Signals | None = None) -> tuple[int, str, int]:
+    """A `hotadd run` whose QEMU is stopped at add 1 (then `sig` sent to hotadd) and stays
+    stopped until the run ended (bounded by `finish`): (QEMU pid, stderr, exit code). QEMU is
+    resumed and hotadd killed afterwards whatever happened."""
+    proc = start_run(cli_uri, run_dir, ack_timeout)
+    seen: list[str] = []
+    pid = None
+    try:
+        pid = freeze_at_add(proc, cli_uri, seen)
+        if sig is not None:
+            proc.send_signal(sig)
+        err = finish(proc, seen)
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "Traceback" not in err
+    name = ET.parse(run_dir / "domain.xml").findtext("name")
+    assert name and not (paths.scratch_dir() / name).exists(), err  # QEMU: cli_uri checks
+    return pid, err, proc.returncode
 
 
 @pytest.mark.timeout(600)
@@ -146,48 +158,27 @@ def test_a_run_whose_qemu_froze_during_an_add_has_no_verdict(cli_uri: str,
     """QEMU stays stopped for far longer than the add's budget (until the run ended): the run
     reports a frozen QEMU, exit 2, never PASS, and leaves nothing behind."""
     run_dir = tmp_path / "run"
-    proc = start_run(cli_uri, run_dir, ack_timeout=10)
-    seen: list[str] = []
-    pid = None
-    try:
-        pid = freeze_at_add(proc, cli_uri, seen)
-        err = finish(proc, seen)
-    finally:
-        if pid is not None:
-            _resume(pid)
-        _stop(proc)
-    assert proc.returncode == 2, err
-    assert "Traceback" not in err
+    pid, err, code = frozen_run(cli_uri, run_dir, ack_timeout=10)
+    assert code == 2, err
     result = result_of(run_dir)
     assert result["outcome"] == "error" and result["exit_code"] == 2, result
     assert f"QEMU process {pid} is stopped" in result["error"], result["error"]
-    assert not qemu_pids_mentioning(_root(cli_uri))
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_a_run_whose_qemu_is_frozen(cli_uri: str, tmp_path: Path,
                                                   sig: signal.Signals) -> None:
-    """With an add budget far beyond the test's bound, only the signal can end the run: it
-    does, while QEMU is still stopped, and the run is torn down."""
+    """The signal, sent right after QEMU stopped, ends the run while QEMU is still stopped
+    (it is resumed only after hotadd exited), with exit 2 and nothing left. Had the run
+    itself noticed the freeze first, it reports that instead."""
     run_dir = tmp_path / "run"
-    proc = start_run(cli_uri, run_dir, ack_timeout=3600)
-    seen: list[str] = []
-    pid = None
-    try:
-        pid = freeze_at_add(proc, cli_uri, seen)
-        proc.send_signal(sig)
-        err = finish(proc, seen)
-    finally:
-        if pid is not None:
-            _resume(pid)
-        _stop(proc)
-    assert proc.returncode == 2, err
-    assert "Traceback" not in err
-    assert_torn_down(run_dir, err)
+    pid, err, code = frozen_run(cli_uri, run_dir, ack_timeout=3600, sig=sig)
+    assert code == 2, err
     result = result_of(run_dir)
     assert result["outcome"] in ("interrupted", "error") and result["exit_code"] == 2, result
-    if result["outcome"] == "error":  # the run saw the freeze before the signal landed
+    if result["outcome"] == "error":
         assert f"QEMU process {pid} is stopped" in result["error"], result["error"]
     else:
         assert result["interrupted"]["signal"] == sig.name
+        assert_torn_down(run_dir, err)
