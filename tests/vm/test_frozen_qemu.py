@@ -47,19 +47,21 @@ def frozen(pid: int) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-def signal_when_in_flight(call: str, gave_up: threading.Event) -> threading.Thread:
+def signal_when_in_flight(call: str, qemu: int, gave_up: threading.Event) -> threading.Thread:
     """A thread that sends SIGTERM to this process once the libvirt call `call` runs (its
     worker thread, named libvirt-CALL, exists). If it never appears within BOUND_S, it sets
-    `gave_up` and sends the signal anyway."""
+    `gave_up`, sends the signal anyway and resumes QEMU `qemu`, so a call blocked in libvirt
+    (where no handler can run) returns and the test fails instead of hanging."""
     def run() -> None:
         waited = threading.Event()
         for _ in range(int(BOUND_S / 0.05)):
             if any(t.name == f"libvirt-{call}" for t in threading.enumerate()):
-                break
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             waited.wait(0.05)
-        else:
-            gave_up.set()
+        gave_up.set()
         os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(qemu, signal.SIGCONT)
 
     return threading.Thread(target=run, daemon=True)
 
@@ -87,7 +89,7 @@ def test_a_stopped_qemu_neither_blocks_a_signal_nor_the_teardown(
                     machine.check_alive()
                 # a signal while the call is blocked inside libvirt ends it at once
                 gave_up = threading.Event()
-                helper = signal_when_in_flight("query-hotpluggable-cpus", gave_up)
+                helper = signal_when_in_flight("query-hotpluggable-cpus", pid, gave_up)
                 helper.start()
                 with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
                     machine.qemu_view()
