@@ -154,6 +154,7 @@ class Machine:
         self._sentinel: threading.Thread | None = None
         self._sentinel_stop = threading.Event()
         self._qemu_pid: int | None = None
+        self._qemu_pid_known = False  # looked up once per QEMU (start, restore)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ class Machine:
             # only 10 s later (virProcessKillPainfully, src/util/virprocess.c): do it now.
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        self._qemu_pid = None
+        self._qemu_pid_known = False
         try:
             self._call(self.dom.destroy, "destroy", CALL_TIMEOUT_S)
         except libvirt.libvirtError as exc:
@@ -243,6 +244,7 @@ class Machine:
             raise DomainError(f"libvirt could not save {self.name}: {exc.get_error_message()}",
                               "check free space under the cache directory") from exc
         self.running = False
+        self._qemu_pid_known = False
         for disk in self._writable_files():
             shutil.copyfile(disk, _saved_copy(disk))
 
@@ -268,6 +270,7 @@ class Machine:
                               f"{exc.get_error_message()}",
                               f"read the serial log {serial_log}; run 'hotadd doctor'") from exc
         self.running = True
+        self._qemu_pid_known = False  # a new QEMU
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
         self.health.watch(serial_log)
 
@@ -301,9 +304,10 @@ class Machine:
     def qemu_pid(self) -> int | None:
         """The QEMU process of this domain, if it runs on this host (found by the domain's
         unique name on its command line; None over a remote URI)."""
-        if self._qemu_pid is None or not Path(f"/proc/{self._qemu_pid}").exists():
+        if not self._qemu_pid_known:  # one /proc scan per QEMU, not one per check_alive
             pids = qemu_pids_mentioning(f"guest={self.name},")
             self._qemu_pid = pids[0] if len(pids) == 1 else None
+            self._qemu_pid_known = True
         return self._qemu_pid
 
     def frozen(self, what: str) -> QemuFrozen:
