@@ -34,6 +34,7 @@ from harness.errors import (
     HotaddError,
     InputError,
     Outcome,
+    QemuFrozen,
     exit_code,
 )
 from harness.guests.base import (
@@ -575,10 +576,13 @@ class Attempt:
         if not self._unloaded:
             self.unload()
         with self.progress.stage("add after unload", "_OST (no record expected)"):
-            plugged = self.machine.hotadd(method=self.spec.method)
+            t0 = time.monotonic()
+            plugged = self.machine.hotadd(method=self.spec.method, timeout=self.spec.ack_timeout)
             self.plugged.append(plugged)
-            ost = self.machine.wait_ost(plugged, self.spec.ack_timeout)
+            ost = self.machine.wait_ost(plugged, _left(self.spec.ack_timeout, t0))
             self.machine.check_alive()
+            if ost is None:
+                self.machine.answers()
         self.after_unload = AddOutcome(
             index=len(self.adds) + 1, plugged=plugged, ost_status=ost.status if ost else None,
             ost_ms=(ost.t_wall - plugged.t_wall) * 1000 if ost else None, guest_index=None,
@@ -626,7 +630,7 @@ class Attempt:
         exc = self.machine.cause_of(exc)
         if isinstance(exc, GuestCrashed) and self.probe_touched:
             exc.under_test = True
-        if self.guest.running:
+        if self.guest.running and not isinstance(exc, QemuFrozen):  # a frozen one never draws
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
                 # the transport is gone; the serial console still has what the probe printed
@@ -652,9 +656,9 @@ class Attempt:
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
         seen = len(_hotadd_notifies(session.live_records()))
-        plugged = machine.hotadd(vcpu_id, spec.method)
+        t0 = time.monotonic()  # the add's budget (--ack-timeout) covers the libvirt call too
+        plugged = machine.hotadd(vcpu_id, spec.method, timeout=spec.ack_timeout)
         self.plugged.append(plugged)
-        t0 = time.monotonic()
 
         def tick() -> None:
             machine.check_alive()
@@ -662,7 +666,11 @@ class Attempt:
 
         ost, start, end = await_add(
             lambda: machine.wait_ost(plugged, 0),
-            lambda: _hotadd_notifies(session.live_records())[seen:], spec.ack_timeout, tick)
+            lambda: _hotadd_notifies(session.live_records())[seen:],
+            _left(spec.ack_timeout, t0), tick)
+        machine.check_alive()
+        if ost is None or end is None:  # a QEMU that stopped answering is no verdict
+            machine.answers()
         return AddOutcome(
             index=index, plugged=plugged,
             ost_status=ost.status if ost else None,
@@ -797,6 +805,11 @@ def await_add(poll_ost: Callable[[], OstEvent | None],
             return ost, start, end
         tick()
         pause(0.1)
+
+
+def _left(budget: float, since: float) -> float:
+    """What is left of `budget` seconds started at monotonic time `since`."""
+    return max(budget - (time.monotonic() - since), 0.0)
 
 
 def _crash_under_test(exc: HotaddError) -> str | None:
