@@ -29,7 +29,7 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     if _depth and _pending is None:
         _pending = name
-        print(f"hotadd: {name}: finishing the VM start or teardown under way first "
+        print(f"hotadd: {name}: ending the VM start or teardown under way first "
               "(signal again to abandon it)", file=sys.stderr, flush=True)
         return
     raise KeyboardInterrupt(name)
@@ -60,6 +60,12 @@ def shielded() -> Iterator[None]:
     if _depth == 0 and _pending is not None:
         name, _pending = _pending, None
         raise KeyboardInterrupt(name)
+
+
+def held() -> str | None:
+    """The signal a `shielded()` block holds, if any: a step that can be abandoned cleanly
+    (a VM start: its QEMU is killed) asks, and ends early instead of finishing."""
+    return _pending
 
 
 def own(key: str, what: str) -> None:

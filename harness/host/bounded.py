@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from harness import interrupts
+
 T = TypeVar("T")
 
 _WAKE_S = 0.2  # how often the waiting thread wakes (a signal's handler runs at the latest then)
@@ -33,9 +35,11 @@ class CallTimedOut(Exception):
         super().__init__(f"{what} did not return within {timeout:g}s")
 
 
-def call(fn: Callable[[], T], timeout: float, what: str) -> T:
+def call(fn: Callable[[], T], timeout: float, what: str, *, abandonable: bool = False) -> T:
     """`fn()` on a worker thread; its result or exception, or CallTimedOut after `timeout` s.
-    `what` names the call (e.g. "setVcpu") for the error and the thread."""
+    `what` names the call (e.g. "setVcpu") for the error and the thread. An `abandonable`
+    call also gives up, with KeyboardInterrupt, when a `shielded()` block holds a signal (the
+    caller cleans up what the call may still create)."""
     done = threading.Event()
     outcome: list[tuple[bool, object]] = []
 
@@ -52,6 +56,8 @@ def call(fn: Callable[[], T], timeout: float, what: str) -> T:
     while not done.wait(min(_WAKE_S, max(deadline - time.monotonic(), 0.0))):
         if time.monotonic() >= deadline:
             raise CallTimedOut(what, timeout)
+        if abandonable and (held := interrupts.held()) is not None:
+            raise KeyboardInterrupt(held)
     ok, value = outcome[0]
     if ok:
         return value  # type: ignore[return-value]

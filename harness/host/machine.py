@@ -54,6 +54,10 @@ from harness.host.screenshot import ppm_to_png
 CALL_TIMEOUT_S = 20.0
 #: virDomainSave/Restore write or read the guest's whole memory.
 SAVE_TIMEOUT_S = 300.0
+#: virDomainCreateXML launches QEMU and talks QMP to it until the guest CPUs are ready to run;
+#: a QEMU that stops answering meanwhile blocks it with no timeout of libvirt's own. Seconds
+#: here (TCG, a loaded host); the bound is for a QEMU that will never answer.
+START_TIMEOUT_S = 180.0
 
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -131,6 +135,58 @@ class QemuView:
         return None
 
 
+def _create(conn: libvirt.virConnect, xml: str, name: str) -> libvirt.virDomain:
+    """virDomainCreateXML under START_TIMEOUT_S. Past the deadline, or at a signal (also one
+    a `shielded()` block holds), the half-started domain is killed before this returns
+    (QemuFrozen, or KeyboardInterrupt): the call goes on in its worker until QEMU is gone."""
+    finished = threading.Event()
+
+    def create() -> libvirt.virDomain:
+        try:
+            return conn.createXML(xml, 0)
+        finally:
+            finished.set()
+
+    try:
+        return bounded.call(create, START_TIMEOUT_S, "createXML", abandonable=True)
+    except bounded.CallTimedOut as late:
+        pids = qemu_pids_mentioning(f"guest={name},")
+        stopped = [pid for pid in pids if process_stopped(pid)]
+        with interrupts.shielded():
+            _abandon_start(conn, name, finished)
+        how = (f"its QEMU process {stopped[0]} is stopped (SIGSTOP or a debugger)" if stopped
+               else "QEMU did not finish starting")
+        raise QemuFrozen(
+            f"QEMU of {name} is frozen: libvirt's createXML did not return within "
+            f"{late.timeout:g}s; {how}: no verdict; it was killed",
+            "check the host's load and QEMU on the libvirt host, then rerun") from None
+    except BaseException:
+        with interrupts.shielded():
+            _abandon_start(conn, name, finished)
+        raise
+
+
+def _abandon_start(conn: libvirt.virConnect, name: str, finished: threading.Event) -> None:
+    """Kill the QEMU of a start we gave up on, until libvirt's call has ended (bounded), and
+    destroy the domain if it started after all. virDomainDestroy kills QEMU before it waits
+    for the start's job (qemuProcessBeginStopJob), so it also works on a remote host where
+    there is no local process to kill. Best effort: what remains, `hotadd sweep` removes."""
+    for _ in range(int(START_TIMEOUT_S)):
+        for pid in qemu_pids_mentioning(f"guest={name},"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _destroy_by_name(conn, name)
+        if finished.wait(1.0):
+            break
+    _destroy_by_name(conn, name)
+
+
+def _destroy_by_name(conn: libvirt.virConnect, name: str) -> None:
+    with contextlib.suppress(libvirt.libvirtError, bounded.CallTimedOut):
+        dom = bounded.call(lambda: conn.lookupByName(name), CALL_TIMEOUT_S, "lookupByName")
+        bounded.call(dom.destroy, CALL_TIMEOUT_S, "destroy")
+
+
 class Machine:
     """A transient domain started by this process. Use `Machine.start(...)` as a context manager.
 
@@ -176,14 +232,16 @@ class Machine:
         xml_copy.write_text(xml)
         events = DomainEvents(conn, spec.name)
         try:
-            dom = conn.createXML(xml, 0)
-        except libvirt.libvirtError as exc:
+            dom = _create(conn, xml, spec.name)
+        except BaseException as exc:
             events.close()
             storage.remove_scratch(scratch)
-            raise DomainError(
-                f"libvirt/QEMU refused to start {spec.name}: {exc.get_error_message()}",
-                f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
-            ) from exc
+            if isinstance(exc, libvirt.libvirtError):
+                raise DomainError(
+                    f"libvirt/QEMU refused to start {spec.name}: {exc.get_error_message()}",
+                    f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
+                ) from exc
+            raise
         machine = cls(conn, spec, scratch, dom, events)
         interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
         xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in

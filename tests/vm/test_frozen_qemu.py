@@ -24,7 +24,7 @@ import pytest
 from harness import interrupts, paths
 from harness.errors import QemuFrozen
 from harness.guests import reference
-from harness.host import storage
+from harness.host import domain, machine, storage
 from harness.host.machine import Machine, run_name
 from harness.host.roots import process_stopped
 from tests.support.processes import qemu_pids_mentioning
@@ -53,7 +53,8 @@ def frozen(pid: int) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-def signal_when_in_flight(call: str, qemu: int, gave_up: threading.Event) -> threading.Thread:
+def signal_when_in_flight(call: str, qemu: int | None,
+                          gave_up: threading.Event) -> threading.Thread:
     """A thread that sends SIGTERM to this process once the libvirt call `call` runs (its
     worker thread, named libvirt-CALL, exists). If it never appears within BOUND_S, it sets
     `gave_up`, sends the signal anyway and resumes QEMU `qemu`, so a call blocked in libvirt
@@ -67,7 +68,8 @@ def signal_when_in_flight(call: str, qemu: int, gave_up: threading.Event) -> thr
             waited.wait(0.05)
         gave_up.set()
         os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(qemu, signal.SIGCONT)
+        if qemu is not None:
+            os.kill(qemu, signal.SIGCONT)
 
     return threading.Thread(target=run, daemon=True)
 
@@ -111,6 +113,70 @@ def test_a_stopped_qemu_neither_blocks_a_signal_nor_the_teardown(
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def self_stopping_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Domains start with an emulator that stops itself (SIGSTOP) before it becomes QEMU for
+    a hotadd domain, so libvirt's createXML waits on a monitor that never answers."""
+    emulator = tmp_path / "bin" / "qemu-system-x86_64"  # named so the /proc scan knows it
+    emulator.parent.mkdir()
+    emulator.write_text('#!/bin/sh\n'
+                        'case "$*" in *guest=hotadd-*) kill -STOP $$ ;; esac\n'
+                        f'exec {domain.default_emulator()} "$@"\n')
+    emulator.chmod(0o755)
+    monkeypatch.setattr(domain, "default_emulator", lambda: str(emulator))
+
+
+def assert_start_left_nothing(conn: libvirt.virConnect, name: str, scratch: Path) -> None:
+    for pid in qemu_pids_mentioning(f"guest={name},"):  # only if the test failed:
+        os.kill(pid, signal.SIGKILL)                    # the assertion below says so
+        pytest.fail(f"the frozen start left its process {pid}")
+    assert not scratch.exists()
+    with pytest.raises(libvirt.libvirtError, match="no domain"):
+        conn.lookupByName(name)
+
+
+@pytest.mark.timeout(300)
+def test_a_qemu_that_freezes_while_starting_is_killed_and_named(
+        conn: libvirt.virConnect, reference_image: reference.ReferenceImage, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start has a deadline, the error says the process is stopped, and neither a
+    process, the domain nor the scratch dir is left."""
+    self_stopping_emulator(tmp_path, monkeypatch)
+    monkeypatch.setattr(machine, "START_TIMEOUT_S", 15.0)
+    name = run_name("test-frozen-start")
+    scratch = storage.run_scratch(name)
+    with pytest.raises(QemuFrozen, match=r"createXML did not return within 15s; its QEMU "
+                                         r"process \d+ is stopped"):
+        Machine.start(conn, reference_spec(reference_image, tmp_path, name), scratch)
+    assert_start_left_nothing(conn, name, scratch)
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_held_during_a_frozen_start_abandons_it(
+        conn: libvirt.virConnect, reference_image: reference.ReferenceImage, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run holds signals while it starts a VM (`interrupts.shielded`); a start that will
+    never finish is abandoned at the signal (its QEMU killed) instead of waiting for the
+    deadline (here longer than the test's own timeout)."""
+    self_stopping_emulator(tmp_path, monkeypatch)
+    monkeypatch.setattr(machine, "START_TIMEOUT_S", 3600.0)
+    name = run_name("test-frozen-start")
+    scratch = storage.run_scratch(name)
+    handlers = {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS}
+    gave_up = threading.Event()
+    try:
+        interrupts.install()
+        helper = signal_when_in_flight("createXML", None, gave_up)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"), interrupts.shielded():
+            Machine.start(conn, reference_spec(reference_image, tmp_path, name), scratch)
+        helper.join(BOUND_S)
+        assert not gave_up.is_set(), "createXML never ran on a worker thread"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert_start_left_nothing(conn, name, scratch)
 
 
 def start_run(cli_uri: str, run_dir: Path, ack_timeout: float) -> subprocess.Popen[str]:
