@@ -393,9 +393,10 @@ class Machine:
 
     def on_sick(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, from a sentinel thread, within about a second of the console
-        showing an alarm or QEMU reporting a panic; e.g. a transport's abort(), so a command
-        blocked on a dead guest gives up now rather than at its timeout (the run's thread then
-        learns the cause from check_alive()). Replaces an earlier callback."""
+        showing an alarm, QEMU reporting a panic or QEMU's process seen stopped; e.g. a
+        transport's abort(), so a command blocked on a dead or frozen guest gives up now
+        rather than at its timeout (the run's thread then learns the cause from
+        check_alive()). Replaces an earlier callback."""
         self._on_sick = callback
         if self._sentinel is None or not self._sentinel.is_alive():
             self._sentinel = threading.Thread(target=self._watch, name=f"sentinel-{self.name}",
@@ -403,13 +404,19 @@ class Machine:
             self._sentinel.start()
 
     def _watch(self) -> None:
-        """The sentinel: reads only the console file and the event log (no libvirt calls)."""
+        """The sentinel: reads only the console file, the event log and /proc (no libvirt
+        calls, which a frozen QEMU would block)."""
         while not self._sentinel_stop.wait(0.5):
-            if self.health.poll() is not None or self.panic() is not None:
+            if (self.health.poll() is not None or self.panic() is not None
+                    or self._qemu_stopped()):
                 callback, self._on_sick = self._on_sick, None
                 if callback is not None:
                     callback()
                 return
+
+    def _qemu_stopped(self) -> bool:
+        pid = self.qemu_pid() if self.running else None
+        return pid is not None and process_stopped(pid)
 
     def check_alive(self) -> None:
         """Raise GuestCrashed (a panic or bugcheck, with its code and console excerpt),

@@ -115,6 +115,33 @@ def test_a_stopped_qemu_neither_blocks_a_signal_nor_the_teardown(
             signal.signal(sig, handler)
 
 
+@pytest.mark.timeout(100)  # the transport's own command timeout is 120 s
+def test_a_command_blocked_on_a_stopped_qemu_ends_at_once(tmp_path: Path) -> None:
+    """QEMU stopped while a transport command waits on the guest: the machine's sentinel sees
+    the stopped process and aborts the transport, and the session's error is the freeze (not
+    a command timeout two minutes later)."""
+    from harness.guests.reference_kind import ReferenceKind
+    from harness.host.domain import Accelerator, Topology
+    from harness.progress import Progress
+    from harness.scenario import Guest, ScenarioSpec, open_host
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = ScenarioSpec(topology=Topology(cores=4), boot_vcpus=2, adds=1,
+                        accelerator=Accelerator.TCG, run_dir=run_dir)
+    progress = Progress(quiet=True)
+    kind = ReferenceKind()
+    kind.prepare(progress)
+    with open_host(spec, progress) as host, Guest.boot(
+            spec, kind, host, progress, run_name("test-frozen-ssh"), run_dir) as guest:
+        session = guest.connect(progress)
+        pid = guest.machine.qemu_pid()
+        assert pid is not None
+        with frozen(pid), pytest.raises(QemuFrozen, match="seen stopped") as err:
+            session.processor_count()
+        assert "aborted" in str(err.value.__context__), err.value.__context__
+
+
 def self_stopping_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Domains start with an emulator that stops itself (SIGSTOP) before it becomes QEMU for
     a hotadd domain, so libvirt's createXML waits on a monitor that never answers."""
