@@ -26,7 +26,7 @@ from typing import Any
 
 import libvirt
 
-from harness import __version__
+from harness import __version__, warm
 from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError, Outcome, exit_code
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
@@ -38,6 +38,7 @@ from harness.oracle import HostFacts, Severity, Verdict, check
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.records import NotifyRecord, NotifyState, Phase, parse_records
+from harness.warm import COLD, StartInfo
 
 RESULT_SCHEMA = "hotadd.result/1"
 
@@ -69,6 +70,7 @@ class ScenarioSpec:
     ack_timeout: float = 60.0
     image: Path | None = None  # Windows golden image
     driver: Path | None = None  # Windows probe driver (.sys)
+    cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
 
     def __post_init__(self) -> None:
         plan = self.vcpu_plan  # validates the topology
@@ -177,6 +179,7 @@ class RunResult:
     crashed: str | None = None  # the crash (bugcheck) if the guest died under test (a verdict)
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
+    start: StartInfo | None = None  # booted or restored (None: the run broke before)
 
     @property
     def passed(self) -> bool:
@@ -209,6 +212,7 @@ class RunResult:
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
             "guest_clock": {"t0_host_wall": self.clock_offset},
+            "start": self.start.to_dict() if self.start else None,
         }
 
 
@@ -271,7 +275,7 @@ def open_host(spec: ScenarioSpec, progress: Progress) -> Iterator[Host]:
         except BaseException:
             conn.close()
             raise
-        if swept.removed_domains or swept.removed_scratch:
+        if swept.removed_domains or swept.removed_scratch or swept.removed_saved:
             progress.say(swept.describe())
     try:
         yield Host(conn, choice.accelerator, {**base_versions(), **found,
@@ -295,6 +299,8 @@ class Guest:
         self.machine = machine
         self.session: GuestSession | None = None
         self._saved: Path | None = None
+        self.start_info = COLD
+        self._clock_stale = False  # restored: the guest's wall clock is the saved one
 
     @classmethod
     @contextlib.contextmanager
@@ -321,6 +327,29 @@ class Guest:
             guest.close_session()
             machine.close()
 
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, spec: ScenarioSpec, kind: GuestKind, host: Host, progress: Progress,
+              name: str, run_dir: Path) -> Iterator[Guest]:
+        """`boot` with `spec.cold`; otherwise restore the saved guest of this hardware
+        (`harness.warm`), saving one first if there is none."""
+        if spec.cold:
+            with cls.boot(spec, kind, host, progress, name, run_dir) as guest:
+                yield guest
+            return
+        hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan, accelerator=host.accelerator,
+                             run_dir=run_dir, scratch=storage.run_scratch(name),
+                             memory_mib=spec.memory_mib, firmware=spec.firmware)
+        with warm.start(host.conn, kind, hw, host.versions, progress,
+                        spec.ready_timeout) as (machine, info):
+            guest = cls(spec, kind, host, machine)
+            guest.start_info = info
+            guest._clock_stale = info.warm
+            try:
+                yield guest
+            finally:
+                guest.close_session()
+
     @property
     def name(self) -> str:
         return self.machine.name
@@ -330,6 +359,10 @@ class Guest:
         self.close_session()
         with progress.stage("ready", "the guest's transport"):
             self.session = self.kind.open_session(self.machine, progress, self.spec.ready_timeout)
+        if self._clock_stale:
+            with progress.stage("clock", "the guest's wall clock"):
+                self.session.sync_clock()
+            self._clock_stale = False
         return self.session
 
     def close_session(self) -> None:
@@ -376,6 +409,7 @@ class Guest:
         with progress.stage("restore", f"{self.name} from {self._saved.name}"):
             self.machine.restore(self._saved, run_dir / "serial.log")
             (run_dir / "domain.xml").write_text(self.machine.dom.XMLDesc(0))
+        self._clock_stale = True
 
     def stop(self) -> None:
         """Destroy the running domain (its saved state stays for the next `restore`)."""
@@ -513,7 +547,8 @@ class Attempt:
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
-                         error, crashed, self.clock_offset, self.after_unload)
+                         error, crashed, self.clock_offset, self.after_unload,
+                         self.guest.start_info)
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
@@ -580,7 +615,7 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
     with progress.stage("prepare", f"{kind.name} guest image"):
         kind.prepare(progress)
     with open_host(spec, progress) as host, \
-            Guest.boot(spec, kind, host, progress, domain, run_dir) as guest:
+            Guest.start(spec, kind, host, progress, domain, run_dir) as guest:
         attempt = Attempt(guest, spec, run_dir, progress)
         try:
             guest.connect(progress)

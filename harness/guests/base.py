@@ -67,6 +67,11 @@ class GuestSession(abc.ABC):
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
 
+    def sync_clock(self) -> None:
+        """Set the guest's wall clock to the host's. A guest restored from a saved state wakes
+        with the clock of the moment it was saved. Guests that cannot are left alone."""
+        return None
+
     def close(self) -> None:
         self.transport.close()
 
@@ -89,6 +94,11 @@ class GuestKind(abc.ABC):
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> GuestSession:
         """Wait until the guest is reachable and return a session; GuestNotReady otherwise."""
+
+    def warm_inputs(self) -> tuple[Path, ...]:
+        """Files beyond the domain's own inputs whose content shapes the guest's state at
+        "ready" (hashed into its saved-guest key, `harness.warm`)."""
+        return ()
 
     def console_records(self, serial_text: str) -> str:
         """The last probe load's records from the serial console (JSON Lines), for when the

@@ -49,6 +49,11 @@ class ReferenceSession(GuestSession):
     def processor_count(self) -> int:
         return len(reference.online_cpus(self.transport))
 
+    def sync_clock(self) -> None:
+        """busybox `date -s @SECONDS`: whole seconds, which is all the guest's wall clock is
+        used for (the timeline maps the probe's own clock, see `Attempt.load`)."""
+        self.transport.run(f"date -u -s @{round(time.time())} >/dev/null").check()
+
 
 class ReferenceGuest(GuestKind):
     name = "reference"

@@ -150,6 +150,11 @@ class WindowsGuest(GuestKind):
         progress.say(f"windows image: Server {self.manifest.windows_version}, "
                      f"{self.manifest.edition}, {self.manifest.firmware}")
 
+    def warm_inputs(self) -> tuple[Path, ...]:
+        """The golden image (the run's disk is an overlay on it) and what the driver CD holds."""
+        assert self.image is not None and self.driver is not None
+        return (self.image, self.driver, windows.PROBE_SCRIPT)
+
     def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
         assert self.image is not None and self.driver is not None
         if hw.accelerator is not Accelerator.KVM and not self.allow_tcg:

@@ -1,4 +1,5 @@
-"""Find and remove what an earlier, crashed run left behind: domains and scratch dirs.
+"""Find and remove what an earlier, crashed run left behind: domains, scratch dirs, and
+saved-guest leftovers (the saved-guest store is trimmed to its bound here too).
 
 A process killed while holding an embedded libvirt connection leaves its QEMU running; the next
 open of the same root reconnects to it. Every domain the harness starts carries its owner's pid
@@ -19,6 +20,7 @@ from harness import paths
 from harness.host import storage
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
+from harness.host.saved import SavedStore
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,14 @@ class SweepReport:
     removed_domains: tuple[str, ...]
     removed_scratch: tuple[str, ...]
     kept_live: tuple[str, ...]  # prefixed domains whose owner still runs
+    removed_saved: tuple[str, ...] = ()  # saved-guest leftovers and evicted entries
 
     def describe(self) -> str:
-        if not (self.removed_domains or self.removed_scratch):
+        if not (self.removed_domains or self.removed_scratch or self.removed_saved):
             return "sweep: nothing left behind by earlier runs"
         parts = []
+        if self.removed_saved:
+            parts.append(f"saved guests {', '.join(self.removed_saved)}")
         if self.removed_domains:
             parts.append(f"domains {', '.join(self.removed_domains)}")
         if self.removed_scratch:
@@ -86,4 +91,5 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
             continue
         storage.remove_scratch(path)
         scratch.append(path.name)
-    return SweepReport(tuple(removed), tuple(scratch), tuple(live))
+    saved = SavedStore().sweep()
+    return SweepReport(tuple(removed), tuple(scratch), tuple(live), tuple(saved))

@@ -36,6 +36,8 @@ def render_result(result: RunResult) -> str:
         f"  [{c.severity.value}] {c.check_id}: {c.message}" for c in failed)))
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     parts.append(f"timings: {timings}")
+    if result.start is not None:
+        parts.append(result.start.describe())
     if result.error:
         parts.append(f"error: {result.error}")
     outcome = result.outcome.value.upper()
