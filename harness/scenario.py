@@ -27,6 +27,7 @@ from typing import Any
 import libvirt
 
 from harness import __version__, warm
+from harness.clock import ClockMapping, ClockSample, map_clock
 from harness.errors import ExitCode, GuestCrashed, HotaddError, InputError, Outcome, exit_code
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
 from harness.host import accel, storage
@@ -41,6 +42,7 @@ from harness.records import NotifyRecord, NotifyState, Phase, parse_records
 from harness.warm import COLD, StartInfo
 
 RESULT_SCHEMA = "hotadd.result/1"
+CLOCK_ROUND_TRIPS = 8  # reads of the probe's clock after load (harness.clock)
 
 
 class GuestChoice(enum.Enum):
@@ -133,7 +135,7 @@ class HostCheck:
 @dataclass(frozen=True)
 class AddOutcome:
     """One hot-add as the host and the guest saw it. Times in ms after the host's call;
-    `~` values map guest times to host time through the load handshake (±a few ms)."""
+    `~` values map guest times to host time through `RunResult.clock` (± its uncertainty)."""
 
     index: int
     plugged: PluggedVcpu
@@ -180,6 +182,7 @@ class RunResult:
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
     start: StartInfo | None = None  # booted or restored (None: the run broke before)
+    clock: ClockMapping | None = None  # clock_offset with its measured uncertainty
 
     @property
     def passed(self) -> bool:
@@ -211,7 +214,8 @@ class RunResult:
             "add_after_unload": self.after_unload.to_dict() if self.after_unload else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
-            "guest_clock": {"t0_host_wall": self.clock_offset},
+            "guest_clock": (self.clock.to_dict() if self.clock else
+                            {"t0_host_wall": self.clock_offset}),
             "start": self.start.to_dict() if self.start else None,
         }
 
@@ -432,6 +436,7 @@ class Attempt:
         self.adds: list[AddOutcome] = []
         self.plugged: list[PluggedVcpu] = []
         self.clock_offset: float | None = None  # host Unix time of guest t_ns == 0
+        self.clock: ClockMapping | None = None  # the offset with its uncertainty
         self._boot_count: int | None = None
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
@@ -452,11 +457,17 @@ class Attempt:
         with self.progress.stage("load", "the probe to register"):
             self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
             self.probe_touched = True
+            sent = time.time()
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
             self._boot_count = self.session.processor_count()
         records = parse_records(self.session.live_records().splitlines())
-        self.clock_offset = loaded_at - records[-1].t_ns / 1e9 if records else None
+        # the last record was written while the load ran: the load itself is one round trip
+        samples = [ClockSample(sent, records[-1].t_ns / 1e9, loaded_at)] if records else []
+        with self.progress.stage("clock map", "round trips reading the probe's clock"):
+            samples += self.session.clock_samples(CLOCK_ROUND_TRIPS)
+        self.clock = map_clock(samples)
+        self.clock_offset = self.clock.offset if self.clock else None
 
     def add(self, vcpu_id: int | None = None) -> AddOutcome:
         """Hot-add one vCPU (`vcpu_id`, or the lowest free one) and wait for the guest's _OST
@@ -548,7 +559,7 @@ class Attempt:
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
                          error, crashed, self.clock_offset, self.after_unload,
-                         self.guest.start_info)
+                         self.guest.start_info, self.clock)
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, session = self.spec, self.progress, self.machine, self.session

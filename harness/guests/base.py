@@ -11,6 +11,7 @@ import abc
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.clock import ClockSample
 from harness.host.domain import Accelerator, DomainSpec, Firmware, VcpuPlan
 from harness.host.machine import Machine
 from harness.oracle import Profile as OracleProfile
@@ -66,6 +67,11 @@ class GuestSession(abc.ABC):
     @abc.abstractmethod
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
+
+    def clock_samples(self, count: int) -> list[ClockSample]:
+        """Round trips reading the loaded probe's clock (`harness.clock`). None by default:
+        the load round trip is then all the mapping has."""
+        return []
 
     def sync_clock(self) -> None:
         """Set the guest's wall clock to the host's. A guest restored from a saved state wakes

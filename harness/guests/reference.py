@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness import paths
+from harness.clock import ClockSample
 from harness.errors import InfrastructureError, InputError, TransportError
 from harness.guests.cpio import CpioWriter
 from harness.progress import Progress
@@ -494,6 +495,22 @@ def unload_probe(t: Transport) -> None:
 def read_records(t: Transport) -> str:
     """The probe's records, JSON Lines. Readable while it is loaded."""
     return t.read_text(GUEST_RECORDS_PATH)
+
+
+GUEST_CLOCK_PATH = "/proc/hotadd_probe/clock"
+#: Answers each input line with the probe's clock; shell builtins only (no fork per answer).
+_CLOCK_LOOP = f'while read -r _; do read -r t < {GUEST_CLOCK_PATH}; echo "$t"; done'
+
+
+def probe_clock_samples(t: SshTransport, count: int) -> list[ClockSample]:
+    """`count` round trips reading the loaded probe's clock (ns since load)."""
+    samples = []
+    for sent, reply, received in t.round_trips(_CLOCK_LOOP, count):
+        if not reply.isdigit():
+            raise TransportError(f"the probe's clock answered {reply!r}, not a number of ns",
+                                 f"is the probe loaded? read {GUEST_CLOCK_PATH} in the guest")
+        samples.append(ClockSample(sent, int(reply) / 1e9, received))
+    return samples
 
 
 _CONSOLE_RECORD = re.compile(r"hotadd-probe: (\{.*\})\s*$")

@@ -6,6 +6,7 @@ import errno
 import re
 import time
 
+from harness.clock import ClockSample
 from harness.errors import InputError
 from harness.guests import reference
 from harness.guests.base import GuestKind, GuestSession, HardwareRequest, ProbeSettings
@@ -14,6 +15,7 @@ from harness.host.machine import Machine, free_port
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
+from harness.transport.ssh import SshTransport
 
 
 def probe_params(settings: ProbeSettings) -> reference.ProbeParams:
@@ -48,6 +50,11 @@ class ReferenceSession(GuestSession):
 
     def processor_count(self) -> int:
         return len(reference.online_cpus(self.transport))
+
+    def clock_samples(self, count: int) -> list[ClockSample]:
+        if not isinstance(self.transport, SshTransport):
+            return []
+        return reference.probe_clock_samples(self.transport, count)
 
     def sync_clock(self) -> None:
         """busybox `date -s @SECONDS`: whole seconds, which is all the guest's wall clock is

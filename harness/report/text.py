@@ -10,7 +10,8 @@ def render_adds(result: RunResult) -> str:
     """The host side of each add: libvirt call -> _OST -> probe start -> complete/failure."""
     if not result.adds:
         return "hot-adds: none performed"
-    lines = ["hot-adds (ms after the host's setVcpu; ~ = guest clock mapped to host time):",
+    clock = (f", ±{result.clock.uncertainty_s * 1000:.1f} ms" if result.clock else "")
+    lines = [f"hot-adds (ms after the host's setVcpu; ~ = guest clock mapped to host time{clock}):",
              f"  {'#':>2} {'vCPU':>4} {'socket/core/thread':>18} {'_OST':>12} "
              f"{'start':>10} {'end':>18} {'start->end':>10}"]
     for a in result.adds:
