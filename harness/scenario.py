@@ -35,10 +35,11 @@ from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
+from harness.live import RecordFeed
 from harness.oracle import HostFacts, Severity, Verdict, check
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
-from harness.records import NotifyRecord, NotifyState, Phase, parse_records
+from harness.records import NotifyRecord, parse_records
 from harness.warm import COLD, StartInfo
 
 RESULT_SCHEMA = "hotadd.result/1"
@@ -146,6 +147,8 @@ class AddOutcome:
     start_ms_approx: float | None
     end_ms_approx: float | None
     start_to_end_ms: float | None  # guest clock: exact
+    known_ms: float | None = None  # host: when hotadd had the end record (harness.live)
+    known_via: str = "none"  # how: "console" (pushed) or "transport" (fetched)
 
     def to_dict(self) -> dict[str, Any]:
         slot = self.plugged.slot
@@ -160,7 +163,16 @@ class AddOutcome:
             "guest_index": self.guest_index, "end_state": self.end_state,
             "start_ms_approx": _r(self.start_ms_approx), "end_ms_approx": _r(self.end_ms_approx),
             "start_to_end_ms": _r(self.start_to_end_ms),
+            "known_ms": _r(self.known_ms), "known_via": self.known_via,
+            "known_gap_ms": _r(self.known_gap_ms),
         }
+
+    @property
+    def known_gap_ms(self) -> float | None:
+        """From the probe's end record (mapped to host time) to hotadd knowing it."""
+        if self.known_ms is None or self.end_ms_approx is None:
+            return None
+        return self.known_ms - self.end_ms_approx
 
 
 def _r(v: float | None) -> float | None:
@@ -441,6 +453,7 @@ class Attempt:
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
         self._unloaded = False
+        self._feed: RecordFeed | None = None  # the probe's records as they are written
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
 
     @property
@@ -457,6 +470,7 @@ class Attempt:
         with self.progress.stage("load", "the probe to register"):
             self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
             self.probe_touched = True
+            self._feed = RecordFeed(self.guest.kind, self.session, self.machine.spec.serial_log)
             sent = time.time()
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
@@ -484,6 +498,7 @@ class Attempt:
     def unload(self) -> None:
         """Note the guest's and QEMU's counts, then deregister and unload the probe."""
         self._after_adds = (self.session.processor_count(), self.machine.qemu_view())
+        self._close_feed()
         with self.progress.stage("unload", "the probe to deregister"):
             self.session.unload_probe()
         self._unloaded = True
@@ -555,6 +570,7 @@ class Attempt:
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
                 error: str | None = None, crashed: str | None = None) -> RunResult:
+        self._close_feed()
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
@@ -562,26 +578,22 @@ class Attempt:
                          self.guest.start_info, self.clock)
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
-        spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
-        seen = _hotadd_notifies(session.live_records())
+        spec, progress, machine = self.spec, self.progress, self.machine
+        if self._feed is None:
+            raise InputError("the probe is not loaded", "call load() first")
+        mark = self._feed.mark()
         plugged = machine.hotadd(vcpu_id, spec.method)
         self.plugged.append(plugged)
         t0 = time.monotonic()
         ost = machine.wait_ost(plugged, spec.ack_timeout,
                                tick=lambda: progress.waiting(f"add {index}", "ACPI _OST", t0))
-        start: NotifyRecord | None = None
-        end: NotifyRecord | None = None
-        deadline = time.monotonic() + spec.ack_timeout
-        while time.monotonic() < deadline:
-            new = _hotadd_notifies(session.live_records())[len(seen):]
-            start = next((r for r in new if r.state is NotifyState.START), None)
-            end = next((r for r in new if start and r.state is not NotifyState.START
-                        and r.nt_number == start.nt_number), None)
-            if end is not None:
-                break
+
+        def tick() -> None:
             machine.check_alive()
             progress.waiting(f"add {index}", "the probe's start and complete/failure", t0)
-            time.sleep(0.1)
+
+        seen = self._feed.wait_add(mark, spec.ack_timeout, tick)
+        start, end = seen.start, seen.end
         return AddOutcome(
             index=index, plugged=plugged,
             ost_status=ost.status if ost else None,
@@ -591,7 +603,14 @@ class Attempt:
             start_ms_approx=self._host_ms(plugged, start),
             end_ms_approx=self._host_ms(plugged, end),
             start_to_end_ms=(end.t_ns - start.t_ns) / 1e6 if start and end else None,
+            known_ms=(seen.known_at - plugged.t_wall) * 1000 if seen.known_at else None,
+            known_via=seen.via,
         )
+
+    def _close_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
     def _host_ms(self, plugged: PluggedVcpu, record: NotifyRecord | None) -> float | None:
         """Host ms from the add to a guest record, through the load-time clock offset."""
@@ -647,11 +666,6 @@ def write_result(result: RunResult) -> Path:
 def _crash_under_test(exc: HotaddError) -> str | None:
     """The crash to report as a verdict, if `exc` is a crash of the guest under test."""
     return str(exc.problem) if isinstance(exc, GuestCrashed) and exc.under_test else None
-
-
-def _hotadd_notifies(text: str) -> list[NotifyRecord]:
-    return [r for r in parse_records(text.splitlines())
-            if isinstance(r, NotifyRecord) and r.phase is Phase.HOTADD]
 
 
 def _host_checks(attempt: Attempt, qemu_present: int, qemu_running: int,

@@ -106,6 +106,11 @@ class GuestKind(abc.ABC):
         "ready" (hashed into its saved-guest key, `harness.warm`)."""
         return ()
 
+    def console_record(self, line: str) -> str | None:
+        """The record (one JSON line) a console line carries as the probe wrote it, or None:
+        how records are pushed while the run goes on (`harness.live`)."""
+        return None
+
     def console_records(self, serial_text: str) -> str:
         """The last probe load's records from the serial console (JSON Lines), for when the
         transport is gone (a crash). Empty for guests whose probe does not print there."""

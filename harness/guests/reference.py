@@ -516,6 +516,12 @@ def probe_clock_samples(t: SshTransport, count: int) -> list[ClockSample]:
 _CONSOLE_RECORD = re.compile(r"hotadd-probe: (\{.*\})\s*$")
 
 
+def console_record(line: str) -> str | None:
+    """The record JSON of one console line, or None if the line is not a probe record."""
+    m = _CONSOLE_RECORD.search(line)
+    return m.group(1) if m else None
+
+
 def records_from_console(text: str) -> str:
     """The probe's records (JSON Lines) of its last load, taken from a serial log or dmesg.
 

@@ -91,6 +91,9 @@ class ReferenceGuest(GuestKind):
             forwards=(Forward(guest_port=22, host_port=free_port()),),
         )
 
+    def console_record(self, line: str) -> str | None:
+        return reference.console_record(line)
+
     def console_records(self, serial_text: str) -> str:
         return reference.records_from_console(serial_text)
 
