@@ -249,7 +249,12 @@ class SshTransport(Transport):
                 received = time.time()
                 line, _, buf = buf.partition(b"\n")
                 out.append((sent, line.decode(errors="replace").strip(), received))
+            chan.shutdown_write()  # the guest's loop reads EOF and ends: wait for that
+            while not chan.exit_status_ready():
+                if not chan.recv(_CHUNK):
+                    break
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
             raise TransportError(f"{self.description}: round trips failed: {exc}",
                                  "check that the guest is still up (read its serial log)"
                                  ) from exc
