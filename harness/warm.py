@@ -78,7 +78,8 @@ def normalised_xml(spec: DomainSpec, hw: HardwareRequest) -> str:
 def key_for(kind: GuestKind, spec: DomainSpec, hw: HardwareRequest,
             host_versions: Mapping[str, str], memo_dir: Path | None = None) -> Key:
     """The saved-guest key of the domain `spec` (built by `kind` for `hw`)."""
-    files = [p for p in spec.input_files() if hw.scratch not in p.resolve().parents]
+    scratch = hw.scratch.resolve()
+    files = [p for p in spec.input_files() if not p.resolve().is_relative_to(scratch)]
     files += list(kind.warm_inputs())
     xml = normalised_xml(spec, hw)
     return Key({
@@ -113,10 +114,15 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
         raise
     spec = dataclasses.replace(spec, name=saved_name(kind, key.digest))
     with contextlib.ExitStack() as stack:
-        with store.claim(key.digest) as claim:
-            machine, info = _start_locked(conn, kind, hw, spec, claim, key, progress,
-                                          ready_timeout)
-            stack.callback(machine.close)
+        try:
+            with store.claim(key.digest, on_wait=lambda: progress.say(
+                    f"waiting for another run that is saving {spec.name}")) as claim:
+                machine, info = _start_locked(conn, kind, hw, spec, claim, key, progress,
+                                              ready_timeout)
+        except BaseException:
+            storage.remove_scratch(hw.scratch)  # no machine owns it
+            raise
+        stack.callback(machine.close)
         with contextlib.suppress(OSError):
             store.trim()
         progress.say(info.describe())

@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,20 +224,19 @@ class SavedStore:
         return self.root / f"{key}.lock"
 
     @contextlib.contextmanager
-    def claim(self, key: str) -> Iterator[Claim]:
+    def claim(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[Claim]:
         """Hold `key`: its entry (to restore from), or the right to create it.
 
-        A run that finds no entry waits for any other run creating the same key, then looks
-        again, so two runs wanting one key at once boot once between them.
+        A run that finds no entry waits for any other run creating the same key (calling
+        `on_wait` first), then looks again, so two runs wanting one key at once boot once
+        between them.
         """
         lock = self.lock_path(key)
-        fd = _open_locked(lock, fcntl.LOCK_SH)
-        assert fd is not None
+        fd = self._lock(lock, fcntl.LOCK_SH, on_wait)
         entry = _read_entry(self.entry_path(key), key)
         if entry is None:
             os.close(fd)
-            fd = _open_locked(lock, fcntl.LOCK_EX)  # waits while another run creates it
-            assert fd is not None
+            fd = self._lock(lock, fcntl.LOCK_EX, on_wait)
             entry = _read_entry(self.entry_path(key), key)
         if entry is not None:
             os.utime(entry.path / USED_FILE)
@@ -246,6 +245,17 @@ class SavedStore:
             yield claim
         finally:
             claim.release()
+
+    @staticmethod
+    def _lock(lock: Path, mode: int, on_wait: Callable[[], None] | None) -> int:
+        """flock `lock` in `mode`, calling `on_wait` first if another run holds it."""
+        fd = _open_locked(lock, mode | fcntl.LOCK_NB)
+        if fd is None:  # another run creates (or reads) it: wait for that run
+            if on_wait is not None:
+                on_wait()
+            fd = _open_locked(lock, mode)
+        assert fd is not None
+        return fd
 
     def entries(self) -> list[Entry]:
         """Published entries, least recently used first."""

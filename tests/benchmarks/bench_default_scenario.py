@@ -111,6 +111,10 @@ def main() -> int:
         cv = _med([float(r["timings"][stage]) for r in cold if stage in r["timings"]])
         wv = _med([float(r["timings"][stage]) for r in warm if stage in r["timings"]])
         print(f"  stage {stage:<40} {_fmt(cv, 's'):>12} {_fmt(wv, 's'):>12}")
+    for label, group in (("cold", cold), ("warm", warm)):
+        via = [str(a.get("known_via")) for r in group for a in r["adds"]]
+        print(f"  {label}: ends known via console {via.count('console')}, transport "
+              f"{via.count('transport')}, never {via.count('none')}")
     print(f"  peak RSS of one hotadd process: {rss_mib:.0f} MiB")
     return 0
 

@@ -280,3 +280,37 @@ def test_sweep_removes_leftovers_of_dead_runs_and_keeps_live_ones(tmp_path: Path
     names = {p.name for p in tmp_path.iterdir()}
     assert f".tmp-k3-{os.getpid()}-abc" in names and "keep" in names
     assert "orphan.lock" not in names and f".tmp-k2-{dead.pid}-abc" not in names
+
+
+def _create_when_told(store_root: str, key: str, ready: Connection, go: Connection) -> None:
+    store = SavedStore(Path(store_root), limit=1 << 30)
+    with store.claim(key) as claim:
+        assert claim.creating
+        ready.send("creating")
+        go.recv()
+        staging = claim.staging()
+        staging.image.write_bytes(b"made while the other waited")
+        staging.console.write_text("ready\n")
+        claim.publish({})
+
+
+def test_a_run_finding_another_creating_its_key_says_so_waits_and_restores(
+        tmp_path: Path) -> None:
+    store = SavedStore(tmp_path, limit=1 << 30)
+    ready_r, ready_w = CTX.Pipe(duplex=False)
+    go_r, go_w = CTX.Pipe(duplex=False)
+    proc = _child(_create_when_told, str(tmp_path), "k", ready_w, go_r)
+    waited: list[bool] = []
+
+    def on_wait() -> None:  # called before blocking: only now let the creator finish
+        waited.append(True)
+        go_w.send("go")
+
+    try:
+        assert ready_r.recv() == "creating"
+        with store.claim("k", on_wait=on_wait) as claim:
+            assert waited == [True] and not claim.creating and claim.entry is not None
+            assert claim.entry.image.read_bytes() == b"made while the other waited"
+    finally:
+        proc.join(30)
+    assert proc.exitcode == 0
