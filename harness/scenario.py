@@ -40,7 +40,7 @@ from harness.oracle import HostFacts, Severity, Verdict, check
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.records import NotifyRecord, parse_records
-from harness.warm import COLD, StartInfo
+from harness.warm import BOOTED, COLD, StartInfo
 
 RESULT_SCHEMA = "hotadd.result/1"
 CLOCK_ROUND_TRIPS = 8  # reads of the probe's clock after load (harness.clock)
@@ -315,7 +315,7 @@ class Guest:
         self.machine = machine
         self.session: GuestSession | None = None
         self._saved: Path | None = None
-        self.start_info = COLD
+        self.start_info = BOOTED
         self._clock_stale = False  # restored: the guest's wall clock is the saved one
 
     @classmethod
@@ -351,6 +351,7 @@ class Guest:
         (`harness.warm`), saving one first if there is none."""
         if spec.cold:
             with cls.boot(spec, kind, host, progress, name, run_dir) as guest:
+                guest.start_info = COLD
                 yield guest
             return
         hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan, accelerator=host.accelerator,
@@ -426,6 +427,7 @@ class Guest:
             self.machine.restore(self._saved, run_dir / "serial.log")
             (run_dir / "domain.xml").write_text(self.machine.dom.XMLDesc(0))
         self._clock_stale = True
+        self.start_info = StartInfo(warm=True, note=f"restored {self._saved.name}")
 
     def stop(self) -> None:
         """Destroy the running domain (its saved state stays for the next `restore`)."""

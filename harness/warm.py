@@ -63,6 +63,7 @@ class StartInfo:
         return f"start: {how}{key}{extra}{note})"
 
 
+BOOTED = StartInfo(warm=False)
 COLD = StartInfo(warm=False, note="--cold")
 
 
