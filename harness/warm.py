@@ -107,6 +107,11 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
     entry first (cold boot to ready, save) if there is none. `hw.scratch` becomes the
     machine's; it is torn down on exit unless its `keep` is set."""
     store = store if store is not None else SavedStore()
+    if store.limit == 0:  # HOTADD_SAVED_MAX_MIB=0: keep nothing, so save nothing either
+        machine, info = _cold(conn, hw, kind, progress, "HOTADD_SAVED_MAX_MIB=0")
+        with machine:
+            yield machine, info
+        return
     try:
         spec = kind.domain_spec(hw)
         key = key_for(kind, spec, hw, host_versions)

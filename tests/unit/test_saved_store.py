@@ -314,3 +314,26 @@ def test_a_run_finding_another_creating_its_key_says_so_waits_and_restores(
     finally:
         proc.join(30)
     assert proc.exitcode == 0
+
+
+def test_saved_xml_takes_the_runs_disk_cdrom_and_nvram_paths(tmp_path: Path) -> None:
+    """The Windows shape: an overlay disk, a driver CD and NVRAM, all in the run's scratch."""
+    from harness.host.domain import Cdrom, Disk, Firmware, to_xml
+
+    def spec(hw: HardwareRequest, port: int) -> DomainSpec:
+        for name in ("disk0.qcow2", "driver.iso", "OVMF_VARS.fd"):
+            (hw.scratch / name).write_bytes(b"x")
+        return DomainSpec(name="hotadd-windows-w1234", vcpus=hw.vcpus, profile=Profile.WINDOWS,
+                          serial_log=hw.run_dir / "serial.log", memory_mib=2048,
+                          accelerator=Accelerator.TCG, firmware=Firmware.UEFI,
+                          nvram=hw.scratch / "OVMF_VARS.fd",
+                          disks=(Disk(hw.scratch / "disk0.qcow2"),),
+                          cdroms=(Cdrom(hw.scratch / "driver.iso"),),
+                          forwards=(Forward(guest_port=5985, host_port=port),))
+
+    saver, runner = _hw(tmp_path, "aaaa1111"), _hw(tmp_path, "bbbb2222")
+    xml = adapt_saved_xml(to_xml(spec(saver, 40001)), spec(runner, 40777))
+    assert str(saver.scratch) not in xml
+    for name in ("disk0.qcow2", "driver.iso", "OVMF_VARS.fd"):
+        assert str(runner.scratch / name) in xml
+    assert "127.0.0.1:40777-:5985" in xml
