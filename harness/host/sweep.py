@@ -34,12 +34,13 @@ class SweepReport:
         if not (self.removed_domains or self.removed_scratch or self.removed_saved):
             return "sweep: nothing left behind by earlier runs"
         parts = []
-        if self.removed_saved:
-            parts.append(f"saved guests {', '.join(self.removed_saved)}")
         if self.removed_domains:
             parts.append(f"domains {', '.join(self.removed_domains)}")
         if self.removed_scratch:
             parts.append(f"scratch dirs {', '.join(self.removed_scratch)}")
+        if self.removed_saved:
+            parts.append(f"saved-guest leftovers or entries over the size bound "
+                         f"{', '.join(self.removed_saved)}")
         return "sweep: removed leftovers of crashed runs: " + "; ".join(parts)
 
 
