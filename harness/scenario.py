@@ -26,7 +26,8 @@ from typing import Any
 
 import libvirt
 
-from harness import __version__, interrupts, paths, rundir
+from harness import __version__, interrupts, paths, rundir, warm
+from harness.clock import ClockMapping, ClockSample, map_clock
 from harness.errors import (
     ExitCode,
     GuestCrashed,
@@ -49,15 +50,18 @@ from harness.host.domain import Accelerator, Firmware, GuestOS, Topology, VcpuPl
 from harness.host.events import OstEvent
 from harness.host.machine import HotplugMethod, Machine, PluggedVcpu, QemuView, run_name
 from harness.host.sweep import sweep
+from harness.live import RecordFeed, start_end
 from harness.oracle import HostFacts, Severity, Verdict, check
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
-from harness.records import NotifyRecord, NotifyState, Phase, parse_records
+from harness.records import NotifyRecord, parse_records
+from harness.warm import BOOTED, COLD, StartInfo
 
 RESULT_SCHEMA = "hotadd.result/1"
 #: The oracle's rule set for each guest: the reference guest's probe speaks for Linux.
 ORACLE_PROFILES = {GuestOS.REFERENCE: OracleProfile.LINUX, GuestOS.WINDOWS: OracleProfile.WINDOWS}
 NTSTATUS_ERROR_MIN = 0x8000_0000  # the lowest 32-bit status with NT_SUCCESS false
+CLOCK_ROUND_TRIPS = 8  # reads of the probe's clock after load (harness.clock)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class ScenarioSpec:
     ack_timeout: float = 60.0
     image: Path | None = None  # Windows golden image
     driver: Path | None = None  # Windows probe driver (.sys)
+    cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
 
     def __post_init__(self) -> None:
         plan = self.vcpu_plan  # validates the topology
@@ -201,7 +206,7 @@ class HostCheck:
 @dataclass(frozen=True)
 class AddOutcome:
     """One hot-add as the host and the guest saw it. Times in ms after the host's call;
-    `~` values map guest times to host time through the load handshake (±a few ms)."""
+    `~` values map guest times to host time through `RunResult.clock` (± its uncertainty)."""
 
     index: int
     plugged: PluggedVcpu
@@ -212,6 +217,8 @@ class AddOutcome:
     start_ms_approx: float | None
     end_ms_approx: float | None
     start_to_end_ms: float | None  # guest clock: exact
+    known_ms: float | None = None  # host: when hotadd had the end record (harness.live)
+    known_via: str = "none"  # how: "console" (pushed) or "transport" (fetched)
 
     def to_dict(self) -> dict[str, Any]:
         slot = self.plugged.slot
@@ -226,11 +233,30 @@ class AddOutcome:
             "guest_index": self.guest_index, "end_state": self.end_state,
             "start_ms_approx": _r(self.start_ms_approx), "end_ms_approx": _r(self.end_ms_approx),
             "start_to_end_ms": _r(self.start_to_end_ms),
+            "known_ms": _r(self.known_ms), "known_via": self.known_via,
+            "known_gap_ms": _r(self.known_gap_ms),
         }
+
+    @property
+    def known_gap_ms(self) -> float | None:
+        """From the probe's end record (mapped to host time) to hotadd knowing it."""
+        if self.known_ms is None or self.end_ms_approx is None:
+            return None
+        return self.known_ms - self.end_ms_approx
 
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
+
+
+def _guest_clock(clock: ClockMapping | None, offset: float | None,
+                 method: str) -> dict[str, Any]:
+    """result.json's guest_clock: the offset, its uncertainty (None: not mapped) and how it
+    was measured ("load": the load round trip alone; "handshake": reads of the probe's clock
+    after the load, `harness.clock`)."""
+    if clock is None:
+        return {"t0_host_wall": offset, "uncertainty_ms": None, "method": method}
+    return {**clock.to_dict(), "method": method}
 
 
 @dataclass(frozen=True)
@@ -272,10 +298,12 @@ class RunResult:
     clock_offset: float | None = None  # host Unix time of the probe's t_ns == 0 (None: unknown)
     after_unload: AddOutcome | None = None  # the add made after the probe was unloaded
     guest: GuestFacts | None = None  # what the guest said about itself before the load
-    clock_uncertainty: float | None = None  # clock_offset is right to +- this (handshake)
     interrupted: Interruption | None = None  # a Ctrl-C/SIGTERM ended the run early
     failed_stage: str | None = None  # the stage the error ended, e.g. "add 2, waiting for ..."
     console_excerpt: str | None = None  # what the console said when the guest crashed/wedged
+    start: StartInfo | None = None  # booted or restored (None: the run broke before)
+    clock: ClockMapping | None = None  # clock_offset with its measured uncertainty
+    clock_method: str = "load"  # "handshake": round trips read the probe's clock after load
 
     @property
     def passed(self) -> bool:
@@ -309,10 +337,8 @@ class RunResult:
             "add_after_unload": self.after_unload.to_dict() if self.after_unload else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
-            "guest_clock": {"t0_host_wall": self.clock_offset,
-                            "uncertainty_s": _r(self.clock_uncertainty),
-                            "method": "load" if self.clock_uncertainty is None
-                            else "handshake"},
+            "guest_clock": _guest_clock(self.clock, self.clock_offset, self.clock_method),
+            "start": self.start.to_dict() if self.start else None,
             "guest": dataclasses.asdict(self.guest) if self.guest else None,
             "interrupted": self.interrupted.to_dict() if self.interrupted else None,
             "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
@@ -378,7 +404,8 @@ def open_host(spec: ScenarioSpec, progress: Progress) -> Iterator[Host]:
         except BaseException:
             conn.close()
             raise
-        if swept.removed_domains or swept.removed_scratch or swept.pruned_logs:
+        if (swept.removed_domains or swept.removed_scratch or swept.pruned_logs
+                or swept.removed_saved):
             progress.say(swept.describe())
     try:
         yield Host(conn, choice.accelerator, {**base_versions(), **found,
@@ -402,6 +429,8 @@ class Guest:
         self.machine = machine
         self.session: Session | None = None
         self._saved: Path | None = None
+        self.start_info = BOOTED
+        self._clock_stale = False  # restored: the guest's wall clock is the saved one
 
     @classmethod
     @contextlib.contextmanager
@@ -437,6 +466,32 @@ class Guest:
             self.close_session()
             self.machine.close()
 
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, spec: ScenarioSpec, kind: GuestKind, host: Host, progress: Progress,
+              name: str, run_dir: Path) -> Iterator[Guest]:
+        """`boot` with `spec.cold`; otherwise restore the saved guest of this hardware
+        (`harness.warm`), saving one first if there is none."""
+        if spec.cold:
+            with cls.boot(spec, kind, host, progress, name, run_dir) as guest:
+                guest.start_info = COLD
+                yield guest
+            return
+        with contextlib.ExitStack() as owned:
+            # as in `boot`: from the scratch dir to the registered teardown a Ctrl-C waits
+            with interrupts.shielded():
+                hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan,
+                                     accelerator=host.accelerator, run_dir=run_dir,
+                                     scratch=storage.run_scratch(name),
+                                     memory_mib=spec.memory_mib, firmware=spec.firmware)
+                machine, info = owned.enter_context(warm.start(
+                    host.conn, kind, hw, host.versions, progress, spec.ready_timeout))
+                guest = cls(spec, kind, host, machine)
+                guest.start_info = info
+                guest._clock_stale = info.warm
+                owned.callback(guest._teardown, progress)
+            yield guest
+
     @property
     def name(self) -> str:
         return self.machine.name
@@ -446,6 +501,10 @@ class Guest:
         self.close_session()
         with progress.stage("ready", "the guest's transport"):
             self.session = self.kind.open_session(self.machine, progress, self.spec.ready_timeout)
+        if self._clock_stale:
+            with progress.stage("clock", "the guest's wall clock"):
+                self.session.sync_clock()
+            self._clock_stale = False
         return self.session
 
     def close_session(self) -> None:
@@ -492,6 +551,8 @@ class Guest:
         with progress.stage("restore", f"{self.name} from {self._saved.name}"):
             self.machine.restore(self._saved, run_dir / "serial.log")
             (run_dir / "domain.xml").write_text(self.machine.dom.XMLDesc(0))
+        self._clock_stale = True
+        self.start_info = StartInfo(warm=True, note=f"restored {self._saved.name}")
 
     def stop(self) -> None:
         """Destroy the running domain (its saved state stays for the next `restore`)."""
@@ -514,12 +575,14 @@ class Attempt:
         self.adds: list[AddOutcome] = []
         self.plugged: list[PluggedVcpu] = []
         self.clock_offset: float | None = None  # host Unix time of guest t_ns == 0
-        self.clock_uncertainty: float | None = None  # +- seconds, when a handshake gave it
+        self.clock: ClockMapping | None = None  # the offset with its uncertainty
+        self.clock_method = "load"  # "handshake": the probe's clock was read after the load
         self._boot_count: int | None = None
         self._after_adds: tuple[int, QemuView] | None = None  # guest count, QEMU's view
         self.after_unload: AddOutcome | None = None
         self.guest_facts: GuestFacts | None = None
         self._unloaded = False
+        self._feed: RecordFeed | None = None  # the probe's records as they are written
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
 
     @property
@@ -541,15 +604,19 @@ class Attempt:
         with self.progress.stage("load", "the probe to register"):
             self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
             self.probe_touched = True
+            self._feed = RecordFeed(self.guest.kind, self.session, self.machine.spec.serial_log)
+            sent = time.time()
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
-            sample = self.session.clock_sample()
             self._boot_count = self.session.processor_count()
-        if sample is not None:  # one read of the probe's clock inside one command
-            self.clock_offset, self.clock_uncertainty = sample.t0_host, sample.uncertainty
-            return
         records = parse_records(self.session.live_records().splitlines())
-        self.clock_offset = loaded_at - records[-1].t_ns / 1e9 if records else None
+        # the last record was written while the load ran: the load itself is one round trip
+        samples = [ClockSample(sent, records[-1].t_ns / 1e9, loaded_at)] if records else []
+        with self.progress.stage("clock map", "round trips reading the probe's clock"):
+            read = self.session.clock_samples(CLOCK_ROUND_TRIPS)
+        self.clock_method = "handshake" if read else "load"
+        self.clock = map_clock(samples + read)
+        self.clock_offset = self.clock.offset if self.clock else None
 
     def add(self, vcpu_id: int | None = None) -> AddOutcome:
         """Hot-add one vCPU (`vcpu_id`, or the lowest free one) and wait for the guest's _OST
@@ -566,6 +633,7 @@ class Attempt:
     def unload(self) -> None:
         """Note the guest's and QEMU's counts, then deregister and unload the probe."""
         self._after_adds = (self.session.processor_count(), self.machine.qemu_view())
+        self._close_feed()
         with self.progress.stage("unload", "the probe to deregister"):
             self.session.unload_probe()
         self._unloaded = True
@@ -642,16 +710,19 @@ class Attempt:
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
                 exc: HotaddError | None = None) -> RunResult:
+        self._close_feed()
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
                          clock_offset=self.clock_offset, after_unload=self.after_unload,
-                         guest=self.guest_facts, clock_uncertainty=self.clock_uncertainty,
-                         **_failure(exc))
+                         guest=self.guest_facts, start=self.guest.start_info,
+                         clock=self.clock, clock_method=self.clock_method, **_failure(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
-        spec, progress, machine, session = self.spec, self.progress, self.machine, self.session
-        seen = len(_hotadd_notifies(session.live_records()))
+        spec, progress, machine, feed = self.spec, self.progress, self.machine, self._feed
+        if feed is None:
+            raise InputError("the probe is not loaded", "call load() first")
+        mark = feed.mark()
         plugged = machine.hotadd(vcpu_id, spec.method)
         self.plugged.append(plugged)
         t0 = time.monotonic()
@@ -661,8 +732,9 @@ class Attempt:
             progress.waiting(f"add {index}", "ACPI _OST and the probe's start and end", t0)
 
         ost, start, end = await_add(
-            lambda: machine.wait_ost(plugged, 0),
-            lambda: _hotadd_notifies(session.live_records())[seen:], spec.ack_timeout, tick)
+            lambda: machine.wait_ost(plugged, 0), lambda: feed.poll(mark), spec.ack_timeout,
+            tick, pause=lambda seconds: feed.pause(mark, seconds))
+        seen = feed.seen
         return AddOutcome(
             index=index, plugged=plugged,
             ost_status=ost.status if ost else None,
@@ -672,7 +744,14 @@ class Attempt:
             start_ms_approx=self._host_ms(plugged, start),
             end_ms_approx=self._host_ms(plugged, end),
             start_to_end_ms=(end.t_ns - start.t_ns) / 1e6 if start and end else None,
+            known_ms=(seen.known_at - plugged.t_wall) * 1000 if seen.known_at else None,
+            known_via=seen.via,
         )
+
+    def _close_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
     def _host_ms(self, plugged: PluggedVcpu, record: NotifyRecord | None) -> float | None:
         """Host ms from the add to a guest record, through the load-time clock offset."""
@@ -738,7 +817,7 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
     with progress.stage("prepare", f"{kind.os.value} guest image"):
         kind.prepare(progress)
     with open_host(spec, progress) as host, \
-            Guest.boot(spec, kind, host, progress, domain, run_dir) as guest:
+            Guest.start(spec, kind, host, progress, domain, run_dir) as guest:
         attempt = Attempt(guest, spec, run_dir, progress)
         try:
             guest.connect(progress)
@@ -781,7 +860,9 @@ def await_add(poll_ost: Callable[[], OstEvent | None],
     """Wait for the guest's _OST and for the probe's start and complete/failure of one add at
     the same time, under one deadline: an _OST that never comes costs `timeout` once, not
     `timeout` before the record wait even begins. Returns (ost, start, end); None = missing.
-    `tick` runs between polls (liveness check, progress); `clock`/`pause` are for tests."""
+    `tick` runs between polls (liveness check, progress); `pause` is the run's console wait
+    (`RecordFeed.pause`: woken when a pushed record ends the add); `clock`/`pause` fake time
+    in tests."""
     deadline = clock() + timeout
     ost: OstEvent | None = None
     start: NotifyRecord | None = None
@@ -789,10 +870,7 @@ def await_add(poll_ost: Callable[[], OstEvent | None],
     while True:
         ost = ost or poll_ost()
         if end is None:
-            new = poll_records()
-            start = next((r for r in new if r.state is NotifyState.START), None)
-            end = next((r for r in new if start and r.state is not NotifyState.START
-                        and r.nt_number == start.nt_number), None)
+            start, end = start_end(poll_records())
         if (ost is not None and end is not None) or clock() >= deadline:
             return ost, start, end
         tick()
@@ -802,11 +880,6 @@ def await_add(poll_ost: Callable[[], OstEvent | None],
 def _crash_under_test(exc: HotaddError) -> str | None:
     """The crash to report as a verdict, if `exc` is a crash of the guest under test."""
     return str(exc.problem) if isinstance(exc, GuestCrashed) and exc.under_test else None
-
-
-def _hotadd_notifies(text: str) -> list[NotifyRecord]:
-    return [r for r in parse_records(text.splitlines())
-            if isinstance(r, NotifyRecord) and r.phase is Phase.HOTADD]
 
 
 def _host_checks(attempt: Attempt, qemu_present: int, qemu_running: int,

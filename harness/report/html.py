@@ -24,7 +24,7 @@ from markupsafe import Markup
 
 from harness.errors import InputError
 from harness.records import Record, read_records
-from harness.report.timeline import build_timeline, render_svg
+from harness.report.timeline import build_timeline, clock_note, render_svg
 
 REPORT_FILE = "report.html"
 RESULT_FILE = "result.json"
@@ -184,6 +184,8 @@ class Section:
     screenshot: str | None
     versions: str
     timings: str
+    clock: str  # how guest times were mapped to host time, with the uncertainty
+    start: str  # booted (cold) or restored from a saved guest (warm)
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,19 @@ def _section(i: int, v: ScenarioView, directory: Path) -> Section:
         records_error=v.records_error, timeline_svg=svg, timeline_note=note, adds=_adds(r),
         links=links, screenshot=screenshot,
         versions=", ".join(f"{k} {val}" for k, val in sorted(versions.items())),
-        timings=", ".join(f"{k} {val:.2f}s" for k, val in timings.items()))
+        timings=", ".join(f"{k} {val:.2f}s" for k, val in timings.items()),
+        clock=f"guest clock mapped to host time {clock_note(r)}", start=_start(r))
+
+
+def _start(r: dict[str, Any]) -> str:
+    start = r.get("start")
+    if not start:
+        return "start: unknown"
+    how = "warm: restored saved guest" if start.get("warm") else "cold: booted"
+    key = f" {start['key']}" if start.get("key") else ""
+    saved = ", saved for later runs" if start.get("saved") else ""
+    note = f" ({start['note']})" if start.get("note") else ""
+    return f"start: {how}{key}{saved}{note}"
 
 
 def _findings(r: dict[str, Any]) -> tuple[FindingRow, ...]:

@@ -6,8 +6,8 @@ axis would squash what matters. The picture is split into panels, one per episod
 registration replay, each hot-add, the unload, an add after unload), all sharing the lanes;
 each panel's axis counts milliseconds from its own beginning (the host's setVcpu call for an
 add), so a panel reads as "how long after the add did each answer come". Guest times are put
-on the host's clock through the offset measured when the probe was loaded (result.json
-`guest_clock`), which is good to a few milliseconds.
+on the host's clock through the offset measured by round trips after the probe was loaded
+(result.json `guest_clock`: `t0_host_wall` and its `uncertainty_ms`, shown in the note).
 """
 
 from __future__ import annotations
@@ -110,6 +110,17 @@ def _clock_offset(result: Mapping[str, Any], records: Sequence[Record]) -> float
             return (float(add["host_t_wall"]) + float(add["start_ms_approx"]) / 1000
                     - rec.t_ns / 1e9)
     return None
+
+
+def clock_note(result: Mapping[str, Any]) -> str:
+    """How far to trust guest times mapped to the host clock, as measured by the run."""
+    clock = result.get("guest_clock") or {}
+    if clock.get("uncertainty_ms") is None:
+        return "through the offset taken at probe load (uncertainty not measured)"
+    return (f"within ±{float(clock['uncertainty_ms']):.1f} ms ({clock.get('samples')} round "
+            f"trips, fastest {float(clock.get('round_trip_ms') or 0):.1f} ms"
+            + ("" if clock.get("consistent", True) else "; they disagreed: a clock jumped")
+            + ")")
 
 
 def _findings_by_seq(result: Mapping[str, Any]) -> dict[int, tuple[tuple[int, ...], bool]]:
@@ -225,7 +236,7 @@ def build_timeline(result: Mapping[str, Any], records: Sequence[Record]) -> Time
     open_at = [s.t0_ms for s in spans if s.t1_ms is None]
     panels = _panels(panel_starts, [p.t_ms for p in points], open_at)
     note = ("times are ms after the start of each panel; guest times mapped to the host clock "
-            "through the offset measured at probe load (about ±a few ms)"
+            f"{clock_note(result)}"
             if base_wall is not None else
             "times are ms on the guest's clock since the probe's load (host times unknown)")
     return Timeline(tuple(lanes.values()), panels, tuple(points), tuple(spans), note)
