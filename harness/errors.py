@@ -109,6 +109,12 @@ class GuestWedged(GuestUnhealthy):
     no longer answers): no verdict is possible, exit 2."""
 
 
+class QemuFrozen(GuestWedged):
+    """QEMU itself stopped answering (its process stopped by SIGSTOP or a debugger, or its
+    monitor silent past a call's deadline): whatever the guest did meanwhile is no verdict,
+    exit 2."""
+
+
 class TransportError(InfrastructureError):
     """A command could not be delivered to, or its result collected from, the guest."""
 

@@ -35,6 +35,7 @@ from harness.errors import (
     HotaddError,
     InputError,
     Outcome,
+    QemuFrozen,
     exit_code,
 )
 from harness.guests.base import (
@@ -643,10 +644,13 @@ class Attempt:
         if not self._unloaded:
             self.unload()
         with self.progress.stage("add after unload", "_OST (no record expected)"):
-            plugged = self.machine.hotadd(method=self.spec.method)
+            t0 = time.monotonic()
+            plugged = self.machine.hotadd(method=self.spec.method, timeout=self.spec.ack_timeout)
             self.plugged.append(plugged)
-            ost = self.machine.wait_ost(plugged, self.spec.ack_timeout)
+            ost = self.machine.wait_ost(plugged, _left(self.spec.ack_timeout, t0))
             self.machine.check_alive()
+            if ost is None:
+                self.machine.answers()
         self.after_unload = AddOutcome(
             index=len(self.adds) + 1, plugged=plugged, ost_status=ost.status if ost else None,
             ost_ms=(ost.t_wall - plugged.t_wall) * 1000 if ost else None, guest_index=None,
@@ -694,7 +698,7 @@ class Attempt:
         exc = self.machine.cause_of(exc)
         if isinstance(exc, GuestCrashed) and self.probe_touched:
             exc.under_test = True
-        if self.guest.running:
+        if self.guest.running and not isinstance(exc, QemuFrozen):  # a frozen one never draws
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
                 # the transport is gone; the serial console still has what the probe printed
@@ -723,18 +727,21 @@ class Attempt:
         if feed is None:
             raise InputError("the probe is not loaded", "call load() first")
         mark = feed.mark()
-        plugged = machine.hotadd(vcpu_id, spec.method)
+        t0 = time.monotonic()  # the add's budget (--ack-timeout) covers the libvirt call too
+        plugged = machine.hotadd(vcpu_id, spec.method, timeout=spec.ack_timeout)
         self.plugged.append(plugged)
-        t0 = time.monotonic()
 
         def tick() -> None:
             machine.check_alive()
             progress.waiting(f"add {index}", "ACPI _OST and the probe's start and end", t0)
 
         ost, start, end = await_add(
-            lambda: machine.wait_ost(plugged, 0), lambda: feed.poll(mark), spec.ack_timeout,
-            tick, pause=lambda seconds: feed.pause(mark, seconds))
+            lambda: machine.wait_ost(plugged, 0), lambda: feed.poll(mark),
+            _left(spec.ack_timeout, t0), tick, pause=lambda seconds: feed.pause(mark, seconds))
         seen = feed.seen
+        machine.check_alive()
+        if ost is None or end is None:  # a QEMU that stopped answering is no verdict
+            machine.answers()
         return AddOutcome(
             index=index, plugged=plugged,
             ost_status=ost.status if ost else None,
@@ -875,6 +882,11 @@ def await_add(poll_ost: Callable[[], OstEvent | None],
             return ost, start, end
         tick()
         pause(0.1)
+
+
+def _left(budget: float, since: float) -> float:
+    """What is left of `budget` seconds started at monotonic time `since`."""
+    return max(budget - (time.monotonic() - since), 0.0)
 
 
 def _crash_under_test(exc: HotaddError) -> str | None:

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -38,8 +39,9 @@ from harness.errors import (
     HotaddError,
     InputError,
     NoFreeVcpuSlot,
+    QemuFrozen,
 )
-from harness.host import storage
+from harness.host import bounded, storage
 from harness.host.domain import (
     METADATA_NS,
     NAME_PREFIX,
@@ -50,7 +52,15 @@ from harness.host.domain import (
 )
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
 from harness.host.health import ConsoleAlarm, ConsoleWatch, HealthProblem, Severity
+from harness.host.roots import process_stopped, qemu_pids_mentioning
 from harness.host.screenshot import ppm_to_png
+
+#: The deadline of a libvirt call that should answer at once (a state, an XML, a QMP query).
+#: libvirt's own wait for a domain's job lock is 30 s (QEMU_JOB_WAIT_TIME,
+#: src/qemu/qemu_domain.h); a monitor call has none (see harness.host.bounded).
+CALL_TIMEOUT_S = 20.0
+#: virDomainSave/Restore write or read the guest's whole memory.
+SAVE_TIMEOUT_S = 300.0
 
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -150,6 +160,8 @@ class Machine:
         self._on_sick: Callable[[], None] | None = None
         self._sentinel: threading.Thread | None = None
         self._sentinel_stop = threading.Event()
+        self._qemu_pid: int | None = None
+        self._qemu_pid_known = False  # looked up once per QEMU (start, restore)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -240,8 +252,15 @@ class Machine:
         if not self.running:
             return
         self.running = False
+        pid = self.qemu_pid()
+        if pid is not None and process_stopped(pid):
+            # virDomainDestroy sends SIGTERM, which a stopped QEMU never handles, and SIGKILLs
+            # only 10 s later (virProcessKillPainfully, src/util/virprocess.c): do it now.
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self._qemu_pid_known = False
         try:
-            self.dom.destroy()
+            self._call(self.dom.destroy, "destroy", CALL_TIMEOUT_S)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
                                             libvirt.VIR_ERR_OPERATION_INVALID):
@@ -254,11 +273,12 @@ class Machine:
         """Save the running guest to `path` (virDomainSave: the domain stops) and copy its
         writable disks and NVRAM beside them, so every `restore` starts from exactly this."""
         try:
-            self.dom.save(str(path))
+            self._call(lambda: self.dom.save(str(path)), "save", SAVE_TIMEOUT_S)
         except libvirt.libvirtError as exc:
             raise DomainError(f"libvirt could not save {self.name}: {exc.get_error_message()}",
                               "check free space under the cache directory") from exc
         self.running = False
+        self._qemu_pid_known = False
         for disk in self.writable_files():
             shutil.copyfile(disk, _saved_copy(disk))
 
@@ -275,13 +295,16 @@ class Machine:
         self.events.close()  # events of the previous incarnation would mislead
         self.events = DomainEvents(self.conn, self.name)
         try:
-            self.conn.restoreFlags(str(saved), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            self._call(lambda: self.conn.restoreFlags(str(saved), xml,
+                                                      libvirt.VIR_DOMAIN_SAVE_RUNNING),
+                       "restore", SAVE_TIMEOUT_S)
             self.dom = self.conn.lookupByName(self.name)
         except libvirt.libvirtError as exc:
             raise DomainError(f"libvirt could not restore {self.name} from {saved}: "
                               f"{exc.get_error_message()}",
                               f"read the serial log {serial_log}; run 'hotadd doctor'") from exc
         self.running = True
+        self._qemu_pid_known = False  # a new QEMU
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
         self.health.watch(serial_log)
 
@@ -301,8 +324,40 @@ class Machine:
     # --- state ---------------------------------------------------------------------------
 
     def state(self) -> str:
-        state, _reason = self.dom.state()
+        state, _reason = self._call(self.dom.state, "state", CALL_TIMEOUT_S)
         return _STATE_NAMES.get(state, str(state))
+
+    def _call(self, fn: Callable[[], bounded.T], what: str, timeout: float) -> bounded.T:
+        """A libvirt call on this domain under a deadline (see harness.host.bounded); past it,
+        QemuFrozen saying what did not return and what QEMU's process is doing."""
+        try:
+            return bounded.call(fn, timeout, what)
+        except bounded.CallTimedOut as late:
+            raise self.frozen(f"libvirt's {what} did not return within {late.timeout:g}s"
+                              ) from None
+
+    def qemu_pid(self) -> int | None:
+        """The QEMU process of this domain, if it runs on this host (found by the domain's
+        unique name on its command line; None over a remote URI)."""
+        if not self._qemu_pid_known:  # one /proc scan per QEMU, not one per check_alive
+            pids = qemu_pids_mentioning(f"guest={self.name},")
+            self._qemu_pid = pids[0] if len(pids) == 1 else None
+            self._qemu_pid_known = True
+        return self._qemu_pid
+
+    def frozen(self, what: str) -> QemuFrozen:
+        """The error for a QEMU that stopped answering: `what` happened; the message says
+        whether its process is stopped (SIGSTOP, a debugger) or only silent."""
+        pid = self.qemu_pid()
+        if pid is not None and process_stopped(pid):
+            state = (f"its QEMU process {pid} is stopped (SIGSTOP or a debugger)",
+                     f"find who stopped QEMU (kill -CONT {pid} resumes it); ")
+        elif pid is not None:
+            state = (f"its QEMU process {pid} runs but does not answer", "check the host's load; ")
+        else:
+            state = ("QEMU does not answer", "check QEMU on the libvirt host; ")
+        return QemuFrozen(f"QEMU of {self.name} is frozen: {what}; {state[0]}: no verdict",
+                          state[1] + "then rerun (an add must finish within --ack-timeout)")
 
     def panic(self) -> PanicEvent | None:
         panics = self.events.log.of_type(PanicEvent)
@@ -340,6 +395,9 @@ class Machine:
         problem = self.health.poll()
         panic = self.panic()
         state = self.state()
+        pid = self.qemu_pid()
+        if pid is not None and process_stopped(pid):  # no verdict can come from a stopped QEMU
+            raise self.frozen("seen stopped while the run waited on it")
         crash = problem is not None and problem.alarm.severity is Severity.CRASH
         if panic is not None or state == "crashed" or crash:
             problem = problem or self.health.flush()
@@ -408,11 +466,11 @@ class Machine:
 
     def vcpu_states(self) -> dict[int, bool]:
         """libvirt's live view: vCPU id -> enabled."""
-        root = ET.fromstring(self.dom.XMLDesc(0))
+        root = ET.fromstring(self._call(lambda: self.dom.XMLDesc(0), "XMLDesc", CALL_TIMEOUT_S))
         return {int(v.get("id", "-1")): v.get("enabled") == "yes"
                 for v in root.iterfind("./vcpus/vcpu")}
 
-    def monitor(self, command: str, **arguments: Any) -> Any:
+    def monitor(self, command: str, timeout: float = CALL_TIMEOUT_S, **arguments: Any) -> Any:
         """A QMP *query* (never use this to change the guest: libvirt's view would go stale)."""
         if not command.startswith("query-"):
             raise InputError(f"refusing monitor command {command!r}: only query-* are allowed",
@@ -421,7 +479,9 @@ class Machine:
         if arguments:
             payload["arguments"] = arguments
         try:
-            raw = libvirt_qemu.qemuMonitorCommand(self.dom, json.dumps(payload), 0)
+            raw = self._call(
+                lambda: libvirt_qemu.qemuMonitorCommand(self.dom, json.dumps(payload), 0),
+                command, timeout)
         except libvirt.libvirtError as exc:
             raise DomainError(f"QEMU monitor {command} failed on {self.name}: "
                               f"{exc.get_error_message()}", "is the domain running?") from exc
@@ -439,8 +499,10 @@ class Machine:
         return QemuView(slots=tuple(slots), running_cpus=len(self.monitor("query-cpus-fast")))
 
     def hotadd(self, vcpu_id: int | None = None,
-               method: HotplugMethod = HotplugMethod.SET_VCPU) -> PluggedVcpu:
-        """Plug one vCPU: `vcpu_id`, or the lowest free one. Returns what was plugged."""
+               method: HotplugMethod = HotplugMethod.SET_VCPU,
+               timeout: float = CALL_TIMEOUT_S) -> PluggedVcpu:
+        """Plug one vCPU: `vcpu_id`, or the lowest free one. Returns what was plugged. The
+        libvirt call must return within `timeout` s (QemuFrozen otherwise)."""
         self.check_alive()
         before = self.vcpu_states()
         maximum = len(before)
@@ -465,10 +527,14 @@ class Machine:
         t0 = time.monotonic()
         try:
             if method is HotplugMethod.SET_VCPU:
-                self.dom.setVcpu(str(vcpu_id), 1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                self._call(lambda: self.dom.setVcpu(str(vcpu_id), 1,
+                                                    libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                           method.value, timeout)
             else:
                 online = sum(before.values())
-                self.dom.setVcpusFlags(online + 1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                self._call(lambda: self.dom.setVcpusFlags(online + 1,
+                                                          libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                           method.value, timeout)
         except libvirt.libvirtError as exc:
             raise DomainError(
                 f"QEMU/libvirt refused to hot-add vCPU {vcpu_id} on {self.name} "
@@ -504,7 +570,16 @@ class Machine:
     # --- artifacts -----------------------------------------------------------------------
 
     def screenshot(self, path: Path) -> Path | None:
-        """Save the guest's screen as PNG; None if QEMU has nothing to show."""
+        """Save the guest's screen as PNG; None if QEMU has nothing to show (QemuFrozen if
+        it does not answer)."""
+        return self._call(lambda: self._screenshot(path), "screenshot", CALL_TIMEOUT_S)
+
+    def answers(self, timeout: float = 5.0) -> None:
+        """Raise QemuFrozen unless QEMU answers a QMP query within `timeout` s: after an add
+        missed something, this tells a frozen QEMU from a guest that did not answer."""
+        self.monitor("query-status", timeout=timeout)
+
+    def _screenshot(self, path: Path) -> Path | None:
         stream = self.conn.newStream(0)
         chunks: list[bytes] = []
         try:

@@ -94,6 +94,16 @@ def qemu_pids_mentioning(text: str) -> list[int]:
     return [pid for pid, cmdline in qemu_cmdlines() if text in cmdline]
 
 
+def process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (state T: a stop signal; t: a tracer), from proc(5)'s
+    /proc/PID/stat: the state is the field after the parenthesised command name."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")
+
+
 def has_leftovers(root: Path) -> bool:
     """A domain's status file or a QEMU process under `root`: something a sweep must clear."""
     return any((root / "run" / "qemu").glob("*.xml")) or bool(qemu_pids_mentioning(str(root)))

@@ -11,6 +11,7 @@ exec channel: dropbear, the reference guest's server, has no SFTP subsystem.
 from __future__ import annotations
 
 import binascii
+import logging
 import select
 import shlex
 import threading
@@ -21,6 +22,11 @@ import paramiko
 
 from harness.errors import InputError, TransportError
 from harness.transport.base import CommandResult, Transport
+
+# paramiko's transport thread logs its failures (a banner that never came from a frozen
+# guest...) with tracebacks; with no handler configured, Python's last-resort handler prints
+# them on stderr. hotadd reports each as a TransportError with its fix instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _CHUNK = 65536
 _SHOWN_COMMAND_MAX = 300
