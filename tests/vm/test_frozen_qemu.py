@@ -38,9 +38,15 @@ BOUND_S = 60  # how long a helper waits for the call under test to be in flight
 
 @contextlib.contextmanager
 def frozen(pid: int) -> Iterator[None]:
-    """QEMU `pid` stopped with SIGSTOP for the block; resumed afterwards if it still exists."""
+    """QEMU `pid` stopped with SIGSTOP for the block; resumed afterwards if it still exists.
+    The kernel stops the process asynchronously: the block starts once /proc shows it."""
     os.kill(pid, signal.SIGSTOP)
     try:
+        stopped = threading.Event()
+        for _ in range(int(BOUND_S / 0.01)):
+            if process_stopped(pid):
+                break
+            stopped.wait(0.01)
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):
