@@ -1,7 +1,11 @@
 """Opening libvirt: the default embedded QEMU driver, any other URI, and the one event thread.
 
 `qemu:///embed?root=DIR` runs libvirt's QEMU driver inside this process: nothing to start, and
-each root can be held by one process at a time (libvirt locks `DIR/run/qemu/driver.pid`). Events
+each root can be held by one process at a time (libvirt locks `DIR/run/qemu/driver.pid`).
+A process gets one connection to its embedded root and keeps it: every `virConnectOpen` of an
+embed URI loads and registers the QEMU driver module again, libvirt's driver table has room for
+about 16 such registrations (MAX_DRIVERS in src/libvirt.c), and a full table refuses every later
+open with "Too many drivers, cannot register QEMU". Events
 (lifecycle, QEMU monitor events such as ACPI_DEVICE_OST) need libvirt's default event loop,
 registered once per process before the first connection and run by one daemon thread.
 """
@@ -24,6 +28,8 @@ from harness.errors import InputError, LibvirtUnreachable
 _loop_lock = threading.Lock()
 _loop_started = False
 _embed_root_in_use: Path | None = None  # libvirt allows one embedded root per process
+_embedded: _EmbeddedConnection | None = None  # the process's connection to that root
+_embedded_lock = threading.Lock()
 # ROOT/lib/qemu/domain-N-<20 chars of name>/monitor.sock must fit in sun_path (107 bytes).
 EMBED_ROOT_MAX = 52
 
@@ -153,9 +159,6 @@ def _embed_root_busy(root: Path) -> bool:
 def _fix_for(uri: str, exc: libvirt.libvirtError) -> str:
     root = embed_root(uri)
     if root is not None:
-        if _embed_root_in_use is not None and _embed_root_in_use != root:
-            return (f"this process already uses the embedded root {_embed_root_in_use}; "
-                    "libvirt allows one per process: use that URI here too, or a subprocess")
         if _embed_root_busy(root):
             return (f"another process holds the embedded libvirt root {root}; wait for it to "
                     "finish, or give this run its own root with --libvirt-uri "
@@ -182,10 +185,23 @@ def _version(n: int) -> str:
     return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
 
 
+class _EmbeddedConnection(libvirt.virConnect):  # type: ignore[misc]  # libvirt is untyped
+    """The process's one connection to its embedded root, handed to every caller.
+
+    `close()` leaves it open for the next caller (reopening would spend a driver-table slot);
+    it closes when the process exits. Callers deregister the event callbacks they registered
+    (`harness.host.events` does), so nothing of a finished run stays attached to it.
+    """
+
+    def close(self) -> int:
+        return 1  # what virConnectClose returns while other references remain
+
+
 def open_connection(uri: str | None = None) -> libvirt.virConnect:
     """Open `uri` (default: `default_uri()`) with the event loop running.
 
-    Raises LibvirtUnreachable naming the URI and what to do about it.
+    An embedded root's connection is opened once per process and shared (see the module's
+    docstring). Raises LibvirtUnreachable naming the URI and what to do about it.
     """
     uri = uri or default_uri()
     root = embed_root(uri)
@@ -193,18 +209,38 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
         paths.cache_dir()  # the default root: say so first if the cache itself is unusable
     check_uri(uri)
     ensure_event_loop()
-    if root is not None:
-        _prepare_embed_root(root)
-    global _embed_root_in_use
+    conn = _open(uri) if root is None else _open_embedded(uri, root)
+    remember_uri(uri)
+    return conn
+
+
+def _open(uri: str) -> libvirt.virConnect:
     try:
-        conn = libvirt.open(uri)
+        return libvirt.open(uri)
     except libvirt.libvirtError as exc:
         problem = f"cannot open libvirt at {uri}: {exc.get_error_message()}"
         raise LibvirtUnreachable(problem, _fix_for(uri, exc)) from exc
-    if root is not None:
+
+
+def _open_embedded(uri: str, root: Path) -> libvirt.virConnect:
+    global _embed_root_in_use, _embedded
+    with _embedded_lock:
+        if _embedded is not None and root == _embed_root_in_use and _embedded.isAlive():
+            return _embedded
+        if _embed_root_in_use is not None and root != _embed_root_in_use:
+            # libvirt would refuse too, after spending a driver-table slot on the attempt
+            raise LibvirtUnreachable(
+                f"cannot open libvirt at {uri}: this process already runs the embedded QEMU "
+                f"driver at {_embed_root_in_use}",
+                f"libvirt allows one embedded root per process: use "
+                f"qemu:///embed?root={_embed_root_in_use} here too, or a subprocess")
+        _prepare_embed_root(root)
+        opened = _open(uri)
+        # hand libvirt's reference to the shared wrapper; `opened` must not close it too
+        _embedded = _EmbeddedConnection(_obj=opened._o)
+        opened._o = None
         _embed_root_in_use = root
-    remember_uri(uri)
-    return conn
+        return _embedded
 
 
 # Every libvirt URI hotadd opened, one per line, so `hotadd sweep` can say which it did not

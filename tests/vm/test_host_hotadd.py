@@ -210,3 +210,38 @@ def test_guest_panic_is_reported_as_a_crash(guest: Machine,
         guest.hotadd()
     shot = guest.screenshot(tmp_path / "crash.png")
     assert shot is not None and shot.read_bytes().startswith(b"\x89PNG")
+
+
+_REOPEN_SCRIPT = """
+import sys
+from harness.errors import LibvirtUnreachable
+from harness.host.connection import open_connection
+uri, other = sys.argv[1], sys.argv[2]
+for _ in range(40):  # libvirt's driver table holds about 16 registrations of the QEMU driver
+    conn = open_connection(uri)
+    assert conn.getLibVersion() > 0
+    conn.close()
+try:
+    open_connection(other)
+except LibvirtUnreachable as exc:
+    print("REFUSED", exc.message)
+print("REOPENED", bool(open_connection(uri).isAlive()))
+"""
+
+
+def test_a_process_reopens_its_embedded_root_any_number_of_times() -> None:
+    """Every libvirt open of an embed URI registers the QEMU driver again, and the table is
+    small: a run, a matrix worker or a pytest session opening the root per scenario must keep
+    working past it; another root is refused without spending a slot."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import short_root
+
+    with short_root() as root, short_root() as other:
+        done = subprocess.run(
+            [sys.executable, "-c", _REOPEN_SCRIPT, f"qemu:///embed?root={root}",
+             f"qemu:///embed?root={other}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"already runs the embedded QEMU driver at {root}" in done.stdout
+    assert "REOPENED True" in done.stdout
