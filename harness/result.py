@@ -1,6 +1,6 @@
 """A run's result: `RunResult` (what `hotadd run`, the plugin and the matrix return), how an
 error or an interrupt becomes one, and result.json written from it. Reading result.json back
-is `harness.result_file`'s (the reports' typed view).
+is `harness.result_file`'s (the reports' typed view), which names the schema and the file.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from harness.guests.base import GuestFacts
 from harness.observation import AddOutcome, HostCheck
 from harness.oracle import Severity, Verdict
 from harness.progress import Progress
+from harness.result_file import RESULT_FILE, RESULT_SCHEMA
 from harness.spec import ScenarioSpec, spec_dict
 from harness.warm import StartInfo
 
-RESULT_SCHEMA = "hotadd.result/1"
 
 def _guest_clock(clock: ClockMapping | None, offset: float | None,
                  method: str) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def failure_fields(exc: HotaddError | None) -> dict[str, Any]:
 
 
 def write_result(result: RunResult) -> Path:
-    path = result.run_dir / "result.json"
+    path = result.run_dir / RESULT_FILE
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return path
 

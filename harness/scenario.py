@@ -29,7 +29,8 @@ from harness.host.machine import run_name
 from harness.observation import AddOutcome, HostCheck, await_add, host_checks
 from harness.pool import Guest, Host, base_versions, open_host
 from harness.progress import Progress
-from harness.result import RESULT_SCHEMA, Interruption, RunResult, failure_fields, write_result
+from harness.result import Interruption, RunResult, failure_fields, write_result
+from harness.result_file import RESULT_SCHEMA
 from harness.spec import NTSTATUS_ERROR_MIN, ORACLE_PROFILES, ScenarioSpec, guest_kind, spec_dict
 
 #: The names this module held before the split, for callers that import them from here.
