@@ -17,12 +17,8 @@ from harness.progress import Progress
 from harness.records import UINT32_MAX
 from harness.report.html import write_report
 from harness.report.text import render_result
-from harness.scenario import (
-    NTSTATUS_ERROR_MIN,
-    ScenarioSpec,
-    planned_xml,
-    run_scenario,
-)
+from harness.scenario import planned_xml, run_scenario
+from harness.spec import NTSTATUS_ERROR_MIN, ScenarioSpec
 
 DEFAULT_ADDS = 2
 
@@ -114,6 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group(RUN_GROUP)
     r.add_argument("--libvirt-uri", help=f"default: {default_uri()}")
     r.add_argument("--run-dir", type=Path, help="artifacts directory (default ./runs/TIME-NAME)")
+    r.add_argument("--cold", action="store_true",
+                   help="boot the guest instead of restoring a saved one (and save nothing)")
     r.add_argument("--keep-on-failure", action="store_true",
                    help="leave the guest running when the run fails")
     r.add_argument("--ready-timeout", type=_positive(float), default=120.0)
@@ -148,7 +146,7 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
         add_after_unload=args.add_after_unload, accelerator=Accelerator(args.accel),
         firmware=Firmware(args.firmware) if args.firmware else None, memory_mib=args.memory,
         libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
-        keep_on_failure=args.keep_on_failure, ready_timeout=args.ready_timeout,
+        keep_on_failure=args.keep_on_failure, cold=args.cold, ready_timeout=args.ready_timeout,
         ack_timeout=args.ack_timeout, image=args.image, driver=args.driver)
     spec.check_veto_reached()
     return spec

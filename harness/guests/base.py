@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.clock import ClockSample
 from harness.errors import InputError, TransportError
 from harness.host.domain import Accelerator, DomainSpec, Firmware, GuestOS, VcpuPlan
 from harness.host.machine import Machine
@@ -57,27 +58,6 @@ class GuestFacts:
 
 
 @dataclass(frozen=True)
-class ClockSample:
-    """The probe's own clock (`t_ns`) read once in the guest, inside one command whose
-    sending and answer the host timed: the read happened between `host_before` and
-    `host_after` (host Unix seconds)."""
-
-    t_ns: int
-    host_before: float
-    host_after: float
-
-    @property
-    def t0_host(self) -> float:
-        """Host Unix time of the probe's t_ns == 0: the middle of what is known."""
-        return (self.host_before + self.host_after) / 2 - self.t_ns / 1e9
-
-    @property
-    def uncertainty(self) -> float:
-        """Half the bracket: t0_host is right to within this many seconds."""
-        return (self.host_after - self.host_before) / 2
-
-
-@dataclass(frozen=True)
 class HardwareRequest:
     """The run's hardware choices that every guest kind honours."""
 
@@ -115,9 +95,15 @@ class Session(abc.ABC):
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
 
-    def clock_sample(self) -> ClockSample | None:
-        """One read of the probe's clock inside one command (the probe is loaded); None if
-        this guest cannot, and the scenario maps time from the load instead."""
+    def clock_samples(self, count: int) -> list[ClockSample]:
+        """Up to `count` round trips reading the loaded probe's clock (`harness.clock`). A
+        guest whose every command is costly may give fewer (Windows: one handshake inside one
+        probe call). None by default: the load round trip is then all the mapping has."""
+        return []
+
+    def sync_clock(self) -> None:
+        """Set the guest's wall clock to the host's. A guest restored from a saved state wakes
+        with the clock of the moment it was saved. Guests that cannot are left alone."""
         return None
 
     def facts(self) -> GuestFacts | None:
@@ -152,6 +138,16 @@ class GuestKind(abc.ABC):
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> Session:
         """Wait until the guest is reachable and return a session; GuestNotReady otherwise."""
+
+    def warm_inputs(self) -> tuple[Path, ...]:
+        """Files beyond the domain's own inputs whose content shapes the guest's state at
+        "ready" (hashed into its saved-guest key, `harness.warm`)."""
+        return ()
+
+    def console_record(self, line: str) -> str | None:
+        """The record (one JSON line) a console line carries as the probe wrote it, or None:
+        how records are pushed while the run goes on (`harness.live`)."""
+        return None
 
     def console_records(self, serial_text: str) -> str:
         """The last probe load's records from the serial console (JSON Lines), for when the

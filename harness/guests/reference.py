@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness import paths
+from harness.clock import ClockSample
 from harness.errors import InfrastructureError, InputError, TransportError
 from harness.guests.cpio import CpioWriter
 from harness.host.health import ConsoleAlarm, Severity
@@ -649,7 +650,29 @@ def read_records(t: Transport) -> str:
     return t.read_text(GUEST_RECORDS_PATH)
 
 
+GUEST_CLOCK_PATH = "/proc/hotadd_probe/clock"
+#: Answers each input line with the probe's clock; shell builtins only (no fork per answer).
+_CLOCK_LOOP = f'while read -r _; do read -r t < {GUEST_CLOCK_PATH}; echo "$t"; done'
+
+
+def probe_clock_samples(t: SshTransport, count: int) -> list[ClockSample]:
+    """`count` round trips reading the loaded probe's clock (ns since load)."""
+    samples = []
+    for sent, reply, received in t.round_trips(_CLOCK_LOOP, count):
+        if not reply.isdigit():
+            raise TransportError(f"the probe's clock answered {reply!r}, not a number of ns",
+                                 f"is the probe loaded? read {GUEST_CLOCK_PATH} in the guest")
+        samples.append(ClockSample(sent, int(reply) / 1e9, received))
+    return samples
+
+
 _CONSOLE_RECORD = re.compile(r"hotadd-probe: (\{.*\})\s*$")
+
+
+def console_record(line: str) -> str | None:
+    """The record JSON of one console line, or None if the line is not a probe record."""
+    m = _CONSOLE_RECORD.search(line)
+    return m.group(1) if m else None
 
 
 def records_from_console(text: str) -> str:

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable
 
+from harness.clock import ClockSample
 from harness.errors import InputError
 from harness.guests import reference
 from harness.guests.base import (
@@ -21,6 +22,7 @@ from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, Guest
 from harness.host.machine import Machine, free_port
 from harness.progress import Progress
 from harness.transport.base import Transport
+from harness.transport.ssh import SshTransport
 
 
 def probe_params(settings: ProbeSettings,
@@ -73,6 +75,16 @@ class ReferenceSession(Session):
         with self._guest():
             return len(reference.online_cpus(self.transport))
 
+    def clock_samples(self, count: int) -> list[ClockSample]:
+        if not isinstance(self.transport, SshTransport):
+            return []
+        return reference.probe_clock_samples(self.transport, count)
+
+    def sync_clock(self) -> None:
+        """busybox `date -s @SECONDS`: whole seconds, which is all the guest's wall clock is
+        used for (the timeline maps the probe's own clock, see `Attempt.load`)."""
+        self.transport.run(f"date -u -s @{round(time.time())} >/dev/null").check()
+
 
 class ReferenceKind(GuestKind):
     os = GuestOS.REFERENCE
@@ -112,6 +124,9 @@ class ReferenceKind(GuestKind):
             accelerator=hw.accelerator, direct_boot=boot,
             forwards=(Forward(guest_port=22, host_port=free_port()),), planned=planned,
         )
+
+    def console_record(self, line: str) -> str | None:
+        return reference.console_record(line)
 
     def console_records(self, serial_text: str) -> str:
         return reference.records_from_console(serial_text)

@@ -19,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args, get_type_hints
 
+from harness.clock import ClockSample
 from harness.errors import GuestNotReady, InputError, TransportError
-from harness.guests.base import ClockSample
 from harness.paths import REPO_ROOT
 from harness.transport.base import CommandResult, Transport
 from harness.transport.winrm import (
@@ -265,8 +265,9 @@ def clock_script(records_path: str = RECORDS_PATH) -> str:
 
 
 def clock_sample(transport: Transport) -> ClockSample | None:
-    """The clock handshake: one command, timed by the host around it (None: the driver's
-    load record has no qpc)."""
+    """The clock handshake: one command, timed by the host around it (`harness.clock`'s
+    round trip: sent, the probe's seconds since load, received); None: the driver's load
+    record has no qpc."""
     command = encoded_command(clock_script())
     before = time.time()
     res = transport.run(command, timeout=60.0)
@@ -275,7 +276,7 @@ def clock_sample(transport: Transport) -> ClockSample | None:
         return None
     res.check()
     try:
-        return ClockSample(t_ns=int(res.stdout.strip()), host_before=before, host_after=after)
+        return ClockSample(sent=before, guest_s=int(res.stdout.strip()) / 1e9, received=after)
     except ValueError:
         raise TransportError(f"the clock handshake answered {res.stdout.strip()[:100]!r}",
                              "run the clock snippet by hand in the guest") from None

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.clock import ClockSample
 from harness.errors import InputError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import (
-    ClockSample,
     GuestFacts,
     GuestKind,
     HardwareRequest,
@@ -114,9 +114,12 @@ class WindowsSession(Session):
         with self._guest():
             return windows_control.processor_count(self.transport).logical
 
-    def clock_sample(self) -> ClockSample | None:
+    def clock_samples(self, count: int) -> list[ClockSample]:
+        """One handshake whatever `count`: each PowerShell command costs seconds, so one
+        timed command inside one probe call is the round trip the mapping gets."""
         with self._guest():
-            return windows_control.clock_sample(self.transport)
+            sample = windows_control.clock_sample(self.transport)
+        return [] if sample is None else [sample]
 
     def facts(self) -> GuestFacts:
         """From the preflight, which also refuses builds the probe cannot load on."""
@@ -188,6 +191,11 @@ class WindowsKind(GuestKind):
         self._password = windows_setup.password_from_env()
         progress.say(f"windows image: Server {self.manifest.windows_version}, "
                      f"{self.manifest.edition}, {self.manifest.firmware}")
+
+    def warm_inputs(self) -> tuple[Path, ...]:
+        """The golden image (the run's disk is an overlay on it) and what the driver CD holds."""
+        assert self.image is not None and self.driver is not None
+        return (self.image, self.driver, windows_control.PROBE_SCRIPT)
 
     def domain_spec(self, hw: HardwareRequest) -> DomainSpec:
         assert self.image is not None and self.driver is not None

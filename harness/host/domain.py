@@ -331,12 +331,18 @@ def _qemu_netdev(root: ET.Element, spec: DomainSpec) -> None:
     """
     if not spec.forwards:
         return
+    cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    for arg in qemu_netdev_args(spec):
+        ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+
+
+def qemu_netdev_args(spec: DomainSpec) -> tuple[str, ...]:
+    """The QEMU arguments of the user-mode NIC. The host ports live only here, on QEMU's
+    command line, not in a saved memory state: a restore may give new ones (`harness.warm`)."""
     fwds = ",".join(f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in spec.forwards)
     model = "e1000e" if spec.guest_os is GuestOS.WINDOWS else "virtio-net-pci"
-    cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
-    for arg in ("-netdev", f"user,id=hotaddnet0,restrict=on,{fwds}",
-                "-device", f"{model},netdev=hotaddnet0,bus=pcie.0,addr={NIC_SLOT}"):
-        ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    return ("-netdev", f"user,id=hotaddnet0,restrict=on,{fwds}",
+            "-device", f"{model},netdev=hotaddnet0,bus=pcie.0,addr={NIC_SLOT}")
 
 
 def _graphics(devices: ET.Element, spec: DomainSpec) -> None:

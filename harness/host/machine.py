@@ -41,8 +41,15 @@ from harness.errors import (
     NoFreeVcpuSlot,
     QemuFrozen,
 )
-from harness.host import bounded, storage
-from harness.host.domain import NAME_PREFIX, DomainSpec, to_xml
+from harness.host import bounded, saveimage, storage
+from harness.host.domain import (
+    METADATA_NS,
+    NAME_PREFIX,
+    QEMU_NS,
+    DomainSpec,
+    qemu_netdev_args,
+    to_xml,
+)
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
 from harness.host.health import ConsoleAlarm, ConsoleWatch, HealthProblem, Severity
 from harness.host.roots import process_stopped, qemu_pids_mentioning
@@ -58,6 +65,8 @@ SAVE_TIMEOUT_S = 300.0
 #: a QEMU that stops answering meanwhile blocks it with no timeout of libvirt's own. Seconds
 #: here (TCG, a loaded host); the bound is for a QEMU that will never answer.
 START_TIMEOUT_S = 180.0
+#: The per-run copy of a saved guest's image, named for this run (`Machine.resume`).
+RESTORE_IMAGE = "restore.save"
 
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -218,10 +227,7 @@ class Machine:
     def start(cls, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path) -> Machine:
         """Create and start the transient domain. Owns `scratch` from here: on failure it is
         removed, and nothing is left running."""
-        spec = dataclasses.replace(spec, metadata={
-            **spec.metadata, "pid": str(os.getpid()), "host": socket.gethostname(),
-            "scratch": str(scratch), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        spec = _owned(spec, scratch)
         try:
             _check_system_qemu_can_reach(conn, spec)
         except InputError:
@@ -245,6 +251,40 @@ class Machine:
         machine = cls(conn, spec, scratch, dom, events)
         interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
         xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
+        return machine
+
+    @classmethod
+    def resume(cls, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path,
+               image: Path) -> Machine:
+        """Start `spec`'s domain from a save image that another run made of the same domain
+        (`harness.warm`). Owns `scratch` from here, like `start`.
+
+        The domain runs under `spec`'s own name and a fresh UUID (a per-run copy of the image,
+        `harness.host.saveimage`: libvirt refuses a rename on restore). Everything outside the
+        guest's memory comes from `spec`: the serial console file (appended to: the caller
+        copies the boot console there first), the NIC's host ports (QEMU command-line
+        arguments, not part of the saved state), disk, CD-ROM and NVRAM paths, and the owner
+        metadata the sweep reads.
+        """
+        spec = _owned(spec, scratch)
+        events = DomainEvents(conn, spec.name)
+        copy = scratch / RESTORE_IMAGE  # in the scratch dir: a crashed run's goes with it
+        try:
+            xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name), spec)
+            conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            dom = conn.lookupByName(spec.name)
+        except (libvirt.libvirtError, DomainError, OSError) as exc:
+            events.close()
+            storage.remove_scratch(scratch)
+            detail = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
+            raise DomainError(f"libvirt could not restore {spec.name} from {image}: {detail}",
+                              "run with --cold to boot instead; 'hotadd sweep' drops saved "
+                              "guests that no longer restore") from exc
+        finally:
+            copy.unlink(missing_ok=True)  # QEMU has read it all once the restore returns
+        machine = cls(conn, spec, scratch, dom, events)
+        interrupts.own(spec.name, f"domain {spec.name} (QEMU restored) and scratch dir {scratch}")
+        (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
         return machine
 
     def close(self) -> None:
@@ -303,7 +343,7 @@ class Machine:
                               "check free space under the cache directory") from exc
         self.running = False
         self._qemu_pid_known = False
-        for disk in self._writable_files():
+        for disk in self.writable_files():
             shutil.copyfile(disk, _saved_copy(disk))
 
     def restore(self, saved: Path, serial_log: Path) -> None:
@@ -311,7 +351,7 @@ class Machine:
         `serial_log`, which starts as a copy of the boot console (so markers printed while
         booting, like a guest's ready line, are still there) and is appended to."""
         self.stop()
-        for disk in self._writable_files():
+        for disk in self.writable_files():
             shutil.copyfile(_saved_copy(disk), disk)
         xml = _serial_to(self.conn.saveImageGetXMLDesc(str(saved), 0),
                          self._boot_spec.serial_log, serial_log)
@@ -332,7 +372,8 @@ class Machine:
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
         self.health.watch(serial_log)
 
-    def _writable_files(self) -> list[Path]:
+    def writable_files(self) -> list[Path]:
+        """Files the guest writes (disk overlays, NVRAM): a saved state needs their copies."""
         spec = self._boot_spec
         files = [d.path for d in spec.disks if not d.readonly]
         return files + ([spec.nvram] if spec.nvram is not None else [])
@@ -637,6 +678,54 @@ def _serial_to(xml: str, old: Path, new: Path) -> str:
                           "report it with the saved domain XML (virsh save-image-dumpxml)")
     return source.sub(lambda m: f"<source path='{new}'"
                       + re.sub(r"append=(['\"])off\1", "append='on'", m.group(2)) + ">", xml)
+
+
+def _owned(spec: DomainSpec, scratch: Path) -> DomainSpec:
+    """`spec` stamped with this process as its owner (the sweep reads it)."""
+    return dataclasses.replace(spec, metadata={
+        **spec.metadata, "pid": str(os.getpid()), "host": socket.gethostname(),
+        "scratch": str(scratch), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def adapt_saved_xml(xml: str, spec: DomainSpec) -> str:
+    """A save image's domain XML with this run's host-side parts from `spec`: serial file
+    (appended to), disk/CD-ROM/NVRAM paths (in order), the NIC's forwards, the metadata."""
+    ET.register_namespace("qemu", QEMU_NS)
+    ET.register_namespace("hotadd", METADATA_NS)
+    root = ET.fromstring(xml)
+    saved_name = root.findtext("name")
+    if saved_name != spec.name:
+        raise DomainError(f"the save image holds domain {saved_name!r}, not {spec.name!r}",
+                          "rename the image first (harness.host.saveimage.write_renamed)")
+    source = root.find("./devices/serial[@type='file']/source")
+    if source is None:
+        raise DomainError("the save image's domain has no serial console file",
+                          "run with --cold; 'hotadd sweep' drops such saved guests")
+    source.set("path", str(spec.serial_log))
+    source.set("append", "on")
+    for kind, paths in (("disk", [d.path for d in spec.disks]),
+                        ("cdrom", [c.path for c in spec.cdroms])):
+        elements = root.findall(f"./devices/disk[@device='{kind}']/source")
+        if len(elements) != len(paths):
+            raise DomainError(f"the save image has {len(elements)} {kind}s, the run "
+                              f"{len(paths)}", "run with --cold")
+        for el, path in zip(elements, paths, strict=True):
+            el.set("file", str(path))
+    nvram = root.find("./os/nvram")
+    if nvram is not None and spec.nvram is not None:
+        nvram.text = str(spec.nvram)
+    cmd = root.find(f"{{{QEMU_NS}}}commandline")
+    if cmd is not None:
+        for arg in list(cmd):
+            cmd.remove(arg)
+        for value in qemu_netdev_args(spec):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
+    run = root.find(f"./metadata/{{{METADATA_NS}}}run")
+    if run is not None:
+        run.attrib.clear()
+        run.attrib.update(sorted(spec.metadata.items()))
+    return ET.tostring(root, encoding="unicode")
 
 
 def _saved_copy(path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Find and remove what an earlier, crashed run left behind: domains and scratch dirs.
+"""Find and remove what an earlier, crashed run left behind: domains, scratch dirs, and
+saved-guest leftovers (the saved-guest store is trimmed to its bound here too).
 
 A process killed while holding an embedded libvirt connection leaves its QEMU running; the next
 open of the same root reconnects to it. Every domain the harness starts carries its owner's pid
@@ -25,6 +26,7 @@ from harness.host.connection import embed_root, known_uris
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
 from harness.host.roots import qemu_cmdlines
+from harness.host.saved import SavedStore
 
 #: Per-domain QEMU logs kept in an embedded root (the newest, of domains no longer running):
 #: enough to read the last runs' QEMU messages, bounded however many runs a lab makes.
@@ -39,10 +41,11 @@ class SweepReport:
     removed_scratch: tuple[str, ...]
     kept_live: tuple[str, ...]  # prefixed domains whose owner still runs
     pruned_logs: tuple[str, ...] = ()  # old QEMU logs removed, a rotated libvirt.log
+    removed_saved: tuple[str, ...] = ()  # saved-guest leftovers and evicted entries
 
     def describe(self) -> str:
         pruned = (f"; pruned {len(self.pruned_logs)} old log(s)" if self.pruned_logs else "")
-        if not (self.removed_domains or self.removed_scratch):
+        if not (self.removed_domains or self.removed_scratch or self.removed_saved):
             return "sweep: nothing left behind by earlier runs" + pruned
         parts = []
         if self.removed_domains:
@@ -123,7 +126,9 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
         storage.remove_scratch(path)
         scratch.append(path.name)
     running = {dom.name() for dom in conn.listAllDomains(0)}
-    return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running))
+    saved = SavedStore().sweep()
+    return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running),
+                       tuple(saved))
 
 
 _QEMU_ROOT = re.compile(r"(/\S+)/lib/qemu/domain-\d+-" + re.escape(NAME_PREFIX))

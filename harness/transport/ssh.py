@@ -264,6 +264,41 @@ class SshTransport(Transport):
             elapsed=elapsed,
         )
 
+    def round_trips(self, command: str, count: int,
+                    timeout: float = 30.0) -> list[tuple[float, str, float]]:
+        """`count` exchanges with one running `command` that answers every input line with one
+        output line: (time sent, reply, time received), Unix times. One channel for all, so a
+        round trip costs the channel's latency, not a command start."""
+        chan = self._session(timeout)
+        chan.settimeout(timeout)
+        out: list[tuple[float, str, float]] = []
+        buf = b""
+        try:
+            chan.exec_command(command)
+            for _ in range(count):
+                sent = time.time()
+                chan.sendall(b"\n")
+                while b"\n" not in buf:
+                    data = chan.recv(_CHUNK)
+                    if not data:
+                        raise EOFError(f"{_shown(command)} ended after {len(out)} replies")
+                    buf += data
+                received = time.time()
+                line, _, buf = buf.partition(b"\n")
+                out.append((sent, line.decode(errors="replace").strip(), received))
+            chan.shutdown_write()  # the guest's loop reads EOF and ends: wait for that
+            while not chan.exit_status_ready():
+                if not chan.recv(_CHUNK):
+                    break
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise TransportError(f"{self.description}: round trips failed: {exc}",
+                                 "check that the guest is still up (read its serial log)"
+                                 ) from exc
+        finally:
+            chan.close()
+        return out
+
     def read_bytes(self, remote_path: str, timeout: float = 120.0) -> bytes:
         """The content of a guest file."""
         command = "cat -- " + shlex.quote(remote_path)

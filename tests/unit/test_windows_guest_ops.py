@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.clock import ClockSample, map_clock
 from harness.errors import GuestCrashed, InputError, TransportError
 from harness.guests import windows_control
 from harness.guests.base import GuestFacts, ProbeSettings
@@ -122,7 +123,8 @@ def test_probe_parameters_mapping() -> None:
 
 def test_preflight_records_vbs_and_the_session_reports_it(
         double: WinRMDouble, transport: WinRMTransport, tmp_path: Path) -> None:
-    from harness.scenario import RunResult, ScenarioSpec
+    from harness.result import RunResult
+    from harness.spec import ScenarioSpec
 
     double.probe.vbs_status = 2
     pre = windows_control.preflight(transport)
@@ -134,10 +136,13 @@ def test_preflight_records_vbs_and_the_session_reports_it(
     result = RunResult(ScenarioSpec(), tmp_path, "hotadd-x", None, (), (), {}, {}, guest=facts)
     assert result.to_dict()["guest"]["vbs"] == "running"
     assert result.to_dict()["guest_clock"]["method"] == "load"
+    mapping = map_clock([ClockSample(sent=10.0, guest_s=8.25, received=10.5)])
+    assert mapping is not None
     timed = RunResult(ScenarioSpec(), tmp_path, "hotadd-x", None, (), (), {}, {},
-                      clock_offset=1.5, clock_uncertainty=0.25)
-    assert timed.to_dict()["guest_clock"] == {"t0_host_wall": 1.5, "uncertainty_s": 0.25,
-                                              "method": "handshake"}
+                      clock_offset=mapping.offset, clock=mapping, clock_method="handshake")
+    clock = timed.to_dict()["guest_clock"]
+    assert (clock["t0_host_wall"], clock["uncertainty_ms"], clock["method"]) == (
+        2.0, 250.0, "handshake")
     double.probe.vbs_status = None  # no Device Guard class: unknown, not an error
     assert windows_control.preflight(transport).vbs_status is None
 
@@ -156,14 +161,17 @@ def test_clock_handshake_brackets_the_probe_load(double: WinRMDouble,
     """One command reads the probe's clock; the host's times around it bound the load."""
     session = WindowsSession(transport)
     session.load_probe(ProbeSettings())
-    sample = session.clock_sample()
-    assert sample is not None and sample.host_before <= sample.host_after
-    low = sample.host_before - sample.t_ns / 1e9
-    high = sample.host_after - sample.t_ns / 1e9
+    samples = session.clock_samples(5)
+    assert len(samples) == 1, "one handshake whatever the count asked"
+    (sample,) = samples
+    assert sample.sent <= sample.received
+    low, high = sample.bracket
     assert low <= double.probe.loaded_at <= high
-    assert abs(sample.t0_host - double.probe.loaded_at) <= sample.uncertainty
+    mapping = map_clock(samples)
+    assert mapping is not None
+    assert abs(mapping.offset - double.probe.loaded_at) <= mapping.uncertainty_s
     commands = len(double.command_lines)
-    session.clock_sample()
+    session.clock_samples(5)
     assert len(double.command_lines) == commands + 1, "one command, no staging"
 
 
@@ -172,7 +180,7 @@ def test_clock_handshake_without_qpc_falls_back(double: WinRMDouble,
     double.probe.driver_has_clock = False
     session = WindowsSession(transport)
     session.load_probe(ProbeSettings())
-    assert session.clock_sample() is None
+    assert session.clock_samples(5) == []
 
 
 def test_preflight_and_errors(double: WinRMDouble, transport: WinRMTransport) -> None:

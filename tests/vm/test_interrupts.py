@@ -22,10 +22,10 @@ pytestmark = pytest.mark.vm
 DEADLINE_S = 180  # for the whole run; a hang fails the test instead of stalling the suite
 
 
-def start_run(cli_uri: str, run_dir: Path) -> subprocess.Popen[str]:
+def start_run(cli_uri: str, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--libvirt-uri", cli_uri, "--run-dir",
-         str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(run_dir), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_line(proc: subprocess.Popen[str], marker: str, seen: list[str]) -> None:
@@ -62,7 +62,8 @@ def assert_torn_down(run_dir: Path, err: str) -> None:
 
 
 @pytest.mark.parametrize(("stage", "sig"), [
-    ("boot", signal.SIGTERM),
+    ("boot", signal.SIGTERM),  # --cold: a boot (a warm run restores instead)
+    ("restore", signal.SIGTERM),  # the default warm start (harness.warm)
     ("ready", signal.SIGINT),
     ("add 1", signal.SIGINT),
     ("collect", signal.SIGTERM),
@@ -70,7 +71,7 @@ def assert_torn_down(run_dir: Path, err: str) -> None:
 def test_signal_at_a_stage_leaves_an_interrupted_result(cli_uri: str, tmp_path: Path,
                                                         stage: str, sig: signal.Signals) -> None:
     run_dir = tmp_path / "run"
-    proc = start_run(cli_uri, run_dir)
+    proc = start_run(cli_uri, run_dir, *(["--cold"] if stage == "boot" else []))
     seen: list[str] = []
     wait_for_line(proc, f"] {stage}: ", seen)
     proc.send_signal(sig)

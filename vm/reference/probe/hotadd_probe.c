@@ -14,7 +14,8 @@
  *                                  -> notify "failure"
  *
  * Records are kept in a fixed buffer readable at /proc/hotadd_probe/records (JSON Lines) and
- * each is also printk'd as "hotadd-probe: {json}" so the serial log keeps them if the guest
+ * /proc/hotadd_probe/clock gives the records' clock now (ns since load); each record is also
+ * printk'd as "hotadd-probe: {json}" so the serial log keeps them if the guest
  * dies. Differences from Windows are listed in vm/reference/README.md.
  *
  * Parameters: flags=1 replays the CPUs already online (ADD_EXISTING), flags=0 registers
@@ -395,6 +396,16 @@ static const struct seq_operations records_seq_ops = {
 };
 
 /*
+ * /proc/hotadd_probe/clock: the probe's clock now (ns since load, the records' t_ns). The host
+ * reads it in round trips to map t_ns to its own clock with a measured uncertainty.
+ */
+static int clock_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%llu\n", ktime_get_ns() - load_ns);
+	return 0;
+}
+
+/*
  * Register one dynamic hotplug state. With ADD_EXISTING (`replay`) the kernel calls @startup
  * for every CPU already at that state before returning; without it, only for later CPUs.
  * Caller holds cpus_read_lock(). Returns the state number or a negative errno.
@@ -456,7 +467,8 @@ static int __init hotadd_probe_init(void)
 	}
 	load_ns = ktime_get_ns();
 	proc_dir = proc_mkdir("hotadd_probe", NULL);
-	if (!proc_dir || !proc_create_seq("records", 0444, proc_dir, &records_seq_ops)) {
+	if (!proc_dir || !proc_create_seq("records", 0444, proc_dir, &records_seq_ops) ||
+	    !proc_create_single("clock", 0444, proc_dir, clock_show)) {
 		proc_remove(proc_dir);
 		return -ENOMEM;
 	}
