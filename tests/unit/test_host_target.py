@@ -1,0 +1,156 @@
+"""The host seam over real SSH: staging into the content-addressed cache, qemu-img on the host,
+scratch dirs, the dialer, and the remote refusals. The host is `tests/support/lab_host`'s sshd
+(no libvirtd, nothing boots): its cache is a tmpfs only it can see."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InfrastructureError, InputError
+from harness.host import staging, storage
+from harness.host.domain import GuestOS
+from harness.host.remote import check_run
+from harness.host.target import LOCAL, SshAddress, SshHost, is_remote_uri, target_for
+from tests.support.lab_host import LabHost, lab_host
+
+
+@pytest.fixture(scope="module")
+def here(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of this machine that the lab host does not see."""
+    return tmp_path_factory.mktemp("here")
+
+
+@pytest.fixture(scope="module")
+def lab(here: Path) -> Iterator[LabHost]:
+    with lab_host(hide=[here], libvirtd=False) as host:
+        yield host
+
+
+@pytest.fixture
+def host(lab: LabHost) -> Iterator[SshHost]:
+    target = SshHost(SshAddress.of(lab.uri), cache=lab.cache)
+    yield target
+    target.close()
+
+
+def _file(tmp_path: Path, name: str, size: int) -> Path:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_staging_sends_a_missing_file_once_by_content(lab: LabHost, host: SshHost,
+                                                      tmp_path: Path) -> None:
+    local = _file(tmp_path, "vmlinuz", 300_000)
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    first = staging.stage(host, local)
+    assert first.sent and first.remote == lab.cache / "files" / digest
+    seen = lab.inside(first.remote)
+    assert hashlib.sha256(seen.read_bytes()).hexdigest() == digest
+    assert not first.remote.exists()  # only the host sees its cache
+    again = staging.stage(host, tmp_path / "vmlinuz")
+    assert (again.remote, again.sent) == (first.remote, False)
+    copy = tmp_path / "same-content"
+    copy.write_bytes(local.read_bytes())
+    assert staging.stage(host, copy).sent is False  # by content, not by name
+
+
+def test_two_stagers_racing_leave_one_whole_copy(lab: LabHost, tmp_path: Path) -> None:
+    local = _file(tmp_path, "golden.qcow2", 4_000_000)
+    hosts = [SshHost(SshAddress.of(lab.uri), cache=lab.cache) for _ in range(2)]
+    results: list[staging.Staged] = []
+    barrier = threading.Barrier(2)
+
+    def stage(h: SshHost) -> None:
+        barrier.wait()
+        results.append(staging.stage(h, local))
+
+    threads = [threading.Thread(target=stage, args=(h,)) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in hosts:
+        h.close()
+    assert len(results) == 2 and results[0].remote == results[1].remote
+    files = sorted(p.name for p in lab.inside(lab.cache / "files").iterdir())
+    assert results[0].digest in files
+    assert not [n for n in files if n.endswith(staging.PART)]  # no temporary left
+    assert lab.inside(results[0].remote).read_bytes() == local.read_bytes()
+
+
+def test_the_cache_is_trimmed_least_recently_used_first(lab: LabHost, host: SshHost,
+                                                        tmp_path: Path) -> None:
+    for p in lab.inside(lab.cache / "files").glob("*"):
+        p.unlink()
+    old, mid, new = (staging.stage(host, _file(tmp_path, n, 100_000)) for n in "abc")
+    for i, s in enumerate((old, mid, new)):
+        os.utime(lab.inside(s.remote), (1_000_000 + i, 1_000_000 + i))
+    staging.stage(host, old.local)  # used again: now the most recent
+    removed = staging.trim(host, keep={mid.remote}, limit=200_000)
+    assert removed == [new.remote]  # mid is older but kept; then old was touched
+    left = {p.name for p in lab.inside(lab.cache / "files").iterdir()}
+    assert left == {old.digest, mid.digest}
+
+
+def test_overlay_and_scratch_live_on_the_host(lab: LabHost, host: SshHost, here: Path) -> None:
+    base = here / "base.qcow2"
+    assert LOCAL.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"]).rc == 0
+    staged = staging.stage(host, base)
+    scratch = storage.run_scratch("hotadd-ref-test0001", host)
+    assert scratch == lab.cache / "scratch" / "hotadd-ref-test0001"
+    owner = lab.inside(scratch / storage.OWNER_FILE).read_text()
+    assert owner == f"{os.getpid()} {socket.gethostname()}"
+    disk = storage.overlay(staged.remote, scratch, host=host)
+    info = host.run(["qemu-img", "info", str(disk)])
+    assert info.rc == 0 and str(staged.remote) in info.stdout
+    with pytest.raises(InputError, match="does not exist on host"):
+        storage.overlay(base, scratch, host=host)  # the local file: the host cannot see it
+    storage.remove_scratch(scratch, host)
+    assert not lab.inside(scratch).exists()
+    with pytest.raises(InfrastructureError, match="refusing to remove"):
+        host.remove(Path("/var/tmp"))
+
+
+def test_the_dialer_reaches_the_hosts_loopback_over_ssh(host: SshHost) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        chan = host.dialer()(port, 10.0)
+        conn, _ = server.accept()
+        with conn:
+            chan.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+        chan.close()
+    with pytest.raises(ConnectionRefusedError):
+        host.dialer()(port, 10.0)  # nobody listens any more
+
+
+def test_a_host_key_other_than_the_known_one_is_refused(lab: LabHost, tmp_path: Path) -> None:
+    wrong = tmp_path / "known_hosts"
+    other = (lab.home / "client_key.pub").read_text().split()[:2]  # a key, not the host's
+    wrong.write_text(f"[127.0.0.1]:{lab.port} {' '.join(other)}\n")
+    uri = lab.uri.replace(str(lab.known_hosts), str(wrong))
+    with pytest.raises(InfrastructureError, match="host key"):
+        SshHost(SshAddress.of(uri), cache=lab.cache).run(["true"])
+
+
+def test_remote_uris_a_run_cannot_use_are_refused_up_front() -> None:
+    assert not is_remote_uri("qemu:///system") and not is_remote_uri("qemu+unix:///system")
+    assert target_for("qemu:///embed?root=/tmp/x") is LOCAL
+    with pytest.raises(InputError, match="needs libvirt's ssh transport"):
+        target_for("qemu+tcp://kvm7/system")
+    with pytest.raises(InputError, match="Windows guests on a remote libvirt host"):
+        check_run("qemu+ssh://root@kvm7/system", GuestOS.WINDOWS)
+    check_run("qemu+ssh://root@kvm7/system", GuestOS.REFERENCE)
+    address = SshAddress.of("qemu+ssh://lab@kvm7:2222/system?keyfile=/k&no_verify=1")
+    assert (address.user, address.port, address.keyfile, address.no_verify) == (
+        "lab", 2222, Path("/k"), True)
