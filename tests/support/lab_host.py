@@ -115,7 +115,7 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
         f"AuthorizedKeysFile {home}/authorized_keys", "PermitRootLogin prohibit-password",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
         "StrictModes no", f"PidFile {home}/sshd.pid", "Subsystem sftp internal-sftp",
-        "AllowTcpForwarding local", "LogLevel VERBOSE", ""]))
+        "AllowTcpForwarding local", "LogLevel DEBUG1", ""]))
     mounts = ["mount -t tmpfs -o mode=755 hotadd-lab /run/libvirt",
               f"mount -t tmpfs -o mode=755 hotadd-lab-cache {cache}"]
     mounts += [f"mount -t tmpfs -o mode=700 hotadd-lab-hidden {p}" for p in hide if p.is_dir()]

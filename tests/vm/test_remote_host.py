@@ -1,0 +1,107 @@
+"""A run on a second libvirt host reached only over SSH (`qemu+ssh://`): the default scenario
+passes there with the guest's files staged into the host's own cache and the guest's SSH
+tunnelled over the host's SSH; a run killed mid-way leaves a domain and a scratch dir there
+that `hotadd sweep --host URI` clears. The host is `tests/support/lab_host`: sshd + libvirtd in
+a mount namespace that cannot see this machine's hotadd cache. hotadd runs through the real
+CLI in its own process (this test process holds an embedded libvirt driver)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import paths
+from harness.guests import reference
+from harness.host import staging
+from tests.support.lab_host import LabHost, lab_host
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabHost]:
+    reference.build()  # the guest files exist here, and only here
+    with lab_host(hide=[paths.cache_root()]) as host:
+        yield host
+
+
+def _hotadd(lab: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], env=os.environ | lab.env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def _domains(lab: LabHost) -> list[str]:
+    out = subprocess.run(["virsh", "-c", lab.uri, "list", "--all", "--name"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return [n for n in out.split() if n.startswith("hotadd-")]
+
+
+def _host_dir(lab: LabHost, name: str) -> list[str]:
+    path = lab.inside(lab.cache / name)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _hotadd(lab, "run", "--libvirt-uri", lab.uri, "--run-dir", str(run))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["outcome"] == "pass"
+    assert result["start"]["note"].startswith("remote host")
+    # the kernel and initramfs were staged into the host's cache, by content
+    kernel, initrd = reference.planned_boot_files()
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (kernel, initrd)}
+    assert digests <= set(_host_dir(lab, staging.FILES))
+    xml = (run / "domain.xml").read_text()
+    assert str(kernel) not in xml and str(lab.cache / staging.FILES) in xml
+    # the console came back here while the run went on; nothing of the run stays there
+    assert reference.READY_MARKER in (run / "serial.log").read_text()
+    # the guest's SSH went through the host's SSH (a direct-tcpip channel to its forward)
+    port = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", xml)
+    assert port is not None
+    assert f"target 127.0.0.1 port {port[1]}" in (lab.home / "lab.log").read_text()
+    assert _host_dir(lab, "scratch") == []
+    assert _domains(lab) == []
+    # a second run sends nothing: the host has the files
+    again = _hotadd(lab, "run", "--libvirt-uri", lab.uri, "--run-dir", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--quiet", "--libvirt-uri", lab.uri,
+         "--run-dir", str(tmp_path / "run"), "--ready-timeout", "600"],
+        env=os.environ | lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not _domains(lab):  # polled: the domain appears once QEMU started
+            assert proc.poll() is None, "the run ended before its domain appeared"
+            assert time.monotonic() < deadline, "no domain appeared on the lab host"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = _domains(lab)
+    assert len(left) == 1 and _host_dir(lab, "scratch") == left
+    gone = subprocess.Popen(["true"])  # a stager of this machine that died mid-transfer
+    gone.wait()
+    lab.inside(lab.cache / staging.FILES).mkdir(exist_ok=True)
+    part = lab.inside(lab.cache / staging.FILES /
+                      f".{'0' * 64}.{socket.gethostname()}.{gone.pid}.abcdef{staging.PART}")
+    part.write_bytes(b"half a file")
+    swept = _hotadd(lab, "sweep", "--host", lab.uri)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert left[0] in swept.stdout
+    assert _domains(lab) == [] and _host_dir(lab, "scratch") == []
+    assert not part.exists()
