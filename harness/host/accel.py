@@ -51,9 +51,10 @@ def kvm_status() -> AccelChoice:
     return AccelChoice(Accelerator.KVM, "/dev/kvm is usable and the CPU has vmx/svm")
 
 
-def resolve(requested: Accelerator) -> AccelChoice:
-    """Turn auto into kvm or tcg; refuse an explicit kvm that cannot work."""
-    status = kvm_status()
+def resolve(requested: Accelerator, status: AccelChoice | None = None) -> AccelChoice:
+    """Turn auto into kvm or tcg; refuse an explicit kvm that cannot work. `status` is what
+    the host offers (default: this machine's `kvm_status()`; harness.host.remote for others)."""
+    status = status if status is not None else kvm_status()
     if requested is Accelerator.AUTO:
         return status
     if requested is Accelerator.KVM and status.accelerator is not Accelerator.KVM:

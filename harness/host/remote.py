@@ -22,7 +22,7 @@ from pathlib import Path
 import libvirt
 
 from harness.errors import InfrastructureError, InputError
-from harness.host import staging
+from harness.host import accel, staging
 from harness.host.accel import AccelChoice, cpu_flags_have_virt
 from harness.host.domain import (
     Accelerator,
@@ -93,12 +93,7 @@ def resolve_accel(requested: Accelerator, caps: HostCaps, target: HostTarget) ->
                                               "nor svm (nested virtualisation is off)")
     else:
         status = AccelChoice(Accelerator.KVM, f"KVM on {target.description}")
-    if requested is Accelerator.AUTO:
-        return status
-    if requested is Accelerator.KVM and status.accelerator is not Accelerator.KVM:
-        raise InputError(f"KVM was requested but is not usable: {status.reason}",
-                         "run on a host with hardware virtualisation, or use --accel tcg")
-    return AccelChoice(requested, "requested explicitly")
+    return accel.resolve(requested, status)
 
 
 @dataclass(frozen=True)

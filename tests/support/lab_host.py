@@ -36,6 +36,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.processes import stop
+
 SSHD = Path("/usr/sbin/sshd")
 
 
@@ -149,12 +151,7 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
             yield host
         finally:
             for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc)
             if made_privsep:
                 with contextlib.suppress(OSError):
                     privsep.rmdir()

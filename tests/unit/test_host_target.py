@@ -80,10 +80,36 @@ def test_two_stagers_racing_leave_one_whole_copy(lab: LabHost, tmp_path: Path) -
     for h in hosts:
         h.close()
     assert len(results) == 2 and results[0].remote == results[1].remote
-    files = sorted(p.name for p in lab.inside(lab.cache / "files").iterdir())
+    files = _host_files(lab)
     assert results[0].digest in files
     assert not [n for n in files if n.endswith(staging.PART)]  # no temporary left
     assert lab.inside(results[0].remote).read_bytes() == local.read_bytes()
+
+
+class _Truncating(SshHost):
+    """A real SSH host whose upload loses the file's second half on the way (a fault)."""
+
+    def put(self, local: Path, remote: Path) -> None:
+        half = local.with_name(local.name + ".half")
+        half.write_bytes(local.read_bytes()[: local.stat().st_size // 2])
+        super().put(half, remote)
+
+
+def test_a_copy_that_arrives_damaged_is_refused_and_removed(lab: LabHost,
+                                                            tmp_path: Path) -> None:
+    local = _file(tmp_path, "initrd.img", 200_000)
+    host = _Truncating(SshAddress.of(lab.uri), cache=lab.cache)
+    try:
+        with pytest.raises(InfrastructureError, match="arrived with sha256"):
+            staging.stage(host, local)
+    finally:
+        host.close()
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    assert not [n for n in _host_files(lab) if digest in n]  # neither the copy nor a part
+
+
+def _host_files(lab: LabHost) -> list[str]:
+    return sorted(p.name for p in lab.inside(lab.cache / "files").iterdir())
 
 
 def test_the_cache_is_trimmed_least_recently_used_first(lab: LabHost, host: SshHost,

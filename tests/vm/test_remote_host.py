@@ -25,6 +25,7 @@ from harness import paths
 from harness.guests import reference
 from harness.host import staging
 from tests.support.lab_host import LabHost, lab_host
+from tests.support.processes import run_hotadd
 
 pytestmark = pytest.mark.vm
 
@@ -34,11 +35,6 @@ def lab() -> Iterator[LabHost]:
     reference.build()  # the guest files exist here, and only here
     with lab_host(hide=[paths.cache_root()]) as host:
         yield host
-
-
-def _hotadd(lab: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], env=os.environ | lab.env,
-                          capture_output=True, text=True, timeout=600, check=False)
 
 
 def _domains(lab: LabHost) -> list[str]:
@@ -54,7 +50,7 @@ def _host_dir(lab: LabHost, name: str) -> list[str]:
 
 def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = _hotadd(lab, "run", "--libvirt-uri", lab.uri, "--run-dir", str(run))
+    proc = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(run), env=lab.env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((run / "result.json").read_text())
     assert result["outcome"] == "pass"
@@ -62,7 +58,7 @@ def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_pa
     # the kernel and initramfs were staged into the host's cache, by content
     kernel, initrd = reference.planned_boot_files()
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (kernel, initrd)}
-    assert digests <= set(_host_dir(lab, staging.FILES))
+    assert set(_host_dir(lab, staging.FILES)) == digests  # and nothing else: no key
     xml = (run / "domain.xml").read_text()
     assert str(kernel) not in xml and str(lab.cache / staging.FILES) in xml
     # the console came back here while the run went on; nothing of the run stays there
@@ -74,7 +70,8 @@ def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_pa
     assert _host_dir(lab, "scratch") == []
     assert _domains(lab) == []
     # a second run sends nothing: the host has the files
-    again = _hotadd(lab, "run", "--libvirt-uri", lab.uri, "--run-dir", str(tmp_path / "again"))
+    again = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(tmp_path / "again"),
+                       env=lab.env)
     assert again.returncode == 0, again.stdout + again.stderr
 
 
@@ -100,7 +97,7 @@ def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: 
     part = lab.inside(lab.cache / staging.FILES /
                       f".{'0' * 64}.{socket.gethostname()}.{gone.pid}.abcdef{staging.PART}")
     part.write_bytes(b"half a file")
-    swept = _hotadd(lab, "sweep", "--host", lab.uri)
+    swept = run_hotadd("sweep", "--host", lab.uri, env=lab.env)
     assert swept.returncode == 0, swept.stdout + swept.stderr
     assert left[0] in swept.stdout
     assert _domains(lab) == [] and _host_dir(lab, "scratch") == []
