@@ -457,7 +457,7 @@ class Guest:
                 hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan,
                                      accelerator=host.accelerator, run_dir=run_dir,
                                      scratch=scratch, memory_mib=spec.memory_mib,
-                                     firmware=spec.firmware)
+                                     firmware=spec.firmware, host=host.target)
                 try:
                     domain_spec = kind.domain_spec(hw)
                 except BaseException:

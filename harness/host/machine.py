@@ -181,8 +181,9 @@ class Machine:
         try:
             _check_system_qemu_can_reach(conn, spec)
             if host.remote:
-                placed = remote.place(host, spec, scratch)
-                spec, xml = placed.local, to_xml(placed.host, remote.host_caps(conn).emulator)
+                caps = remote.host_caps(conn)
+                placed = remote.place(host, spec, scratch, caps)
+                spec, xml = placed.local, to_xml(placed.host, caps.emulator)
                 mirror = ConsoleMirror(host, placed.host.serial_log, spec.serial_log)
             else:
                 xml = to_xml(spec)

@@ -25,6 +25,7 @@ from harness.errors import InfrastructureError, InputError
 from harness.host import accel, staging
 from harness.host.accel import AccelChoice, cpu_flags_have_virt
 from harness.host.domain import (
+    OVMF_CODE,
     Accelerator,
     DirectBoot,
     DomainSpec,
@@ -38,17 +39,12 @@ SERIAL_NAME = "serial.log"
 
 
 def check_run(uri: str, guest: GuestOS) -> None:
-    """Refuse, before anything starts, a run a remote host cannot do yet."""
+    """Refuse, before anything starts, a run a remote host cannot do. Both guests can: the
+    reference guest's kernel and initramfs, or Windows' golden image, NVRAM and driver CD,
+    are sent there (`place`, `WindowsKind`)."""
     if not is_remote_uri(uri):
         return
     check_remote_uri(uri)
-    if guest is GuestOS.WINDOWS:
-        raise InputError(
-            f"Windows guests on a remote libvirt host ({uri}) are not supported yet: the "
-            "golden image and driver would be staged by the same code as the reference "
-            "guest's files, but the overlay, the NVRAM template and the WinRM tunnel there "
-            "are not done", "run hotadd on the lab host itself with qemu:///system or the "
-            "default qemu:///embed")
 
 
 @dataclass(frozen=True)
@@ -106,13 +102,19 @@ class Placement:
     staged: tuple[staging.Staged, ...]
 
 
-def place(target: HostTarget, spec: DomainSpec, scratch: Path) -> Placement:
+def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -> Placement:
     """Stage `spec`'s input files on the host and rewrite its host-side parts there.
-    `scratch` is the run's scratch dir on the host (files there are the run's own)."""
-    if spec.firmware is Firmware.UEFI or spec.nvram is not None:
-        raise InputError("UEFI guests on a remote libvirt host are not supported yet (the "
-                         "NVRAM template would come from the host's domain capabilities)",
-                         "run UEFI guests on the host itself, or with a local libvirt URI")
+    `scratch` is the run's scratch dir on the host (files there are the run's own: a guest
+    kind made them there, `HardwareRequest.host`)."""
+    if spec.firmware is Firmware.UEFI:
+        if spec.nvram is None or not spec.nvram.is_relative_to(scratch):
+            raise InputError("a UEFI guest on a remote host needs its NVRAM copy in the run's "
+                             "scratch dir there", "build the domain spec with "
+                             "HardwareRequest.host set to the remote host")
+        if str(OVMF_CODE) not in caps.loaders:
+            raise InputError(f"{target.description}'s libvirt knows no UEFI firmware "
+                             f"{OVMF_CODE} (it has: {', '.join(caps.loaders) or 'none'})",
+                             "apt-get install ovmf on that host")
     moved: dict[Path, Path] = {}
     staged = []
     for path in spec.input_files():

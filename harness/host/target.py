@@ -126,6 +126,11 @@ class HostTarget(abc.ABC):
         """How a transport reaches the host's 127.0.0.1: None = directly from here."""
         return None
 
+    def local_port(self, port: int) -> int:
+        """A port on this machine's 127.0.0.1 that reaches `port` on the host's, for
+        transports that take an address, not a socket (pywinrm's URL). Local: `port`."""
+        return port
+
     def sha256(self, path: Path) -> str:
         """The sha256 of a file on the host (sha256sum there: no copy back)."""
         out = self.run(["sha256sum", "--", str(path)])
@@ -277,6 +282,7 @@ class SshHost(HostTarget):
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()  # SFTP requests of several threads in turn
+        self._forwards: dict[int, LocalForward] = {}
 
     def cache_root(self) -> Path:
         return self._cache
@@ -345,6 +351,9 @@ class SshHost(HostTarget):
 
     def close(self) -> None:
         with self._lock:
+            for forward in self._forwards.values():
+                forward.close()
+            self._forwards.clear()
             if self._sftp is not None:
                 self._sftp.close()
                 self._sftp = None
@@ -514,6 +523,63 @@ class SshHost(HostTarget):
                 raise ConnectionRefusedError(
                     f"127.0.0.1:{port} on {self.address.shown}: {exc}") from None
         return dial
+
+    def local_port(self, port: int) -> int:
+        """A listener on this machine's 127.0.0.1 whose every connection is a direct-tcpip
+        channel to `port` on the host's (like `ssh -L`); open until `close()`."""
+        with self._lock:
+            if port not in self._forwards:
+                self._forwards[port] = LocalForward(self.dialer(), port)
+            return self._forwards[port].port
+
+
+class LocalForward:
+    """Accepts on 127.0.0.1 here and pipes each connection to a dialled stream (one thread
+    per direction); only loopback listens, so nothing beyond this machine can use it."""
+
+    def __init__(self, dial: Dialer, target_port: int, timeout: float = 15.0) -> None:
+        self._dial, self._target, self._timeout = dial, target_port, timeout
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.port: int = self._server.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name=f"forward-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                far = self._dial(self._target, self._timeout)
+            except OSError:
+                conn.close()  # the client sees the refusal as a closed connection
+                continue
+            for a, b in ((conn, far), (far, conn)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+
+
+def _pipe(src: Any, dst: Any) -> None:
+    """Copy until `src` ends, then end `dst`'s sending side."""
+    try:
+        while data := src.recv(_CHUNK):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            if isinstance(dst, socket.socket):
+                dst.shutdown(socket.SHUT_WR)
+            else:
+                dst.shutdown_write()
 
 
 def is_remote_uri(uri: str | None) -> bool:

@@ -4,6 +4,7 @@ scratch dirs, the dialer, and the remote refusals. The host is `tests/support/la
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -14,11 +15,17 @@ from pathlib import Path
 import pytest
 
 from harness.errors import InfrastructureError, InputError
+from harness.guests import windows_image, windows_setup
+from harness.guests.windows_kind import WindowsKind
 from harness.host import staging, storage
 from harness.host.domain import GuestOS
 from harness.host.remote import check_run
 from harness.host.target import LOCAL, SshAddress, SshHost, is_remote_uri, target_for
+from harness.progress import Progress
+from harness.transport.winrm import WinRMEndpoint, WinRMTransport
+from tests.support import windows_golden
 from tests.support.lab_host import LabHost, lab_host
+from tests.support.winrm_double import WinRMDouble
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +181,58 @@ def test_remote_uris_a_run_cannot_use_are_refused_up_front() -> None:
     assert target_for("qemu:///embed?root=/tmp/x") is LOCAL
     with pytest.raises(InputError, match="needs libvirt's ssh transport"):
         target_for("qemu+tcp://kvm7/system")
-    with pytest.raises(InputError, match="Windows guests on a remote libvirt host"):
-        check_run("qemu+ssh://root@kvm7/system", GuestOS.WINDOWS)
-    check_run("qemu+ssh://root@kvm7/system", GuestOS.REFERENCE)
+    for guest in GuestOS:
+        check_run("qemu+ssh://root@kvm7/system", guest)
     address = SshAddress.of("qemu+ssh://lab@kvm7:2222/system?keyfile=/k&no_verify=1")
     assert (address.user, address.port, address.keyfile, address.no_verify) == (
         "lab", 2222, Path("/k"), True)
+
+
+def test_winrm_reaches_the_hosts_loopback_through_a_local_forward(lab: LabHost, host: SshHost,
+                                                                  tmp_path: Path) -> None:
+    """pywinrm takes a URL, not a socket: `local_port` listens here and tunnels each
+    connection over the host's SSH to its 127.0.0.1 (the WS-Management double listens
+    there: the lab host shares this machine's network)."""
+    with WinRMDouble(tmp_path / "guest", password="Tunnel-Pa55!") as double:
+        port = host.local_port(double.port)
+        assert port != double.port and host.local_port(double.port) == port  # one per port
+        endpoint = WinRMEndpoint(port=port, username="Administrator", password="Tunnel-Pa55!")
+        with WinRMTransport(endpoint) as winrm:
+            assert winrm.run("echo hello").check().stdout.strip() == "hello"
+    assert f"target 127.0.0.1 port {double.port}" in (lab.home / "lab.log").read_text()
+    host.close()  # the forward's listener closes with the connection
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_windows_domain_for_a_remote_host_is_made_there(lab: LabHost, host: SshHost,
+                                                         here: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden image and its NVRAM are staged by content, the overlay, the run's NVRAM
+    and the driver CD are made in the run's scratch dir on the host; none of them here."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
+    probe = here / "HotAddProbe.sys"
+    probe.write_bytes(b"MZ stand-in driver")
+    image = windows_golden.golden(here)
+    kind = WindowsKind(image, probe, allow_tcg=True)
+    kind.prepare(Progress(quiet=True))
+    local = windows_golden.hardware(here)
+    storage.remove_scratch(local.scratch)
+    hw = dataclasses.replace(local, host=host,
+                             scratch=storage.run_scratch(local.name, host))
+    spec = kind.domain_spec(hw)
+    try:
+        assert spec.remote and spec.nvram == hw.scratch / "OVMF_VARS.fd"
+        assert {d.path for d in spec.disks} | {c.path for c in spec.cdroms} == {
+            hw.scratch / "disk0.qcow2", hw.scratch / "driver.iso"}
+        golden_digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        info = host.run(["qemu-img", "info", str(hw.scratch / "disk0.qcow2")]).stdout
+        assert str(lab.cache / "files" / golden_digest) in info  # backed by the staged copy
+        nvram = windows_image.nvram_path(image).read_bytes()
+        assert lab.inside(hw.scratch / "OVMF_VARS.fd").read_bytes() == nvram
+        assert lab.inside(hw.scratch / "driver.iso").stat().st_size > 0
+        assert not local.scratch.exists()
+        assert b"Run-Pa55word!" not in b"".join(
+            p.read_bytes() for p in lab.inside(lab.cache).rglob("*") if p.is_file())
+    finally:
+        storage.remove_scratch(hw.scratch, host)

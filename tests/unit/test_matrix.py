@@ -219,18 +219,6 @@ def test_remote_hosts_a_run_cannot_use_are_refused(tmp_path: Path, uri: str,
     assert "[hosts.kvm7]" in err.value.problem and message in err.value.problem
 
 
-def test_windows_cases_on_a_remote_host_are_refused_when_the_file_is_read(tmp_path: Path) -> None:
-    image, driver = tmp_path / "ws.qcow2", tmp_path / "probe.sys"
-    image.write_bytes(b"")
-    driver.write_bytes(b"")
-    with pytest.raises(InputError, match="Windows guests on a remote libvirt host"):
-        load_matrix(matrix_file(
-            tmp_path, f'[guests.ws]\nguest = "windows"\nimage = "{image}"\n'
-            f'driver = "{driver}"\n[groups.g]\n[[groups.g.scenario]]\n',
-            hosts='[hosts.kvm7]\nuri = "qemu+ssh://lab@kvm7/system"\nvcpus = 8\n'
-                  'memory = 8192\n'))
-
-
 @pytest.mark.parametrize(("uri", "message"), [
     ("qemu:///embed?root=/tmp/x", "a matrix gives each worker its own root"),
     ("xen:///system", "is not a QEMU libvirt URI"),

@@ -7,6 +7,7 @@ CLI in its own process (this test process holds an embedded libvirt driver)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,14 +17,21 @@ import socket
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import paths
-from harness.guests import reference
-from harness.host import staging
+from harness.guests import reference, windows_setup
+from harness.guests.windows_kind import WindowsKind
+from harness.host import staging, storage
+from harness.host.connection import open_connection
+from harness.host.machine import Machine
+from harness.host.target import SshAddress, SshHost
+from harness.progress import Progress
+from tests.support import windows_golden
 from tests.support.lab_host import LabHost, lab_host
 from tests.support.processes import run_hotadd
 
@@ -102,3 +110,36 @@ def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: 
     assert left[0] in swept.stdout
     assert _domains(lab) == [] and _host_dir(lab, "scratch") == []
     assert not part.exists()
+
+
+def test_a_windows_domain_starts_on_the_remote_host_and_takes_a_hotadd(
+        lab: LabHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Windows guest kind's domain (a blank stand-in golden disk: no OS boots) on the lab
+    host: its disk an overlay there on the staged golden image, UEFI with the NVRAM copied
+    there, a vCPU hot-add through libvirt's ssh transport."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
+    probe = tmp_path / "HotAddProbe.sys"
+    probe.write_bytes(b"MZ stand-in driver")
+    image = windows_golden.golden(tmp_path)
+    kind = WindowsKind(image, probe, allow_tcg=True)
+    kind.prepare(Progress(quiet=True))
+    host = SshHost(SshAddress.of(lab.uri), cache=lab.cache)
+    conn = open_connection(lab.uri)
+    try:
+        local = windows_golden.hardware(tmp_path)
+        storage.remove_scratch(local.scratch)
+        hw = dataclasses.replace(local, host=host, scratch=storage.run_scratch(local.name, host))
+        with Machine.start(conn, kind.domain_spec(hw), hw.scratch, host) as machine:
+            root = ET.fromstring(machine.dom.XMLDesc(0))
+            backing = root.find("devices/disk[@device='disk']/backingStore/source")
+            digest = hashlib.sha256(image.read_bytes()).hexdigest()
+            assert backing is not None
+            assert backing.get("file") == str(lab.cache / staging.FILES / digest)
+            assert machine.qemu_pid() is None  # its QEMU is the host's, not this machine's
+            assert machine.qemu_view().present == 2
+            assert machine.hotadd().libvirt_id == 2 and machine.qemu_view().present == 3
+        assert not lab.inside(hw.scratch).exists()
+        assert _domains(lab) == []
+    finally:
+        conn.close()
+        host.close()
