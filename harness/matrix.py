@@ -44,7 +44,7 @@ from harness.errors import InputError
 from harness.host.capacity import Capacity
 from harness.host.remote import check_run
 from harness.host.target import check_remote_uri, is_remote_uri
-from harness.scenario import ScenarioSpec, guest_kind
+from harness.spec import ScenarioSpec, guest_kind
 
 LOCAL_EMBED = "qemu:///embed"
 #: run options a scenario may not set, because the matrix decides them, and what does instead
