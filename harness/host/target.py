@@ -22,6 +22,7 @@ import getpass
 import hashlib
 import os
 import random
+import select
 import shlex
 import shutil
 import socket
@@ -370,19 +371,32 @@ class SshHost(HostTarget):
 
     def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
         command = shlex.join(argv)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        deadline = time.monotonic() + timeout
         try:
             chan = self._transport().open_session(timeout=self.connect_timeout)
-            chan.settimeout(timeout)
-            chan.exec_command(command)
-            chan.shutdown_write()
-            out = chan.makefile("rb").read()
-            err = chan.makefile_stderr("rb").read()
-            rc = chan.recv_exit_status()
-            chan.close()
+            try:
+                chan.exec_command(command)
+                chan.shutdown_write()
+                # both streams drained as they come: a full stderr window never stalls stdout
+                while not (chan.exit_status_ready() and chan.eof_received
+                           and not chan.recv_ready() and not chan.recv_stderr_ready()):
+                    if chan.recv_ready():
+                        out.append(chan.recv(_CHUNK))
+                    elif chan.recv_stderr_ready():
+                        err.append(chan.recv_stderr(_CHUNK))
+                    elif time.monotonic() > deadline:
+                        raise TimeoutError(f"no exit after {timeout:.0f}s")
+                    else:
+                        select.select([chan], [], [], 0.5)
+                rc = chan.recv_exit_status()
+            finally:
+                chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._failed(f"running {command[:200]} failed", exc) from None
-        return RunResult(tuple(argv), rc, out.decode(errors="replace"),
-                         err.decode(errors="replace"))
+        return RunResult(tuple(argv), rc, b"".join(out).decode(errors="replace"),
+                         b"".join(err).decode(errors="replace"))
 
     # -- files --------------------------------------------------------------------------------
 
