@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -36,7 +37,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.processes import stop
+from tests.support.processes import qemu_pids_mentioning, stop
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -150,12 +151,27 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
             _wait("the lab host's sshd", lambda: _listening(port), procs, log)
             yield host
         finally:
+            if libvirtd and _listening(port):  # a test that failed half-way: its domains
+                _destroy_domains(LabHost(port, home, cache, key, known, ssh_command, anchor.pid))
             for proc in reversed(procs):
                 stop(proc)
+            leftover = qemu_pids_mentioning(str(home))
+            for pid in leftover:  # started by this fixture's libvirtd, so ours to end
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             if made_privsep:
                 with contextlib.suppress(OSError):
                     privsep.rmdir()
             shutil.rmtree(home, ignore_errors=True)
+            assert not leftover, f"QEMU {leftover} of the lab host outlived its runs (killed)"
+
+
+def _destroy_domains(host: LabHost) -> None:
+    names = subprocess.run(["virsh", "-c", host.uri, "list", "--name"], capture_output=True,
+                           text=True, timeout=120, check=False).stdout.split()
+    for name in names:
+        subprocess.run(["virsh", "-c", host.uri, "destroy", name], capture_output=True,
+                       timeout=120, check=False)
 
 
 def _listening(port: int) -> bool:
