@@ -143,3 +143,20 @@ def test_a_windows_domain_starts_on_the_remote_host_and_takes_a_hotadd(
     finally:
         conn.close()
         host.close()
+
+
+def test_a_matrix_case_runs_on_the_remote_host(lab: LabHost, tmp_path: Path) -> None:
+    """`hotadd matrix` with a host table naming the lab host's URI: the case runs there (one
+    worker), its JUnit properties name that host, and nothing of it stays there."""
+    matrix = tmp_path / "lab.toml"
+    matrix.write_text(f'[hosts.lab]\nuri = "{lab.uri}"\nvcpus = 4\nmemory = 1024\n'
+                      '[groups.g]\n[[groups.g.scenario]]\nname = "add"\nadds = 1\n')
+    junit, art = tmp_path / "lab.xml", tmp_path / "art"
+    proc = run_hotadd("matrix", str(matrix), "--workers", "1", "--junitxml", str(junit),
+                      "--artifacts", str(art), env=lab.env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    (case,) = ET.parse(junit).iter("testcase")
+    props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+    assert case.get("name") == "g/add@lab/reference"
+    assert props["hotadd.verdict"] == "pass" and props["hotadd.host.uri"] == lab.uri
+    assert _host_dir(lab, "scratch") == [] and _domains(lab) == []
