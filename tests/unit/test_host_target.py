@@ -4,7 +4,6 @@ scratch dirs, the dialer, and the remote refusals. The host is `tests/support/la
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import socket
@@ -16,12 +15,10 @@ import pytest
 
 from harness.errors import InfrastructureError, InputError
 from harness.guests import windows_image, windows_setup
-from harness.guests.windows_kind import WindowsKind
 from harness.host import staging, storage
 from harness.host.domain import GuestOS
 from harness.host.remote import check_run
 from harness.host.target import LOCAL, SshAddress, SshHost, is_remote_uri, target_for
-from harness.progress import Progress
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 from tests.support import windows_golden
 from tests.support.lab_host import LabHost, lab_host
@@ -211,15 +208,10 @@ def test_a_windows_domain_for_a_remote_host_is_made_there(lab: LabHost, host: Ss
     """The golden image and its NVRAM are staged by content, the overlay, the run's NVRAM
     and the driver CD are made in the run's scratch dir on the host; none of them here."""
     monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
-    probe = here / "HotAddProbe.sys"
-    probe.write_bytes(b"MZ stand-in driver")
-    image = windows_golden.golden(here)
-    kind = WindowsKind(image, probe, allow_tcg=True)
-    kind.prepare(Progress(quiet=True))
-    local = windows_golden.hardware(here)
-    storage.remove_scratch(local.scratch)
-    hw = dataclasses.replace(local, host=host,
-                             scratch=storage.run_scratch(local.name, host))
+    kind = windows_golden.prepared_kind(here)
+    assert kind.image is not None
+    image = kind.image
+    hw = windows_golden.remote_hardware(here, host)
     spec = kind.domain_spec(hw)
     try:
         assert spec.remote and spec.nvram == hw.scratch / "OVMF_VARS.fd"
@@ -231,7 +223,6 @@ def test_a_windows_domain_for_a_remote_host_is_made_there(lab: LabHost, host: Ss
         nvram = windows_image.nvram_path(image).read_bytes()
         assert lab.inside(hw.scratch / "OVMF_VARS.fd").read_bytes() == nvram
         assert lab.inside(hw.scratch / "driver.iso").stat().st_size > 0
-        assert not local.scratch.exists()
         assert b"Run-Pa55word!" not in b"".join(
             p.read_bytes() for p in lab.inside(lab.cache).rglob("*") if p.is_file())
     finally:

@@ -7,7 +7,6 @@ CLI in its own process (this test process holds an embedded libvirt driver)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -25,12 +24,10 @@ import pytest
 
 from harness import paths
 from harness.guests import reference, windows_setup
-from harness.guests.windows_kind import WindowsKind
-from harness.host import staging, storage
+from harness.host import staging
 from harness.host.connection import open_connection
 from harness.host.machine import Machine
 from harness.host.target import SshAddress, SshHost
-from harness.progress import Progress
 from tests.support import windows_golden
 from tests.support.lab_host import LabHost, lab_host
 from tests.support.processes import run_hotadd
@@ -118,17 +115,13 @@ def test_a_windows_domain_starts_on_the_remote_host_and_takes_a_hotadd(
     host: its disk an overlay there on the staged golden image, UEFI with the NVRAM copied
     there, a vCPU hot-add through libvirt's ssh transport."""
     monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
-    probe = tmp_path / "HotAddProbe.sys"
-    probe.write_bytes(b"MZ stand-in driver")
-    image = windows_golden.golden(tmp_path)
-    kind = WindowsKind(image, probe, allow_tcg=True)
-    kind.prepare(Progress(quiet=True))
+    kind = windows_golden.prepared_kind(tmp_path)
+    assert kind.image is not None
+    image = kind.image
     host = SshHost(SshAddress.of(lab.uri), cache=lab.cache)
     conn = open_connection(lab.uri)
     try:
-        local = windows_golden.hardware(tmp_path)
-        storage.remove_scratch(local.scratch)
-        hw = dataclasses.replace(local, host=host, scratch=storage.run_scratch(local.name, host))
+        hw = windows_golden.remote_hardware(tmp_path, host)
         with Machine.start(conn, kind.domain_spec(hw), hw.scratch, host) as machine:
             root = ET.fromstring(machine.dom.XMLDesc(0))
             backing = root.find("devices/disk[@device='disk']/backingStore/source")
