@@ -33,7 +33,13 @@ from harness.host.domain import (
     Forward,
     GuestOS,
 )
-from harness.host.target import HostTarget, check_remote_uri, is_remote_uri
+from harness.host.target import (
+    REMOTE_CACHE_DEFAULT,
+    REMOTE_CACHE_ENV,
+    HostTarget,
+    check_remote_uri,
+    is_remote_uri,
+)
 
 SERIAL_NAME = "serial.log"
 
@@ -115,6 +121,13 @@ def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -
             raise InputError(f"{target.description}'s libvirt knows no UEFI firmware "
                              f"{OVMF_CODE} (it has: {', '.join(caps.loaders) or 'none'})",
                              "apt-get install ovmf on that host")
+    blocked = target.unsearchable(scratch)
+    if blocked is not None:
+        raise InputError(f"{blocked} on {target.description} is not searchable by other users: "
+                         "QEMU under its system libvirtd runs as an unprivileged user and could "
+                         "not open the run's files", f"chmod o+x {blocked} there, or set "
+                         f"{REMOTE_CACHE_ENV} to a directory others can search (the default "
+                         f"{REMOTE_CACHE_DEFAULT})")
     moved: dict[Path, Path] = {}
     staged = []
     for path in spec.input_files():

@@ -132,6 +132,18 @@ class HostTarget(abc.ABC):
         transports that take an address, not a socket (pywinrm's URL). Local: `port`."""
         return port
 
+    def unsearchable(self, path: Path) -> Path | None:
+        """The first of `path` and its parents (from the root down) that other users cannot
+        search, or None: QEMU under a system libvirtd runs as an unprivileged user."""
+        for p in [*reversed(path.parents), path]:
+            if not self.mode(p) & 0o001:
+                return p
+        return None
+
+    @abc.abstractmethod
+    def mode(self, path: Path) -> int:
+        """A file's st_mode."""
+
     def sha256(self, path: Path) -> str:
         """The sha256 of a file on the host (sha256sum there: no copy back)."""
         out = self.run(["sha256sum", "--", str(path)])
@@ -196,6 +208,9 @@ class LocalHost(HostTarget):
 
     def exists(self, path: Path) -> bool:
         return path.exists()
+
+    def mode(self, path: Path) -> int:
+        return path.stat().st_mode
 
     def rename(self, src: Path, dst: Path) -> None:
         os.replace(src, dst)
@@ -483,6 +498,13 @@ class SshHost(HostTarget):
         except (OSError, paramiko.SSHException) as exc:
             raise self._failed(f"cannot look at {path}", exc) from None
         return True
+
+    def mode(self, path: Path) -> int:
+        try:
+            with self._lock:
+                return self._files().stat(str(path)).st_mode or 0
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot look at {path}", exc) from None
 
     def rename(self, src: Path, dst: Path) -> None:
         try:

@@ -16,8 +16,8 @@ import pytest
 from harness.errors import InfrastructureError, InputError
 from harness.guests import windows_image, windows_setup
 from harness.host import staging, storage
-from harness.host.domain import GuestOS
-from harness.host.remote import check_run
+from harness.host.domain import DirectBoot, DomainSpec, GuestOS, Topology, VcpuPlan
+from harness.host.remote import HostCaps, check_run, place
 from harness.host.target import LOCAL, SshAddress, SshHost, is_remote_uri, target_for
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 from tests.support import windows_golden
@@ -147,6 +147,24 @@ def test_overlay_and_scratch_live_on_the_host(lab: LabHost, host: SshHost, here:
     assert not lab.inside(scratch).exists()
     with pytest.raises(InfrastructureError, match="refusing to remove"):
         host.remove(Path("/var/tmp"))
+
+
+def test_a_cache_qemu_could_not_reach_is_refused_before_staging(lab: LabHost,
+                                                                 tmp_path: Path) -> None:
+    private = lab.inside(lab.cache / "private")
+    private.mkdir(mode=0o700)
+    host = SshHost(SshAddress.of(lab.uri), cache=lab.cache / "private" / "cache")
+    try:
+        scratch = storage.run_scratch("hotadd-ref-test0002", host)
+        spec = DomainSpec(name="hotadd-ref-test0002", vcpus=VcpuPlan(Topology(sockets=1, dies=1, cores=2), 1),
+                          guest_os=GuestOS.REFERENCE, serial_log=tmp_path / "serial.log",
+                          direct_boot=DirectBoot(tmp_path / "k", tmp_path / "i", ""),
+                          remote=True)
+        with pytest.raises(InputError, match=r"private on host .* is not searchable"):
+            place(host, spec, scratch, HostCaps("/usr/bin/qemu-system-x86_64", False, ()))
+        assert not lab.inside(lab.cache / "private" / "cache" / "files").exists()
+    finally:
+        host.close()
 
 
 def test_the_dialer_reaches_the_hosts_loopback_over_ssh(host: SshHost) -> None:
