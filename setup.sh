@@ -25,6 +25,8 @@ APT_PACKAGES=(
   xorriso wimtools 7zip mingw-w64
   # headless browser for looking at the HTML report in tests
   chromium
+  # the tests' second libvirt host, reached over SSH (tests/support/lab_host.py)
+  openssh-server
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

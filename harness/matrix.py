@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 from harness.commands.run import GUEST_GROUP, add_arguments, spec_from_args
 from harness.errors import InputError
 from harness.host.capacity import Capacity
+from harness.host.remote import check_run
+from harness.host.target import check_remote_uri, is_remote_uri
 from harness.spec import ScenarioSpec, guest_kind
 
 LOCAL_EMBED = "qemu:///embed"
@@ -58,7 +60,6 @@ HOST_KEYS = ("uri", "vcpus", "memory", "description")
 SELECTORS = ("hosts", "guests")
 GROUP_KEYS = ("description", "scenario", *SELECTORS)
 SCENARIO_KEYS = ("name", "description", *SELECTORS)
-REMOTE_ITEM = "issue 14 item 3"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -183,15 +184,16 @@ def _names(value: object, known: Sequence[str], what: str, where: str) -> tuple[
 
 
 def check_host_uri(name: str, uri: str) -> None:
-    """Accept the local libvirt URIs; refuse remote ones until remote hosts exist."""
+    """Accept the local libvirt URIs and remote hosts over qemu+ssh:// (a host's system
+    libvirtd; `harness.host.target`)."""
     where = f"[hosts.{name}]"
     parts = urlsplit(uri)
-    remote = parts.netloc or (parts.scheme.startswith("qemu+") and parts.scheme != "qemu+unix")
-    if remote:
-        _fail(where, f"{uri} is a remote libvirt host: remote hosts are not yet supported "
-              f"({REMOTE_ITEM}: guest files staged over SFTP, transports tunnelled over the "
-              "host's SSH, remote sweep)",
-              f'run on the local host (uri = "{LOCAL_EMBED}") until remote hosts land')
+    if is_remote_uri(uri):
+        try:
+            check_remote_uri(uri)
+        except InputError as exc:
+            _fail(where, exc.problem, exc.fix or "")
+        return
     if parts.scheme not in ("qemu", "qemu+unix"):
         _fail(where, f"{uri} is not a QEMU libvirt URI", f'use "{LOCAL_EMBED}" or '
               '"qemu:///system"')
@@ -307,6 +309,10 @@ def needs(spec: ScenarioSpec) -> Capacity:
 def _case(group: str, scenario: str, values: str, host: MatrixHost, guest: str,
           options: Mapping[str, object], base: Path, where: str) -> MatrixCase:
     spec = build_spec(options, base, where)
+    try:
+        check_run(host.uri, spec.guest)  # what a remote host cannot run yet, before any run
+    except InputError as exc:
+        _fail(where, exc.problem, exc.fix or "")
     need = needs(spec)
     if not host.capacity.fits(need):
         _fail(where, f"needs {need.vcpus} vCPUs and {need.memory_mib} MiB but host "

@@ -16,11 +16,12 @@ import libvirt
 from harness import __version__, interrupts, warm
 from harness.errors import InputError
 from harness.guests.base import GuestKind, HardwareRequest, Session
-from harness.host import accel, storage
+from harness.host import accel, remote, storage
 from harness.host.connection import open_connection, versions
 from harness.host.domain import Accelerator
 from harness.host.machine import Machine
 from harness.host.sweep import sweep
+from harness.host.target import LOCAL, HostTarget, target_for
 from harness.progress import Progress
 from harness.spec import ScenarioSpec
 from harness.warm import BOOTED, COLD, StartInfo
@@ -38,29 +39,37 @@ class Host:
     conn: libvirt.virConnect
     accelerator: Accelerator
     versions: Mapping[str, str]
+    target: HostTarget = LOCAL  # where QEMU and its files are (harness.host.target)
 
 
 @contextlib.contextmanager
 def open_host(spec: ScenarioSpec, progress: Progress) -> Iterator[Host]:
     """Resolve the accelerator, connect to libvirt and sweep what crashed runs left behind."""
-    choice = accel.resolve(spec.accelerator)
-    progress.say(f"accelerator: {choice.accelerator.value} ({choice.reason})")
+    target = target_for(spec.libvirt_uri)
+    if not target.remote:
+        choice = accel.resolve(spec.accelerator)
+        progress.say(f"accelerator: {choice.accelerator.value} ({choice.reason})")
     with progress.stage("connect", "libvirt"):
         conn = open_connection(spec.libvirt_uri)
         try:
+            if target.remote:  # the host's own facts, through its libvirt and SSH
+                choice = remote.resolve_accel(spec.accelerator, remote.host_caps(conn), target)
+                progress.say(f"accelerator: {choice.accelerator.value} ({choice.reason})")
             found = dataclasses.asdict(versions(conn))
-            swept = sweep(conn)
+            swept = sweep(conn, target)
         except BaseException:
             conn.close()
+            target.close()
             raise
         if (swept.removed_domains or swept.removed_scratch or swept.pruned_logs
                 or swept.removed_saved):
             progress.say(swept.describe())
     try:
         yield Host(conn, choice.accelerator, {**base_versions(), **found,
-                                              "accelerator": choice.accelerator.value})
+                                              "accelerator": choice.accelerator.value}, target)
     finally:
         conn.close()
+        target.close()
 
 
 class Guest:
@@ -91,19 +100,19 @@ class Guest:
             # From the scratch dir to the teardown registered below, a Ctrl-C waits (it would
             # leave a QEMU or a scratch dir nobody tears down); it is raised at the block's end.
             with interrupts.shielded():
-                scratch = storage.run_scratch(name)
+                scratch = storage.run_scratch(name, host.target)
                 hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan,
                                      accelerator=host.accelerator, run_dir=run_dir,
                                      scratch=scratch, memory_mib=spec.memory_mib,
-                                     firmware=spec.firmware)
+                                     firmware=spec.firmware, host=host.target)
                 try:
                     domain_spec = kind.domain_spec(hw)
                 except BaseException:
-                    storage.remove_scratch(scratch)
+                    storage.remove_scratch(scratch, host.target)
                     raise
                 with progress.stage("boot", f"{name} ({spec.vcpu_plan.boot} of "
                                             f"{spec.vcpu_plan.maximum} vCPUs, {spec.topology})"):
-                    machine = Machine.start(host.conn, domain_spec, scratch)
+                    machine = Machine.start(host.conn, domain_spec, scratch, host.target)
                 guest = cls(spec, kind, host, machine)
                 owned.callback(guest._teardown, progress)
             yield guest
@@ -121,9 +130,9 @@ class Guest:
               name: str, run_dir: Path) -> Iterator[Guest]:
         """`boot` with `spec.cold`; otherwise restore the saved guest of this hardware
         (`harness.warm`), saving one first if there is none."""
-        if spec.cold:
+        if spec.cold or host.target.remote:
             with cls.boot(spec, kind, host, progress, name, run_dir) as guest:
-                guest.start_info = COLD
+                guest.start_info = COLD if spec.cold else warm.REMOTE
                 yield guest
             return
         with contextlib.ExitStack() as owned:

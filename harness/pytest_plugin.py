@@ -48,6 +48,7 @@ from harness.host import accel
 from harness.host.domain import Accelerator, GuestOS, Topology
 from harness.host.machine import HotplugMethod, run_name
 from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
+from harness.host.target import is_remote_uri
 from harness.observation import AddOutcome
 from harness.pool import Guest, Host, open_host
 from harness.progress import Progress
@@ -186,11 +187,18 @@ def base_spec(config: pytest.Config) -> ScenarioSpec:
     boot: int = config.getoption("hotadd_boot_vcpus")
     if max_vcpus < 1:
         raise InputError(f"--hotadd-max-vcpus {max_vcpus} must be >= 1", "give a positive count")
+    uri = config.getoption("hotadd_libvirt_uri")
+    if is_remote_uri(uri):
+        raise InputError(f"--hotadd-libvirt-uri {uri} is a remote host: the session's guest is "
+                         "saved once and restored for every test (virDomainSave), which "
+                         "remote hosts do not support yet",
+                         "run the plugin on the host itself; 'hotadd run' and 'hotadd matrix' "
+                         "run on remote hosts")
     return ScenarioSpec(
         guest=GuestOS(config.getoption("hotadd_guest")),
         topology=Topology(sockets=1, dies=1, cores=max_vcpus, threads=1), boot_vcpus=boot,
         adds=0, accelerator=Accelerator(config.getoption("hotadd_accel")),
-        libvirt_uri=config.getoption("hotadd_libvirt_uri"),
+        libvirt_uri=uri,
         keep_on_failure=config.getoption("hotadd_keep_on_failure"),
         ready_timeout=config.getoption("hotadd_ready_timeout"),
         image=config.getoption("hotadd_image"), driver=config.getoption("hotadd_driver"))

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.errors import InputError
 from harness.guests.base import GuestKind, ProbeSettings
+from harness.host import remote
 from harness.host.connection import check_uri
 from harness.host.domain import Accelerator, Firmware, GuestOS, Topology, VcpuPlan
 from harness.host.machine import HotplugMethod
@@ -113,6 +114,7 @@ class ScenarioSpec:
                                  f"give {name} in seconds, e.g. 60")
         if self.libvirt_uri is not None:
             check_uri(self.libvirt_uri)
+            remote.check_run(self.libvirt_uri, self.guest)
 
     def check_veto_reached(self) -> None:
         """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),

@@ -67,6 +67,8 @@ class StartInfo:
 
 BOOTED = StartInfo(warm=False)
 COLD = StartInfo(warm=False, note="--cold")
+#: a remote libvirt host boots its guests: the saved-guest store is on this machine only
+REMOTE = StartInfo(warm=False, note="remote host: saved guests are not kept there yet")
 
 
 def normalised_xml(spec: DomainSpec, hw: HardwareRequest) -> str:

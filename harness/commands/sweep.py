@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import argparse
 
-from harness.errors import Outcome, exit_code
-from harness.host.connection import default_uri, open_connection
+from harness.errors import InputError, Outcome, exit_code
+from harness.host.connection import check_uri, default_uri, open_connection
 from harness.host.sweep import other_uris, sweep, sweep_elsewhere
+from harness.host.target import target_for
 
 
 def _command(args: argparse.Namespace) -> int:
-    uri = args.libvirt_uri or default_uri()
+    if args.host and args.libvirt_uri and args.host != args.libvirt_uri:
+        raise InputError("--host and --libvirt-uri name two different libvirts",
+                         "give one of them (--host URI sweeps that host)")
+    uri = args.host or args.libvirt_uri or default_uri()
+    check_uri(uri)
+    target = target_for(uri)
     conn = open_connection(uri)
     try:
-        print(sweep(conn).describe())
+        print(sweep(conn, target).describe())
     finally:
         conn.close()
+        target.close()
+    if target.remote:  # the other roots are this machine's: `hotadd sweep --all` here
+        return exit_code(Outcome.PASS)
     others = other_uris(uri)
     if not others:
         return exit_code(Outcome.PASS)
@@ -36,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("sweep", help="remove domains and overlays left by crashed runs")
     p.add_argument("--libvirt-uri", default=None,
                    help=f"libvirt URI (default: {default_uri()})")
+    p.add_argument("--host", default=None, metavar="URI",
+                   help="sweep this libvirt host, e.g. qemu+ssh://root@kvm7/system: its "
+                        "domains and scratch dirs left by crashed runs of this machine")
     p.add_argument("--all", action="store_true",
                    help="also sweep every other libvirt root hotadd used on this host, and the "
                         "roots of hotadd QEMU processes still running")

@@ -17,6 +17,7 @@ from harness.clock import ClockSample
 from harness.errors import InputError, TransportError
 from harness.host.domain import Accelerator, DomainSpec, Firmware, GuestOS, VcpuPlan
 from harness.host.machine import Machine
+from harness.host.target import LOCAL, HostTarget
 from harness.progress import Progress
 from harness.transport.base import Transport
 
@@ -68,6 +69,7 @@ class HardwareRequest:
     scratch: Path
     memory_mib: int | None = None  # None: the guest kind's default
     firmware: Firmware | None = None  # None: the guest kind's default
+    host: HostTarget = LOCAL  # where `scratch` is and QEMU runs (harness.host.target)
 
 
 class Session(abc.ABC):

@@ -37,6 +37,7 @@ from harness.clock import ClockSample
 from harness.errors import InfrastructureError, InputError, TransportError
 from harness.guests.cpio import CpioWriter
 from harness.host.health import ConsoleAlarm, Severity
+from harness.host.target import LOCAL, HostTarget
 from harness.progress import Progress
 from harness.transport.base import Transport
 from harness.transport.ssh import SshTransport
@@ -626,10 +627,12 @@ def _build_into(root: Path, final: Path, v: _Versions, progress: Progress) -> Re
 # -- guest-side operations --------------------------------------------------------------------
 
 
-def connect(image: ReferenceImage, port: int) -> SshTransport:
-    """An SSH transport to the guest through the host's 127.0.0.1:`port` forward (lazy)."""
+def connect(image: ReferenceImage, port: int, host: HostTarget = LOCAL) -> SshTransport:
+    """An SSH transport to the guest through the libvirt host's 127.0.0.1:`port` forward
+    (lazy; over the host's SSH when it is another machine: the guest's key stays here)."""
     return SshTransport("127.0.0.1", port, username=GUEST_USER, private_key=image.private_key,
-                        host_key_line=image.host_key_line)
+                        host_key_line=image.host_key_line, dial=host.dialer(),
+                        via=host.description if host.remote else "")
 
 
 def load_probe(t: Transport, params: ProbeParams) -> None:

@@ -137,7 +137,7 @@ class ReferenceKind(GuestKind):
         machine.watch_console(reference.CONSOLE_ALARMS)
         machine.wait_serial(re.escape(reference.READY_MARKER), timeout,
                             tick=lambda: progress.waiting("boot", "the guest's ready marker", t0))
-        transport = reference.connect(self.image, machine.forwarded_port(22))
+        transport = reference.connect(self.image, machine.forwarded_port(22), machine.host)
         remaining = max(5.0, timeout - (time.monotonic() - t0))
         transport.wait_ready(
             remaining, still_alive=machine.check_alive,

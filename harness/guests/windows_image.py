@@ -78,6 +78,7 @@ from harness.host.domain import (
 )
 from harness.host.machine import Machine, check_system_qemu_can_reach, free_port, run_name
 from harness.host.sweep import sweep
+from harness.host.target import is_remote_uri
 from harness.progress import Progress, throttled
 from harness.transport.winrm import WinRMEndpoint, WinRMTransport
 
@@ -133,6 +134,12 @@ class ImageBuildSpec:
         if not self.output.parent.is_dir():
             raise InputError(f"the output directory {self.output.parent} does not exist",
                              "create it first")
+        if is_remote_uri(self.libvirt_uri):
+            raise InputError(f"--libvirt-uri {self.libvirt_uri} is a remote host: building a "
+                             "golden image there is not supported (the ISOs, the provisioning "
+                             "media and the new disk would all have to live on that host)",
+                             "build the image on the KVM host itself (qemu:///system or the "
+                             "default), then run scenarios on it")
 
     @property
     def logs(self) -> Path:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from harness.clock import ClockSample
-from harness.errors import InputError
+from harness.errors import InfrastructureError, InputError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import (
     GuestFacts,
@@ -25,7 +26,7 @@ from harness.guests.base import (
     Session,
     blaming_the_guest,
 )
-from harness.host import storage
+from harness.host import staging, storage
 from harness.host.domain import (
     Accelerator,
     Cdrom,
@@ -141,7 +142,7 @@ def _firmware(hw: HardwareRequest, installed: Firmware | None) -> Firmware:
 
 
 def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | None,
-          driver_iso: Path, planned: bool = False) -> DomainSpec:
+          driver_iso: Path, planned: bool = False, remote: bool = False) -> DomainSpec:
     return DomainSpec(
         name=hw.name, vcpus=hw.vcpus, guest_os=GuestOS.WINDOWS,
         serial_log=hw.run_dir / "serial.log",
@@ -149,6 +150,7 @@ def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | Non
         firmware=firmware, accelerator=hw.accelerator, nvram=nvram, disks=(disk,),
         cdroms=(Cdrom(driver_iso),),
         forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),), planned=planned,
+        remote=remote,
     )
 
 
@@ -204,6 +206,8 @@ class WindowsKind(GuestKind):
                              "run the Windows scenario on a KVM host (--accel kvm)")
         m = self.manifest
         firmware = _firmware(hw, Firmware(m.firmware))
+        if hw.host.remote:
+            return self._remote_spec(hw, firmware)
         nvram = None
         if firmware is Firmware.UEFI:
             nvram = hw.scratch / "OVMF_VARS.fd"
@@ -213,14 +217,45 @@ class WindowsKind(GuestKind):
                 nvram.chmod(0o644)
             else:
                 nvram = storage.nvram_copy(hw.scratch)
-        tree = hw.scratch / "driver-iso"
+        iso = self._driver_iso(hw.scratch)
+        disk = Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus))
+        return _spec(hw, firmware, disk, nvram, iso)
+
+    def _driver_iso(self, work: Path) -> Path:
+        """The driver CD (the probe driver and its control script) as work/driver.iso."""
+        assert self.driver is not None
+        tree = work / "driver-iso"
         tree.mkdir()
         shutil.copyfile(self.driver, tree / DRIVER_FILE)
         shutil.copyfile(windows_control.PROBE_SCRIPT, tree / windows_control.PROBE_SCRIPT.name)
-        iso = windows_setup.build_iso(tree, hw.scratch / "driver.iso", windows_setup.DRIVER_LABEL)
+        iso = windows_setup.build_iso(tree, work / "driver.iso", windows_setup.DRIVER_LABEL)
         shutil.rmtree(tree)
-        disk = Disk(storage.overlay(self.image, hw.scratch), bus=DiskBus(m.disk_bus))
-        return _spec(hw, firmware, disk, nvram, iso)
+        return iso
+
+    def _remote_spec(self, hw: HardwareRequest, firmware: Firmware) -> DomainSpec:
+        """On a remote host: the golden image and its NVRAM staged there by content (sent once
+        per host, `harness.host.staging`), the overlay and the run's NVRAM copy made there,
+        the driver CD built here and sent into the run's scratch dir. The password is none of
+        these: it stays in this process (WinRM's Basic auth over the tunnel)."""
+        assert self.image is not None
+        host, m = hw.host, self.manifest
+        nvram = None
+        if firmware is Firmware.UEFI:
+            kept = self.image.with_name(m.nvram) if m.nvram else None
+            if kept is None or not kept.is_file():
+                raise InputError(f"{self.image} has no NVRAM file beside it: a run on a remote "
+                                 "host starts from the image's own", "use an image made by "
+                                 "'hotadd image build' (it keeps the NVRAM beside the image)")
+            nvram = hw.scratch / "OVMF_VARS.fd"
+            copied = host.run(["cp", "--", str(staging.stage(host, kept).remote), str(nvram)])
+            if copied.rc != 0:
+                raise InfrastructureError(f"{host.description}: cannot copy the NVRAM: "
+                                          f"{copied.stderr.strip()}", "check its disk space")
+        with tempfile.TemporaryDirectory(prefix="hotadd-driver-") as work:
+            host.put(self._driver_iso(Path(work)), hw.scratch / "driver.iso")
+        golden = staging.stage(host, self.image).remote
+        disk = Disk(storage.overlay(golden, hw.scratch, host=host), bus=DiskBus(m.disk_bus))
+        return _spec(hw, firmware, disk, nvram, hw.scratch / "driver.iso", remote=True)
 
     def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
         """From the image's manifest if there is one, else the image build's defaults (UEFI,
@@ -236,8 +271,9 @@ class WindowsKind(GuestKind):
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> Session:
         assert self._password is not None
-        transport = WinRMTransport(WinRMEndpoint(
-            port=machine.forwarded_port(WINRM_PORT), username=self.manifest.user,
+        transport = WinRMTransport(WinRMEndpoint(  # on a remote host, through its SSH
+            port=machine.host.local_port(machine.forwarded_port(WINRM_PORT)),
+            username=self.manifest.user,
             password=self._password))
         t0 = time.monotonic()
         transport.wait_ready(

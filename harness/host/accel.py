@@ -21,15 +21,20 @@ class AccelChoice:
     reason: str
 
 
+def cpu_flags_have_virt(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text shows vmx or svm (on any host: harness.host.remote)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            return "vmx" in flags or "svm" in flags
+    return False
+
+
 def _cpu_has_virt(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return "vmx" in flags or "svm" in flags
+        return cpu_flags_have_virt(cpuinfo.read_text())
     except OSError:
-        pass
-    return False
+        return False
 
 
 def kvm_status() -> AccelChoice:
@@ -46,9 +51,10 @@ def kvm_status() -> AccelChoice:
     return AccelChoice(Accelerator.KVM, "/dev/kvm is usable and the CPU has vmx/svm")
 
 
-def resolve(requested: Accelerator) -> AccelChoice:
-    """Turn auto into kvm or tcg; refuse an explicit kvm that cannot work."""
-    status = kvm_status()
+def resolve(requested: Accelerator, status: AccelChoice | None = None) -> AccelChoice:
+    """Turn auto into kvm or tcg; refuse an explicit kvm that cannot work. `status` is what
+    the host offers (default: this machine's `kvm_status()`; harness.host.remote for others)."""
+    status = status if status is not None else kvm_status()
     if requested is Accelerator.AUTO:
         return status
     if requested is Accelerator.KVM and status.accelerator is not Accelerator.KVM:

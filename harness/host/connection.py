@@ -24,6 +24,7 @@ import libvirt
 
 from harness import paths
 from harness.errors import InputError, LibvirtUnreachable
+from harness.host.target import is_remote_uri
 
 _loop_lock = threading.Lock()
 _loop_started = False
@@ -210,7 +211,8 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
     check_uri(uri)
     ensure_event_loop()
     conn = _open(uri) if root is None else _open_embedded(uri, root)
-    remember_uri(uri)
+    if not is_remote_uri(uri):  # the list is of this machine's libvirts (`hotadd sweep --all`)
+        remember_uri(uri)
     return conn
 
 

@@ -204,6 +204,8 @@ class DomainSpec:
     vnc: bool = False  # the screen on a VNC port libvirt picks, on 127.0.0.1 only
     #: only to be printed (--print-xml): its input files need not exist, nothing starts it
     planned: bool = field(default=False, compare=False)
+    #: its paths name files on a remote libvirt host (harness.host.remote): not checked here
+    remote: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name.startswith(NAME_PREFIX):
@@ -220,7 +222,7 @@ class DomainSpec:
         if self.direct_boot is None and not self.disks and not self.cdroms:
             raise InputError("the guest has nothing to boot from",
                              "give a kernel/initrd, a disk image or an ISO")
-        for path in [] if self.planned else self.input_files():
+        for path in [] if self.planned or self.remote else self.input_files():
             if not path.exists():
                 raise InputError(f"{path} does not exist",
                                  "build or download it first (see README), or fix the path")

@@ -41,7 +41,7 @@ from harness.errors import (
     NoFreeVcpuSlot,
     QemuFrozen,
 )
-from harness.host import bounded, saveimage, storage
+from harness.host import bounded, remote, saveimage, storage
 from harness.host.domain import (
     METADATA_NS,
     NAME_PREFIX,
@@ -52,8 +52,10 @@ from harness.host.domain import (
 )
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
 from harness.host.health import ConsoleAlarm, ConsoleWatch, HealthProblem, Severity
+from harness.host.remote import ConsoleMirror
 from harness.host.roots import process_stopped, qemu_pids_mentioning
 from harness.host.screenshot import ppm_to_png
+from harness.host.target import LOCAL, HostTarget
 
 #: The deadline of a libvirt call that should answer at once (a state, an XML, a QMP query).
 #: libvirt's own wait for a domain's job lock is 30 s (QEMU_JOB_WAIT_TIME,
@@ -144,7 +146,7 @@ class QemuView:
         return None
 
 
-def _create(conn: libvirt.virConnect, xml: str, name: str) -> libvirt.virDomain:
+def _create(conn: libvirt.virConnect, xml: str, name: str, local: bool) -> libvirt.virDomain:
     """virDomainCreateXML under START_TIMEOUT_S. Past the deadline, or at a signal (also one
     a `shielded()` block holds), the half-started domain is killed before this returns
     (QemuFrozen, or KeyboardInterrupt): the call goes on in its worker until QEMU is gone."""
@@ -159,10 +161,10 @@ def _create(conn: libvirt.virConnect, xml: str, name: str) -> libvirt.virDomain:
     try:
         return bounded.call(create, START_TIMEOUT_S, "createXML", abandonable=True)
     except bounded.CallTimedOut as late:
-        pids = qemu_pids_mentioning(f"guest={name},")
+        pids = qemu_pids_mentioning(f"guest={name},") if local else []
         stopped = [pid for pid in pids if process_stopped(pid)]
         with interrupts.shielded():
-            _abandon_start(conn, name, finished)
+            _abandon_start(conn, name, finished, local)
         how = (f"its QEMU process {stopped[0]} is stopped (SIGSTOP or a debugger)" if stopped
                else "QEMU did not finish starting")
         raise QemuFrozen(
@@ -171,17 +173,18 @@ def _create(conn: libvirt.virConnect, xml: str, name: str) -> libvirt.virDomain:
             "check the host's load and QEMU on the libvirt host, then rerun") from None
     except BaseException:
         with interrupts.shielded():
-            _abandon_start(conn, name, finished)
+            _abandon_start(conn, name, finished, local)
         raise
 
 
-def _abandon_start(conn: libvirt.virConnect, name: str, finished: threading.Event) -> None:
+def _abandon_start(conn: libvirt.virConnect, name: str, finished: threading.Event,
+                   local: bool) -> None:
     """Kill the QEMU of a start we gave up on, until libvirt's call has ended (bounded), and
     destroy the domain if it started after all. virDomainDestroy kills QEMU before it waits
     for the start's job (qemuProcessBeginStopJob), so it also works on a remote host where
     there is no local process to kill. Best effort: what remains, `hotadd sweep` removes."""
     for _ in range(int(START_TIMEOUT_S)):
-        for pid in qemu_pids_mentioning(f"guest={name},"):
+        for pid in qemu_pids_mentioning(f"guest={name},") if local else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _destroy_by_name(conn, name)
@@ -204,8 +207,11 @@ class Machine:
     """
 
     def __init__(self, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path,
-                 dom: libvirt.virDomain, events: DomainEvents) -> None:
+                 dom: libvirt.virDomain, events: DomainEvents, host: HostTarget = LOCAL,
+                 mirror: ConsoleMirror | None = None) -> None:
         self.conn = conn
+        self.host = host  # where QEMU, the scratch dir and the forwards are
+        self._mirror = mirror  # a remote host's serial console, copied into the run dir
         self.spec = spec
         self.scratch = scratch
         self.dom = dom
@@ -224,31 +230,42 @@ class Machine:
     # --- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    def start(cls, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path) -> Machine:
-        """Create and start the transient domain. Owns `scratch` from here: on failure it is
-        removed, and nothing is left running."""
+    def start(cls, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path,
+              host: HostTarget = LOCAL) -> Machine:
+        """Create and start the transient domain. Owns `scratch` (on `host`) from here: on
+        failure it is removed, and nothing is left running. On a remote host the spec's files
+        are staged there first (`harness.host.remote.place`)."""
         spec = _owned(spec, scratch)
+        mirror: ConsoleMirror | None = None
         try:
             _check_system_qemu_can_reach(conn, spec)
-        except InputError:
-            storage.remove_scratch(scratch)
+            if host.remote:
+                caps = remote.host_caps(conn)
+                placed = remote.place(host, spec, scratch, caps)
+                spec, xml = placed.local, to_xml(placed.host, caps.emulator)
+                mirror = ConsoleMirror(host, placed.host.serial_log, spec.serial_log)
+            else:
+                xml = to_xml(spec)
+        except BaseException:
+            storage.remove_scratch(scratch, host)
             raise
-        xml = to_xml(spec)
         xml_copy = spec.serial_log.parent / "domain.xml"
         xml_copy.write_text(xml)
         events = DomainEvents(conn, spec.name)
         try:
-            dom = _create(conn, xml, spec.name)
+            dom = _create(conn, xml, spec.name, local=not host.remote)
         except BaseException as exc:
             events.close()
-            storage.remove_scratch(scratch)
+            if mirror is not None:
+                mirror.close()
+            storage.remove_scratch(scratch, host)
             if isinstance(exc, libvirt.libvirtError):
                 raise DomainError(
                     f"libvirt/QEMU refused to start {spec.name}: {exc.get_error_message()}",
                     f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
                 ) from exc
             raise
-        machine = cls(conn, spec, scratch, dom, events)
+        machine = cls(conn, spec, scratch, dom, events, host, mirror)
         interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
         xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
         return machine
@@ -297,7 +314,9 @@ class Machine:
             self.events.close()
             if not self.keep:
                 self.stop()
-                storage.remove_scratch(self.scratch)
+                if self._mirror is not None:
+                    self._mirror.close()  # the console's last words, before the file goes
+                storage.remove_scratch(self.scratch, self.host)
             interrupts.release(self.name)
 
     def __enter__(self) -> Machine:
@@ -336,6 +355,7 @@ class Machine:
     def save(self, path: Path) -> None:
         """Save the running guest to `path` (virDomainSave: the domain stops) and copy its
         writable disks and NVRAM beside them, so every `restore` starts from exactly this."""
+        self._local_only("saving a guest")
         try:
             self._call(lambda: self.dom.save(str(path)), "save", SAVE_TIMEOUT_S)
         except libvirt.libvirtError as exc:
@@ -350,6 +370,7 @@ class Machine:
         """Start again from the state `save` wrote to `saved`. The serial console goes to
         `serial_log`, which starts as a copy of the boot console (so markers printed while
         booting, like a guest's ready line, are still there) and is appended to."""
+        self._local_only("restoring a saved guest")
         self.stop()
         for disk in self.writable_files():
             shutil.copyfile(_saved_copy(disk), disk)
@@ -378,6 +399,13 @@ class Machine:
         files = [d.path for d in spec.disks if not d.readonly]
         return files + ([spec.nvram] if spec.nvram is not None else [])
 
+    def _local_only(self, what: str) -> None:
+        if self.host.remote:
+            raise InputError(f"{what} on a remote libvirt host ({self.host.description}) is "
+                             "not supported yet: the save image and the disk copies would be "
+                             "there, the saved-guest store is here",
+                             "boot the guest cold (hotadd run does so on remote hosts)")
+
     def forwarded_port(self, guest_port: int) -> int:
         for fwd in self.spec.forwards:
             if fwd.guest_port == guest_port:
@@ -403,6 +431,8 @@ class Machine:
     def qemu_pid(self) -> int | None:
         """The QEMU process of this domain, if it runs on this host (found by the domain's
         unique name on its command line; None over a remote URI)."""
+        if self.host.remote:  # its QEMU is not a process of this machine
+            return None
         if not self._qemu_pid_known:  # one /proc scan per QEMU, not one per check_alive
             pids = qemu_pids_mentioning(f"guest={self.name},")
             self._qemu_pid = pids[0] if len(pids) == 1 else None

@@ -21,12 +21,14 @@ from pathlib import Path
 import libvirt
 
 from harness import paths
-from harness.host import storage
+from harness.errors import InfrastructureError
+from harness.host import staging, storage
 from harness.host.connection import embed_root, known_uris
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
 from harness.host.roots import qemu_cmdlines
 from harness.host.saved import SavedStore
+from harness.host.target import LOCAL, HostTarget
 
 #: Per-domain QEMU logs kept in an embedded root (the newest, of domains no longer running):
 #: enough to read the last runs' QEMU messages, bounded however many runs a lab makes.
@@ -89,15 +91,34 @@ def _owner(dom: libvirt.virDomain) -> tuple[int, str] | None:
         return None
 
 
-def _scratch_owner(path: Path) -> int | None:
+def _scratch_owner(path: Path, target: HostTarget = LOCAL) -> int | None:
+    """The pid of the process that owns a scratch dir; None if unknown. On a remote host,
+    scratch dirs other machines made count as alive (-1): they are theirs to sweep."""
     try:
-        return int((path / storage.OWNER_FILE).read_text().strip())
-    except (OSError, ValueError):
+        owner = storage.scratch_owner(target.read_text(path / storage.OWNER_FILE))
+    except (OSError, InfrastructureError):
         return None
+    if owner is None:
+        return None
+    pid, host = owner
+    return pid if host is None or host == socket.gethostname() else -1
 
 
-def sweep(conn: libvirt.virConnect) -> SweepReport:
-    """Destroy prefixed domains whose owner process is gone; remove orphaned scratch dirs."""
+def _sweep_staging(target: HostTarget) -> list[str]:
+    """Temporary files of stagers on this machine that died (a live one's stay)."""
+    removed = []
+    here = socket.gethostname()
+    for name, _size, _mtime, _is_dir in target.listdir(staging.files_dir(target)):
+        owner = staging.part_owner(name)
+        if owner is not None and owner[0] == here and not owner_alive(owner[1]):
+            target.remove(staging.files_dir(target) / name)
+            removed.append(name)
+    return removed
+
+
+def sweep(conn: libvirt.virConnect, target: HostTarget = LOCAL) -> SweepReport:
+    """Destroy prefixed domains whose owner process is gone; remove orphaned scratch dirs
+    (on `target`, the host `conn` runs QEMU on)."""
     removed: list[str] = []
     live: list[str] = []
     here = socket.gethostname()
@@ -119,13 +140,18 @@ def sweep(conn: libvirt.virConnect) -> SweepReport:
                 raise
         removed.append(name)
     scratch: list[str] = []
-    for path in sorted(p for p in paths.scratch_dir().iterdir() if p.is_dir()):
-        pid = _scratch_owner(path)
-        if path.name in live or (pid is not None and owner_alive(pid)):
+    root = storage.scratch_root(target)
+    for name in sorted(n for n, _size, _mtime, is_dir in target.listdir(root) if is_dir):
+        path = root / name
+        pid = _scratch_owner(path, target)
+        if name in live or (pid is not None and (pid == -1 or owner_alive(pid))):
             continue
-        storage.remove_scratch(path)
-        scratch.append(path.name)
+        storage.remove_scratch(path, target)
+        scratch.append(name)
     running = {dom.name() for dom in conn.listAllDomains(0)}
+    if target.remote:  # the saved-guest store and the logs are this machine's
+        return SweepReport(tuple(removed), tuple(scratch), tuple(live),
+                           removed_saved=tuple(_sweep_staging(target)))
     saved = SavedStore().sweep()
     return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running),
                        tuple(saved))

@@ -21,6 +21,7 @@ from pathlib import Path
 import paramiko
 
 from harness.errors import InputError, TransportError
+from harness.host.target import Dialer
 from harness.transport.base import CommandResult, Transport
 
 # paramiko's transport thread logs its failures (a banner that never came from a frozen
@@ -90,14 +91,20 @@ class SshTransport(Transport):
         private_key: Path,
         host_key_line: str,
         connect_timeout: float = 10.0,
+        dial: Dialer | None = None,
+        via: str = "",
     ) -> None:
+        """`dial` reaches `port` on the libvirt host's 127.0.0.1 when that is another machine
+        (a channel over the host's SSH, `harness.host.target`); None connects directly.
+        `via` names that host in messages."""
         self.host = host
         self.port = port
         self.username = username
         self.private_key = private_key
         self.host_key = parse_host_key(host_key_line)
         self.connect_timeout = connect_timeout
-        self.description = f"ssh {username}@{host}:{port}"
+        self.dial = dial
+        self.description = f"ssh {username}@{host}:{port}" + (f" via {via}" if via else "")
         self._client: paramiko.SSHClient | None = None
         self._connecting: paramiko.SSHClient | None = None
         self._aborted = threading.Event()
@@ -143,9 +150,11 @@ class SshTransport(Transport):
                 "rebuild the guest (hotadd guest build --force) to regenerate its keys",
             ) from exc
         try:
+            sock = self.dial(self.port, self.connect_timeout) if self.dial else None
             client.connect(
                 self.host,
                 port=self.port,
+                sock=sock,
                 username=self.username,
                 pkey=pkey,
                 look_for_keys=False,

@@ -4,6 +4,7 @@ kind that need no Windows."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,9 +13,12 @@ import pytest
 
 from harness.guests import windows_image
 from harness.guests.base import HardwareRequest
+from harness.guests.windows_kind import WindowsKind
 from harness.host import storage
 from harness.host.domain import OVMF_VARS, Accelerator, Firmware, Topology, VcpuPlan
 from harness.host.machine import run_name
+from harness.host.target import HostTarget
+from harness.progress import Progress
 
 
 def golden(tmp_path: Path, firmware: Firmware = Firmware.UEFI) -> Path:
@@ -48,3 +52,20 @@ def hardware(tmp_path: Path, firmware: Firmware | None = None) -> HardwareReques
     return HardwareRequest(name=name, vcpus=VcpuPlan(Topology(sockets=2, dies=1, cores=4), 2),
                            accelerator=Accelerator.TCG, run_dir=run_dir,
                            scratch=storage.run_scratch(name), memory_mib=512, firmware=firmware)
+
+
+def prepared_kind(tmp_path: Path) -> WindowsKind:
+    """The Windows guest kind prepared on a stand-in golden image and driver in `tmp_path`
+    (HOTADD_WINDOWS_PASSWORD must be set), allowed to run under TCG."""
+    probe = tmp_path / "HotAddProbe.sys"
+    probe.write_bytes(b"MZ stand-in driver")
+    kind = WindowsKind(golden(tmp_path), probe, allow_tcg=True)
+    kind.prepare(Progress(quiet=True))
+    return kind
+
+
+def remote_hardware(tmp_path: Path, host: HostTarget) -> HardwareRequest:
+    """`hardware` for a domain on `host`: its scratch dir made there."""
+    local = hardware(tmp_path)
+    storage.remove_scratch(local.scratch)
+    return dataclasses.replace(local, host=host, scratch=storage.run_scratch(local.name, host))

@@ -198,14 +198,25 @@ def test_a_case_larger_than_its_host_is_refused_up_front(tmp_path: Path) -> None
     assert "[hosts.local]" in str(err.value.fix)
 
 
-@pytest.mark.parametrize("uri", ["qemu+ssh://lab@kvm7/system", "qemu://kvm7/system",
-                                 "qemu+tcp://10.0.0.7/system"])
-def test_remote_hosts_are_refused_as_not_yet_supported(tmp_path: Path, uri: str) -> None:
+def test_a_remote_host_over_ssh_runs_reference_cases(tmp_path: Path) -> None:
+    uri = "qemu+ssh://lab@kvm7/system"
+    matrix = load_matrix(matrix_file(tmp_path, "[groups.g]\n[[groups.g.scenario]]\n",
+                                     hosts=f'[hosts.kvm7]\nuri = "{uri}"\nvcpus = 8\n'
+                                     'memory = 8192\n'))
+    assert [c.host.uri for c in matrix.cases] == [uri]
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("qemu://kvm7/system", "needs libvirt's ssh transport"),
+    ("qemu+tcp://10.0.0.7/system", "needs libvirt's ssh transport"),
+    ("qemu+ssh://lab@kvm7/session", "through its system libvirtd"),
+])
+def test_remote_hosts_a_run_cannot_use_are_refused(tmp_path: Path, uri: str,
+                                                   message: str) -> None:
     with pytest.raises(InputError) as err:
         load_matrix(matrix_file(tmp_path, "[groups.g]\n[[groups.g.scenario]]\n",
                                 hosts=f'[hosts.kvm7]\nuri = "{uri}"\nvcpus = 8\nmemory = 8192\n'))
-    assert "[hosts.kvm7]" in err.value.problem
-    assert "remote hosts are not yet supported (issue 14 item 3" in err.value.problem
+    assert "[hosts.kvm7]" in err.value.problem and message in err.value.problem
 
 
 @pytest.mark.parametrize(("uri", "message"), [
@@ -228,8 +239,10 @@ def test_hosts_are_selected_by_name_or_uri(tmp_path: Path) -> None:
     assert [c.host.name for c in load_matrix(path, ["local"]).cases] == ["local"]
     with pytest.raises(InputError, match="no such host"):
         load_matrix(path, ["kvm9"])
-    with pytest.raises(InputError, match="remote hosts are not yet supported"):
+    with pytest.raises(InputError, match="no such host in the matrix file"):
         load_matrix(path, ["qemu+ssh://lab@kvm9/system"])
+    with pytest.raises(InputError, match="needs libvirt's ssh transport"):
+        load_matrix(path, ["qemu+tcp://kvm9/system"])
 
 
 def test_scenarios_may_name_their_hosts_and_guests(tmp_path: Path) -> None:

@@ -31,6 +31,13 @@ def test_impossible_options_are_a_usage_error(suite: Suite) -> None:
     result.stderr.fnmatch_lines(["*hotadd options: boot vCPUs 5 must be between 1 and max 4*"])
 
 
+def test_a_remote_libvirt_is_refused_before_any_test(suite: Suite) -> None:
+    suite.pytester.makepyfile("def test_nothing(): pass")
+    result = suite.run("--hotadd-libvirt-uri", "qemu+ssh://root@kvm7/system")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*is a remote host: the session's guest is saved once*"])
+
+
 def test_markers_skip_saying_what_is_missing(suite: Suite) -> None:
     suite.pytester.makepyfile("""
         import pytest

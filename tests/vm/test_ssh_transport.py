@@ -21,6 +21,7 @@ from harness.errors import GuestNotReady, TransportError
 from harness.guests import reference
 from harness.guests.reference import ReferenceImage
 from harness.transport.ssh import SshTransport
+from tests.support.processes import stop
 
 pytestmark = pytest.mark.vm
 
@@ -58,12 +59,7 @@ def guest_port(reference_image: ReferenceImage,
             time.sleep(0.1)
         yield port
     finally:
-        qemu.terminate()
-        try:
-            qemu.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            qemu.kill()
-            qemu.wait()
+        stop(qemu)
 
 
 @pytest.fixture()

@@ -1,0 +1,194 @@
+"""A domain on a remote libvirt host: its facts from libvirt, its files staged there.
+
+On this machine hotadd reads the accelerator, emulator and firmware from the filesystem
+(`harness.host.accel`, `domain.default_emulator`); a remote host may differ, so there they
+come from libvirt's domain capabilities (`virConnectGetDomainCapabilities`,
+https://libvirt.org/formatdomaincaps.html) and the host's own /proc/cpuinfo. `place` turns a
+guest kind's domain spec (local paths) into the host's: input files staged by content
+(`harness.host.staging`), the serial console a file in the run's scratch dir on the host
+(mirrored into the local run directory while the run goes on), and the NIC's forwards on
+ports free on the host's 127.0.0.1 (the transports reach them over the host's SSH).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from harness.errors import InfrastructureError, InputError
+from harness.host import accel, staging
+from harness.host.accel import AccelChoice, cpu_flags_have_virt
+from harness.host.domain import (
+    OVMF_CODE,
+    Accelerator,
+    DirectBoot,
+    DomainSpec,
+    Firmware,
+    Forward,
+    GuestOS,
+)
+from harness.host.target import (
+    REMOTE_CACHE_DEFAULT,
+    REMOTE_CACHE_ENV,
+    HostTarget,
+    check_remote_uri,
+    is_remote_uri,
+)
+
+SERIAL_NAME = "serial.log"
+
+
+def check_run(uri: str, guest: GuestOS) -> None:
+    """Refuse, before anything starts, a run a remote host cannot do. Both guests can: the
+    reference guest's kernel and initramfs, or Windows' golden image, NVRAM and driver CD,
+    are sent there (`place`, `WindowsKind`)."""
+    if not is_remote_uri(uri):
+        return
+    check_remote_uri(uri)
+
+
+@dataclass(frozen=True)
+class HostCaps:
+    """What the host's libvirt says its QEMU can do (domain capabilities)."""
+
+    emulator: str
+    kvm: bool  # libvirt offers domain type kvm (the device exists for its QEMU)
+    loaders: tuple[str, ...]  # UEFI firmware images it knows
+
+
+def host_caps(conn: libvirt.virConnect) -> HostCaps:
+    def caps(virttype: str) -> ET.Element | None:
+        try:
+            raw = conn.getDomainCapabilities(None, "x86_64", "q35", virttype, 0)
+        except libvirt.libvirtError:
+            return None
+        return ET.fromstring(raw)
+
+    tcg = caps("qemu")
+    if tcg is None:
+        raise InfrastructureError(
+            f"libvirt at {conn.getURI()} offers no x86_64 q35 QEMU guests",
+            "install qemu-system-x86 on that host (and restart libvirtd)")
+    kvm = caps("kvm")
+    return HostCaps(emulator=tcg.findtext("path") or "",
+                    kvm=kvm is not None,
+                    loaders=tuple(v.text or "" for v in tcg.iterfind("./os/loader/value")))
+
+
+def resolve_accel(requested: Accelerator, caps: HostCaps, target: HostTarget) -> AccelChoice:
+    """`harness.host.accel.resolve` for a remote host: KVM needs libvirt to offer it and the
+    host's CPU to show vmx/svm (a nested host's /dev/kvm hangs guests)."""
+    try:
+        cpuinfo = target.read_text(Path("/proc/cpuinfo"))
+    except InfrastructureError:
+        cpuinfo = ""
+    if not caps.kvm:
+        status = AccelChoice(Accelerator.TCG, f"libvirt on {target.description} offers no KVM")
+    elif not cpu_flags_have_virt(cpuinfo):
+        status = AccelChoice(Accelerator.TCG, f"{target.description}'s CPU shows neither vmx "
+                                              "nor svm (nested virtualisation is off)")
+    else:
+        status = AccelChoice(Accelerator.KVM, f"KVM on {target.description}")
+    return accel.resolve(requested, status)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A domain spec in two views: `local` (what hotadd reads: the serial console mirrored
+    into the run directory) and `host` (what libvirt on the host is given)."""
+
+    local: DomainSpec
+    host: DomainSpec
+    staged: tuple[staging.Staged, ...]
+
+
+def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -> Placement:
+    """Stage `spec`'s input files on the host and rewrite its host-side parts there.
+    `scratch` is the run's scratch dir on the host (files there are the run's own: a guest
+    kind made them there, `HardwareRequest.host`)."""
+    if spec.firmware is Firmware.UEFI:
+        if spec.nvram is None or not spec.nvram.is_relative_to(scratch):
+            raise InputError("a UEFI guest on a remote host needs its NVRAM copy in the run's "
+                             "scratch dir there", "build the domain spec with "
+                             "HardwareRequest.host set to the remote host")
+        if str(OVMF_CODE) not in caps.loaders:
+            raise InputError(f"{target.description}'s libvirt knows no UEFI firmware "
+                             f"{OVMF_CODE} (it has: {', '.join(caps.loaders) or 'none'})",
+                             "apt-get install ovmf on that host")
+    blocked = target.unsearchable(scratch)
+    if blocked is not None:
+        raise InputError(f"{blocked} on {target.description} is not searchable by other users: "
+                         "QEMU under its system libvirtd runs as an unprivileged user and could "
+                         "not open the run's files", f"chmod o+x {blocked} there, or set "
+                         f"{REMOTE_CACHE_ENV} to a directory others can search (the default "
+                         f"{REMOTE_CACHE_DEFAULT})")
+    moved: dict[Path, Path] = {}
+    staged = []
+    for path in spec.input_files():
+        if path.is_relative_to(scratch) or path in moved:
+            continue
+        done = staging.stage(target, path)
+        staged.append(done)
+        moved[path] = done.remote
+    with contextlib.suppress(InfrastructureError):
+        staging.trim(target, keep=set(moved.values()))
+    boot = spec.direct_boot
+    if boot is not None:
+        boot = DirectBoot(moved[boot.kernel], moved[boot.initrd], boot.cmdline)
+    disks = tuple(dataclasses.replace(d, path=moved.get(d.path, d.path)) for d in spec.disks)
+    if any(not d.readonly and d.path in moved.values() for d in disks):
+        raise InputError("a writable disk would be the host's shared staged copy",
+                         "give the guest an overlay in the run's scratch dir")
+    cdroms = tuple(dataclasses.replace(c, path=moved.get(c.path, c.path)) for c in spec.cdroms)
+    forwards = tuple(Forward(f.guest_port, target.free_port()) for f in spec.forwards)
+    local = dataclasses.replace(spec, direct_boot=boot, disks=disks, cdroms=cdroms,
+                                forwards=forwards, remote=True)
+    host = dataclasses.replace(local, serial_log=scratch / SERIAL_NAME)
+    return Placement(local, host, tuple(staged))
+
+
+class ConsoleMirror:
+    """Copies what the guest's serial console file on the host gains into the local run
+    directory, every `interval` s on its own thread, so the console watch, the ready marker
+    and the pushed records read it as they read a local console."""
+
+    def __init__(self, target: HostTarget, remote: Path, local: Path,
+                 interval: float = 0.05) -> None:
+        self.target, self.remote, self.local = target, remote, local
+        self.interval = interval
+        self._offset = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.error: InfrastructureError | None = None
+        local.touch()
+        self._thread = threading.Thread(target=self._run, name="console-mirror", daemon=True)
+        self._thread.start()
+
+    def sync(self) -> None:
+        """Copy what is new now (the thread does this; teardown calls it once more)."""
+        with self._lock:
+            data = self.target.read_from(self.remote, self._offset)
+            if data:
+                with open(self.local, "ab") as f:
+                    f.write(data)
+                self._offset += len(data)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+            except InfrastructureError as exc:  # the host went away: the run notices
+                self.error = exc
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(InfrastructureError):
+            self.sync()

@@ -1,0 +1,652 @@
+"""The machine QEMU runs on, as one interface: this machine, or a libvirt host over SSH.
+
+Everything hotadd does to the host's files and processes outside libvirt goes through a
+`HostTarget`: run an argv, put/get a file, make/list/remove directories, hash a file, find a
+free TCP port on its 127.0.0.1, and dial that 127.0.0.1 (the transports reach a guest's
+forward that way). `LocalHost` is what hotadd always did; `SshHost` does the same over one
+paramiko connection to the host of a `qemu+ssh://` URI, the same user, port and key libvirt's
+own SSH transport uses (https://libvirt.org/uri.html#ssh-transport).
+
+Ideas taken from pytest-testinfra's backends (one backend chosen from the host's URL, commands
+as argv quoted once, the connection opened lazily and reused) and from microsoft/lisa's libvirt
+platform (a remote host node that files are copied to before the domain is defined).
+Nothing secret crosses this interface: argv are logged in errors, and files put on a host are
+guest images, kernels and drivers, never passwords.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import getpass
+import hashlib
+import os
+import random
+import select
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import paramiko
+
+from harness import paths
+from harness.errors import InfrastructureError, InputError
+
+#: Where a remote host keeps hotadd's files (staged guest files, scratch dirs): QEMU under a
+#: system libvirtd runs as an unprivileged user, so it must be a directory others can search.
+REMOTE_CACHE_ENV = "HOTADD_REMOTE_CACHE_DIR"
+REMOTE_CACHE_DEFAULT = "/var/lib/hotadd"
+_CHUNK = 1 << 20
+#: Ports a remote forward is chosen from (below Linux's default ephemeral range 32768-60999,
+#: so an outgoing connection on the host rarely takes the one chosen).
+_PORTS = (20000, 32767)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+
+
+#: A connected stream to a TCP port on the host's 127.0.0.1 (a socket, or an SSH channel).
+Dialer = Callable[[int, float], Any]
+
+
+class HostTarget(abc.ABC):
+    """The host's files and commands. Paths name files on that host."""
+
+    remote: bool
+    description: str
+
+    @abc.abstractmethod
+    def cache_root(self) -> Path:
+        """hotadd's directory on the host (scratch dirs, staged files)."""
+
+    @abc.abstractmethod
+    def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
+        """Run a program (no shell) and wait for it."""
+
+    @abc.abstractmethod
+    def put(self, local: Path, remote: Path) -> None:
+        """Copy a local file to the host."""
+
+    @abc.abstractmethod
+    def get(self, remote: Path, local: Path) -> None:
+        """Copy a file from the host here."""
+
+    @abc.abstractmethod
+    def read_from(self, path: Path, offset: int) -> bytes:
+        """A file's bytes from `offset` to its end (b"" if it does not exist yet)."""
+
+    @abc.abstractmethod
+    def write_text(self, path: Path, text: str) -> None: ...
+
+    @abc.abstractmethod
+    def read_text(self, path: Path) -> str: ...
+
+    @abc.abstractmethod
+    def mkdir(self, path: Path, exist_ok: bool = True) -> None:
+        """Create `path` and its parents, searchable by others (QEMU's user under a system
+        libvirtd must reach the files below)."""
+
+    @abc.abstractmethod
+    def listdir(self, path: Path) -> list[tuple[str, int, float, bool]]:
+        """(name, size, mtime, is_dir) of each entry; [] if `path` does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, path: Path) -> bool: ...
+
+    @abc.abstractmethod
+    def rename(self, src: Path, dst: Path) -> None:
+        """Atomic rename, replacing `dst` (POSIX rename(2))."""
+
+    @abc.abstractmethod
+    def touch(self, path: Path) -> None:
+        """Set a file's mtime to now (the staged-file cache's LRU order)."""
+
+    @abc.abstractmethod
+    def remove(self, path: Path) -> None:
+        """Remove a file or a whole tree; missing is fine."""
+
+    @abc.abstractmethod
+    def free_port(self) -> int:
+        """A TCP port free on the host's 127.0.0.1."""
+
+    def dialer(self) -> Dialer | None:
+        """How a transport reaches the host's 127.0.0.1: None = directly from here."""
+        return None
+
+    def local_port(self, port: int) -> int:
+        """A port on this machine's 127.0.0.1 that reaches `port` on the host's, for
+        transports that take an address, not a socket (pywinrm's URL). Local: `port`."""
+        return port
+
+    def unsearchable(self, path: Path) -> Path | None:
+        """The first of `path` and its parents (from the root down) that other users cannot
+        search, or None: QEMU under a system libvirtd runs as an unprivileged user."""
+        for p in [*reversed(path.parents), path]:
+            if not self.mode(p) & 0o001:
+                return p
+        return None
+
+    @abc.abstractmethod
+    def mode(self, path: Path) -> int:
+        """A file's st_mode."""
+
+    def sha256(self, path: Path) -> str:
+        """The sha256 of a file on the host (sha256sum there: no copy back)."""
+        out = self.run(["sha256sum", "--", str(path)])
+        if out.rc != 0:
+            raise InfrastructureError(f"{self.description}: cannot hash {path}: "
+                                      f"{out.stderr.strip()}", "check the file and disk space")
+        return out.stdout.split()[0]
+
+    def close(self) -> None:
+        """Release the connection (a local target has none)."""
+        return None
+
+
+class LocalHost(HostTarget):
+    """This machine: what hotadd did before there were remote hosts."""
+
+    remote = False
+    description = "this machine"
+
+    def cache_root(self) -> Path:
+        return paths.cache_root()
+
+    def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                                  timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return RunResult(tuple(argv), 127, "", str(exc))
+        return RunResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def put(self, local: Path, remote: Path) -> None:
+        shutil.copyfile(local, remote)
+
+    def get(self, remote: Path, local: Path) -> None:
+        shutil.copyfile(remote, local)
+
+    def read_from(self, path: Path, offset: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def write_text(self, path: Path, text: str) -> None:
+        path.write_text(text)
+
+    def read_text(self, path: Path) -> str:
+        return path.read_text()
+
+    def mkdir(self, path: Path, exist_ok: bool = True) -> None:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+
+    def listdir(self, path: Path) -> list[tuple[str, int, float, bool]]:
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(path):
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    out.append((entry.name, st.st_size, st.st_mtime, stat.S_ISDIR(st.st_mode)))
+        return out
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def mode(self, path: Path) -> int:
+        return path.stat().st_mode
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def touch(self, path: Path) -> None:
+        os.utime(path)
+
+    def remove(self, path: Path) -> None:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def free_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            return port
+
+    def sha256(self, path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+LOCAL = LocalHost()
+
+
+@dataclass(frozen=True)
+class SshAddress:
+    """Where a `qemu+ssh://` URI's host is and how libvirt's ssh transport logs in there
+    (https://libvirt.org/uri.html: `keyfile`, `no_verify`, `known_hosts`)."""
+
+    host: str
+    port: int
+    user: str
+    keyfile: Path | None
+    no_verify: bool
+    known_hosts: Path | None
+
+    @property
+    def shown(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @classmethod
+    def of(cls, uri: str) -> SshAddress:
+        parts = urlsplit(uri)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if not parts.hostname:
+            raise InputError(f"--libvirt-uri {uri} names no host",
+                             "use qemu+ssh://USER@HOST[:PORT]/system")
+        no_verify = query.get("no_verify", "0")
+        if no_verify not in ("0", "1"):
+            raise InputError(f"--libvirt-uri {uri}: no_verify={no_verify!r} (libvirt takes 0 "
+                             "or 1)", "use no_verify=1 or leave it out")
+        keyfile = query.get("keyfile")
+        known = query.get("known_hosts")
+        return cls(parts.hostname, parts.port or 22, parts.username or getpass.getuser(),
+                   Path(keyfile) if keyfile else None, no_verify == "1",
+                   Path(known) if known else None)
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """libvirt's no_verify=1: accept a host key not known yet (a known one is still checked)."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        return None
+
+
+class SshHost(HostTarget):
+    """A libvirt host reached over SSH (paramiko): commands over exec channels, files over
+    SFTP, and its 127.0.0.1 over direct-tcpip channels of the same connection."""
+
+    remote = True
+
+    def __init__(self, address: SshAddress, cache: Path | None = None,
+                 connect_timeout: float = 15.0) -> None:
+        self.address = address
+        self.description = f"host {address.shown}"
+        self._cache = cache or Path(os.environ.get(REMOTE_CACHE_ENV) or REMOTE_CACHE_DEFAULT)
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.RLock()  # SFTP requests of several threads in turn
+        self._forwards: dict[int, LocalForward] = {}
+
+    def cache_root(self) -> Path:
+        return self._cache
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _transport(self) -> paramiko.Transport:
+        with self._lock:
+            if self._client is not None:
+                t = self._client.get_transport()
+                if t is not None and t.is_active():
+                    return t
+                self.close()
+            self._client = self._connect()
+            t = self._client.get_transport()
+            assert t is not None
+            return t
+
+    def _connect(self) -> paramiko.SSHClient:
+        a = self.address
+        client = paramiko.SSHClient()
+        fix = (f"check that 'ssh -p {a.port} {a.user}@{a.host}' works without a password "
+               "(the URI's keyfile=, or your SSH agent and default keys)")
+        try:
+            if a.known_hosts is not None:
+                client.load_host_keys(str(a.known_hosts))
+            else:
+                client.load_system_host_keys()
+        except OSError as exc:
+            raise InputError(f"cannot read the known hosts file {a.known_hosts}: {exc}",
+                             "fix known_hosts= in the libvirt URI") from None
+        client.set_missing_host_key_policy(_AcceptNew() if a.no_verify
+                                           else paramiko.RejectPolicy())
+        try:
+            client.connect(a.host, port=a.port, username=a.user,
+                           key_filename=str(a.keyfile) if a.keyfile else None,
+                           look_for_keys=a.keyfile is None, allow_agent=a.keyfile is None,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise InfrastructureError(f"{self.description}: its SSH host key is not the one "
+                                      f"known for it ({exc.key.get_name()})",
+                                      "check you reach the right host; update known_hosts"
+                                      ) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            unknown = "not found in known_hosts" in str(exc)
+            raise InfrastructureError(
+                f"{self.description}: SSH refused: {exc}",
+                "add the host's key to known_hosts (ssh once by hand), or give the URI "
+                "known_hosts=FILE, or no_verify=1" if unknown else fix) from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise InfrastructureError(f"{self.description}: cannot connect over SSH: {exc}",
+                                      fix) from None
+        return client
+
+    def _files(self) -> paramiko.SFTPClient:
+        with self._lock:
+            if self._sftp is None or self._sftp.get_channel() is None or \
+                    self._sftp.get_channel().closed:  # type: ignore[union-attr]
+                self._sftp = paramiko.SFTPClient.from_transport(self._transport())
+            assert self._sftp is not None
+            return self._sftp
+
+    def close(self) -> None:
+        with self._lock:
+            for forward in self._forwards.values():
+                forward.close()
+            self._forwards.clear()
+            if self._sftp is not None:
+                self._sftp.close()
+                self._sftp = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _failed(self, what: str, exc: BaseException) -> InfrastructureError:
+        return InfrastructureError(f"{self.description}: {what}: {exc}",
+                                   "check the host's disk space and that the SSH login may "
+                                   f"write under {self._cache} ({REMOTE_CACHE_ENV})")
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
+        command = shlex.join(argv)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        try:
+            chan = self._transport().open_session(timeout=self.connect_timeout)
+            try:
+                chan.exec_command(command)
+                chan.shutdown_write()
+                # both streams drained as they come: a full stderr window never stalls stdout
+                while not (chan.exit_status_ready() and chan.eof_received
+                           and not chan.recv_ready() and not chan.recv_stderr_ready()):
+                    if chan.recv_ready():
+                        out.append(chan.recv(_CHUNK))
+                    elif chan.recv_stderr_ready():
+                        err.append(chan.recv_stderr(_CHUNK))
+                    elif time.monotonic() > deadline:
+                        raise TimeoutError(f"no exit after {timeout:.0f}s")
+                    else:
+                        select.select([chan], [], [], 0.5)
+                rc = chan.recv_exit_status()
+            finally:
+                chan.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._failed(f"running {command[:200]} failed", exc) from None
+        return RunResult(tuple(argv), rc, b"".join(out).decode(errors="replace"),
+                         b"".join(err).decode(errors="replace"))
+
+    # -- files --------------------------------------------------------------------------------
+
+    def put(self, local: Path, remote: Path) -> None:
+        try:
+            with self._lock:
+                self._files().put(str(local), str(remote), confirm=True)
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot send {local} to {remote}", exc) from None
+
+    def get(self, remote: Path, local: Path) -> None:
+        try:
+            with self._lock:
+                self._files().get(str(remote), str(local))
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot fetch {remote}", exc) from None
+
+    def read_from(self, path: Path, offset: int) -> bytes:
+        try:
+            with self._lock, self._files().open(str(path), "rb") as f:
+                f.seek(offset)
+                data: bytes = f.read()
+                return data
+        except FileNotFoundError:
+            return b""
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot read {path}", exc) from None
+
+    def write_text(self, path: Path, text: str) -> None:
+        try:
+            with self._lock, self._files().open(str(path), "w") as f:
+                f.write(text.encode())
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot write {path}", exc) from None
+
+    def read_text(self, path: Path) -> str:
+        try:
+            with self._lock, self._files().open(str(path), "r") as f:
+                return bytes(f.read()).decode(errors="replace")
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot read {path}", exc) from None
+
+    def mkdir(self, path: Path, exist_ok: bool = True) -> None:
+        with self._lock:
+            sftp = self._files()
+            missing = []
+            for p in [path, *path.parents]:
+                try:
+                    sftp.stat(str(p))
+                    break
+                except FileNotFoundError:
+                    missing.append(p)
+                except OSError as exc:
+                    raise self._failed(f"cannot look at {p}", exc) from None
+            if not missing and not exist_ok:
+                raise FileExistsError(str(path))
+            for p in reversed(missing):
+                try:
+                    sftp.mkdir(str(p), mode=0o755)
+                    sftp.chmod(str(p), 0o755)  # the login's umask may have taken bits off
+                except OSError as exc:
+                    if p == path and not exist_ok:
+                        raise FileExistsError(str(path)) from None
+                    if not self.exists(p):
+                        raise self._failed(f"cannot create {p}", exc) from None
+
+    def listdir(self, path: Path) -> list[tuple[str, int, float, bool]]:
+        try:
+            with self._lock:
+                entries = self._files().listdir_attr(str(path))
+        except FileNotFoundError:
+            return []
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot list {path}", exc) from None
+        return [(e.filename, e.st_size or 0, float(e.st_mtime or 0),
+                 stat.S_ISDIR(e.st_mode or 0)) for e in entries]
+
+    def exists(self, path: Path) -> bool:
+        try:
+            with self._lock:
+                self._files().stat(str(path))
+        except FileNotFoundError:
+            return False
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot look at {path}", exc) from None
+        return True
+
+    def mode(self, path: Path) -> int:
+        try:
+            with self._lock:
+                return self._files().stat(str(path)).st_mode or 0
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot look at {path}", exc) from None
+
+    def rename(self, src: Path, dst: Path) -> None:
+        try:
+            with self._lock:
+                self._files().posix_rename(str(src), str(dst))
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot rename {src} to {dst}", exc) from None
+
+    def touch(self, path: Path) -> None:
+        now = time.time()
+        try:
+            with self._lock:
+                self._files().utime(str(path), (now, now))
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._failed(f"cannot touch {path}", exc) from None
+
+    def remove(self, path: Path) -> None:
+        if path in (Path("/"), self._cache) or not path.is_relative_to(self._cache):
+            raise InfrastructureError(f"{self.description}: refusing to remove {path}, which "
+                                      f"is not under hotadd's directory {self._cache}",
+                                      "this is a hotadd bug: report it")
+        out = self.run(["rm", "-rf", "--", str(path)])
+        if out.rc != 0:
+            raise self._failed(f"cannot remove {path}", OSError(out.stderr.strip()))
+
+    # -- the host's 127.0.0.1 -----------------------------------------------------------------
+
+    def free_port(self) -> int:
+        """A port no socket on the host uses (its /proc/net/tcp and tcp6), chosen at random
+        so that runs on one host rarely pick the same one; as racy as a local bind-and-close,
+        which QEMU's hostfwd then binds."""
+        used: set[int] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(InfrastructureError):
+                for line in self.read_text(Path(table)).splitlines()[1:]:
+                    local = line.split()[1]
+                    used.add(int(local.rsplit(":", 1)[1], 16))
+        free = [p for p in random.sample(range(*_PORTS), 64) if p not in used]
+        if not free:
+            raise InfrastructureError(f"{self.description}: no free TCP port found",
+                                      "free some ports on the host")
+        return free[0]
+
+    def dialer(self) -> Dialer:
+        def dial(port: int, timeout: float) -> paramiko.Channel:
+            try:
+                return self._transport().open_channel(
+                    "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                # the same kinds a refused direct connect raises: the transport's retry loop
+                # (wait_ready) sees a guest that does not answer yet
+                raise ConnectionRefusedError(
+                    f"127.0.0.1:{port} on {self.address.shown}: {exc}") from None
+        return dial
+
+    def local_port(self, port: int) -> int:
+        """A listener on this machine's 127.0.0.1 whose every connection is a direct-tcpip
+        channel to `port` on the host's (like `ssh -L`); open until `close()`."""
+        with self._lock:
+            if port not in self._forwards:
+                self._forwards[port] = LocalForward(self.dialer(), port)
+            return self._forwards[port].port
+
+
+class LocalForward:
+    """Accepts on 127.0.0.1 here and pipes each connection to a dialled stream (one thread
+    per direction); only loopback listens, so nothing beyond this machine can use it."""
+
+    def __init__(self, dial: Dialer, target_port: int, timeout: float = 15.0) -> None:
+        self._dial, self._target, self._timeout = dial, target_port, timeout
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.port: int = self._server.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name=f"forward-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                far = self._dial(self._target, self._timeout)
+            except OSError:
+                conn.close()  # the client sees the refusal as a closed connection
+                continue
+            for a, b in ((conn, far), (far, conn)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+
+
+def _pipe(src: Any, dst: Any) -> None:
+    """Copy until `src` ends, then end `dst`'s sending side."""
+    try:
+        while data := src.recv(_CHUNK):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            if isinstance(dst, socket.socket):
+                dst.shutdown(socket.SHUT_WR)
+            else:
+                dst.shutdown_write()
+
+
+def is_remote_uri(uri: str | None) -> bool:
+    """Whether `uri` names a libvirt on another machine (a host part or a network
+    transport); qemu:///..., qemu+unix:///... are this machine."""
+    if not uri:
+        return False
+    parts = urlsplit(uri)
+    _, _, transport = parts.scheme.partition("+")
+    return bool(parts.netloc) or transport not in ("", "unix")
+
+
+def target_for(uri: str | None) -> HostTarget:
+    """The host a libvirt URI runs QEMU on. Remote hosts are supported over qemu+ssh://
+    only: the guest's files and its transport need an SSH connection to the host."""
+    if not is_remote_uri(uri):
+        return LOCAL
+    assert uri is not None
+    check_remote_uri(uri)
+    return SshHost(SshAddress.of(uri))
+
+
+def check_remote_uri(uri: str) -> None:
+    """Refuse, before anything starts, a remote URI a run cannot use."""
+    parts = urlsplit(uri)
+    if parts.scheme != "qemu+ssh":
+        raise InputError(
+            f"--libvirt-uri {uri}: a run on a remote host needs libvirt's ssh transport: "
+            "hotadd stages the guest's files and reaches the guest over that SSH login",
+            "use qemu+ssh://USER@HOST[:PORT]/system (https://libvirt.org/uri.html)")
+    if parts.path != "/system":
+        raise InputError(f"--libvirt-uri {uri}: a remote host's QEMU driver is used through "
+                         "its system libvirtd", "use qemu+ssh://USER@HOST/system")
+    SshAddress.of(uri)

@@ -1,0 +1,179 @@
+"""A second libvirt host on this machine, reached only through SSH.
+
+`lab_host()` starts, in a mount namespace of its own (`unshare --mount`): an OpenSSH `sshd` on
+127.0.0.1:PORT with a throwaway host key and one authorised key made for the test, and (with
+`libvirtd=True`) a system `virtlogd` + `libvirtd` (as tests/vm/test_system_libvirt.py starts
+them). Inside the namespace `/run/libvirt` is a private tmpfs (its libvirtd is nobody else's),
+the host's hotadd cache is a tmpfs of its own (so only what hotadd stages over SFTP is there),
+and the directories in `hide` (this machine's hotadd cache) are empty tmpfs: the host cannot
+read the local guest files, so a run that forgot to stage fails. Outside, the host's cache is an
+empty directory: hotadd cannot cheat the other way either. What the host has is read through
+/proc/PID/root (its mount namespace).
+
+Its libvirt URI is `qemu+ssh://root@127.0.0.1:PORT/system?keyfile=K&known_hosts=F&command=W`
+(https://libvirt.org/uri.html): libvirt's ssh transport runs `W`, which is `ssh` told to
+check the host key against the test's own known_hosts file (the ssh transport has no such
+option of its own, and `no_verify=1` would write the throwaway key into root's
+~/.ssh/known_hosts); hotadd's paramiko reads `known_hosts=`.
+
+Every process started here is stopped by its pid when the context ends; nothing else is
+touched. Needs root, `unshare`, OpenSSH's server (setup.sh installs openssh-server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.support.processes import qemu_pids_mentioning, stop
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class LabHost:
+    port: int
+    home: Path  # the fixture's own files (keys, config, logs); visible from both sides
+    cache: Path  # HOTADD_REMOTE_CACHE_DIR on the host: a tmpfs only the host sees
+    key: Path
+    known_hosts: Path
+    ssh_command: Path
+    anchor_pid: int  # the process holding the namespace
+
+    @property
+    def uri(self) -> str:
+        return (f"qemu+ssh://root@127.0.0.1:{self.port}/system?keyfile={quote(str(self.key))}"
+                f"&known_hosts={quote(str(self.known_hosts))}"
+                f"&command={quote(str(self.ssh_command))}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"HOTADD_REMOTE_CACHE_DIR": str(self.cache)}
+
+    def inside(self, path: Path) -> Path:
+        """`path` as the host sees it (its mount namespace), readable from here."""
+        return Path(f"/proc/{self.anchor_pid}/root") / path.relative_to("/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait(what: str, ready: Callable[[], bool], procs: Sequence[subprocess.Popen[bytes]],
+          log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        dead = [p.args for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            text = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise AssertionError(f"{what} did not come up (exited: {dead}):\n{text}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHost]:
+    if os.geteuid() != 0:
+        pytest.skip("a lab host needs root (mount namespace, sshd, system libvirtd)")
+    for tool in ("unshare", "nsenter", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing")
+    if not SSHD.exists():
+        pytest.skip("OpenSSH's server is missing: apt-get install openssh-server (setup.sh)")
+    home = Path(tempfile.mkdtemp(prefix="hotadd-lab-", dir="/var/tmp"))
+    home.chmod(0o755)
+    cache = home / "cache"
+    cache.mkdir(mode=0o755)
+    key, host_key = home / "client_key", home / "host_key"
+    for k in (key, host_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hotadd-lab",
+                        "-f", str(k)], check=True)
+    port = _free_port()
+    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
+    known = home / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} " + " ".join(
+        (home / "host_key.pub").read_text().split()[:2]) + "\n")
+    ssh_command = home / "ssh"
+    ssh_command.write_text("#!/bin/sh\n# ssh checking the lab host's key against its own file\n"
+                           f"exec ssh -o UserKnownHostsFile={known} "
+                           "-o StrictHostKeyChecking=yes -o BatchMode=yes \"$@\"\n")
+    ssh_command.chmod(0o755)
+    config = home / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
+        f"AuthorizedKeysFile {home}/authorized_keys", "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
+        "StrictModes no", f"PidFile {home}/sshd.pid", "Subsystem sftp internal-sftp",
+        "AllowTcpForwarding local", "LogLevel DEBUG1", ""]))
+    mounts = ["mount -t tmpfs -o mode=755 hotadd-lab /run/libvirt",
+              f"mount -t tmpfs -o mode=755 hotadd-lab-cache {cache}"]
+    mounts += [f"mount -t tmpfs -o mode=700 hotadd-lab-hidden {p}" for p in hide if p.is_dir()]
+    log = home / "lab.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    privsep = Path("/run/sshd")
+    made_privsep = not privsep.exists()
+    privsep.mkdir(mode=0o755, exist_ok=True)
+    with open(log, "ab") as out:
+        anchor = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+             " && ".join(["mkdir -p /run/libvirt", *mounts, "touch " + str(home / "ns-ready"),
+                          "exec sleep infinity"])],
+            stdout=out, stderr=out)
+        procs.append(anchor)
+
+        def inside(*argv: str) -> None:
+            procs.append(subprocess.Popen(["nsenter", "--target", str(anchor.pid), "--mount",
+                                           "--", *argv], stdout=out, stderr=out))
+
+        try:
+            _wait("the lab host's namespace", (home / "ns-ready").exists, procs, log)
+            host = LabHost(port, home, cache, key, known, ssh_command, anchor.pid)
+            if libvirtd:
+                inside("virtlogd", "-p", str(home / "virtlogd.pid"))
+                inside("libvirtd", "-p", str(home / "libvirtd.pid"))
+                sock = host.inside(Path("/run/libvirt/libvirt-sock"))
+                _wait("the lab host's libvirtd", sock.exists, procs, log)
+            inside(str(SSHD), "-D", "-e", "-f", str(config))
+            _wait("the lab host's sshd", lambda: _listening(port), procs, log)
+            yield host
+        finally:
+            if libvirtd and _listening(port):  # a test that failed half-way: its domains
+                _destroy_domains(LabHost(port, home, cache, key, known, ssh_command, anchor.pid))
+            for proc in reversed(procs):
+                stop(proc)
+            leftover = qemu_pids_mentioning(str(home))
+            for pid in leftover:  # started by this fixture's libvirtd, so ours to end
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if made_privsep:
+                with contextlib.suppress(OSError):
+                    privsep.rmdir()
+            shutil.rmtree(home, ignore_errors=True)
+            assert not leftover, f"QEMU {leftover} of the lab host outlived its runs (killed)"
+
+
+def _destroy_domains(host: LabHost) -> None:
+    names = subprocess.run(["virsh", "-c", host.uri, "list", "--name"], capture_output=True,
+                           text=True, timeout=120, check=False).stdout.split()
+    for name in names:
+        subprocess.run(["virsh", "-c", host.uri, "destroy", name], capture_output=True,
+                       timeout=120, check=False)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,155 @@
+"""A run on a second libvirt host reached only over SSH (`qemu+ssh://`): the default scenario
+passes there with the guest's files staged into the host's own cache and the guest's SSH
+tunnelled over the host's SSH; a run killed mid-way leaves a domain and a scratch dir there
+that `hotadd sweep --host URI` clears. The host is `tests/support/lab_host`: sshd + libvirtd in
+a mount namespace that cannot see this machine's hotadd cache. hotadd runs through the real
+CLI in its own process (this test process holds an embedded libvirt driver)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import paths
+from harness.guests import reference, windows_setup
+from harness.host import staging
+from harness.host.connection import open_connection
+from harness.host.machine import Machine
+from harness.host.target import SshAddress, SshHost
+from tests.support import windows_golden
+from tests.support.lab_host import LabHost, lab_host
+from tests.support.processes import run_hotadd
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabHost]:
+    reference.build()  # the guest files exist here, and only here
+    with lab_host(hide=[paths.cache_root()]) as host:
+        yield host
+
+
+def _domains(lab: LabHost) -> list[str]:
+    out = subprocess.run(["virsh", "-c", lab.uri, "list", "--all", "--name"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return [n for n in out.split() if n.startswith("hotadd-")]
+
+
+def _host_dir(lab: LabHost, name: str) -> list[str]:
+    path = lab.inside(lab.cache / name)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(run), env=lab.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["outcome"] == "pass"
+    assert result["start"]["note"].startswith("remote host")
+    # the kernel and initramfs were staged into the host's cache, by content
+    kernel, initrd = reference.planned_boot_files()
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (kernel, initrd)}
+    assert set(_host_dir(lab, staging.FILES)) == digests  # and nothing else: no key
+    xml = (run / "domain.xml").read_text()
+    assert str(kernel) not in xml and str(lab.cache / staging.FILES) in xml
+    # the console came back here while the run went on; nothing of the run stays there
+    assert reference.READY_MARKER in (run / "serial.log").read_text()
+    # the guest's SSH went through the host's SSH (a direct-tcpip channel to its forward)
+    port = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", xml)
+    assert port is not None
+    assert f"target 127.0.0.1 port {port[1]}" in (lab.home / "lab.log").read_text()
+    assert _host_dir(lab, "scratch") == []
+    assert _domains(lab) == []
+    # a second run sends nothing: the host has the files
+    again = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(tmp_path / "again"),
+                       env=lab.env)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--quiet", "--libvirt-uri", lab.uri,
+         "--run-dir", str(tmp_path / "run"), "--ready-timeout", "600"],
+        env=os.environ | lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not _domains(lab):  # polled: the domain appears once QEMU started
+            assert proc.poll() is None, "the run ended before its domain appeared"
+            assert time.monotonic() < deadline, "no domain appeared on the lab host"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = _domains(lab)
+    assert len(left) == 1 and _host_dir(lab, "scratch") == left
+    gone = subprocess.Popen(["true"])  # a stager of this machine that died mid-transfer
+    gone.wait()
+    lab.inside(lab.cache / staging.FILES).mkdir(exist_ok=True)
+    part = lab.inside(lab.cache / staging.FILES /
+                      f".{'0' * 64}.{socket.gethostname()}.{gone.pid}.abcdef{staging.PART}")
+    part.write_bytes(b"half a file")
+    swept = run_hotadd("sweep", "--host", lab.uri, env=lab.env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert left[0] in swept.stdout
+    assert _domains(lab) == [] and _host_dir(lab, "scratch") == []
+    assert not part.exists()
+
+
+def test_a_windows_domain_starts_on_the_remote_host_and_takes_a_hotadd(
+        lab: LabHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Windows guest kind's domain (a blank stand-in golden disk: no OS boots) on the lab
+    host: its disk an overlay there on the staged golden image, UEFI with the NVRAM copied
+    there, a vCPU hot-add through libvirt's ssh transport."""
+    monkeypatch.setenv(windows_setup.PASSWORD_ENV, "Run-Pa55word!")
+    kind = windows_golden.prepared_kind(tmp_path)
+    assert kind.image is not None
+    image = kind.image
+    host = SshHost(SshAddress.of(lab.uri), cache=lab.cache)
+    conn = open_connection(lab.uri)
+    try:
+        hw = windows_golden.remote_hardware(tmp_path, host)
+        with Machine.start(conn, kind.domain_spec(hw), hw.scratch, host) as machine:
+            root = ET.fromstring(machine.dom.XMLDesc(0))
+            backing = root.find("devices/disk[@device='disk']/backingStore/source")
+            digest = hashlib.sha256(image.read_bytes()).hexdigest()
+            assert backing is not None
+            assert backing.get("file") == str(lab.cache / staging.FILES / digest)
+            assert machine.qemu_pid() is None  # its QEMU is the host's, not this machine's
+            assert machine.qemu_view().present == 2
+            assert machine.hotadd().libvirt_id == 2 and machine.qemu_view().present == 3
+        assert not lab.inside(hw.scratch).exists()
+        assert _domains(lab) == []
+    finally:
+        conn.close()
+        host.close()
+
+
+def test_a_matrix_case_runs_on_the_remote_host(lab: LabHost, tmp_path: Path) -> None:
+    """`hotadd matrix` with a host table naming the lab host's URI: the case runs there (one
+    worker), its JUnit properties name that host, and nothing of it stays there."""
+    matrix = tmp_path / "lab.toml"
+    matrix.write_text(f'[hosts.lab]\nuri = "{lab.uri}"\nvcpus = 4\nmemory = 1024\n'
+                      '[groups.g]\n[[groups.g.scenario]]\nname = "add"\nadds = 1\n')
+    junit, art = tmp_path / "lab.xml", tmp_path / "art"
+    proc = run_hotadd("matrix", str(matrix), "--workers", "1", "--junitxml", str(junit),
+                      "--artifacts", str(art), env=lab.env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    (case,) = ET.parse(junit).iter("testcase")
+    props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+    assert case.get("name") == "g/add@lab/reference"
+    assert props["hotadd.verdict"] == "pass" and props["hotadd.host.uri"] == lab.uri
+    assert _host_dir(lab, "scratch") == [] and _domains(lab) == []
