@@ -28,6 +28,7 @@ import libvirt
 
 from harness import __version__, interrupts, paths, rundir, warm
 from harness.clock import ClockMapping, ClockSample, map_clock
+from harness.developer import DriverReport, DriverUnderTest, check_package
 from harness.errors import (
     ExitCode,
     GuestCrashed,
@@ -39,6 +40,8 @@ from harness.errors import (
     exit_code,
 )
 from harness.guests.base import (
+    DriverOrder,
+    DriverPackage,
     GuestFacts,
     GuestKind,
     HardwareRequest,
@@ -88,6 +91,7 @@ class ScenarioSpec:
     image: Path | None = None  # Windows golden image
     driver: Path | None = None  # Windows probe driver (.sys)
     cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
+    own_driver: DriverPackage | None = None  # a developer's driver beside the probe
 
     def __post_init__(self) -> None:
         plan = self.vcpu_plan  # validates the topology
@@ -156,6 +160,8 @@ class ScenarioSpec:
                                  f"give {name} in seconds, e.g. 60")
         if self.libvirt_uri is not None:
             check_uri(self.libvirt_uri)
+        if self.own_driver is not None:
+            check_package(self.guest, self.own_driver)
 
     def check_veto_reached(self) -> None:
         """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),
@@ -305,11 +311,13 @@ class RunResult:
     start: StartInfo | None = None  # booted or restored (None: the run broke before)
     clock: ClockMapping | None = None  # clock_offset with its measured uncertainty
     clock_method: str = "load"  # "handshake": round trips read the probe's clock after load
+    driver: DriverReport | None = None  # the developer's driver, when one ran beside the probe
 
     @property
     def passed(self) -> bool:
         return (self.error is None and self.verdict is not None and self.verdict.passed
-                and all(c.passed or c.severity is Severity.WARN for c in self.host_checks))
+                and all(c.passed or c.severity is Severity.WARN for c in self.host_checks)
+                and (self.driver is None or self.driver.passed))
 
     @property
     def outcome(self) -> Outcome:
@@ -343,6 +351,7 @@ class RunResult:
             "guest": dataclasses.asdict(self.guest) if self.guest else None,
             "interrupted": self.interrupted.to_dict() if self.interrupted else None,
             "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
+            "driver": self.driver.to_dict() if self.driver else None,
         }
 
 
@@ -585,6 +594,8 @@ class Attempt:
         self._unloaded = False
         self._feed: RecordFeed | None = None  # the probe's records as they are written
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
+        own = spec.own_driver
+        self.own = (DriverUnderTest(own, guest.kind, progress, run_dir) if own else None)
 
     @property
     def session(self) -> Session:
@@ -602,6 +613,11 @@ class Attempt:
             if self.guest_facts is not None and self.guest_facts.vbs == "running":
                 self.progress.say("warning: virtualization-based security is running in the "
                                   "guest; it is not supported with CPU hot-add")
+        own_first = self.own is not None and self.own.driver.order is DriverOrder.BEFORE
+        if own_first and self.own is not None:
+            self.machine.check_alive()  # a crash before the drivers is the lab's
+            self.probe_touched = True
+            self.own.load(self.session)
         with self.progress.stage("load", "the probe to register"):
             self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
             self.probe_touched = True
@@ -618,6 +634,8 @@ class Attempt:
         self.clock_method = "handshake" if read else "load"
         self.clock = map_clock(samples + read)
         self.clock_offset = self.clock.offset if self.clock else None
+        if self.own is not None and not own_first:
+            self.own.load(self.session)
 
     def add(self, vcpu_id: int | None = None) -> AddOutcome:
         """Hot-add one vCPU (`vcpu_id`, or the lowest free one) and wait for the guest's _OST
@@ -629,15 +647,22 @@ class Attempt:
         with self.progress.stage(f"add {index}", "setVcpu, _OST and the probe's records"):
             outcome = self._one_add(index, vcpu_id)
         self.adds.append(outcome)
+        if self.own is not None:
+            self.own.after(f"add {index}", self.session)
         return outcome
 
     def unload(self) -> None:
         """Note the guest's and QEMU's counts, then deregister and unload the probe."""
         self._after_adds = (self.session.processor_count(), self.machine.qemu_view())
         self._close_feed()
+        own_last = self.own is not None and self.own.driver.order is DriverOrder.BEFORE
+        if self.own is not None and not own_last:
+            self.own.unload(self.session)
         with self.progress.stage("unload", "the probe to deregister"):
             self.session.unload_probe()
         self._unloaded = True
+        if self.own is not None and own_last:
+            self.own.unload(self.session)
 
     def add_after_unload(self) -> AddOutcome:
         """One more hot-add with the probe gone: the guest answers _OST, the probe must not."""
@@ -689,6 +714,8 @@ class Attempt:
             adds_expected_ok=self.spec.adds_expected_ok if performed == self.spec.adds else None,
             boot_cpus=self._boot_count, guest_count=guest_count)
         verdict = check(final, ORACLE_PROFILES[self.spec.guest], facts)
+        if self.own is not None:
+            self.own.collect(self.session, ORACLE_PROFILES[self.spec.guest], facts)
         checks = _host_checks(self, qemu.present, qemu.running_cpus, guest_count)
         return self._result(verdict, checks)
 
@@ -702,9 +729,14 @@ class Attempt:
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
                 # the transport is gone; the serial console still has what the probe printed
-                records = self.guest.kind.console_records(self.machine.serial_text())
+                serial = self.machine.serial_text()
+                records = self.guest.kind.console_records(serial)
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
+                if self.own is not None:
+                    self.own.after_crash(serial, exc.excerpt)
+                    if self.own.faulting_module:
+                        exc.add_note(f"the crash report blames {self.own.faulting_module}")
         return self._result(None, (), exc)
 
     def interrupted(self, exc: KeyboardInterrupt) -> RunResult:
@@ -720,7 +752,8 @@ class Attempt:
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
                          clock_offset=self.clock_offset, after_unload=self.after_unload,
                          guest=self.guest_facts, start=self.guest.start_info,
-                         clock=self.clock, clock_method=self.clock_method, **_failure(exc))
+                         clock=self.clock, clock_method=self.clock_method,
+                         driver=self.own.report() if self.own else None, **_failure(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, feed = self.spec, self.progress, self.machine, self._feed
@@ -823,6 +856,8 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
          run_dir: Path, partial: list[RunResult]) -> RunResult:
     with progress.stage("prepare", f"{kind.os.value} guest image"):
         kind.prepare(progress)
+        if spec.own_driver is not None:
+            spec = dataclasses.replace(spec, own_driver=kind.check_driver(spec.own_driver))
     with open_host(spec, progress) as host, \
             Guest.start(spec, kind, host, progress, domain, run_dir) as guest:
         attempt = Attempt(guest, spec, run_dir, progress)

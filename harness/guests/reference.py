@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -684,6 +684,115 @@ def records_from_console(text: str) -> str:
     lines = [m.group(1) for m in map(_CONSOLE_RECORD.search, text.splitlines()) if m]
     starts = [i for i, line in enumerate(lines) if '"event":"load"' in line]
     return "".join(f"{line}\n" for line in lines[starts[-1]:]) if starts else ""
+
+
+# -- a developer's module beside the probe ------------------------------------------------------
+
+#: Where a developer's module is copied in the guest (the initramfs is writable tmpfs).
+GUEST_MODULE_DIR = "/lib/hotadd/extra"
+#: A records writer other than the probe prints each record to the kernel log as
+#: "hotadd-records[WRITER]: {json}" (WRITER: its module name), docs/record-format.md "Streams".
+WRITER_RECORD_PREFIX = "hotadd-records[{writer}]: "
+_ELF_MAGIC = b"\x7fELF"
+_ET_REL = 1  # a kernel module is a relocatable ELF object
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,55}")  # MODULE_NAME_LEN 56, with the NUL
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What a .ko says about itself (modinfo, read on the host)."""
+
+    name: str
+    vermagic: str  # "6.1.0-56-amd64 SMP preempt mod_unload modversions"
+    parameters: frozenset[str]
+
+
+def module_info(path: Path) -> ModuleInfo:
+    """The module's name, vermagic and parameters; InputError for a file that is not a Linux
+    kernel module (missing, not ELF, not relocatable, no .modinfo)."""
+    fix = "give a kernel module (.ko) built against the reference guest's kernel headers"
+    try:
+        with path.open("rb") as f:
+            head = f.read(18)
+    except OSError as exc:
+        raise InputError(f"--with-module {path}: {exc.strerror or exc}", fix) from None
+    if head[:4] != _ELF_MAGIC:
+        raise InputError(f"--with-module {path} is not an ELF file (no kernel module)", fix)
+    if len(head) < 18 or int.from_bytes(head[16:18], "little") != _ET_REL:
+        raise InputError(f"--with-module {path} is an ELF file but not a relocatable object "
+                         "(a .ko is one; this is an executable or shared library)", fix)
+    fields: dict[str, list[str]] = {}
+    for key in ("name", "vermagic", "parm"):
+        proc = subprocess.run(["modinfo", "-F", key, str(path)], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise InputError(f"--with-module {path}: modinfo cannot read it: "
+                             f"{proc.stderr.strip()[-300:]}", fix)
+        fields[key] = proc.stdout.splitlines()
+    name = (fields["name"] or [path.name.removesuffix(".ko").replace("-", "_")])[0]
+    if not fields["vermagic"]:
+        raise InputError(f"--with-module {path} has no vermagic: not a kernel module", fix)
+    return ModuleInfo(name=name, vermagic=fields["vermagic"][0],
+                      parameters=frozenset(p.partition(":")[0] for p in fields["parm"]))
+
+
+def check_module(path: Path, kernel_release: str,
+                 params: Sequence[tuple[str, str]]) -> ModuleInfo:
+    """`module_info`, refusing before any boot what insmod would refuse in the guest: another
+    kernel's module, the probe's own name, a parameter the module does not declare."""
+    info = module_info(path)
+    if not _MODULE_NAME.fullmatch(info.name):
+        raise InputError(f"--with-module {path}: module name {info.name!r} is not a Linux "
+                         "module name", "rename the module (letters, digits, _)")
+    if info.name == GUEST_PROBE_NAME:
+        raise InputError(f"--with-module {path} is hotadd's own probe ({GUEST_PROBE_NAME})",
+                         "give your own module; the probe is always loaded")
+    if info.vermagic.split()[0] != kernel_release:
+        raise InputError(
+            f"--with-module {path} was built for kernel {info.vermagic.split()[0]}, the "
+            f"reference guest runs {kernel_release}: insmod would refuse it",
+            f"build it with make -C /usr/src/linux-headers-{kernel_release} M=$PWD modules")
+    unknown = sorted({k for k, _ in params} - info.parameters)
+    if unknown:
+        known = ", ".join(sorted(info.parameters)) or "none"
+        raise InputError(f"--with-module-param {', '.join(unknown)}: {info.name} declares no "
+                         f"such parameter (it declares: {known})",
+                         "check the name against modinfo -p")
+    return info
+
+
+def guest_module_path(name: str) -> str:
+    return f"{GUEST_MODULE_DIR}/{name}.ko"
+
+
+def insmod_argv(name: str, params: Sequence[tuple[str, str]]) -> list[str]:
+    return ["insmod", guest_module_path(name), *(f"{k}={v}" for k, v in params)]
+
+
+def module_loaded(t: Transport, name: str) -> bool:
+    """Whether `name` is loaded and live (/sys/module/NAME/initstate says "live")."""
+    res = t.run_argv(["cat", f"/sys/module/{name}/initstate"])
+    return res.ok and res.stdout.strip() == "live"
+
+
+def writer_records_from_console(text: str, writer: str) -> str:
+    """The records `writer` printed to a serial log or dmesg (JSON Lines), from its last
+    `load` record on (as `records_from_console` for the probe)."""
+    prefix = re.escape(WRITER_RECORD_PREFIX.format(writer=writer))
+    pattern = re.compile(prefix + r"(\{.*\})\s*$")
+    lines = [m.group(1) for m in map(pattern.search, text.splitlines()) if m]
+    starts = [i for i, line in enumerate(lines) if '"event":"load"' in line]
+    return "".join(f"{line}\n" for line in lines[starts[-1]:]) if starts else ""
+
+
+_OOPS_RIP = re.compile(r"RIP: [0-9a-f]{4}:(\S+?)\+0x[0-9a-f]+/0x[0-9a-f]+ \[(\w+)\]")
+
+
+def faulting_module(excerpt: str) -> str | None:
+    """The module an oops report's RIP line names ("RIP: 0010:fn+0x1a/0x60 [mod]"), as
+    "mod (fn)"; None when the fault was in the kernel proper or the report has no RIP."""
+    m = _OOPS_RIP.search(excerpt)
+    return f"{m.group(2)} ({m.group(1)})" if m else None
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:

@@ -18,7 +18,8 @@ Then a small deterministic interpreter, not Windows, executes it:
 - `powershell.exe ... -EncodedCommand B64` is decoded (UTF-16LE) and its intent looked up in a
   tiny table (the staging decoder and the fetch-chunk reader, matched by regex; a script that
   is vm/windows/hotadd-probe.ps1 plus a call line goes to `ProbeModel`, a model of what those
-  functions do to the guest); any other script text runs as portable `sh` script text;
+  functions do to the guest; the upload decoder of `put` writes the bytes); any other script
+  text runs as portable `sh` script text;
 - `powershell.exe ... -File F` (a staged long script) is treated like the decoded text above,
   read as Windows PowerShell 5.1 reads it: UTF-8 only with a BOM, else ANSI (cp1252);
 - any other command line runs with `sh -c`.
@@ -401,7 +402,20 @@ class WinRMDouble:
                           r"\$f=\[IO\.File\]::Open\('((?:[^']|'')*)','Open','Read','ReadWrite'\);"
                           r"try\{\[void\]\$f\.Seek\((\d+),'Begin'\);\$b=New-Object byte\[\] (\d+)",
                           script)
-        if stage:
+        put = re.search(r"\$src='((?:[^']|'')*)';\$dst='((?:[^']|'')+)';", script)
+        if put:  # windows.put_decoder_script: base64 lines -> bytes, renamed over the target
+            data = b""
+            if put[1]:
+                src = self.path(put[1].replace("''", "'"))
+                data = base64.b64decode(re.sub(rb"\s", b"", src.read_bytes()))
+                src.unlink()
+            dst = self.path(put[2].replace("''", "'"))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".hotadd-put")
+            tmp.write_bytes(data)
+            tmp.replace(dst)
+            cmd.finish(b"", b"", 0)
+        elif stage:
             src = self.path(stage[1].replace("''", "'"))
             text = base64.b64decode(re.sub(rb"\s", b"", src.read_bytes()))
             self.path(stage[2].replace("''", "'")).write_bytes(b"\xef\xbb\xbf" + text)
