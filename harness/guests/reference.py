@@ -43,6 +43,9 @@ from harness.transport.ssh import SshTransport
 
 SOURCE_DIR = paths.REPO_ROOT / "vm" / "reference"
 PROBE_SOURCE_DIR = SOURCE_DIR / "probe"
+#: The example developer module (`--with-module`), built beside the probe; see its source.
+EXAMPLE_SOURCE_DIR = SOURCE_DIR / "example"
+EXAMPLE_MODULE = "hotadd_example.ko"
 APT_ARCHIVES = Path("/var/cache/apt/archives")
 
 #: Kernel command line. `console=ttyS0` for the serial log, with the boot messages (not `quiet`:
@@ -139,7 +142,8 @@ _IMAGE_FILE = "image.json"
 #: sha256sum(1) format, written last by a build: what `build()` checks before every use, so a
 #: truncated kernel or initramfs is rebuilt instead of costing a guest that never gets ready.
 _SUMS_FILE = "sha256sums"
-_HASHED = ("vmlinuz", "initrd.img", "id_ed25519", "hotadd_probe.ko", _IMAGE_FILE)
+_HASHED = ("vmlinuz", "initrd.img", "id_ed25519", "hotadd_probe.ko", EXAMPLE_MODULE,
+           _IMAGE_FILE)
 _KEEP_BUILDS = 2
 _PRUNE_AFTER_S = 24 * 3600
 _HEADERS_META = "linux-headers-amd64"
@@ -374,17 +378,24 @@ def _module_closure(modules_root: Path, wanted: tuple[str, ...]) -> list[Path]:
     return ordered
 
 
-def _build_probe(release: str, work: Path) -> Path:
-    """Compile the probe in a temporary copy of its sources; return the .ko."""
-    src = work / "probe"
-    shutil.copytree(PROBE_SOURCE_DIR, src)
+def _build_module(release: str, work: Path, source: Path, ko_name: str) -> Path:
+    """Compile a module in a temporary copy of its sources; return the .ko."""
+    src = work / source.name
+    shutil.copytree(source, src)
     _run(["make", "-s", f"KDIR=/usr/src/linux-headers-{release}"],
-         "building the probe module", f"apt-get install {_HEADERS_META} gcc make", cwd=src)
-    ko = src / "hotadd_probe.ko"
+         f"building the {source.name} module", f"apt-get install {_HEADERS_META} gcc make",
+         cwd=src)
+    ko = src / ko_name
     if not ko.is_file():
-        raise InfrastructureError("building the probe module produced no hotadd_probe.ko",
+        raise InfrastructureError(f"building the {source.name} module produced no {ko_name}",
                                   "read the make output above")
     return ko
+
+
+def example_module(image: ReferenceImage) -> Path:
+    """The example developer module of this build (vm/reference/example/), for
+    `hotadd run --with-module`."""
+    return image.build_dir / EXAMPLE_MODULE
 
 
 def _make_keys(out: Path) -> tuple[Path, str, bytes, str]:
@@ -593,8 +604,11 @@ def _build_into(root: Path, final: Path, v: _Versions, progress: Progress) -> Re
         shutil.copyfile(pkg / "boot" / f"vmlinuz-{v.kernel_release}", out / "vmlinuz")
         modules = _module_closure(pkg / "lib" / "modules" / v.kernel_release, BOOT_MODULES)
         progress.say("guest build: probe module")
-        probe_ko = _build_probe(v.kernel_release, work)
+        probe_ko = _build_module(v.kernel_release, work, PROBE_SOURCE_DIR, "hotadd_probe.ko")
         shutil.copyfile(probe_ko, out / "hotadd_probe.ko")
+        progress.say("guest build: example developer module")
+        shutil.copyfile(_build_module(v.kernel_release, work, EXAMPLE_SOURCE_DIR, EXAMPLE_MODULE),
+                        out / EXAMPLE_MODULE)
         host_key, host_line, private, authorized = _make_keys(work)
         key_path = out / "id_ed25519"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
