@@ -84,16 +84,16 @@ def test_files_that_are_no_kernel_module_are_refused(tmp_path: Path) -> None:
     src = tmp_path / "plain.c"
     src.write_text("int x;\n")
     subprocess.run(["gcc", "-c", str(src), "-o", str(obj)], check=True)
-    with pytest.raises(InputError, match="no vermagic|modinfo cannot read"):
+    with pytest.raises(InputError, match=r"no vermagic|modinfo cannot read"):
         spec_of("--with-module", str(obj))
 
 
 def test_the_guest_side_check_refuses_another_kernel_and_unknown_parameters(
         example_ko: Path, reference_image: ReferenceImage) -> None:
-    with pytest.raises(InputError, match="built for kernel .* runs 5.10.0-1-amd64") as err:
+    with pytest.raises(InputError, match=r"built for kernel .* runs 5\.10\.0-1-amd64") as err:
         reference.check_module(example_ko, "5.10.0-1-amd64", [])
     assert "linux-headers-5.10.0-1-amd64" in str(err.value.fix)
-    with pytest.raises(InputError, match="declares no such parameter .*size_by"):
+    with pytest.raises(InputError, match=r"declares no such parameter .*size_by"):
         reference.check_module(example_ko, reference_image.kernel_version, [("sise_by", "x")])
     probe = reference_image.build_dir / "hotadd_probe.ko"
     with pytest.raises(InputError, match="hotadd's own probe"):
