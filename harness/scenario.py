@@ -646,9 +646,9 @@ class Attempt:
         index = len(self.adds) + 1
         with self.progress.stage(f"add {index}", "setVcpu, _OST and the probe's records"):
             outcome = self._one_add(index, vcpu_id)
+            if self.own is not None:
+                self.own.after(f"add {index}", self.session)
         self.adds.append(outcome)
-        if self.own is not None:
-            self.own.after(f"add {index}", self.session)
         return outcome
 
     def unload(self) -> None:
