@@ -50,7 +50,7 @@ PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
 
 @dataclass(frozen=True)
 class ProbeParameters:
-    """The driver service's Parameters values (driver/probe_public.h); None = leave unset.
+    """The driver service's Parameters values (driver/recorder/probe_public.h); None = leave unset.
     Set-HotAddProbeParameters takes them as NAMES and replies with those that are set."""
 
     FUNCTION: ClassVar[str] = "Set-HotAddProbeParameters"
