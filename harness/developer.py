@@ -69,6 +69,10 @@ def check_package(guest: GuestOS, driver: DriverPackage) -> None:
         from harness.guests import reference
 
         reference.module_info(driver.path)  # an ELF relocatable object with a .modinfo
+    else:
+        from harness.guests.windows_kind import check_sys
+
+        check_sys(driver.path, driver.params)  # an x64 native PE image, a usable name
 
 
 def stream_file(writer: str) -> str:

@@ -133,3 +133,16 @@ def test_a_vanished_driver_or_a_failed_stream_fails_the_report(example_ko: Path)
     gone = DriverReport(pkg, (DriverCheck("load", True), DriverCheck("add 1", False)), ())
     assert not gone.passed and "VANISHED" in gone.describe()
     assert gone.to_dict()["checks"][1] == {"after": "add 1", "running": False}
+
+
+def test_windows_driver_options_make_a_package_and_refuse_a_non_driver(tmp_path: Path) -> None:
+    from tests.unit.test_windows_own_driver import pe_image
+
+    sys_file = pe_image(tmp_path / "MyDriver.sys")
+    spec = spec_of("--guest", "windows", "--image", "w.qcow2", "--with-driver", str(sys_file),
+                   "--with-driver-param", "Size=4", "--with-driver-order", "before")
+    assert spec.own_driver == DriverPackage(sys_file, (("Size", "4"),), DriverOrder.BEFORE)
+    (tmp_path / "text.sys").write_text("hello")
+    with pytest.raises(InputError, match="not a Windows PE image"):
+        spec_of("--guest", "windows", "--image", "w.qcow2", "--with-driver",
+                str(tmp_path / "text.sys"))

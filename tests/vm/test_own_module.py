@@ -14,9 +14,12 @@ import pytest
 
 from harness.guests import reference
 from harness.guests.reference import ReferenceImage
+from tests.support.plugin_suite import Suite, suite
 from tests.support.processes import run_hotadd
 
 pytestmark = pytest.mark.vm
+pytest_plugins = ["pytester"]
+_ = suite  # the fixture, used by name
 
 
 def run(cli_uri: str, run_dir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -71,3 +74,18 @@ def test_buggy_mode_is_caught_and_named(cli_uri: str, tmp_path: Path,
     assert notifies(tmp_path / "run" / "records-hotadd_example.jsonl")[-1] == (
         "hotadd", "complete", 2)
     assert "the crash report blames hotadd_example" in output
+
+
+def test_the_hotadd_driver_fixture_loads_the_module_beside_the_probe(
+        suite: Suite, reference_image: ReferenceImage) -> None:
+    """`hotadd_driver(path, params)` in a user's test: the same flow as --with-module."""
+    ko = reference.example_module(reference_image)
+    suite.pytester.makepyfile(f"""
+        def test_good(hotadd_driver):
+            hotadd = hotadd_driver({str(ko)!r}, {{"size_by": "possible"}})
+            result = hotadd.run(adds=1)
+            assert result.passed, hotadd.explain(result)
+            assert [c.after for c in result.driver.checks] == ["load", "add 1"]
+            assert result.driver.streams[0].verdict.passed
+    """)
+    suite.run().assert_outcomes(passed=1)
