@@ -800,12 +800,16 @@ def writer_records_from_console(text: str, writer: str) -> str:
 
 
 _OOPS_RIP = re.compile(r"RIP: [0-9a-f]{4}:(\S+?)\+0x[0-9a-f]+/0x[0-9a-f]+ \[(\w+)\]")
+#: A reliable call-trace frame in a module (unreliable ones start with "? ").
+_TRACE_FRAME = re.compile(r"^\s*(?:\[[ \d.]+\]\s*)?(\w+)\+0x[0-9a-f]+/0x[0-9a-f]+ \[(\w+)\]",
+                          re.MULTILINE)
 
 
 def faulting_module(excerpt: str) -> str | None:
-    """The module an oops report's RIP line names ("RIP: 0010:fn+0x1a/0x60 [mod]"), as
-    "mod (fn)"; None when the fault was in the kernel proper or the report has no RIP."""
-    m = _OOPS_RIP.search(excerpt)
+    """The module an oops report blames, as "mod (fn)": the one its RIP line names ("RIP:
+    0010:fn+0x1a/0x60 [mod]"), else, for a fault in the kernel proper called from a module
+    (a memset, say), the first reliable call-trace frame in a module. None when neither."""
+    m = _OOPS_RIP.search(excerpt) or _TRACE_FRAME.search(excerpt)
     return f"{m.group(2)} ({m.group(1)})" if m else None
 
 

@@ -123,6 +123,10 @@ def test_the_module_an_oops_blames_is_named() -> None:
                "RIP: 0010:example_online+0x3c/0x60 [hotadd_example]\n")
     assert reference.faulting_module(excerpt) == "hotadd_example (example_online)"
     assert reference.faulting_module("RIP: 0010:memset_orig+0x33/0xb0\n") is None
+    in_kernel = ("RIP: 0010:memset_orig+0x33/0xb0\nCall Trace:\n <TASK>\n"
+                 " ? page_fault_oops+0x1/0x2\n ? other+0x1/0x2 [notthis]\n"
+                 " example_online+0x2b/0x40 [hotadd_example]\n cpuhp_invoke_callback+0x1/0x2\n")
+    assert reference.faulting_module(in_kernel) == "hotadd_example (example_online)"
 
 
 def test_a_vanished_driver_or_a_failed_stream_fails_the_report(example_ko: Path) -> None:
