@@ -210,7 +210,13 @@ class SshTransport(Transport):
         try:
             chan.exec_command(command)
             if stdin:
-                chan.sendall(stdin)
+                try:
+                    chan.sendall(stdin)
+                except OSError:
+                    # The command ended without reading all of its stdin (a `put` whose target
+                    # cannot be written): its exit status, read below, says so. A connection
+                    # that died is found below too (no exit status, transport inactive).
+                    pass
             chan.shutdown_write()
             deadline = t0 + timeout
             while True:
