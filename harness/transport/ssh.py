@@ -11,6 +11,7 @@ exec channel: dropbear, the reference guest's server, has no SFTP subsystem.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import logging
 import select
 import shlex
@@ -210,13 +211,11 @@ class SshTransport(Transport):
         try:
             chan.exec_command(command)
             if stdin:
-                try:
+                # The command may end without reading all of its stdin (a `put` whose target
+                # cannot be written): its exit status, read below, says so. A connection that
+                # died is found below too (no exit status, transport inactive).
+                with contextlib.suppress(OSError):
                     chan.sendall(stdin)
-                except OSError:
-                    # The command ended without reading all of its stdin (a `put` whose target
-                    # cannot be written): its exit status, read below, says so. A connection
-                    # that died is found below too (no exit status, transport inactive).
-                    pass
             chan.shutdown_write()
             deadline = t0 + timeout
             while True:

@@ -150,3 +150,20 @@ def test_windows_driver_options_make_a_package_and_refuse_a_non_driver(tmp_path:
     with pytest.raises(InputError, match="not a Windows PE image"):
         spec_of("--guest", "windows", "--image", "w.qcow2", "--with-driver",
                 str(tmp_path / "text.sys"))
+
+
+def test_the_driver_report_reaches_junit_properties(example_ko: Path, tmp_path: Path) -> None:
+    from harness.report.junit import junit_properties
+    from harness.scenario import RunResult, ScenarioSpec
+
+    pkg = DriverPackage(example_ko, name="hotadd_example")
+    report = DriverReport(pkg, (DriverCheck("load", True), DriverCheck("add 1", False)),
+                          (StreamResult("hotadd_example", "", 0, None),),
+                          faulting_module="hotadd_example (example_online)")
+    result = RunResult(ScenarioSpec(), tmp_path, "d", None, (), (), {}, {}, driver=report)
+    props = dict(junit_properties(result))
+    assert props["hotadd.driver"] == "hotadd_example: fail"
+    assert props["hotadd.driver.after.add_1"] == "vanished"
+    assert props["hotadd.driver.stream.hotadd_example"] == "no records"
+    assert props["hotadd.driver.faulting_module"] == "hotadd_example (example_online)"
+    assert not result.passed and result.to_dict()["driver"]["passed"] is False
