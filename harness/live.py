@@ -90,7 +90,7 @@ class RecordFeed:
         """The hot-add notifies since `mark`, without waiting: the console's as soon as it
         shows an end, else the transport's (fetched every TRANSPORT_EVERY_S, or every poll
         while the console carries no records at all). `seen` says when and how the end came;
-        `harness.scenario.await_add` calls this under the add's one deadline."""
+        `harness.observation.await_add` calls this under the add's one deadline."""
         if self.seen.end is not None:
             return [r for r in (self.seen.start, self.seen.end) if r is not None]
         found = self._console_end(mark)

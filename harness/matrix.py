@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from harness.commands.run import GUEST_GROUP, add_arguments, spec_from_args
 from harness.errors import InputError
 from harness.host.capacity import Capacity
-from harness.scenario import ScenarioSpec, guest_kind
+from harness.spec import ScenarioSpec, guest_kind
 
 LOCAL_EMBED = "qemu:///embed"
 #: run options a scenario may not set, because the matrix decides them, and what does instead

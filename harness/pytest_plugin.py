@@ -44,6 +44,7 @@ from typing import Any
 import pytest
 
 from harness import paths
+from harness.attempt import Attempt
 from harness.developer import check_package
 from harness.errors import HotaddError, InfrastructureError, InputError
 from harness.guests.base import (
@@ -56,22 +57,15 @@ from harness.host import accel
 from harness.host.domain import Accelerator, GuestOS, Topology
 from harness.host.machine import HotplugMethod, run_name
 from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
+from harness.observation import AddOutcome
+from harness.pool import Guest, Host, open_host
 from harness.progress import Progress
 from harness.records import NotifyRecord, Record, read_records
 from harness.report.html import write_report
 from harness.report.junit import junit_properties
 from harness.report.text import render_result
-from harness.scenario import (
-    AddOutcome,
-    Attempt,
-    Guest,
-    Host,
-    RunResult,
-    ScenarioSpec,
-    guest_kind,
-    open_host,
-    write_result,
-)
+from harness.result import RunResult, write_result
+from harness.spec import ScenarioSpec, guest_kind
 
 #: What each test's directory holds besides the run's files: the test's id and pytest outcome.
 TEST_FILE = "test.json"

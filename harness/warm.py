@@ -14,10 +14,12 @@ key covers everything that shapes the saved state:
 What a save image cannot carry is rebuilt per run (`Machine.resume`): the serial console file,
 the NIC's 127.0.0.1 forwards (QEMU command-line arguments, not device state: checked here with
 libvirt 9.0 + QEMU 7.2, a restore with another hostfwd port answers SSH on the new port),
-disk/NVRAM copies in the run's own scratch directory, the owner metadata. libvirt refuses a
-new name or UUID on restore, so a saved guest keeps the name it was saved under,
-`hotadd-<kind>-w<key>`. Nothing of a probe survives: the state is saved before any probe load,
-and the guest's wall clock is set again once it answers (`Session.sync_clock`).
+disk/NVRAM copies in the run's own scratch directory, the owner metadata, and the domain's name
+and UUID: every restore runs under its own run name (libvirt refuses a rename through the
+restore's XML, so `harness.host.saveimage` restores a per-run copy of the image whose header
+names the run), so no two runs ever share a domain name. Nothing of a probe survives: the state
+is saved before any probe load, and the guest's wall clock is set again once it answers
+(`Session.sync_clock`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from harness import __version__
 from harness.errors import HotaddError
 from harness.guests.base import GuestKind, HardwareRequest
 from harness.host import storage
-from harness.host.domain import NAME_PREFIX, DomainSpec, Forward, to_xml
+from harness.host.domain import DomainSpec, Forward, to_xml
 from harness.host.machine import Machine, run_name
 from harness.host.saved import Claim, Entry, Key, SavedStore, file_digest
 from harness.progress import Progress
@@ -95,10 +97,6 @@ def key_for(kind: GuestKind, spec: DomainSpec, hw: HardwareRequest,
     })
 
 
-def saved_name(kind: GuestKind, key: str) -> str:
-    return f"{NAME_PREFIX}{kind.os.value}-w{key[:12]}"
-
-
 @contextlib.contextmanager
 def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
           host_versions: Mapping[str, str], progress: Progress, ready_timeout: float,
@@ -118,11 +116,10 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
     except BaseException:
         storage.remove_scratch(hw.scratch)
         raise
-    spec = dataclasses.replace(spec, name=saved_name(kind, key.digest))
     with contextlib.ExitStack() as stack:
         try:
             with store.claim(key.digest, on_wait=lambda: progress.say(
-                    f"waiting for another run that is saving {spec.name}")) as claim:
+                    f"waiting for another run that is saving guest {key.digest}")) as claim:
                 machine, info = _start_locked(conn, kind, hw, spec, claim, key, progress,
                                               ready_timeout)
         except BaseException:
@@ -138,9 +135,6 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
 def _start_locked(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
                   spec: DomainSpec, claim: Claim, key: Key, progress: Progress,
                   ready_timeout: float) -> tuple[Machine, StartInfo]:
-    if _name_in_use(conn, spec.name):  # a shared libvirt (qemu:///system) runs it already
-        return _cold(conn, hw, kind, progress, f"saved guest {spec.name} is running for "
-                     "another run on this libvirt")
     saved = False
     if claim.entry is None:
         _create(conn, kind, hw, spec, claim, key, progress, ready_timeout)
@@ -169,44 +163,37 @@ def _cold(conn: libvirt.virConnect, hw: HardwareRequest, kind: GuestKind, progre
     return machine, StartInfo(warm=False, note=note)
 
 
-def _name_in_use(conn: libvirt.virConnect, name: str) -> bool:
-    try:
-        conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return False
-    return True
-
-
 def _create(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest, spec: DomainSpec,
             claim: Claim, key: Key, progress: Progress, ready_timeout: float) -> Entry:
-    """Boot the guest cold to ready under the saved name, save it into the claim's staging
-    directory and publish it."""
+    """Boot the guest cold to ready under a name of its own (its scratch dir's), save it into
+    the claim's staging directory and publish it."""
     staging = claim.staging()
     scratch = storage.run_scratch(run_name(f"{kind.os.value}-save"))
     try:
-        boot_hw = dataclasses.replace(hw, scratch=scratch, run_dir=staging.path)
-        boot_spec = dataclasses.replace(kind.domain_spec(boot_hw), name=spec.name)
+        boot_hw = dataclasses.replace(hw, name=scratch.name, scratch=scratch,
+                                      run_dir=staging.path)
+        boot_spec = dataclasses.replace(kind.domain_spec(boot_hw), name=scratch.name)
     except BaseException:
         storage.remove_scratch(scratch)
         raise
-    with progress.stage("boot", f"{spec.name} ({spec.vcpus.boot} of {spec.vcpus.maximum} "
+    with progress.stage("boot", f"{boot_spec.name} ({spec.vcpus.boot} of {spec.vcpus.maximum} "
                                 "vCPUs), to save it for later runs"):
         machine = Machine.start(conn, boot_spec, scratch)
     with machine:
         with progress.stage("boot to ready", "the guest's transport, before saving it"):
             kind.open_session(machine, progress, ready_timeout).close()
-        with progress.stage("save", f"{spec.name} ({claim.key})"):
+        with progress.stage("save", f"{boot_spec.name} ({claim.key})"):
             machine.save(staging.image)
             for path in machine.writable_files():
                 staging.add_file(path)
     (staging.path / "domain.xml").unlink(missing_ok=True)
-    return claim.publish({"name": spec.name, "inputs": dict(key.inputs)})
+    return claim.publish({"name": boot_spec.name, "inputs": dict(key.inputs)})
 
 
 def _restore(conn: libvirt.virConnect, spec: DomainSpec, scratch: Path, entry: Entry,
              progress: Progress) -> Machine:
     """Copy the entry's boot console and writable files into this run's places, then
-    restore."""
+    restore under the run's own name."""
     with progress.stage("restore", f"{spec.name} from saved guest {entry.key}"):
         shutil.copyfile(entry.console, spec.serial_log)
         writable = [d.path for d in spec.disks if not d.readonly]

@@ -23,12 +23,8 @@ from harness.progress import Progress
 from harness.records import UINT32_MAX
 from harness.report.html import write_report
 from harness.report.text import render_result
-from harness.scenario import (
-    NTSTATUS_ERROR_MIN,
-    ScenarioSpec,
-    planned_xml,
-    run_scenario,
-)
+from harness.scenario import planned_xml, run_scenario
+from harness.spec import NTSTATUS_ERROR_MIN, ScenarioSpec
 
 DEFAULT_ADDS = 2
 

@@ -41,7 +41,7 @@ from harness.errors import (
     NoFreeVcpuSlot,
     QemuFrozen,
 )
-from harness.host import bounded, storage
+from harness.host import bounded, saveimage, storage
 from harness.host.domain import (
     METADATA_NS,
     NAME_PREFIX,
@@ -61,6 +61,8 @@ from harness.host.screenshot import ppm_to_png
 CALL_TIMEOUT_S = 20.0
 #: virDomainSave/Restore write or read the guest's whole memory.
 SAVE_TIMEOUT_S = 300.0
+#: The per-run copy of a saved guest's image, named for this run (`Machine.resume`).
+RESTORE_IMAGE = "restore.save"
 
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -199,25 +201,29 @@ class Machine:
         """Start `spec`'s domain from a save image that another run made of the same domain
         (`harness.warm`). Owns `scratch` from here, like `start`.
 
-        libvirt keeps the saved name and UUID (it refuses others: ABI stability), so `spec`
-        must carry the saved name; everything outside the guest's memory comes from `spec`:
-        the serial console file (appended to: the caller copies the boot console there first),
-        the NIC's host ports (QEMU command-line arguments, not part of the saved state), disk,
-        CD-ROM and NVRAM paths, and the owner metadata the sweep reads.
+        The domain runs under `spec`'s own name and a fresh UUID (a per-run copy of the image,
+        `harness.host.saveimage`: libvirt refuses a rename on restore). Everything outside the
+        guest's memory comes from `spec`: the serial console file (appended to: the caller
+        copies the boot console there first), the NIC's host ports (QEMU command-line
+        arguments, not part of the saved state), disk, CD-ROM and NVRAM paths, and the owner
+        metadata the sweep reads.
         """
         spec = _owned(spec, scratch)
         events = DomainEvents(conn, spec.name)
+        copy = scratch / RESTORE_IMAGE  # in the scratch dir: a crashed run's goes with it
         try:
-            xml = adapt_saved_xml(conn.saveImageGetXMLDesc(str(image), 0), spec)
-            conn.restoreFlags(str(image), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name), spec)
+            conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             dom = conn.lookupByName(spec.name)
-        except (libvirt.libvirtError, DomainError) as exc:
+        except (libvirt.libvirtError, DomainError, OSError) as exc:
             events.close()
             storage.remove_scratch(scratch)
             detail = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
             raise DomainError(f"libvirt could not restore {spec.name} from {image}: {detail}",
                               "run with --cold to boot instead; 'hotadd sweep' drops saved "
                               "guests that no longer restore") from exc
+        finally:
+            copy.unlink(missing_ok=True)  # QEMU has read it all once the restore returns
         machine = cls(conn, spec, scratch, dom, events)
         interrupts.own(spec.name, f"domain {spec.name} (QEMU restored) and scratch dir {scratch}")
         (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
@@ -626,7 +632,7 @@ def adapt_saved_xml(xml: str, spec: DomainSpec) -> str:
     saved_name = root.findtext("name")
     if saved_name != spec.name:
         raise DomainError(f"the save image holds domain {saved_name!r}, not {spec.name!r}",
-                          "restore under the saved name (libvirt cannot rename on restore)")
+                          "rename the image first (harness.host.saveimage.write_renamed)")
     source = root.find("./devices/serial[@type='file']/source")
     if source is None:
         raise DomainError("the save image's domain has no serial console file",

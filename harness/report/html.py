@@ -3,7 +3,8 @@
 One page, no scripts, no external files: a summary table, then per scenario its findings (the
 oracle's and the host's), the timeline picture and the per-add latencies, with links to the
 artifacts beside it. Built only from the files a run leaves (result.json, records.jsonl and,
-for pytest, test.json), so `hotadd report DIR` rebuilds exactly the same page.
+for pytest, test.json), so `hotadd report DIR` rebuilds exactly the same page. result.json is
+read through `harness.result_file` (typed, checked), never as raw dicts.
 
 This module turns those files into typed rows; the page's markup is the Jinja2 template
 `templates/report.html.j2`, rendered with autoescaping on, so every value from a run directory
@@ -17,7 +18,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from markupsafe import Markup
@@ -25,9 +25,16 @@ from markupsafe import Markup
 from harness.errors import InputError
 from harness.records import Record, read_records
 from harness.report.timeline import build_timeline, clock_note, render_svg
+from harness.result_file import (
+    NO_RUN,
+    RESULT_FILE,
+    ResultAdd,
+    ResultFile,
+    parse_result,
+    read_result,
+)
 
 REPORT_FILE = "report.html"
-RESULT_FILE = "result.json"
 TEST_FILE = "test.json"  # written by the pytest plugin: node id and pytest's outcome
 ARTIFACTS = ("result.json", "records.jsonl", "serial.log", "domain.xml", "screenshot.png")
 
@@ -38,14 +45,14 @@ class ScenarioView:
 
     name: str
     run_dir: Path
-    result: dict[str, Any]
+    result: ResultFile
     records: tuple[Record, ...]
     records_error: str | None  # why records.jsonl could not be read, if it could not
     test_outcome: str | None  # pytest's outcome, when the run was a pytest test
 
     @property
     def outcome(self) -> str:
-        return str(self.result.get("outcome", "error"))
+        return self.result.outcome
 
 
 def scenario_dirs(directory: Path) -> list[Path]:
@@ -58,14 +65,9 @@ def scenario_dirs(directory: Path) -> list[Path]:
 
 
 def load_scenario(run_dir: Path, relative_to: Path) -> ScenarioView:
-    try:
-        result = (json.loads((run_dir / RESULT_FILE).read_text())
-                  if (run_dir / RESULT_FILE).is_file() or not (run_dir / TEST_FILE).is_file()
-                  else {"outcome": "none"})
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {run_dir / RESULT_FILE}: {exc}",
-                         "give a run directory written by 'hotadd run' or the pytest plugin"
-                         ) from exc
+    result = (read_result(run_dir / RESULT_FILE)
+              if (run_dir / RESULT_FILE).is_file() or not (run_dir / TEST_FILE).is_file()
+              else parse_result(NO_RUN))
     records: list[Record] = []
     records_error = None
     if (run_dir / "records.jsonl").is_file():
@@ -198,8 +200,8 @@ class Page:
     sections: tuple[Section, ...]
 
 
-def _ms(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.1f}"
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _anchor(i: int) -> str:
@@ -221,94 +223,88 @@ def render_report(views: list[ScenarioView], directory: Path) -> str:
 
 def _summary_row(i: int, v: ScenarioView) -> SummaryRow:
     r = v.result
-    verdict = r.get("verdict") or {}
-    counts = verdict.get("counts") or {}
-    adds = r.get("adds") or []
-    osts = [a["ost_ms"] for a in adds if a.get("ost_ms") is not None]
-    took = [a["start_to_end_ms"] for a in adds if a.get("start_to_end_ms") is not None]
-    ends = ", ".join(str(a.get("end_state", "?")) for a in adds) or "none"
+    verdict = r.verdict
+    osts = [a.ost_ms for a in r.adds if a.ost_ms is not None]
+    took = [a.start_to_end_ms for a in r.adds if a.start_to_end_ms is not None]
+    ends = ", ".join(a.end_state for a in r.adds) or "none"
     return SummaryRow(
         anchor=_anchor(i), name=v.name, test_outcome=v.test_outcome, outcome=v.outcome,
-        verdict=str(verdict["verdict"]) if verdict else None,
-        fails=int(counts.get("fail", 0)), warns=int(counts.get("warn", 0)),
-        failed_checks=", ".join(str(c["check_id"]) for c in r.get("host_checks") or []
-                                if not c["passed"]),
-        adds=f"{len(adds)}: {ends}", max_ost_ms=_ms(max(osts) if osts else None),
+        verdict=verdict.verdict if verdict else None,
+        fails=verdict.fails if verdict else 0, warns=verdict.warns if verdict else 0,
+        failed_checks=", ".join(c.check_id for c in r.host_checks if not c.passed),
+        adds=f"{len(r.adds)}: {ends}", max_ost_ms=_ms(max(osts) if osts else None),
         max_took_ms=_ms(max(took) if took else None),
-        total_s=f"{(r.get('timings_s') or {}).get('total', 0):.1f}")
+        total_s=f"{r.timings_s.get('total', 0):.1f}")
 
 
 def _section(i: int, v: ScenarioView, directory: Path) -> Section:
     r = v.result
-    scenario = r.get("scenario") or {}
-    probe = scenario.get("probe") or {}
-    veto = probe.get("veto_index")
-    what = (f"{scenario.get('guest', '?')} guest, {scenario.get('boot_vcpus', '?')} boot "
-            f"vCPUs, {scenario.get('adds', '?')} adds"
+    scenario = r.scenario
+    veto = scenario.veto_index
+    what = (f"{_or_unknown(scenario.guest)} guest, {_or_unknown(scenario.boot_vcpus)} boot "
+            f"vCPUs, {_or_unknown(scenario.adds)} adds"
             + (f", veto of processor {veto}" if veto is not None else "")
-            + (", add after unload" if scenario.get("add_after_unload") else ""))
-    verdict = r.get("verdict") or {}
+            + (", add after unload" if scenario.add_after_unload else ""))
     svg, note = None, ""
-    if v.records or r.get("adds"):
+    if v.records or r.adds:
         tl = build_timeline(r, v.records)
         # render_svg escapes every text and attribute value it writes (html.escape, quotes
         # included); tests/unit/test_report_escaping.py holds it to that.
         svg, note = Markup(render_svg(tl, v.name)), tl.note
     links, screenshot = _links(v, directory)
-    versions = r.get("versions") or {}
-    timings = r.get("timings_s") or {}
     return Section(
         anchor=_anchor(i), name=v.name, test_outcome=v.test_outcome, outcome=v.outcome,
-        what=what, domain=str(r.get("domain")),
-        error=str(r["error"]) if r.get("error") else None, findings=_findings(r),
-        verdict_records=int(verdict.get("records", 0)) if verdict else None,
+        what=what, domain=str(r.domain),
+        error=r.error or None, findings=_findings(r),
+        verdict_records=r.verdict.records if r.verdict else None,
         records_error=v.records_error, timeline_svg=svg, timeline_note=note, adds=_adds(r),
         links=links, screenshot=screenshot,
-        versions=", ".join(f"{k} {val}" for k, val in sorted(versions.items())),
-        timings=", ".join(f"{k} {val:.2f}s" for k, val in timings.items()),
-        clock=f"guest clock mapped to host time {clock_note(r)}", start=_start(r))
+        versions=", ".join(f"{k} {val}" for k, val in sorted(r.versions.items())),
+        timings=", ".join(f"{k} {val:.2f}s" for k, val in r.timings_s.items()),
+        clock=f"guest clock mapped to host time {clock_note(r.clock)}", start=_start(r))
 
 
-def _start(r: dict[str, Any]) -> str:
-    start = r.get("start")
-    if not start:
+def _or_unknown(value: object) -> str:
+    return "?" if value is None else str(value)
+
+
+def _start(r: ResultFile) -> str:
+    start = r.start
+    if start is None:
         return "start: unknown"
-    how = "warm: restored saved guest" if start.get("warm") else "cold: booted"
-    key = f" {start['key']}" if start.get("key") else ""
-    saved = ", saved for later runs" if start.get("saved") else ""
-    note = f" ({start['note']})" if start.get("note") else ""
+    how = "warm: restored saved guest" if start.warm else "cold: booted"
+    key = f" {start.key}" if start.key else ""
+    saved = ", saved for later runs" if start.saved else ""
+    note = f" ({start.note})" if start.note else ""
     return f"start: {how}{key}{saved}{note}"
 
 
-def _findings(r: dict[str, Any]) -> tuple[FindingRow, ...]:
-    findings = (r.get("verdict") or {}).get("findings") or []
+def _findings(r: ResultFile) -> tuple[FindingRow, ...]:
+    findings = r.verdict.findings if r.verdict else ()
     rows = [FindingRow(
-        label=f"F{n}", severity=str(f.get("severity", "")), rule=str(f["rule_id"]),
-        source=str(f.get("source", "")), message=str(f["message"]),
-        statement=str(f.get("statement", "")),
-        seqs=", ".join(str(s) for s in f.get("seqs", []))) for n, f in enumerate(findings, 1)]
+        label=f"F{n}", severity=f.severity, rule=f.rule_id, source=f.source,
+        message=f.message, statement=f.statement,
+        seqs=", ".join(str(s) for s in f.seqs)) for n, f in enumerate(findings, 1)]
     rows += [FindingRow(
-        label="host", severity=str(c.get("severity", "")), rule=str(c["check_id"]), source=None,
-        message=str(c["message"]),
+        label="host", severity=c.severity, rule=c.check_id, source=None, message=c.message,
         statement="the host's own observation (QEMU, ACPI _OST, the guest's online count)",
-        seqs="-") for c in r.get("host_checks") or [] if not c["passed"]]
+        seqs="-") for c in r.host_checks if not c.passed]
     return tuple(rows)
 
 
-def _adds(r: dict[str, Any]) -> tuple[AddRow, ...]:
-    late = r.get("add_after_unload")
+def _adds(r: ResultFile) -> tuple[AddRow, ...]:
+    late = r.add_after_unload
     rows = []
-    for a in list(r.get("adds") or []) + ([late] if late else []):
-        q = a.get("qemu") or {}
+    adds: list[ResultAdd] = list(r.adds) + ([late] if late else [])
+    for a in adds:
         rows.append(AddRow(
-            index=f"{a['index']}" + (" (after unload)" if a is late else ""),
-            vcpu=str(a["libvirt_vcpu"]),
-            topology=f"{q.get('socket')}/{q.get('core')}/{q.get('thread')}",
-            guest_index="-" if a.get("guest_index") is None else str(a["guest_index"]),
-            call_ms=_ms(a.get("call_ms")),
-            ost="none" if a.get("ost_ms") is None else f"{a['ost_ms']:.1f} ({a['ost_status']})",
-            start_ms=_ms(a.get("start_ms_approx")), end_state=str(a.get("end_state")),
-            end_ms=_ms(a.get("end_ms_approx")), took_ms=_ms(a.get("start_to_end_ms"))))
+            index=f"{a.index}" + (" (after unload)" if a is late else ""),
+            vcpu=str(a.libvirt_vcpu), topology=f"{a.socket}/{a.core}/{a.thread}",
+            guest_index="-" if a.guest_index is None else str(a.guest_index),
+            call_ms=_ms(a.call_ms),
+            ost="none" if a.ost_ms is None else f"{a.ost_ms:.1f} ({a.ost_status})",
+            start_ms=_ms(a.start_ms_approx), end_state=a.end_state,
+            end_ms=_ms(a.end_ms_approx), took_ms=_ms(a.start_to_end_ms)))
     return tuple(rows)
 
 

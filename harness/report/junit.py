@@ -6,8 +6,9 @@ as `<property name=... value=...>` of the test case. Names are stable: `hotadd.<
 
 from __future__ import annotations
 
+from harness.observation import AddOutcome
 from harness.oracle import RULES_BY_ID
-from harness.scenario import AddOutcome, RunResult
+from harness.result import RunResult
 
 
 def _ms(value: float | None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.oracle import render_verdict
-from harness.scenario import RunResult
+from harness.result import RunResult
 
 
 def render_adds(result: RunResult) -> str:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Any
 
 from harness.records import DriverRecord, NotifyRecord, NotifyState, Record
+from harness.result_file import ResultAdd, ResultClock, ResultFile
 
 
 class Mark(enum.Enum):
@@ -97,44 +97,41 @@ def _status(value: int) -> str:
     return f"0x{value:08X}"
 
 
-def _clock_offset(result: Mapping[str, Any], records: Sequence[Record]) -> float | None:
+def _clock_offset(result: ResultFile, records: Sequence[Record]) -> float | None:
     """Host Unix time of guest t_ns == 0: stored by the run, or derived from an add."""
-    stored = (result.get("guest_clock") or {}).get("t0_host_wall")
-    if stored is not None:
-        return float(stored)
+    if result.clock.t0_host_wall is not None:
+        return result.clock.t0_host_wall
     starts = {r.nt_number: r for r in records if isinstance(r, NotifyRecord)
               and r.state is NotifyState.START}
-    for add in result.get("adds") or []:
-        rec = starts.get(add.get("guest_index"))
-        if rec is not None and add.get("start_ms_approx") is not None:
-            return (float(add["host_t_wall"]) + float(add["start_ms_approx"]) / 1000
-                    - rec.t_ns / 1e9)
+    for add in result.adds:
+        rec = starts.get(add.guest_index) if add.guest_index is not None else None
+        if rec is not None and add.start_ms_approx is not None:
+            return add.host_t_wall + add.start_ms_approx / 1000 - rec.t_ns / 1e9
     return None
 
 
-def clock_note(result: Mapping[str, Any]) -> str:
+def clock_note(clock: ResultClock) -> str:
     """How far to trust guest times mapped to the host clock, as measured by the run."""
-    clock = result.get("guest_clock") or {}
-    if clock.get("uncertainty_ms") is None:
+    if clock.uncertainty_ms is None:
         return "through the offset taken at probe load (uncertainty not measured)"
-    return (f"within ±{float(clock['uncertainty_ms']):.1f} ms ({clock.get('samples')} round "
-            f"trips, fastest {float(clock.get('round_trip_ms') or 0):.1f} ms"
-            + ("" if clock.get("consistent", True) else "; they disagreed: a clock jumped")
+    return (f"within ±{clock.uncertainty_ms:.1f} ms ({clock.samples} round "
+            f"trips, fastest {clock.round_trip_ms or 0:.1f} ms"
+            + ("" if clock.consistent else "; they disagreed: a clock jumped")
             + ")")
 
 
-def _findings_by_seq(result: Mapping[str, Any]) -> dict[int, tuple[tuple[int, ...], bool]]:
+def _findings_by_seq(result: ResultFile) -> dict[int, tuple[tuple[int, ...], bool]]:
     out: dict[int, tuple[tuple[int, ...], bool]] = {}
-    findings = ((result.get("verdict") or {}).get("findings")) or []
+    findings = result.verdict.findings if result.verdict else ()
     for number, finding in enumerate(findings, start=1):
-        for seq in finding.get("seqs", []):
-            numbers, failing = out.get(int(seq), ((), False))
-            out[int(seq)] = ((*numbers, number), failing or finding.get("severity") == "fail")
+        for seq in finding.seqs:
+            numbers, failing = out.get(seq, ((), False))
+            out[seq] = ((*numbers, number), failing or finding.severity == "fail")
     return out
 
 
-def build_timeline(result: Mapping[str, Any], records: Sequence[Record]) -> Timeline:
-    """The picture's content from a result.json object and the run's records."""
+def build_timeline(result: ResultFile, records: Sequence[Record]) -> Timeline:
+    """The picture's content from a run's result file and its records."""
     flagged = _findings_by_seq(result)
     offset = _clock_offset(result, records)
     load = next((r for r in records if isinstance(r, DriverRecord)
@@ -152,10 +149,10 @@ def build_timeline(result: Mapping[str, Any], records: Sequence[Record]) -> Time
     points: list[Point] = []
     spans: list[Span] = []
     vcpu_of: dict[int, int] = {}
-    adds = list(result.get("adds") or [])
+    adds = list(result.adds)
     for add in adds:
-        if add.get("guest_index") is not None:
-            vcpu_of[int(add["guest_index"])] = int(add["libvirt_vcpu"])
+        if add.guest_index is not None:
+            vcpu_of[add.guest_index] = add.libvirt_vcpu
 
     boot = {r.nt_number for r in records if isinstance(r, NotifyRecord)
             and r.phase.value == "replay"}
@@ -187,45 +184,45 @@ def build_timeline(result: Mapping[str, Any], records: Sequence[Record]) -> Time
             f"{_status(r.op_status)} active {r.active_count} irql {r.irql} at "
             f"{guest_ms(r.t_ns):.3f} ms", number, failing))
 
-    for row in ((result.get("verdict") or {}).get("timeline")) or []:
-        t0 = guest_ms(int(row["start_t_ns"]))
-        end = row.get("end_state")
-        t1 = guest_ms(int(row["end_t_ns"])) if row.get("end_t_ns") is not None else None
+    for row in result.verdict.timeline if result.verdict else ():
+        t0 = guest_ms(row.start_t_ns)
+        end = row.end_state
+        t1 = guest_ms(row.end_t_ns) if row.end_t_ns is not None else None
         kind = (SpanKind.COMPLETE if end == "complete" else SpanKind.FAILURE if end == "failure"
                 else SpanKind.OPEN)
-        spans.append(Span(_lane_key(int(row["nt_number"])), t0, t1, kind))
+        spans.append(Span(_lane_key(row.nt_number), t0, t1, kind))
 
     panel_starts: list[tuple[float, str]] = [(0.0, "load and replay")]
-    extra_adds = [(a, False) for a in adds]
-    if result.get("add_after_unload"):
-        extra_adds.append((result["add_after_unload"], True))
+    extra_adds: list[tuple[ResultAdd, bool]] = [(a, False) for a in adds]
+    if result.add_after_unload is not None:
+        extra_adds.append((result.add_after_unload, True))
     for add, after_unload in extra_adds:
-        t = host_ms(float(add["host_t_wall"]))
+        t = host_ms(add.host_t_wall)
         if t is None:
             continue
-        vcpu = int(add["libvirt_vcpu"])
-        gi = add.get("guest_index")
-        lane = _lane_key(int(gi)) if gi is not None else f"v{vcpu}"
+        vcpu = add.libvirt_vcpu
+        gi = add.guest_index
+        lane = _lane_key(gi) if gi is not None else f"v{vcpu}"
         if lane not in lanes:
             lanes[lane] = Lane(lane, f"vCPU {vcpu}",
                                "after unload: no record due" if after_unload
                                else "NO probe record")
         title = (f"add after unload: vCPU {vcpu}" if after_unload
-                 else f"add {add['index']}: vCPU {vcpu}")
+                 else f"add {add.index}: vCPU {vcpu}")
         panel_starts.append((t, title))
         points.append(Point(lane, t, Mark.HOST_ADD, "setVcpu",
-                            f"host {add.get('method', 'setVcpu')} of vCPU {vcpu} "
-                            f"(returned after {add.get('call_ms', 0):.1f} ms)"))
-        if add.get("ost_ms") is not None:
-            status = add.get("ost_status")
-            points.append(Point(lane, t + float(add["ost_ms"]), Mark.OST,
+                            f"host {add.method} of vCPU {vcpu} "
+                            f"(returned after {add.call_ms or 0:.1f} ms)"))
+        if add.ost_ms is not None:
+            status = add.ost_status
+            points.append(Point(lane, t + add.ost_ms, Mark.OST,
                                 "_OST" if status == 0 else f"_OST {status}",
-                                f"ACPI _OST status {status} {add['ost_ms']:.1f} ms after the "
+                                f"ACPI _OST status {status} {add.ost_ms:.1f} ms after the "
                                 "add"))
         if after_unload:
             continue  # nobody should answer but the guest's _OST
-        first = add.get("start_ms_approx") if gi is not None else None
-        spans.append(Span(lane, t, t + float(first) if first is not None else None,
+        first = add.start_ms_approx if gi is not None else None
+        spans.append(Span(lane, t, t + first if first is not None else None,
                           SpanKind.WAIT))
 
     unload = [r for r in records if isinstance(r, DriverRecord)
@@ -236,7 +233,7 @@ def build_timeline(result: Mapping[str, Any], records: Sequence[Record]) -> Time
     open_at = [s.t0_ms for s in spans if s.t1_ms is None]
     panels = _panels(panel_starts, [p.t_ms for p in points], open_at)
     note = ("times are ms after the start of each panel; guest times mapped to the host clock "
-            f"{clock_note(result)}"
+            f"{clock_note(result.clock)}"
             if base_wall is not None else
             "times are ms on the guest's clock since the probe's load (host times unknown)")
     return Timeline(tuple(lanes.values()), panels, tuple(points), tuple(spans), note)

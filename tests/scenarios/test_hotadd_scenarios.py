@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pytest
 
+from harness.pool import Guest
 from harness.pytest_plugin import HotaddHelper, LoadedProbe
 from harness.records import DriverEvent, DriverRecord, Phase
-from harness.scenario import Guest
 
 
 def test_single_add(hotadd: HotaddHelper, hotadd_guest: Guest) -> None:

@@ -5,8 +5,8 @@ what is measured is the waiter's own budget, not this machine's speed."""
 from __future__ import annotations
 
 from harness.host.events import OstEvent
+from harness.observation import await_add
 from harness.records import NotifyRecord, NotifyState, Phase
-from harness.scenario import await_add
 
 
 def notify(seq: int, state: NotifyState) -> NotifyRecord:

@@ -154,7 +154,8 @@ def test_windows_driver_options_make_a_package_and_refuse_a_non_driver(tmp_path:
 
 def test_the_driver_report_reaches_junit_properties(example_ko: Path, tmp_path: Path) -> None:
     from harness.report.junit import junit_properties
-    from harness.scenario import RunResult, ScenarioSpec
+    from harness.result import RunResult
+    from harness.spec import ScenarioSpec
 
     pkg = DriverPackage(example_ko, name="hotadd_example")
     report = DriverReport(pkg, (DriverCheck("load", True), DriverCheck("add 1", False)),

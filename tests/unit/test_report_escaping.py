@@ -16,6 +16,7 @@ from harness.oracle.model import HotAdd, ProtocolModel
 from harness.records import dump_records, read_records
 from harness.report.html import write_report
 from harness.report.timeline import build_timeline, render_svg
+from harness.result_file import parse_result
 
 HOSTILE = """<script>alert("x")</script> & 'q' "dq" <b onmouseover="alert(1)">"""
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -45,7 +46,7 @@ def _hostile_run(run: Path) -> dict[str, object]:
     verdict["findings"] = [{"rule_id": HOSTILE, "severity": "fail", "source": HOSTILE,
                             "statement": HOSTILE, "message": HOSTILE, "seqs": [3]}]
     adds = [{"index": n, "libvirt_vcpu": 1 + n, "method": HOSTILE,
-             "qemu": {"socket": HOSTILE, "core": n, "thread": 0},
+             "qemu": {"socket": 0, "core": n, "thread": 0},
              "host_t_wall": 1000.0 + n, "call_ms": 1.0, "ost_status": 0, "ost_ms": 2.0,
              "guest_index": 1 + n, "end_state": HOSTILE, "start_ms_approx": 3.0,
              "end_ms_approx": 8.0, "start_to_end_ms": 5.0} for n in (1, 2)]
@@ -100,7 +101,7 @@ def test_the_svg_escapes_its_own_text(tmp_path: Path) -> None:
     carry the hostile strings literally: nothing was interpreted as markup."""
     result = _hostile_run(tmp_path / "run")
     records = read_records(tmp_path / "run" / "records.jsonl")
-    svg = render_svg(build_timeline(result, records), HOSTILE)
+    svg = render_svg(build_timeline(parse_result(result), records), HOSTILE)
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG_NS}svg" and root.get("aria-label") == HOSTILE
     assert not [e for e in root.iter() if e.tag in (f"{SVG_NS}script", "script")]

@@ -23,7 +23,7 @@ from harness.errors import InputError
 from harness.guests import reference
 from harness.host.domain import MAX_APIC_ID, MAX_VCPUS, TopoIds, Topology, VcpuPlan
 from harness.host.machine import HotplugMethod
-from harness.scenario import ScenarioSpec
+from harness.spec import ScenarioSpec
 
 COUNT = st.integers(min_value=1, max_value=9)
 TOPOLOGIES = st.builds(Topology, sockets=COUNT, dies=st.integers(1, 4), cores=COUNT,

@@ -123,7 +123,8 @@ def test_probe_parameters_mapping() -> None:
 
 def test_preflight_records_vbs_and_the_session_reports_it(
         double: WinRMDouble, transport: WinRMTransport, tmp_path: Path) -> None:
-    from harness.scenario import RunResult, ScenarioSpec
+    from harness.result import RunResult
+    from harness.spec import ScenarioSpec
 
     double.probe.vbs_status = 2
     pre = windows_control.preflight(transport)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.attempt import Attempt
 from harness.host.events import PanicEvent
-from harness.scenario import Attempt, Guest
+from harness.pool import Guest
 
 PANIC = "(sleep 0.2; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &"
 

@@ -15,7 +15,8 @@ from harness.guests import reference
 from harness.guests.reference_kind import ReferenceKind
 from harness.host.domain import Accelerator, Topology
 from harness.progress import Progress
-from harness.scenario import ScenarioSpec, run_scenario
+from harness.scenario import run_scenario
+from harness.spec import ScenarioSpec
 
 pytestmark = pytest.mark.vm
 

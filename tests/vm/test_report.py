@@ -20,6 +20,7 @@ from harness.oracle import HostFacts, Profile, check
 from harness.records import NotifyRecord, NotifyState, Phase, dump_records, read_records
 from harness.report.html import REPORT_FILE
 from harness.report.timeline import COLORS, Mark, build_timeline
+from harness.result_file import read_result
 from tests.support.processes import qemu_pids_mentioning, run_hotadd
 
 CHROMIUM = shutil.which("chromium")
@@ -82,8 +83,8 @@ def test_run_prints_the_report_and_report_regenerates_it(veto_run: tuple[Path, s
 
 def test_timeline_has_every_processor_and_episode(veto_run: tuple[Path, str]) -> None:
     run_dir, _ = veto_run
-    result = json.loads((run_dir / "result.json").read_text())
-    tl = build_timeline(result, read_records(run_dir / "records.jsonl"))
+    tl = build_timeline(read_result(run_dir / "result.json"),
+                        read_records(run_dir / "records.jsonl"))
     assert [lane.title for lane in tl.lanes] == [
         "probe", "processor 0", "processor 1", "processor 2", "processor 3"]
     assert [p.title for p in tl.panels] == [

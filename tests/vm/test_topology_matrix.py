@@ -16,7 +16,8 @@ import pytest
 
 from harness.host.domain import Accelerator, Topology
 from harness.progress import Progress
-from harness.scenario import ScenarioSpec, run_scenario
+from harness.scenario import run_scenario
+from harness.spec import ScenarioSpec
 
 pytestmark = pytest.mark.vm
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from harness.host.saved import SavedStore
-from tests.support.processes import run_hotadd, short_root
+from tests.support.processes import qemu_pids_mentioning, run_hotadd, short_root
 
 pytestmark = pytest.mark.vm
 
@@ -119,3 +121,24 @@ def test_cold_boots_and_leaves_the_store_alone(runs: dict[str, Run]) -> None:
     assert cold["start"] == {"warm": False, "key": None, "saved": False, "note": "--cold"}
     assert "boot" in cold["timings_s"] and "restore" not in cold["timings_s"]
     assert runs["entries_at_end"][1]["n"] == 2  # first's key and changed's key, no more
+
+
+def test_two_runs_restoring_one_saved_guest_at_once_run_under_names_of_their_own(
+        runs: dict[str, Run], tmp_path: Path) -> None:
+    """Two runs restore the same saved guest at the same time, each in its own libvirt root
+    (as two matrix workers do): both pass, and their domains do not share a name (an image
+    restored as it is keeps the name it was saved under, for every run that restores it)."""
+    key = runs["first"][1]["start"]["key"]
+    with short_root() as root_a, short_root() as root_b:
+        procs = {tag: subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", "--libvirt-uri", f"qemu:///embed?root={root}",
+             "--run-dir", str(tmp_path / tag), "--json", "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for tag, root in (("a", root_a), ("b", root_b))}
+        output = {tag: proc.communicate(timeout=600)[0] for tag, proc in procs.items()}
+    results = {tag: json.loads((tmp_path / tag / "result.json").read_text()) for tag in procs}
+    for tag, result in results.items():
+        assert procs[tag].returncode == 0 and result["outcome"] == "pass", output[tag]
+        assert result["start"] == {"warm": True, "key": key, "saved": False, "note": ""}
+        assert not qemu_pids_mentioning(f"guest={result['domain']},")
+    assert results["a"]["domain"] != results["b"]["domain"]

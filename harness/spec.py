@@ -1,0 +1,180 @@
+"""What a run is asked to do, validated before any VM exists: `ScenarioSpec`, and the guest
+kind and oracle profile it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.developer import check_package
+from harness.errors import InputError
+from harness.guests.base import DriverPackage, GuestKind, ProbeSettings
+from harness.host.connection import check_uri
+from harness.host.domain import Accelerator, Firmware, GuestOS, Topology, VcpuPlan
+from harness.host.machine import HotplugMethod
+from harness.oracle import Profile as OracleProfile
+
+#: The oracle's rule set for each guest: the reference guest's probe speaks for Linux.
+ORACLE_PROFILES = {GuestOS.REFERENCE: OracleProfile.LINUX, GuestOS.WINDOWS: OracleProfile.WINDOWS}
+NTSTATUS_ERROR_MIN = 0x8000_0000  # the lowest 32-bit status with NT_SUCCESS false
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """Everything a run needs to know, validated before any VM exists."""
+
+    guest: GuestOS = GuestOS.REFERENCE
+    topology: Topology = field(default_factory=lambda: Topology(sockets=1, dies=1, cores=4))
+    boot_vcpus: int = 2
+    adds: int = 2
+    vcpu_ids: tuple[int, ...] = ()  # specific libvirt vCPU ids to add, in order (else: next free)
+    method: HotplugMethod = HotplugMethod.SET_VCPU
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    add_after_unload: bool = False  # one more add after the probe is gone: expect no record
+    accelerator: Accelerator = Accelerator.AUTO
+    firmware: Firmware | None = None
+    memory_mib: int | None = None
+    libvirt_uri: str | None = None
+    run_dir: Path | None = None
+    keep_on_failure: bool = False
+    ready_timeout: float = 120.0
+    ack_timeout: float = 60.0
+    image: Path | None = None  # Windows golden image
+    driver: Path | None = None  # Windows probe driver (.sys)
+    cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
+    own_driver: DriverPackage | None = None  # a developer's driver beside the probe
+
+    def __post_init__(self) -> None:
+        plan = self.vcpu_plan  # validates the topology
+        if self.vcpu_ids:
+            if len(self.vcpu_ids) != self.adds:
+                raise InputError(f"{len(self.vcpu_ids)} vCPU ids given for {self.adds} adds",
+                                 "give one id per add, or leave --vcpu-ids out")
+            bad = [i for i in self.vcpu_ids if not plan.boot <= i < plan.maximum]
+            if bad or len(set(self.vcpu_ids)) != len(self.vcpu_ids):
+                raise InputError(f"vCPU ids {list(self.vcpu_ids)} must be distinct and in "
+                                 f"{plan.boot}..{plan.maximum - 1} (the hot-pluggable ones)",
+                                 "choose ids of vCPUs that are offline at boot")
+            if self.method is HotplugMethod.SET_VCPUS and list(self.vcpu_ids) != sorted(
+                    self.vcpu_ids):
+                raise InputError("setVcpusFlags always plugs the lowest free vCPU",
+                                 "use --method setVcpu to add specific ids out of order")
+        wanted = self.adds + (1 if self.add_after_unload else 0)
+        if wanted > plan.hotpluggable:
+            raise InputError(
+                f"{wanted} adds requested but only {plan.hotpluggable} vCPU slots are free "
+                f"({plan.boot} of {plan.maximum} online at boot)",
+                "raise the max vCPUs (topology) or lower --adds")
+        if self.adds < 0:
+            raise InputError("--adds must be >= 0", "give a non-negative number of adds")
+        self._check_probe(plan)
+        self._check_guest_options()
+
+    def _check_probe(self, plan: VcpuPlan) -> None:
+        """A veto must name a processor some notification is about, or it silently does
+        nothing: an online one whose replay Start it vetoes, or one the adds will bring."""
+        probe = self.probe
+        if not NTSTATUS_ERROR_MIN <= probe.veto_status <= 0xFFFF_FFFF:
+            raise InputError(f"veto status {probe.veto_status:#x} is not an NTSTATUS error code",
+                             "give a 32-bit status with NT_SUCCESS false, e.g. 0xC000009A")
+        veto = probe.veto_index
+        if veto is not None and not (0 <= veto < plan.maximum):
+            raise InputError(f"--veto-cpu {veto} is not a processor of this guest (indices "
+                             f"0..{plan.maximum - 1}): it would veto nothing",
+                             "choose an online index (vetoes the replay) or one the adds bring")
+        if veto is not None and veto < plan.boot and not probe.add_existing:
+            raise InputError(f"--veto-cpu {veto} is online at boot, and without the replay "
+                             "(--no-add-existing) its Start is never called: it would veto "
+                             "nothing", f"choose a hot-added index ({plan.boot}.."
+                             f"{plan.maximum - 1}), or drop --no-add-existing")
+        if self.guest is GuestOS.REFERENCE:
+            from harness.guests.reference_kind import probe_params
+
+            probe_params(probe)  # the statuses the Linux probe can report, before any boot
+
+    def _check_guest_options(self) -> None:
+        if self.memory_mib is not None and self.memory_mib < 1:
+            raise InputError(f"--memory {self.memory_mib} MiB is no memory at all",
+                             "give the guest memory in MiB, e.g. --memory 1024, or leave it out")
+        if self.guest is GuestOS.REFERENCE:
+            given = [name for name, value in (("--image", self.image), ("--driver", self.driver))
+                     if value is not None]
+            if given:
+                verb = "is" if len(given) == 1 else "are"
+                raise InputError(f"{' and '.join(given)} {verb} for --guest windows only; the "
+                                 "reference guest is built by hotadd",
+                                 f"add --guest windows, or leave {' and '.join(given)} out")
+        for name, value in (("--ready-timeout", self.ready_timeout),
+                            ("--ack-timeout", self.ack_timeout)):
+            if not value > 0:
+                raise InputError(f"{name} {value} must be greater than 0 seconds",
+                                 f"give {name} in seconds, e.g. 60")
+        if self.libvirt_uri is not None:
+            check_uri(self.libvirt_uri)
+        if self.own_driver is not None:
+            check_package(self.guest, self.own_driver)
+
+    def check_veto_reached(self) -> None:
+        """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),
+        or it silently does nothing. Checked for a whole run (`hotadd run`); a test driving the
+        steps itself may add fewer than it planned."""
+        veto, boot = self.probe.veto_index, self.boot_vcpus
+        if veto is not None and veto >= boot and not veto < boot + self.adds:
+            last = f"..{boot + self.adds - 1}" if self.adds > 1 else ""
+            raise InputError(
+                f"--veto-cpu {veto} is never hot-added: {self.adds} add(s) bring processor "
+                f"indices {boot}{last}" if self.adds else
+                f"--veto-cpu {veto} is never hot-added: this run adds no vCPU",
+                f"choose one of those, or raise --adds to {veto - boot + 1}")
+
+    @property
+    def vcpu_plan(self) -> VcpuPlan:
+        return VcpuPlan(self.topology, boot=self.boot_vcpus)
+
+    @property
+    def adds_expected_ok(self) -> int:
+        """Adds the guest should complete: all but one whose expected index is vetoed.
+
+        Hot-added processors get the next free index (boot, boot+1, ...), so a veto index in
+        that range names exactly one add.
+        """
+        veto = self.probe.veto_index
+        vetoed = veto is not None and self.boot_vcpus <= veto < self.boot_vcpus + self.adds
+        return self.adds - (1 if vetoed else 0)
+
+    @property
+    def replay_vetoed(self) -> bool:
+        veto = self.probe.veto_index
+        return self.probe.add_existing and veto is not None and veto < self.boot_vcpus
+
+
+def spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
+    """The spec as plain JSON values (result.json's `scenario`)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, Path):
+            return str(v)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    out: dict[str, Any] = plain(spec)
+    return out
+
+
+def guest_kind(spec: ScenarioSpec) -> GuestKind:
+    """The guest kind that runs `spec.guest`."""
+    if spec.guest is GuestOS.REFERENCE:
+        from harness.guests.reference_kind import ReferenceKind
+
+        return ReferenceKind()
+    from harness.guests.windows_kind import WindowsKind
+
+    return WindowsKind(image=spec.image, driver=spec.driver)
