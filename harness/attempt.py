@@ -13,8 +13,9 @@ from pathlib import Path
 import libvirt
 
 from harness.clock import ClockMapping, ClockSample, map_clock
+from harness.developer import DriverUnderTest
 from harness.errors import GuestCrashed, HotaddError, InputError, QemuFrozen
-from harness.guests.base import GuestFacts, Session
+from harness.guests.base import DriverOrder, GuestFacts, Session
 from harness.host.machine import Machine, PluggedVcpu, QemuView
 from harness.live import RecordFeed
 from harness.observation import AddOutcome, HostCheck, await_add, host_checks, left
@@ -52,6 +53,8 @@ class Attempt:
         self._unloaded = False
         self._feed: RecordFeed | None = None  # the probe's records as they are written
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
+        own = spec.own_driver
+        self.own = (DriverUnderTest(own, guest.kind, progress, run_dir) if own else None)
 
     @property
     def session(self) -> Session:
@@ -69,6 +72,11 @@ class Attempt:
             if self.guest_facts is not None and self.guest_facts.vbs == "running":
                 self.progress.say("warning: virtualization-based security is running in the "
                                   "guest; it is not supported with CPU hot-add")
+        own_first = self.own is not None and self.own.driver.order is DriverOrder.BEFORE
+        if own_first and self.own is not None:
+            self.machine.check_alive()  # a crash before the drivers is the lab's
+            self.probe_touched = True
+            self.own.load(self.session)
         with self.progress.stage("load", "the probe to register"):
             self.machine.check_alive()  # a crash before the probe is the lab's, not a verdict
             self.probe_touched = True
@@ -85,6 +93,8 @@ class Attempt:
         self.clock_method = "handshake" if read else "load"
         self.clock = map_clock(samples + read)
         self.clock_offset = self.clock.offset if self.clock else None
+        if self.own is not None and not own_first:
+            self.own.load(self.session)
 
     def add(self, vcpu_id: int | None = None) -> AddOutcome:
         """Hot-add one vCPU (`vcpu_id`, or the lowest free one) and wait for the guest's _OST
@@ -95,6 +105,8 @@ class Attempt:
         index = len(self.adds) + 1
         with self.progress.stage(f"add {index}", "setVcpu, _OST and the probe's records"):
             outcome = self._one_add(index, vcpu_id)
+            if self.own is not None:
+                self.own.after(f"add {index}", self.session)
         self.adds.append(outcome)
         return outcome
 
@@ -102,9 +114,14 @@ class Attempt:
         """Note the guest's and QEMU's counts, then deregister and unload the probe."""
         self._after_adds = (self.session.processor_count(), self.machine.qemu_view())
         self._close_feed()
+        own_last = self.own is not None and self.own.driver.order is DriverOrder.BEFORE
+        if self.own is not None and not own_last:
+            self.own.unload(self.session)
         with self.progress.stage("unload", "the probe to deregister"):
             self.session.unload_probe()
         self._unloaded = True
+        if self.own is not None and own_last:
+            self.own.unload(self.session)
 
     def add_after_unload(self) -> AddOutcome:
         """One more hot-add with the probe gone: the guest answers _OST, the probe must not."""
@@ -156,6 +173,8 @@ class Attempt:
             adds_expected_ok=self.spec.adds_expected_ok if performed == self.spec.adds else None,
             boot_cpus=self._boot_count, guest_count=guest_count)
         verdict = check(final, ORACLE_PROFILES[self.spec.guest], facts)
+        if self.own is not None:
+            self.own.collect(self.session, ORACLE_PROFILES[self.spec.guest], facts)
         checks = host_checks(self.spec, self.adds, qemu.present, qemu.running_cpus,
                              guest_count)
         return self._result(verdict, checks)
@@ -170,9 +189,14 @@ class Attempt:
             _screenshot(self.machine, self.run_dir)
             if isinstance(exc, GuestCrashed):
                 # the transport is gone; the serial console still has what the probe printed
-                records = self.guest.kind.console_records(self.machine.serial_text())
+                serial = self.machine.serial_text()
+                records = self.guest.kind.console_records(serial)
                 if records:
                     (self.run_dir / "records.jsonl").write_text(records)
+                if self.own is not None:
+                    self.own.after_crash(serial, exc.excerpt)
+                    if self.own.faulting_module:
+                        exc.add_note(f"the crash report blames {self.own.faulting_module}")
         return self._result(None, (), exc)
 
     def interrupted(self, exc: KeyboardInterrupt) -> RunResult:
@@ -188,7 +212,8 @@ class Attempt:
                          tuple(self.adds), dict(self.progress.timings), dict(self.versions),
                          clock_offset=self.clock_offset, after_unload=self.after_unload,
                          guest=self.guest_facts, start=self.guest.start_info,
-                         clock=self.clock, clock_method=self.clock_method, **failure_fields(exc))
+                         clock=self.clock, clock_method=self.clock_method,
+                         driver=self.own.report() if self.own else None, **failure_fields(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, feed = self.spec, self.progress, self.machine, self._feed

@@ -13,6 +13,9 @@ libvirt URI, accelerator and artifacts directory. Fixtures:
   returns the `RunResult` (oracle verdict + host checks); `hotadd.probe()` loads the probe for
   step-by-step tests.
 - `hotadd_probe`: the probe loaded with default settings (`hotadd.probe()`).
+- `hotadd_driver`: your driver beside the probe: `hotadd_driver("my.ko", {"size": 4}).run(
+  adds=2)`; `result.driver` says after each add whether it was still loaded, and judges its
+  records stream if it writes one.
 
 Markers: `hotadd_windows`, `hotadd_kvm`, `hotadd_vcpus(total, free=k)`; a test whose need is
 not met is skipped with a reason naming what is missing and the option that provides it.
@@ -33,7 +36,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +45,14 @@ import pytest
 
 from harness import paths
 from harness.attempt import Attempt
+from harness.developer import check_package
 from harness.errors import HotaddError, InfrastructureError, InputError
-from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
+from harness.guests.base import (
+    STATUS_INSUFFICIENT_RESOURCES,
+    DriverOrder,
+    DriverPackage,
+    ProbeSettings,
+)
 from harness.host import accel
 from harness.host.domain import Accelerator, GuestOS, Topology
 from harness.host.machine import HotplugMethod, run_name
@@ -525,6 +534,21 @@ class HotaddHelper:
             result = attempt.failed(exc)
         return self.record(result)
 
+    def with_driver(self, path: str | Path, params: Mapping[str, object] | None = None,
+                    order: DriverOrder | str = DriverOrder.AFTER) -> HotaddHelper:
+        """Load your driver beside the probe in this test's scenario (`run()` or `probe()`):
+        a .ko on the reference guest, a .sys on Windows. It is checked after its load and
+        every add; its records, if it writes them, are judged (`result.driver`)."""
+        if self._attempt is not None:
+            raise InputError("the scenario already started: name your driver first",
+                             "call hotadd_driver(...) before run() or probe()")
+        package = DriverPackage(Path(path), tuple((k, str(v)) for k, v in (params or {}).items()),
+                                DriverOrder(order))
+        check_package(self.spec.guest, package)
+        self.spec = dataclasses.replace(self.spec,
+                                        own_driver=self.guest.kind.check_driver(package))
+        return self
+
     @staticmethod
     def records(result: RunResult) -> list[Record]:
         """The probe's records of the run (its records.jsonl)."""
@@ -572,6 +596,13 @@ def hotadd(hotadd_guest: Guest, hotadd_lab: Lab,
     helper = HotaddHelper(hotadd_guest, hotadd_lab.spec, request)
     yield helper
     helper.close()
+
+
+@pytest.fixture
+def hotadd_driver(hotadd: HotaddHelper) -> Callable[..., HotaddHelper]:
+    """`hotadd_driver(path, params)`: your driver beside the probe; returns the `hotadd`
+    helper, whose `run()`/`probe()` then load it too (see `HotaddHelper.with_driver`)."""
+    return hotadd.with_driver
 
 
 @pytest.fixture

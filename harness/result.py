@@ -13,6 +13,7 @@ from typing import Any
 
 from harness import interrupts
 from harness.clock import ClockMapping
+from harness.developer import DriverReport
 from harness.errors import ExitCode, GuestCrashed, GuestUnhealthy, HotaddError, Outcome, exit_code
 from harness.guests.base import GuestFacts
 from harness.observation import AddOutcome, HostCheck
@@ -78,11 +79,13 @@ class RunResult:
     start: StartInfo | None = None  # booted or restored (None: the run broke before)
     clock: ClockMapping | None = None  # clock_offset with its measured uncertainty
     clock_method: str = "load"  # "handshake": round trips read the probe's clock after load
+    driver: DriverReport | None = None  # the developer's driver, when one ran beside the probe
 
     @property
     def passed(self) -> bool:
         return (self.error is None and self.verdict is not None and self.verdict.passed
-                and all(c.passed or c.severity is Severity.WARN for c in self.host_checks))
+                and all(c.passed or c.severity is Severity.WARN for c in self.host_checks)
+                and (self.driver is None or self.driver.passed))
 
     @property
     def outcome(self) -> Outcome:
@@ -116,6 +119,7 @@ class RunResult:
             "guest": dataclasses.asdict(self.guest) if self.guest else None,
             "interrupted": self.interrupted.to_dict() if self.interrupted else None,
             "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
+            "driver": self.driver.to_dict() if self.driver else None,
         }
 
 

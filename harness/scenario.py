@@ -100,6 +100,8 @@ def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,
          run_dir: Path, partial: list[RunResult]) -> RunResult:
     with progress.stage("prepare", f"{kind.os.value} guest image"):
         kind.prepare(progress)
+        if spec.own_driver is not None:
+            spec = dataclasses.replace(spec, own_driver=kind.check_driver(spec.own_driver))
     with open_host(spec, progress) as host, \
             Guest.start(spec, kind, host, progress, domain, run_dir) as guest:
         attempt = Attempt(guest, spec, run_dir, progress)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.developer import check_package
 from harness.errors import InputError
-from harness.guests.base import GuestKind, ProbeSettings
+from harness.guests.base import DriverPackage, GuestKind, ProbeSettings
 from harness.host import remote
 from harness.host.connection import check_uri
 from harness.host.domain import Accelerator, Firmware, GuestOS, Topology, VcpuPlan
@@ -46,6 +47,7 @@ class ScenarioSpec:
     image: Path | None = None  # Windows golden image
     driver: Path | None = None  # Windows probe driver (.sys)
     cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
+    own_driver: DriverPackage | None = None  # a developer's driver beside the probe
 
     def __post_init__(self) -> None:
         plan = self.vcpu_plan  # validates the topology
@@ -115,6 +117,8 @@ class ScenarioSpec:
         if self.libvirt_uri is not None:
             check_uri(self.libvirt_uri)
             remote.check_run(self.libvirt_uri, self.guest)
+        if self.own_driver is not None:
+            check_package(self.guest, self.own_driver)
 
     def check_veto_reached(self) -> None:
         """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),

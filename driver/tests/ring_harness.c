@@ -1,7 +1,7 @@
 /*
- * ring_harness.c - host test driver for HotAddProbe's portable code (probe_ring.c,
- * probe_format.c, probe_veto.c, probe_core.c). Built by tests/support/driver_toolchain.py with the host
- * gcc under -fsanitize=address,undefined or -fsanitize=thread into a temporary directory;
+ * ring_harness.c - host test driver for the recorder's portable code (driver/recorder/:
+ * probe_ring.c, probe_format.c, probe_veto.c, probe_core.c, recorder_name.c). Built by
+ * tests/support/driver_toolchain.py with the host gcc under -fsanitize=address,undefined or -fsanitize=thread into a temporary directory;
  * never part of the driver.
  *
  * Environment: Linux user mode, C library and pthreads. It plays the kernel's roles: producers
@@ -37,6 +37,9 @@
  *       A fake clock that has already run 5 s since initialisation (the work DriverEntry does
  *       before `load`), then load, HapCoreRegister(FLAGS) replaying N processors when bit 0 is
  *       set, then deregistered or (failed) nothing, unload.
+ *   writer-file NAME CAPACITY
+ *       The record file of writer NAME (recorder_name.c) in a buffer of CAPACITY wide
+ *       characters, or "invalid".
  *   veto-race THREADS
  *       THREADS threads ask for the hot-add veto of one index at once; prints how many got it.
  *   ticks TICKS FREQUENCY      prints HapTicksToNs(TICKS, FREQUENCY)
@@ -740,9 +743,48 @@ RunLimits(void)
     return 0;
 }
 
+/* A writer name's record file (recorder_name.c): each byte of Name one wide character. */
+static int
+RunWriterFile(const char *Name, unsigned int Capacity)
+{
+    size_t length = strlen(Name);
+    unsigned short *wide = calloc(length + 1, sizeof(*wide));
+    unsigned short *out = calloc(Capacity ? Capacity : 1, sizeof(*out));
+    unsigned int index;
+    unsigned int written;
+
+    if (wide == NULL || out == NULL) {
+        return 3;
+    }
+    for (index = 0; index < length; index++) {
+        wide[index] = (unsigned char)Name[index];
+    }
+    written = HapWriterFileName(wide, out, Capacity);
+    if (written == 0) {
+        printf("invalid\n");
+    } else {
+        for (index = 0; index <= written; index++) {
+            if (index == written) {
+                if (out[index] != 0) {
+                    return 4;   /* not NUL-terminated */
+                }
+                break;
+            }
+            putchar(out[index]);
+        }
+        printf("\n");
+    }
+    free(wide);
+    free(out);
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "writer-file") == 0) {
+        return RunWriterFile(argv[2], (unsigned int)Number(argv[3]));
+    }
     if (argc == 4 && strcmp(argv[1], "records") == 0) {
         return RunRecords((unsigned int)Number(argv[2]), Number(argv[3]), NULL);
     }
@@ -784,6 +826,7 @@ main(int argc, char **argv)
                     "DURING_REPLAY] | write-faults CAPACITY DRAIN_EVERY FAULT... | "
                     "concurrent CAPACITY PRODUCERS PER_PRODUCER | interleave | "
                     "register-window N mid|after|none | lifecycle FLAGS N | "
-                    "veto-race THREADS | ticks TICKS FREQUENCY | limits\n");
+                    "veto-race THREADS | ticks TICKS FREQUENCY | limits | "
+                    "writer-file NAME CAPACITY\n");
     return 2;
 }

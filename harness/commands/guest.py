@@ -14,6 +14,7 @@ def _build(args: argparse.Namespace) -> int:
     progress = Progress()
     image = reference.build(force=args.force, progress=progress)
     print(f"reference guest: {image.build_dir} (kernel {image.kernel_version})")
+    print(f"example developer module: {reference.example_module(image)}")
     return exit_code(Outcome.PASS)
 
 

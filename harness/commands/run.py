@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.developer import parse_param
 from harness.errors import HotaddError, InputError, Outcome, exit_code
-from harness.guests.base import STATUS_INSUFFICIENT_RESOURCES, ProbeSettings
+from harness.guests.base import (
+    STATUS_INSUFFICIENT_RESOURCES,
+    DriverOrder,
+    DriverPackage,
+    ProbeSettings,
+)
 from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, GuestOS, Topology
 from harness.host.machine import HotplugMethod
@@ -73,6 +79,7 @@ def add_parser(sub: Any) -> None:
 #: The argument groups of `add_arguments`; `harness.matrix` reads a matrix file's guest tables
 #: and scenarios against them, so a scenario option means exactly what the flag means.
 GUEST_GROUP, VCPU_GROUP, PROBE_GROUP, RUN_GROUP = "guest", "vCPUs", "probe", "run"
+OWN_DRIVER_GROUP = "your driver beside the probe"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,6 +114,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="NTSTATUS of the veto (default 0xC000009A); needs --veto-cpu")
     pr.add_argument("--no-add-existing", action="store_true",
                     help="register without KE_PROCESSOR_CHANGE_ADD_EXISTING (no replay)")
+    d = p.add_argument_group(OWN_DRIVER_GROUP)
+    for flag, what, example in (("module", "kernel module (.ko) for the reference guest",
+                                 "size_by=online"),
+                                ("driver", "Windows driver (.sys); not yet run on Windows",
+                                 "Size=4")):
+        d.add_argument(f"--with-{flag}", type=Path, metavar="PATH",
+                       help=f"your {what}: loaded beside the probe, checked after every add, "
+                            "its records (if it writes them) judged too")
+        d.add_argument(f"--with-{flag}-param", action="append", default=[],
+                       metavar="NAME=VALUE", help=f"a parameter of it (repeatable), e.g. {example}")
+        d.add_argument(f"--with-{flag}-order", choices=[o.value for o in DriverOrder],
+                       default=None, help="load it before or after the probe (default after)")
     r = p.add_argument_group(RUN_GROUP)
     r.add_argument("--libvirt-uri", help=f"default: {default_uri()}")
     r.add_argument("--run-dir", type=Path, help="artifacts directory (default ./runs/TIME-NAME)")
@@ -121,6 +140,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--print-xml", action="store_true",
                    help="print the domain XML the run would define and stop: nothing is "
                         "started, and the image and driver need not exist")
+
+
+def own_driver_from_args(args: argparse.Namespace, guest: GuestOS) -> DriverPackage | None:
+    """--with-module / --with-driver and their -param / -order options, each checked to fit
+    the guest (`harness.developer.check_package` checks the file itself)."""
+    given = {f: getattr(args, f"with_{f}") for f in ("module", "driver")}
+    extras = {f: bool(getattr(args, f"with_{f}_param") or getattr(args, f"with_{f}_order"))
+              for f in given}
+    wanted = "module" if guest is GuestOS.REFERENCE else "driver"
+    other = "driver" if wanted == "module" else "module"
+    if given[other] is not None or extras[other]:
+        raise InputError(
+            f"--with-{other} is for --guest {'windows' if other == 'driver' else 'reference'};"
+            f" this run's guest is {guest.value}",
+            f"use --with-{wanted} on the {guest.value} guest, or change --guest")
+    if given[wanted] is None:
+        if extras[wanted]:
+            raise InputError(f"--with-{wanted}-param/-order given without --with-{wanted}",
+                             f"add --with-{wanted} PATH, or leave them out")
+        return None
+    option = f"--with-{wanted}-param"
+    params = tuple(parse_param(t, option) for t in getattr(args, f"with_{wanted}_param"))
+    order = getattr(args, f"with_{wanted}_order")
+    return DriverPackage(path=given[wanted], params=params,
+                         order=DriverOrder(order) if order else DriverOrder.AFTER)
 
 
 def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
@@ -147,7 +191,8 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
         firmware=Firmware(args.firmware) if args.firmware else None, memory_mib=args.memory,
         libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
         keep_on_failure=args.keep_on_failure, cold=args.cold, ready_timeout=args.ready_timeout,
-        ack_timeout=args.ack_timeout, image=args.image, driver=args.driver)
+        ack_timeout=args.ack_timeout, image=args.image, driver=args.driver,
+        own_driver=own_driver_from_args(args, GuestOS(args.guest)))
     spec.check_veto_reached()
     return spec
 

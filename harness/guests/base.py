@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,33 @@ class ProbeSettings:
     add_existing: bool = True  # KE_PROCESSOR_CHANGE_ADD_EXISTING / replay of online CPUs
     veto_index: int | None = None  # processor index (NtNumber / Linux CPU id) whose Start fails
     veto_status: int = STATUS_INSUFFICIENT_RESOURCES  # NTSTATUS the veto reports
+
+
+class DriverOrder(enum.Enum):
+    """When a developer's driver loads relative to the probe (it unloads in reverse order)."""
+
+    BEFORE = "before"  # the driver first: the probe's replay sees a guest the driver has seen
+    AFTER = "after"  # the probe first (the default): the probe records the driver's load
+
+
+@dataclass(frozen=True)
+class DriverPackage:
+    """A developer's driver to run beside the probe (`--with-module`, `--with-driver`).
+
+    `name` is what the guest knows it by (the Linux module name, the Windows service name),
+    filled in by the guest kind's `check_driver`, which also refuses a file it cannot load.
+    It is also the driver's records writer: its records stream is named after it.
+    """
+
+    path: Path
+    params: tuple[tuple[str, str], ...] = ()
+    order: DriverOrder = DriverOrder.AFTER
+    name: str = ""
+
+
+def _no_drivers(session: object) -> InputError:
+    return InputError(f"{type(session).__name__} cannot load a developer's driver",
+                      "use --with-module on the reference guest or --with-driver on Windows")
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,30 @@ class Session(abc.ABC):
     @abc.abstractmethod
     def processor_count(self) -> int:
         """Processors the guest OS has online, read from a fresh process."""
+
+    # A developer's driver beside the probe (a guest that has none refuses).
+
+    def install_driver(self, driver: DriverPackage) -> None:
+        """Copy the driver's files into the guest and register it, without starting it."""
+        raise _no_drivers(self)
+
+    def start_driver(self, driver: DriverPackage) -> None:
+        """Load (start) the installed driver with its parameters."""
+        raise _no_drivers(self)
+
+    def stop_driver(self, driver: DriverPackage) -> None:
+        """Unload (stop) the driver."""
+        raise _no_drivers(self)
+
+    def driver_running(self, driver: DriverPackage) -> bool:
+        """Whether the driver is still loaded: false once it vanished (unloaded itself, its
+        service stopped)."""
+        raise _no_drivers(self)
+
+    def driver_records(self, driver: DriverPackage) -> str:
+        """The records the driver wrote (its own stream, JSON Lines), last load; empty when
+        it writes none."""
+        raise _no_drivers(self)
 
     def clock_samples(self, count: int) -> list[ClockSample]:
         """Up to `count` round trips reading the loaded probe's clock (`harness.clock`). A
@@ -155,3 +207,18 @@ class GuestKind(abc.ABC):
         """The last probe load's records from the serial console (JSON Lines), for when the
         transport is gone (a crash). Empty for guests whose probe does not print there."""
         return ""
+
+    def check_driver(self, driver: DriverPackage) -> DriverPackage:
+        """`driver` with its guest-side `name`, after checking (once prepared, before any
+        boot) that this guest can load it; InputError naming the problem otherwise."""
+        raise InputError(f"the {self.os.value} guest cannot load a developer's driver",
+                         "use --with-module on the reference guest or --with-driver on Windows")
+
+    def console_driver_records(self, serial_text: str, driver: DriverPackage) -> str:
+        """The driver's records (its last load) from the serial console, for after a crash."""
+        return ""
+
+    def faulting_module(self, excerpt: str) -> str | None:
+        """The module a crash report blames (Windows: the bugcheck's faulting module; Linux:
+        the oops's RIP), or None when the report names none."""
+        return None

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,9 @@ from harness.transport.ssh import SshTransport
 
 SOURCE_DIR = paths.REPO_ROOT / "vm" / "reference"
 PROBE_SOURCE_DIR = SOURCE_DIR / "probe"
+#: The example developer module (`--with-module`), built beside the probe; see its source.
+EXAMPLE_SOURCE_DIR = SOURCE_DIR / "example"
+EXAMPLE_MODULE = "hotadd_example.ko"
 APT_ARCHIVES = Path("/var/cache/apt/archives")
 
 #: Kernel command line. `console=ttyS0` for the serial log, with the boot messages (not `quiet`:
@@ -140,7 +143,8 @@ _IMAGE_FILE = "image.json"
 #: sha256sum(1) format, written last by a build: what `build()` checks before every use, so a
 #: truncated kernel or initramfs is rebuilt instead of costing a guest that never gets ready.
 _SUMS_FILE = "sha256sums"
-_HASHED = ("vmlinuz", "initrd.img", "id_ed25519", "hotadd_probe.ko", _IMAGE_FILE)
+_HASHED = ("vmlinuz", "initrd.img", "id_ed25519", "hotadd_probe.ko", EXAMPLE_MODULE,
+           _IMAGE_FILE)
 _KEEP_BUILDS = 2
 _PRUNE_AFTER_S = 24 * 3600
 _HEADERS_META = "linux-headers-amd64"
@@ -375,17 +379,24 @@ def _module_closure(modules_root: Path, wanted: tuple[str, ...]) -> list[Path]:
     return ordered
 
 
-def _build_probe(release: str, work: Path) -> Path:
-    """Compile the probe in a temporary copy of its sources; return the .ko."""
-    src = work / "probe"
-    shutil.copytree(PROBE_SOURCE_DIR, src)
+def _build_module(release: str, work: Path, source: Path, ko_name: str) -> Path:
+    """Compile a module in a temporary copy of its sources; return the .ko."""
+    src = work / source.name
+    shutil.copytree(source, src)
     _run(["make", "-s", f"KDIR=/usr/src/linux-headers-{release}"],
-         "building the probe module", f"apt-get install {_HEADERS_META} gcc make", cwd=src)
-    ko = src / "hotadd_probe.ko"
+         f"building the {source.name} module", f"apt-get install {_HEADERS_META} gcc make",
+         cwd=src)
+    ko = src / ko_name
     if not ko.is_file():
-        raise InfrastructureError("building the probe module produced no hotadd_probe.ko",
+        raise InfrastructureError(f"building the {source.name} module produced no {ko_name}",
                                   "read the make output above")
     return ko
+
+
+def example_module(image: ReferenceImage) -> Path:
+    """The example developer module of this build (vm/reference/example/), for
+    `hotadd run --with-module`."""
+    return image.build_dir / EXAMPLE_MODULE
 
 
 def _make_keys(out: Path) -> tuple[Path, str, bytes, str]:
@@ -594,8 +605,11 @@ def _build_into(root: Path, final: Path, v: _Versions, progress: Progress) -> Re
         shutil.copyfile(pkg / "boot" / f"vmlinuz-{v.kernel_release}", out / "vmlinuz")
         modules = _module_closure(pkg / "lib" / "modules" / v.kernel_release, BOOT_MODULES)
         progress.say("guest build: probe module")
-        probe_ko = _build_probe(v.kernel_release, work)
+        probe_ko = _build_module(v.kernel_release, work, PROBE_SOURCE_DIR, "hotadd_probe.ko")
         shutil.copyfile(probe_ko, out / "hotadd_probe.ko")
+        progress.say("guest build: example developer module")
+        shutil.copyfile(_build_module(v.kernel_release, work, EXAMPLE_SOURCE_DIR, EXAMPLE_MODULE),
+                        out / EXAMPLE_MODULE)
         host_key, host_line, private, authorized = _make_keys(work)
         key_path = out / "id_ed25519"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -687,6 +701,119 @@ def records_from_console(text: str) -> str:
     lines = [m.group(1) for m in map(_CONSOLE_RECORD.search, text.splitlines()) if m]
     starts = [i for i, line in enumerate(lines) if '"event":"load"' in line]
     return "".join(f"{line}\n" for line in lines[starts[-1]:]) if starts else ""
+
+
+# -- a developer's module beside the probe ------------------------------------------------------
+
+#: Where a developer's module is copied in the guest (the initramfs is writable tmpfs).
+GUEST_MODULE_DIR = "/lib/hotadd/extra"
+#: A records writer other than the probe prints each record to the kernel log as
+#: "hotadd-records[WRITER]: {json}" (WRITER: its module name), docs/record-format.md "Streams".
+WRITER_RECORD_PREFIX = "hotadd-records[{writer}]: "
+_ELF_MAGIC = b"\x7fELF"
+_ET_REL = 1  # a kernel module is a relocatable ELF object
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,55}")  # MODULE_NAME_LEN 56, with the NUL
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What a .ko says about itself (modinfo, read on the host)."""
+
+    name: str
+    vermagic: str  # "6.1.0-56-amd64 SMP preempt mod_unload modversions"
+    parameters: frozenset[str]
+
+
+def module_info(path: Path) -> ModuleInfo:
+    """The module's name, vermagic and parameters; InputError for a file that is not a Linux
+    kernel module (missing, not ELF, not relocatable, no .modinfo)."""
+    fix = "give a kernel module (.ko) built against the reference guest's kernel headers"
+    try:
+        with path.open("rb") as f:
+            head = f.read(18)
+    except OSError as exc:
+        raise InputError(f"--with-module {path}: {exc.strerror or exc}", fix) from None
+    if head[:4] != _ELF_MAGIC:
+        raise InputError(f"--with-module {path} is not an ELF file (no kernel module)", fix)
+    if len(head) < 18 or int.from_bytes(head[16:18], "little") != _ET_REL:
+        raise InputError(f"--with-module {path} is an ELF file but not a relocatable object "
+                         "(a .ko is one; this is an executable or shared library)", fix)
+    fields: dict[str, list[str]] = {}
+    for key in ("name", "vermagic", "parm"):
+        proc = subprocess.run(["modinfo", "-F", key, str(path)], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise InputError(f"--with-module {path}: modinfo cannot read it: "
+                             f"{proc.stderr.strip()[-300:]}", fix)
+        fields[key] = proc.stdout.splitlines()
+    name = (fields["name"] or [path.name.removesuffix(".ko").replace("-", "_")])[0]
+    if not fields["vermagic"]:
+        raise InputError(f"--with-module {path} has no vermagic: not a kernel module", fix)
+    return ModuleInfo(name=name, vermagic=fields["vermagic"][0],
+                      parameters=frozenset(p.partition(":")[0] for p in fields["parm"]))
+
+
+def check_module(path: Path, kernel_release: str,
+                 params: Sequence[tuple[str, str]]) -> ModuleInfo:
+    """`module_info`, refusing before any boot what insmod would refuse in the guest: another
+    kernel's module, the probe's own name, a parameter the module does not declare."""
+    info = module_info(path)
+    if not _MODULE_NAME.fullmatch(info.name):
+        raise InputError(f"--with-module {path}: module name {info.name!r} is not a Linux "
+                         "module name", "rename the module (letters, digits, _)")
+    if info.name == GUEST_PROBE_NAME:
+        raise InputError(f"--with-module {path} is hotadd's own probe ({GUEST_PROBE_NAME})",
+                         "give your own module; the probe is always loaded")
+    if info.vermagic.split()[0] != kernel_release:
+        raise InputError(
+            f"--with-module {path} was built for kernel {info.vermagic.split()[0]}, the "
+            f"reference guest runs {kernel_release}: insmod would refuse it",
+            f"build it with make -C /usr/src/linux-headers-{kernel_release} M=$PWD modules")
+    unknown = sorted({k for k, _ in params} - info.parameters)
+    if unknown:
+        known = ", ".join(sorted(info.parameters)) or "none"
+        raise InputError(f"--with-module-param {', '.join(unknown)}: {info.name} declares no "
+                         f"such parameter (it declares: {known})",
+                         "check the name against modinfo -p")
+    return info
+
+
+def guest_module_path(name: str) -> str:
+    return f"{GUEST_MODULE_DIR}/{name}.ko"
+
+
+def insmod_argv(name: str, params: Sequence[tuple[str, str]]) -> list[str]:
+    return ["insmod", guest_module_path(name), *(f"{k}={v}" for k, v in params)]
+
+
+def module_loaded(t: Transport, name: str) -> bool:
+    """Whether `name` is loaded and live (/sys/module/NAME/initstate says "live")."""
+    res = t.run_argv(["cat", f"/sys/module/{name}/initstate"])
+    return res.ok and res.stdout.strip() == "live"
+
+
+def writer_records_from_console(text: str, writer: str) -> str:
+    """The records `writer` printed to a serial log or dmesg (JSON Lines), from its last
+    `load` record on (as `records_from_console` for the probe)."""
+    prefix = re.escape(WRITER_RECORD_PREFIX.format(writer=writer))
+    pattern = re.compile(prefix + r"(\{.*\})\s*$")
+    lines = [m.group(1) for m in map(pattern.search, text.splitlines()) if m]
+    starts = [i for i, line in enumerate(lines) if '"event":"load"' in line]
+    return "".join(f"{line}\n" for line in lines[starts[-1]:]) if starts else ""
+
+
+_OOPS_RIP = re.compile(r"RIP: [0-9a-f]{4}:(\S+?)\+0x[0-9a-f]+/0x[0-9a-f]+ \[(\w+)\]")
+#: A reliable call-trace frame in a module (unreliable ones start with "? ").
+_TRACE_FRAME = re.compile(r"^\s*(?:\[[ \d.]+\]\s*)?(\w+)\+0x[0-9a-f]+/0x[0-9a-f]+ \[(\w+)\]",
+                          re.MULTILINE)
+
+
+def faulting_module(excerpt: str) -> str | None:
+    """The module an oops report blames, as "mod (fn)": the one its RIP line names ("RIP:
+    0010:fn+0x1a/0x60 [mod]"), else, for a fault in the kernel proper called from a module
+    (a memset, say), the first reliable call-trace frame in a module. None when neither."""
+    m = _OOPS_RIP.search(excerpt) or _TRACE_FRAME.search(excerpt)
+    return f"{m.group(2)} ({m.group(1)})" if m else None
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import re
 import time
@@ -12,6 +13,7 @@ from harness.clock import ClockSample
 from harness.errors import InputError
 from harness.guests import reference
 from harness.guests.base import (
+    DriverPackage,
     GuestKind,
     HardwareRequest,
     ProbeSettings,
@@ -75,6 +77,27 @@ class ReferenceSession(Session):
         with self._guest():
             return len(reference.online_cpus(self.transport))
 
+    def install_driver(self, driver: DriverPackage) -> None:
+        with self._guest():
+            self.transport.put(driver.path, reference.guest_module_path(driver.name))
+
+    def start_driver(self, driver: DriverPackage) -> None:
+        with self._guest():
+            self.transport.run_argv(reference.insmod_argv(driver.name, driver.params)).check()
+
+    def stop_driver(self, driver: DriverPackage) -> None:
+        with self._guest():
+            self.transport.run_argv(["rmmod", driver.name]).check()
+
+    def driver_running(self, driver: DriverPackage) -> bool:
+        with self._guest():
+            return reference.module_loaded(self.transport, driver.name)
+
+    def driver_records(self, driver: DriverPackage) -> str:
+        with self._guest():
+            return reference.writer_records_from_console(
+                self.transport.run("dmesg").check().stdout, driver.name)
+
     def clock_samples(self, count: int) -> list[ClockSample]:
         if not isinstance(self.transport, SshTransport):
             return []
@@ -130,6 +153,16 @@ class ReferenceKind(GuestKind):
 
     def console_records(self, serial_text: str) -> str:
         return reference.records_from_console(serial_text)
+
+    def check_driver(self, driver: DriverPackage) -> DriverPackage:
+        info = reference.check_module(driver.path, self.image.kernel_version, driver.params)
+        return dataclasses.replace(driver, name=info.name)
+
+    def console_driver_records(self, serial_text: str, driver: DriverPackage) -> str:
+        return reference.writer_records_from_console(serial_text, driver.name)
+
+    def faulting_module(self, excerpt: str) -> str | None:
+        return reference.faulting_module(excerpt)
 
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> Session:

@@ -50,7 +50,7 @@ PROVISION_LOG = r"C:\ProgramData\HotAdd\provision.log"
 
 @dataclass(frozen=True)
 class ProbeParameters:
-    """The driver service's Parameters values (driver/probe_public.h); None = leave unset.
+    """The driver service's Parameters values (driver/recorder/probe_public.h); None = leave unset.
     Set-HotAddProbeParameters takes them as NAMES and replies with those that are set."""
 
     FUNCTION: ClassVar[str] = "Set-HotAddProbeParameters"
@@ -301,13 +301,14 @@ def stop_service(transport: Transport) -> ServiceStop:
     return parse_reply(ServiceStop, probe_control(transport, ServiceStop.FUNCTION))
 
 
-def read_records(transport: Transport) -> str:
-    """The records file of the last probe load ("" if the probe never wrote one). Fetched
-    with cmd.exe command lines, so any Windows transport works (not only WinRM's fetch)."""
+def read_records(transport: Transport, path: str = RECORDS_PATH) -> str:
+    """The records file of the last probe load ("" if the probe never wrote one), or of
+    another writer at `path`. Fetched with cmd.exe command lines, so any Windows transport
+    works (not only WinRM's fetch)."""
     with tempfile.TemporaryDirectory(prefix="hotadd-records-") as tmp:
         local = Path(tmp) / "records.jsonl"
         try:
-            fetch_by_chunks(transport, RECORDS_PATH, local)
+            fetch_by_chunks(transport, path, local)
         except RemoteFileMissing:
             return ""
         return local.read_text(encoding="utf-8", errors="replace")
@@ -358,3 +359,82 @@ def _utc(text: str) -> datetime:
     tz = m[3] or "Z"
     return datetime.fromisoformat(f"{m[1]}.{frac}{'+00:00' if tz == 'Z' else tz}")
 
+
+
+# ---- a developer's driver beside the probe (`--with-driver`) ------------------------------
+#
+# Plain sc.exe and reg.exe argument vectors (`Transport.run_argv`) and `Transport.put`: no
+# PowerShell, so nothing here depends on the probe-control script. Not yet run on Windows:
+# tested against the WinRM double's model of sc.exe and reg.exe only.
+
+#: Where a developer's driver is copied in the guest.
+OWN_DRIVER_DIR = r"C:\hotadd\drivers"
+RECORDS_DIR = r"C:\ProgramData\HotAddProbe"
+#: sc.exe's exit codes are Win32 error codes ("System Error Codes (1000-1299)",
+#: https://learn.microsoft.com/en-us/windows/win32/debug/system-error-codes--1000-1299-).
+ERROR_SERVICE_EXISTS = 1073
+ERROR_SERVICE_NOT_ACTIVE = 1062
+ERROR_SERVICE_ALREADY_RUNNING = 1056
+ERROR_INVALID_IMAGE_HASH = 577  # the driver is not signed in a way this guest accepts
+
+
+def own_driver_path(name: str) -> str:
+    return f"{OWN_DRIVER_DIR}\\{name}.sys"
+
+
+def writer_records_path(writer: str) -> str:
+    """A recorder's records file (driver/recorder/, docs/record-format.md "Streams")."""
+    return f"{RECORDS_DIR}\\records-{writer}.jsonl"
+
+
+def _sc(transport: Transport, *args: str, ok: tuple[int, ...] = (0,)) -> CommandResult:
+    res = transport.run_argv(["sc.exe", *args])
+    if res.rc not in ok:
+        fix = ("test-sign the driver (driver/sign-test.ps1) or build it signed; the guest "
+               "runs with test signing on" if res.rc == ERROR_INVALID_IMAGE_HASH else
+               "read sc.exe's message above")
+        raise TransportError(f"sc.exe {' '.join(args[:2])} failed ({res.rc}): "
+                             f"{(res.stdout + res.stderr).strip()[-500:]}", fix)
+    return res
+
+
+def install_own_driver(transport: Transport, local: Path, name: str,
+                       params: tuple[tuple[str, str], ...]) -> None:
+    """Copy the .sys in, create (or re-point) its demand-start kernel service and write its
+    Parameters: a whole number as REG_DWORD, anything else as REG_SZ ("sc.exe create",
+    https://learn.microsoft.com/en-us/windows-server/administration/windows-commands/sc-create;
+    "reg add", https://learn.microsoft.com/en-us/windows-server/administration/
+    windows-commands/reg-add)."""
+    target = own_driver_path(name)
+    transport.put(local, target)
+    config = ("type=", "kernel", "start=", "demand", "binPath=", target)
+    if _sc(transport, "create", name, *config, ok=(0, ERROR_SERVICE_EXISTS)).rc != 0:
+        _sc(transport, "config", name, *config)
+    key = f"HKLM\\SYSTEM\\CurrentControlSet\\Services\\{name}\\Parameters"
+    for value_name, value in params:
+        kind = "REG_DWORD" if value.isdigit() and int(value) <= 0xFFFF_FFFF else "REG_SZ"
+        res = transport.run_argv(["reg.exe", "add", key, "/v", value_name, "/t", kind,
+                                  "/d", value, "/f"])
+        if not res.ok:
+            raise TransportError(f"reg.exe add {value_name} failed ({res.rc}): "
+                                 f"{(res.stdout + res.stderr).strip()[-300:]}",
+                                 "check the parameter's name and value")
+
+
+def start_own_driver(transport: Transport, name: str) -> None:
+    _sc(transport, "start", name)
+
+
+def stop_own_driver(transport: Transport, name: str) -> None:
+    _sc(transport, "stop", name, ok=(0, ERROR_SERVICE_NOT_ACTIVE))
+
+
+def own_driver_running(transport: Transport, name: str) -> bool:
+    """`sc.exe query NAME` says STATE ... RUNNING."""
+    res = _sc(transport, "query", name)
+    return re.search(r"STATE\s*:\s*4\s+RUNNING", res.stdout) is not None
+
+
+def read_writer_records(transport: Transport, writer: str) -> str:
+    """A recorder's records file ("" if it wrote none)."""
+    return read_records(transport, writer_records_path(writer))

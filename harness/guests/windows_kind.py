@@ -9,6 +9,8 @@ small ISO carrying the probe driver and the probe-control script, waits for WinR
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 import shutil
 import tempfile
 import time
@@ -19,6 +21,7 @@ from harness.clock import ClockSample
 from harness.errors import InfrastructureError, InputError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import (
+    DriverPackage,
     GuestFacts,
     GuestKind,
     HardwareRequest,
@@ -122,6 +125,29 @@ class WindowsSession(Session):
             sample = windows_control.clock_sample(self.transport)
         return [] if sample is None else [sample]
 
+    def install_driver(self, driver: DriverPackage) -> None:
+        with self._guest():
+            windows_control.install_own_driver(self.transport, driver.path, driver.name,
+                                               driver.params)
+
+    def start_driver(self, driver: DriverPackage) -> None:
+        with self._guest():
+            windows_control.start_own_driver(self.transport, driver.name)
+
+    def stop_driver(self, driver: DriverPackage) -> None:
+        with self._guest():
+            windows_control.stop_own_driver(self.transport, driver.name)
+
+    def driver_running(self, driver: DriverPackage) -> bool:
+        with self._guest():
+            return windows_control.own_driver_running(self.transport, driver.name)
+
+    def driver_records(self, driver: DriverPackage) -> str:
+        """Its recorder's file, named after the service (driver/recorder/README.md: start the
+        recorder with the service name)."""
+        with self._guest():
+            return windows_control.read_writer_records(self.transport, driver.name)
+
     def facts(self) -> GuestFacts:
         """From the preflight, which also refuses builds the probe cannot load on."""
         with self._guest():
@@ -129,6 +155,42 @@ class WindowsSession(Session):
         vbs = None if pre.vbs is None else VBS_WORDS[pre.vbs]
         return GuestFacts(os=f"{pre.product} ({pre.edition})", build=pre.build, vbs=vbs,
                           dynamic_processors=pre.dyn_processor_enabled)
+
+
+#: A service (and recorder writer) name: what driver/recorder/recorder_name.c accepts.
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,48}")
+_IMAGE_SUBSYSTEM_NATIVE = 1
+_IMAGE_FILE_MACHINE_AMD64 = 0x8664
+
+
+def check_sys(path: Path, params: tuple[tuple[str, str], ...]) -> str:
+    """The service name for a developer's .sys (its file name without .sys), after checking
+    it is an x64 native PE image ("PE Format", https://learn.microsoft.com/en-us/windows/
+    win32/debug/pe-format: MZ, e_lfanew at 0x3C, "PE\\0\\0", Machine, the optional
+    header's Subsystem) and its parameters can be passed to reg.exe intact."""
+    fix = "give a 64-bit kernel driver (.sys) built with the WDK"
+    try:
+        data = path.read_bytes()[:4096]
+    except OSError as exc:
+        raise InputError(f"--with-driver {path}: {exc.strerror or exc}", fix) from None
+    pe = int.from_bytes(data[0x3C:0x40], "little") if len(data) >= 0x40 else 0
+    if data[:2] != b"MZ" or data[pe:pe + 4] != b"PE\0\0":
+        raise InputError(f"--with-driver {path} is not a Windows PE image", fix)
+    machine = int.from_bytes(data[pe + 4:pe + 6], "little")
+    subsystem = int.from_bytes(data[pe + 24 + 68:pe + 24 + 70], "little")
+    if machine != _IMAGE_FILE_MACHINE_AMD64 or subsystem != _IMAGE_SUBSYSTEM_NATIVE:
+        raise InputError(f"--with-driver {path} is a PE image but not an x64 kernel driver "
+                         f"(machine 0x{machine:04X}, subsystem {subsystem})", fix)
+    name = path.name[: -len(".sys")]
+    if not _SERVICE_NAME.fullmatch(name) or name.lower() == windows_control.SERVICE_NAME.lower():
+        raise InputError(f"--with-driver {path}: {name!r} cannot be its service and records "
+                         "name", "name the file NAME.sys with NAME 1-48 of A-Z a-z 0-9 _ - "
+                         f"(not {windows_control.SERVICE_NAME})")
+    bad = [f"{k}={v}" for k, v in params if any(c in v for c in '"%\r\n')]
+    if bad:
+        raise InputError(f"--with-driver-param {bad[0]!r}: cmd.exe would alter a value holding "
+                         "a quote, % or a line end", "pass a value without them")
+    return name
 
 
 def _firmware(hw: HardwareRequest, installed: Firmware | None) -> Firmware:
@@ -267,6 +329,9 @@ class WindowsKind(GuestKind):
         disk = Disk(hw.scratch / "disk0.qcow2", bus=DiskBus(m.disk_bus) if m else DiskBus.SATA)
         nvram = hw.scratch / "OVMF_VARS.fd" if firmware is Firmware.UEFI else None
         return _spec(hw, firmware, disk, nvram, hw.scratch / "driver.iso", planned=True)
+
+    def check_driver(self, driver: DriverPackage) -> DriverPackage:
+        return dataclasses.replace(driver, name=check_sys(driver.path, driver.params))
 
     def open_session(self, machine: Machine, progress: Progress,
                      timeout: float) -> Session:

@@ -139,7 +139,7 @@ _NEXT_EVENT: dict[DriverEvent | None, frozenset[DriverEvent]] = {
 
 
 # Where the Windows probe's ring size is set: the fix for every `dropped` line.
-RING_SIZE_FIX = ("raise HAP_RING_CAPACITY in driver/probe_public.h (driver/README.md, "
+RING_SIZE_FIX = ("raise HAP_RING_CAPACITY in driver/recorder/probe_public.h (driver/README.md, "
                  "\"The dropped event\"), rebuild the driver and run again")
 
 

@@ -250,7 +250,7 @@ def lost(records: Sequence[Record], start: int, stop: int) -> list[Record]:
     One `dropped` line (count stop - start) takes their place and its own seq, so seq stays
     gap-free; it carries the t_ns of the record after the loss, or, when the loss reaches the
     end, of the last record lost (the driver's final flush comes after it). Losses before the
-    same kept record make one line. See driver/probe_ring.c (HapDrain).
+    same kept record make one line. See driver/recorder/probe_ring.c (HapDrain).
     """
     if not 0 < start < stop <= len(records):
         raise ValueError(f"cannot lose records[{start}:{stop}] of {len(records)}: the load "

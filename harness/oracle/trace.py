@@ -6,10 +6,10 @@ they are "after the end", whatever their `phase` label says (`phase.label` repor
 that disagrees). Inside the registration window (before `registered`/`register_failed`) the
 position alone cannot tell a replay from a hot-add that landed while the register call still
 ran, so there the probe's label decides: it is the thread's (the replay runs on the
-registering thread, a hot-add on another; driver/probe_core.c), so `hotadd` there is a hot-add
-and is judged with the other hot-adds. Nothing here keeps the whole trace: the landmarks, one
-open episode per processor, and the replay (bounded by the processors at load, capped at
-`MAX_REPLAY`) are all the oracle holds, whatever the file's size.
+registering thread, a hot-add on another; driver/recorder/probe_core.c), so `hotadd` there is
+a hot-add and is judged with the other hot-adds. Nothing here keeps the whole trace: the
+landmarks, one open episode per processor, and the replay (bounded by the processors at load,
+capped at `MAX_REPLAY`) are all the oracle holds, whatever the file's size.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def describe_add(add: AddOutcome) -> str:
 
 
 def junit_properties(result: RunResult) -> list[tuple[str, str]]:
-    """Outcome, verdict, each finding, failed host checks, each add's latencies, versions."""
+    """Outcome, verdict, each finding, failed host checks, each add's latencies, the
+    developer's driver (loaded after each step, its stream's verdict), versions."""
     data = result.to_dict()
     props: list[tuple[str, str]] = [
         ("hotadd.outcome", data["outcome"]),
@@ -55,6 +56,15 @@ def junit_properties(result: RunResult) -> list[tuple[str, str]]:
                   (f"{key}.start_to_end_ms", _ms(add.start_to_end_ms))]
     if result.after_unload is not None:
         props.append(("hotadd.add_after_unload", describe_add(result.after_unload)))
+    if result.driver is not None:
+        d = result.driver
+        props.append(("hotadd.driver", f"{d.driver.name}: {'pass' if d.passed else 'fail'}"))
+        props += [(f"hotadd.driver.after.{c.after.replace(' ', '_')}",
+                   "loaded" if c.running else "vanished") for c in d.checks]
+        props += [(f"hotadd.driver.stream.{s.writer}", "no records" if s.verdict is None
+                   else "pass" if s.verdict.passed else "fail") for s in d.streams]
+        if d.faulting_module:
+            props.append(("hotadd.driver.faulting_module", d.faulting_module))
     props += [(f"hotadd.version.{k}", str(v)) for k, v in sorted(result.versions.items())]
     props += [(f"hotadd.time.{k.replace(' ', '_')}", f"{v:.3f}")
               for k, v in result.timings.items()]

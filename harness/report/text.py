@@ -34,6 +34,8 @@ def render_result(result: RunResult) -> str:
     parts = [render_adds(result)]
     if result.verdict is not None:
         parts.append(render_verdict(result.verdict))
+    if result.driver is not None:
+        parts.append(result.driver.describe())
     failed = [c for c in result.host_checks if not c.passed]
     parts.append("host checks: " + ("all passed" if not failed else "\n" + "\n".join(
         f"  [{c.severity.value}] {c.check_id}: {c.message}" for c in failed)))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from harness.errors import GuestNotReady, TransportError
+from harness.errors import GuestNotReady, InputError, TransportError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class CommandResult:
 
 
 class Transport(abc.ABC):
-    """A way to run commands in a guest and move files out of it."""
+    """A way to run commands in a guest and move files into and out of it."""
 
     #: Shown in progress and error messages, e.g. "ssh root@127.0.0.1:40022".
     description: str = "transport"
@@ -56,6 +56,25 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def run(self, command: str, timeout: float = 120.0) -> CommandResult:
         """Run one command in the guest's default shell and wait for it."""
+
+    @abc.abstractmethod
+    def argv_line(self, argv: Sequence[str]) -> str:
+        """The command line of the guest's default shell that runs `argv[0]` with exactly the
+        arguments `argv[1:]` (each quoted so that the shell interprets none of it); InputError
+        for an argument this shell cannot pass intact."""
+
+    def run_argv(self, argv: Sequence[str], timeout: float = 120.0) -> CommandResult:
+        """Run one program with exactly these arguments (a developer's file names and module
+        parameters are data, never shell text)."""
+        if not argv:
+            raise InputError("an empty argument vector names no program",
+                             "give the program as the first element")
+        return self.run(self.argv_line(argv), timeout)
+
+    @abc.abstractmethod
+    def put(self, local_path: Path, remote_path: str, timeout: float = 120.0) -> None:
+        """Copy a host file into the guest at `remote_path` (replaced whole: a reader never
+        sees a partial file where a complete one was expected)."""
 
     @abc.abstractmethod
     def run_script(self, script: str, timeout: float = 300.0) -> CommandResult:

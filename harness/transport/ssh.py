@@ -11,11 +11,13 @@ exec channel: dropbear, the reference guest's server, has no SFTP subsystem.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import logging
 import select
 import shlex
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
@@ -218,7 +220,11 @@ class SshTransport(Transport):
         try:
             chan.exec_command(command)
             if stdin:
-                chan.sendall(stdin)
+                # The command may end without reading all of its stdin (a `put` whose target
+                # cannot be written): its exit status, read below, says so. A connection that
+                # died is found below too (no exit status, transport inactive).
+                with contextlib.suppress(OSError):
+                    chan.sendall(stdin)
             chan.shutdown_write()
             deadline = t0 + timeout
             while True:
@@ -262,6 +268,34 @@ class SshTransport(Transport):
             stderr=err.decode("utf-8", errors="replace"),
             elapsed=elapsed,
         )
+
+    def argv_line(self, argv: Sequence[str]) -> str:
+        """POSIX sh quoting (every argument single-quoted where it needs it). A NUL byte cannot
+        be in any argument of execve(2)."""
+        bad = [a for a in argv if "\0" in a]
+        if bad:
+            raise InputError(f"argument {bad[0][:40]!r} holds a NUL byte, which no program "
+                             "argument can hold", "remove the NUL byte")
+        return shlex.join(argv)
+
+    def put(self, local_path: Path, remote_path: str, timeout: float = 120.0) -> None:
+        """`cat` into a temporary file beside the target, then `mv` over it (rename is atomic
+        within a directory): no SFTP needed, and no partial file under the target's name."""
+        try:
+            data = local_path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {local_path}: {exc.strerror or exc}",
+                             "give a readable file") from None
+        target = shlex.quote(remote_path)
+        command = (f'd=$(dirname -- {target}) && mkdir -p -- "$d" && '
+                   f'f=$(mktemp "$d/.hotadd-put.XXXXXX") || exit 125; '
+                   f'cat > "$f" && mv -f -- "$f" {target} || {{ rm -f -- "$f"; exit 125; }}')
+        rc, _, err, _ = self._exec(command, timeout, stdin=data)
+        if rc != 0:
+            raise TransportError(
+                f"{self.description}: cannot copy {local_path.name} to {remote_path} "
+                f"(rc={rc}): {err.decode('utf-8', errors='replace').strip()[-500:]}",
+                "check that the guest's file system has room and the directory is writable")
 
     def run_script(self, script: str, timeout: float = 300.0) -> CommandResult:
         rc, out, err, elapsed = self._exec(_RUN_SCRIPT, timeout, stdin=script.encode("utf-8"))

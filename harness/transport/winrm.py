@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -396,6 +396,12 @@ class WinRMTransport(Transport):
     def fetch(self, remote_path: str, local_path: Path) -> None:
         fetch_by_chunks(self, remote_path, local_path)
 
+    def argv_line(self, argv: Sequence[str]) -> str:
+        return cmd_argv_line(argv)
+
+    def put(self, local_path: Path, remote_path: str, timeout: float = 300.0) -> None:
+        put_by_chunks(self, local_path, remote_path, timeout)
+
     def probe(self) -> None:
         self.run("echo hotadd-ready", timeout=max(10.0, self.endpoint.read_timeout)).check()
 
@@ -470,3 +476,95 @@ def fetch_by_chunks(transport: Transport, remote_path: str, local_path: Path,
             offset += len(data)
             if len(data) < chunk:
                 return
+
+
+# ---- argument vectors and file uploads through cmd.exe ----
+
+#: Characters cmd.exe acts on even inside double quotes (`%VAR%` expansion; `"` would end the
+#: quoting and expose `&|<>^`), and line ends, which end the command. "cmd /?" and "Command
+#: shell overview", https://learn.microsoft.com/en-us/windows-server/administration/
+#: windows-commands/cmd
+_CMD_UNQUOTABLE = ('"', "%", "\r", "\n", "\0")
+
+
+def _msvcrt_quote(arg: str) -> str:
+    """`arg` double-quoted as CommandLineToArgvW and the MSVC runtime split it back: backslashes
+    are literal except before a quote, so a trailing run is doubled before the closing quote
+    ("Parsing C++ command-line arguments", https://learn.microsoft.com/en-us/cpp/cpp/
+    main-function-command-line-args#parsing-c-command-line-arguments)."""
+    doubled = "\\" * (len(arg) - len(arg.rstrip("\\")))
+    return f'"{arg}{doubled}"'
+
+
+def cmd_argv_line(argv: Sequence[str], budget: int = LINE_BUDGET) -> str:
+    """A cmd.exe command line running `argv`: every element in double quotes (inside them
+    cmd.exe leaves `&|<>^()` and spaces alone). An element holding a character cmd.exe would
+    still act on is refused (InputError) rather than passed altered; the line keeps to the
+    same budget as every generated line (`check_line`)."""
+    for arg in argv:
+        bad = sorted({c for c in _CMD_UNQUOTABLE if c in arg})
+        if bad:
+            raise InputError(
+                f"argument {arg[:60]!r} holds {', '.join(map(repr, bad))}, which cmd.exe acts "
+                "on even inside quotes", "pass the value without those characters (e.g. in a "
+                "file copied in with put)")
+    line = " ".join(_msvcrt_quote(a) for a in argv)
+    try:
+        return check_line(line, budget)
+    except CommandLineTooLong as exc:
+        raise InputError(f"the command line would be {len(line)} characters, beyond cmd.exe's "
+                         f"{CMD_LINE_LIMIT}-character limit: {exc}",
+                         "pass fewer or shorter arguments (e.g. in a file copied in with "
+                         "put)") from None
+
+
+def put_decoder_script(b64: str, target: str) -> str:
+    """PowerShell that writes the bytes in `b64` (base64 lines; '' for no bytes) to `target`
+    through a temporary file beside it, renamed over it at the end, and removes `b64`."""
+    return (
+        "$ErrorActionPreference='Stop';"
+        f"$src={ps_quote(b64)};$dst={ps_quote(target)};$tmp=$dst+'.hotadd-put';$d=[byte[]]@();"
+        "if($src){$d=[Convert]::FromBase64String("
+        "((Get-Content -Raw -LiteralPath $src) -replace '\\s',''));Remove-Item -LiteralPath $src};"
+        "[IO.Directory]::CreateDirectory([IO.Path]::GetDirectoryName($dst))|Out-Null;"
+        "[IO.File]::WriteAllBytes($tmp,$d);"
+        "Move-Item -Force -LiteralPath $tmp -Destination $dst"
+    )
+
+
+def put_plan(data: bytes, target: str, *, limit: int = LINE_BUDGET) -> tuple[str, ...]:
+    """The command lines that copy `data` to guest file `target`: base64 appended in chunks to
+    STAGE_DIR\\hotadd-put-<id>.b64 (as `powershell_plan` stages a script), then decoded. Every
+    line within `limit` and naming no %VARIABLE% (`check_line`)."""
+    if not data:
+        return (check_line(encoded_command(put_decoder_script("", target)), limit),)
+    b64 = f"{STAGE_DIR}\\hotadd-put-{uuid.uuid4().hex[:12]}.b64"
+    head = f'>>"{b64}" echo '
+    room = (limit - len(head)) // 4 * 4
+    text = base64.b64encode(data).decode("ascii")
+    lines = [f'if exist "{b64}" del /f /q "{b64}"']
+    lines += [head + text[i : i + room] for i in range(0, len(text), room)]
+    lines.append(encoded_command(put_decoder_script(b64, target)))
+    return tuple(check_line(line, limit) for line in lines)
+
+
+def put_by_chunks(transport: Transport, local_path: Path, remote_path: str,
+                  timeout: float = 300.0) -> None:
+    """Copy a host file into a Windows guest through cmd.exe command lines alone (WinRM, or
+    Windows OpenSSH): `put_plan`, each line checked."""
+    try:
+        data = local_path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {local_path}: {exc.strerror or exc}",
+                         "give a readable file") from None
+    if "%" in remote_path or '"' in remote_path:
+        raise InputError(f"guest path {remote_path!r} holds % or a quote",
+                         "copy to a plain absolute path, e.g. C:\\hotadd\\x.sys")
+    deadline = time.monotonic() + timeout
+    for line in put_plan(data, remote_path):
+        res = transport.run(line, timeout=max(1.0, deadline - time.monotonic()))
+        if not res.ok:
+            raise TransportError(
+                f"{transport.description}: copying {local_path.name} to {remote_path} failed "
+                f"(rc={res.rc}): {res.stderr.strip()[-500:]}",
+                "check that the guest's disk has room and the directory is writable")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 from tests.support.driver_toolchain import DRIVER_DIR
 
 REPO = DRIVER_DIR.parent
 MSBUILD = "{http://schemas.microsoft.com/developer/msbuild/2003}"
-PUBLIC_H = (DRIVER_DIR / "probe_public.h").read_text()
+PUBLIC_H = (DRIVER_DIR / "recorder" / "probe_public.h").read_text()
 README = (DRIVER_DIR / "README.md").read_text()
 
 
@@ -36,8 +37,19 @@ def test_project_compiles_every_driver_source_and_lists_every_header() -> None:
     project = ET.parse(DRIVER_DIR / "HotAddProbe.vcxproj").getroot()
     compiled = {e.get("Include") for e in project.iter(f"{MSBUILD}ClCompile") if e.get("Include")}
     headers = {e.get("Include") for e in project.iter(f"{MSBUILD}ClInclude")}
-    assert compiled == {p.name for p in DRIVER_DIR.glob("*.c")}
-    assert headers == {p.name for p in DRIVER_DIR.glob("*.h")}
+    def listed(pattern: str) -> set[str | None]:
+        # the driver's own files and the recorder's (its example driver is a separate build)
+        return {str(p.relative_to(DRIVER_DIR)).replace("/", "\\")
+                for d in (DRIVER_DIR, DRIVER_DIR / "recorder") for p in d.glob(pattern)}
+
+    assert compiled == listed("*.c")
+    assert headers == listed("*.h")
+    assert "recorder;" in project_text("AdditionalIncludeDirectories")
+
+
+def project_text(tag: str) -> str:
+    project = ET.parse(DRIVER_DIR / "HotAddProbe.vcxproj").getroot()
+    return " ".join(e.text or "" for e in project.iter(f"{MSBUILD}{tag}"))
 
 
 def test_project_targets_kmdf_1_27_and_server_2019() -> None:
@@ -153,13 +165,21 @@ def test_readme_says_which_windows_builds_load_the_driver_and_why() -> None:
         assert reason in section
 
 
+def own_sources() -> list[Path]:
+    """The driver's, the recorder's (with its example) and the host tests' C files (not the
+    restored kit under driver/packages)."""
+    dirs = (DRIVER_DIR, DRIVER_DIR / "recorder", DRIVER_DIR / "recorder" / "example",
+            DRIVER_DIR / "tests")
+    return [p for d in dirs for p in d.glob("*.[ch]")]
+
+
 def test_every_source_file_opens_with_a_block_saying_what_and_where() -> None:
-    for path in sorted([*DRIVER_DIR.glob("*.[ch]"), *(DRIVER_DIR / "tests").glob("*.[ch]")]):
+    for path in sorted(own_sources()):
         head = path.read_text()[:1500]
         assert head.startswith(f"/*\n * {path.name} - "), path.name
         assert "Environment:" in head, f"{path.name}: say where it runs"
 
 
 def test_sources_stay_in_plain_ascii() -> None:
-    for path in [*DRIVER_DIR.glob("*.[ch]"), DRIVER_DIR / "build.cmd"]:
+    for path in [*own_sources(), DRIVER_DIR / "build.cmd"]:
         assert path.read_bytes().isascii(), path.name

@@ -1,6 +1,6 @@
 """The KMDF probe's record formatter and lock-free ring, compiled with the host gcc.
 
-driver/probe_format.c, probe_ring.c, probe_veto.c and probe_core.c are the exact files the
+driver/recorder/probe_format.c, probe_ring.c, probe_veto.c and probe_core.c are the exact files the
 driver links; here they run under AddressSanitizer + UBSan (and ThreadSanitizer for the
 concurrent producers) inside driver/tests/ring_harness.c, and every line they write is parsed
 with Python's json. The tests of issue 12's fixes (time order, op_status_in, phase by thread,
@@ -271,7 +271,8 @@ def test_api_refuses_bad_capacities_and_short_buffers(harness: RingHarness) -> N
 
 
 def test_event_numbers_match_the_public_header() -> None:
-    header = (Path(__file__).resolve().parents[2] / "driver" / "probe_public.h").read_text()
+    header = (Path(__file__).resolve().parents[2] / "driver" / "recorder"
+              / "probe_public.h").read_text()
     assert "HapEventLoad = 1," in header
     order = ["HapEventLoad", "HapEventRegistered", "HapEventRegisterFailed",
              "HapEventDeregistered", "HapEventUnload", "HapEventDropped"]

@@ -1,7 +1,8 @@
 """The KMDF probe's kernel-facing code, checked with mingw-w64's DDK headers on Linux.
 
-driver/probe_wdm.c (registration, callback, deregistration, processor-number calls, the
-writer thread, the record folder's DACL and link refusal) includes only ntifs.h, so
+driver/probe_wdm.c (the probe's Parameters, callback, registration) and the recorder's
+driver/recorder/recorder_wdm.c (the writer thread, the record folder's DACL and link refusal,
+the capture of a notification, the register and deregister calls) include only ntifs.h, so
 x86_64-w64-mingw32-gcc type-checks every kernel call it makes, warning-free, and links it
 against mingw-w64's ntoskrnl/hal import libraries. What only Windows can show (that the DACL
 takes, that a junction or a hard link is refused) is not run here: see driver/README.md. The
@@ -23,11 +24,16 @@ from tests.support.driver_toolchain import (
     MINGW_CC,
     MINGW_COMPAT,
     PORTABLE_SOURCES,
+    RECORDER_DIR,
     require_tool,
 )
 
 WDM_SOURCE = DRIVER_DIR / "probe_wdm.c"
+RECORDER_SOURCE = RECORDER_DIR / "recorder_wdm.c"
+WDM_SOURCES = (WDM_SOURCE, RECORDER_SOURCE)
+EXAMPLE_DRIVER = RECORDER_DIR / "example" / "example_driver.c"
 LINK_STUB = DRIVER_DIR / "tests" / "mingw_link_stub.c"
+POOL_ZERO = DRIVER_DIR / "tests" / "mingw_pool_zero.c"
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wstrict-prototypes",
             "-Wmissing-prototypes", "-Wconversion", "-Wno-sign-conversion"]
 DDK_CANDIDATES = (Path("/usr/x86_64-w64-mingw32/include/ddk"),
@@ -72,20 +78,22 @@ def _compile(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _wdm_flags(ddk_include: Path) -> list[str]:
-    return [*WARNINGS, f"-I{ddk_include}", f"-I{DRIVER_DIR}", "-include", str(MINGW_COMPAT)]
+    return [*WARNINGS, f"-I{ddk_include}", f"-I{DRIVER_DIR}", f"-I{RECORDER_DIR}", "-include",
+            str(MINGW_COMPAT)]
 
 
+@pytest.mark.parametrize("source", WDM_SOURCES, ids=lambda p: p.name)
 def test_wdm_part_compiles_warning_free_against_the_ddk_headers(
-        mingw: str, ddk_include: Path, tmp_path: Path) -> None:
+        mingw: str, ddk_include: Path, tmp_path: Path, source: Path) -> None:
     done = _compile([mingw, "-c", *_wdm_flags(ddk_include), "-o", str(tmp_path / "wdm.o"),
-                     str(WDM_SOURCE)])
+                     str(source)])
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
 
 
 def test_portable_part_compiles_warning_free_for_windows(mingw: str, tmp_path: Path) -> None:
     for source in PORTABLE_SOURCES:
-        done = _compile([mingw, "-c", "-std=c99", "-pedantic", *WARNINGS, f"-I{DRIVER_DIR}",
+        done = _compile([mingw, "-c", "-std=c99", "-pedantic", *WARNINGS, f"-I{RECORDER_DIR}",
                          "-o", str(tmp_path / (source.stem + ".o")), str(source)])
         assert done.returncode == 0, done.stderr
         assert done.stderr == ""
@@ -108,14 +116,35 @@ def test_the_type_checking_is_real(mingw: str, ddk_include: Path, tmp_path: Path
     assert "incompatible pointer type" in done.stderr
 
 
+def _link(mingw: str, ddk_include: Path, image: Path, *sources: Path,
+          defines: tuple[str, ...] = ()) -> None:
+    done = _compile([mingw, *_wdm_flags(ddk_include), *defines, "-nostdlib", "-shared",
+                     "-Wl,--subsystem,native", "-Wl,--entry,DriverEntry", "-o", str(image),
+                     *map(str, sources), str(POOL_ZERO), str(RECORDER_SOURCE),
+                     *map(str, PORTABLE_SOURCES), "-lntoskrnl", "-lhal", "-lgcc"])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
 def test_every_kernel_import_resolves_and_is_known(mingw: str, ddk_include: Path,
                                                    tmp_path: Path) -> None:
     image = tmp_path / "probe.sys"
-    done = _compile([mingw, *_wdm_flags(ddk_include), "-nostdlib", "-shared",
-                     "-Wl,--subsystem,native", "-Wl,--entry,DriverEntry", "-o", str(image),
-                     str(LINK_STUB), str(WDM_SOURCE), *map(str, PORTABLE_SOURCES),
-                     "-lntoskrnl", "-lhal", "-lgcc"])
-    assert done.returncode == 0, done.stderr
+    _link(mingw, ddk_include, image, LINK_STUB, WDM_SOURCE)
+    assert _imports(image) == EXPECTED_IMPORTS
+
+
+@pytest.mark.parametrize("size_by_active", ["0", "1"])
+def test_a_developer_driver_with_the_recorder_compiles_and_links(
+        mingw: str, ddk_include: Path, tmp_path: Path, size_by_active: str) -> None:
+    """The recorder's example driver: only hotadd_recorder.h's API, a WDM DriverEntry of its
+    own; both its correct and its buggy build (per-processor state sized at load)."""
+    image = tmp_path / "example.sys"
+    _link(mingw, ddk_include, image, EXAMPLE_DRIVER,
+          defines=(f"-DEXAMPLE_SIZE_BY_ACTIVE={size_by_active}",))
+    assert _imports(image) <= EXPECTED_IMPORTS | {"KeQueryMaximumProcessorCountEx"}
+
+
+def _imports(image: Path) -> set[str]:
     objdump = require_tool("x86_64-w64-mingw32-objdump", "binutils-mingw-w64-x86-64")
     dump = _compile([objdump, "-p", str(image)])
     assert dump.returncode == 0, dump.stderr
@@ -129,7 +158,8 @@ def test_every_kernel_import_resolves_and_is_known(mingw: str, ddk_include: Path
         elif line.startswith("There is an export table"):
             current = None
     assert {dll.lower() for dll in imports} <= KERNEL_MODULES
-    assert set().union(*imports.values()) == EXPECTED_IMPORTS
+    found: set[str] = set().union(*imports.values())
+    return found
 
 
 def _includes(path: Path) -> list[str]:
@@ -137,20 +167,23 @@ def _includes(path: Path) -> list[str]:
 
 
 def test_each_layer_includes_only_what_it_may() -> None:
-    own = {'"probe_public.h"', '"probe_record.h"', '"probe_atomic.h"', '"probe_wdm.h"'}
+    own = {'"probe_public.h"', '"probe_record.h"', '"probe_atomic.h"', '"probe_wdm.h"',
+           '"hotadd_recorder.h"'}
     assert set(_includes(DRIVER_DIR / "probe_wdm.h")) == {"<ntifs.h>"}
     assert set(_includes(WDM_SOURCE)) <= own
+    assert set(_includes(RECORDER_SOURCE)) <= own | {"<ntifs.h>"}
+    # the public API needs only wdm.h's types: a KMDF driver includes it after ntddk.h
+    assert set(_includes(RECORDER_DIR / "hotadd_recorder.h")) == {"<wdm.h>"}
     assert set(_includes(DRIVER_DIR / "driver.c")) == {'"probe_wdm.h"', "<wdf.h>"}
     # The portable part: its own headers, and for MSVC the compiler's SAL and intrinsics
     # headers; nothing from the kernel, nothing from the C library.
     compiler = {"<sal.h>", "<intrin.h>"}
-    portable = [DRIVER_DIR / name for name in ("probe_public.h", "probe_record.h",
-                                               "probe_atomic.h", "probe_ring.c",
-                                               "probe_format.c", "probe_veto.c",
-                                               "probe_core.c")]
+    portable = [RECORDER_DIR / name for name in ("probe_public.h", "probe_record.h",
+                                                 "probe_atomic.h")] + list(PORTABLE_SOURCES)
+    kernel_facing = {'"probe_wdm.h"', '"hotadd_recorder.h"'}
     for path in portable:
-        assert set(_includes(path)) <= (own - {'"probe_wdm.h"'}) | compiler, path.name
-    assert [p.name for p in DRIVER_DIR.glob("*.[ch]") if "<wdf.h>" in _includes(p)] == [
+        assert set(_includes(path)) <= (own - kernel_facing) | compiler, path.name
+    assert [p.name for p in DRIVER_DIR.rglob("*.[ch]") if "<wdf.h>" in _includes(p)] == [
         "driver.c"]
 
 
@@ -171,31 +204,42 @@ def _function_body(source: str, name: str) -> str:
 UNSAFE_ABOVE_PASSIVE = re.compile(
     r"\b(Zw\w+|Nt\w+|Ex(Allocate|Free)\w*|KeWaitFor\w+|KeDelayExecutionThread|"
     r"PAGED_CODE|DbgPrint\w*|Rtl\w*Registry\w*|Io\w+|ObReference\w*|Ps\w+)\s*\(")
-CALLBACK_PATH = ("HapProcessorChangeCallback", "HapClockRead", "HapThreadId", "HapWake")
+CALLBACK_PATH = {WDM_SOURCE: ("HapProcessorChangeCallback",),
+                 RECORDER_SOURCE: ("HotAddRecorderNotifyEx", "HotAddRecorderNotify",
+                                   "HapClockRead", "HapThreadId", "HapWake")}
 
 
 def test_callback_path_is_nonpaged_and_safe_at_dispatch_level() -> None:
-    source = WDM_SOURCE.read_text()
-    paged = set(re.findall(r"#pragma alloc_text\(PAGE, (\w+)\)", source))
-    for name in CALLBACK_PATH:
-        body = _function_body(source, name)
-        assert not UNSAFE_ABOVE_PASSIVE.search(body), f"{name}: {UNSAFE_ABOVE_PASSIVE.search(body)}"
-        assert name not in paged, f"{name} must stay in nonpaged code"
-    callback = _function_body(source, "HapProcessorChangeCallback")
-    # *OperationStatus is read once on entry (op_status_in) and written once, when the core's
-    # veto decision (probe_core.c / probe_veto.c, tested on the host: only a Start, only the
-    # named one) says so.
+    for path, names in CALLBACK_PATH.items():
+        source = path.read_text()
+        paged = set(re.findall(r"#pragma alloc_text\(PAGE, (\w+)\)", source))
+        for name in names:
+            body = _function_body(source, name)
+            assert not UNSAFE_ABOVE_PASSIVE.search(body), \
+                f"{name}: {UNSAFE_ABOVE_PASSIVE.search(body)}"
+            assert name not in paged, f"{name} must stay in nonpaged code"
+    callback = _function_body(WDM_SOURCE.read_text(), "HapProcessorChangeCallback")
+    # *OperationStatus is written once, when the core's veto decision (probe_core.c /
+    # probe_veto.c, tested on the host: only a Start, only the named one) says so, after the
+    # recorder read it on entry (op_status_in).
     writes = re.findall(r"\*OperationStatus\s*=[^=]", callback)
     assert len(writes) == 1
     guard = callback[:callback.index("*OperationStatus =")]
-    assert "veto = HapCoreNotify(" in guard and "if (veto != 0u)" in guard
-    assert "OpStatusIn = (unsigned int)*OperationStatus;" in guard
+    assert "veto = HotAddRecorderNotifyEx(" in guard and "if (veto != 0u)" in guard
+    recorder = RECORDER_SOURCE.read_text()
+    notify = _function_body(recorder, "HotAddRecorderNotifyEx")
+    assert "OpStatusIn = (unsigned int)*OperationStatus;" in notify
+    assert not re.search(r"\*OperationStatus\s*=[^=]", notify), "the recorder never writes it"
     # The phase comes from the thread, not from a flag set around the register call.
-    assert "HapThreadId()" in guard and "Registering" not in source
+    assert "HapCoreNotify(&Recorder->Core, &record, HapThreadId())" in notify
+    assert "Registering" not in recorder
+    # A developer's recorder has no veto policy, so HotAddRecorderNotify's decision is 0.
+    start = _function_body(recorder, "HotAddRecorderStart")
+    assert "options.VetoIndex = HAP_NO_VETO;" in start
 
 
 def test_every_pageable_routine_asserts_it() -> None:
-    for path in (WDM_SOURCE, DRIVER_DIR / "driver.c"):
+    for path in (*WDM_SOURCES, DRIVER_DIR / "driver.c"):
         source = path.read_text()
         for name in re.findall(r"#pragma alloc_text\(PAGE, (\w+)\)", source):
             assert "PAGED_CODE();" in _function_body(source, name), f"{path.name}: {name}"

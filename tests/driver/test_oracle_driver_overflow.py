@@ -1,6 +1,6 @@
 """The oracle on what the KMDF probe writes when its record ring overflows.
 
-Modelled runs go through the driver's own ring and formatter (driver/probe_ring.c,
+Modelled runs go through the driver's own ring and formatter (driver/recorder/probe_ring.c,
 probe_format.c, built with the host gcc by driver_toolchain) with a ring too small for them.
 The output must read without an input error, equal `harness.oracle.model.lost` applied to the
 records the `dropped` lines say were lost (so the model's loss is the driver's), and fail

@@ -13,7 +13,7 @@ import re
 
 from tests.support.driver_toolchain import DRIVER_DIR
 
-WDM = (DRIVER_DIR / "probe_wdm.c").read_text()
+WDM = (DRIVER_DIR / "recorder" / "recorder_wdm.c").read_text()  # the recorder opens every file
 
 
 def _body(name: str) -> str:
@@ -42,7 +42,10 @@ def test_both_opens_bypass_reparse_points_and_nothing_is_truncated_by_the_open()
 
 def test_the_file_is_opened_by_the_checked_folder_and_checked_before_truncation() -> None:
     body = _body("HapOpenRecordFile")
-    assert "HAP_RECORD_NAME_W" in body and "HAP_RECORD_FILE_W" not in body
+    # a bare name inside the folder: the probe's records.jsonl, or a writer's
+    # records-<name>.jsonl (recorder_name.c lets no separator or dot into <name>)
+    assert "RtlInitUnicodeString(&fileName, FileName);" in body and "HAP_RECORD_FILE_W" not in body
+    assert "options.FileName = HAP_RECORD_NAME_W;" in (DRIVER_DIR / "probe_wdm.c").read_text()
     assert re.search(r"InitializeObjectAttributes\(&attributes, &fileName,\s*"
                      r"OBJ_CASE_INSENSITIVE \| OBJ_KERNEL_HANDLE, directory,\s*"
                      r"&security.Descriptor\)", body)

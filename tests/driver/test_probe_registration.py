@@ -1,8 +1,8 @@
 """The probe's registration (issue 12): Flags refused before the register call, `load` at the
 epoch, and replay vs hot-add decided by thread, judged by the oracle.
 
-driver/probe_core.c runs in driver/tests/ring_harness.c with a fake register call that replays
-on the calling thread while a second thread delivers a hot-add, under ASan/UBSan and
+driver/recorder/probe_core.c runs in driver/tests/ring_harness.c with a fake register call that
+replays on the calling thread while a second thread delivers a hot-add, under ASan/UBSan and
 ThreadSanitizer.
 """
 

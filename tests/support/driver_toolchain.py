@@ -1,11 +1,11 @@
 """Build and run the KMDF probe's portable C on this Linux host, for the `test_driver_*` tests.
 
-The driver's portable part (driver/probe_ring.c, probe_format.c, probe_veto.c, probe_core.c:
-the ring, the formatter, the writer, the veto, the registration and callback decisions) is plain
-C, so the host gcc compiles it under the sanitizers together with the test harness
-driver/tests/ring_harness.c, which plays the kernel's producers, register call, clock, record
-file and the worker. Builds go to a
-pytest temporary directory, never into the source tree. A missing compiler fails the test and
+The recorder's portable part (driver/recorder/probe_ring.c, probe_format.c, probe_veto.c,
+probe_core.c, recorder_name.c: the ring, the formatter, the writer, the veto, the registration
+and callback decisions, a writer's file name) is plain C, so the host gcc compiles it under the
+sanitizers together with the test harness driver/tests/ring_harness.c, which plays the kernel's
+producers, register call, clock, record file and the worker. Builds go to a pytest temporary
+directory, never into the source tree. A missing compiler fails the test and
 names the Debian package to install; nothing is skipped.
 """
 
@@ -22,15 +22,19 @@ from typing import Any
 import pytest
 
 DRIVER_DIR = Path(__file__).resolve().parents[2] / "driver"
-PORTABLE_SOURCES = tuple(DRIVER_DIR / name for name in ("probe_ring.c", "probe_format.c",
-                                                      "probe_veto.c", "probe_core.c"))
+#: The recorder: the portable record/ring/format code and its kernel part (recorder_wdm.c),
+#: which the probe and any developer's driver compile in.
+RECORDER_DIR = DRIVER_DIR / "recorder"
+PORTABLE_SOURCES = tuple(RECORDER_DIR / name for name in ("probe_ring.c", "probe_format.c",
+                                                        "probe_veto.c", "probe_core.c",
+                                                        "recorder_name.c"))
 RING_HARNESS = DRIVER_DIR / "tests" / "ring_harness.c"
 MINGW_COMPAT = DRIVER_DIR / "tests" / "mingw_ddk_compat.h"
 
 HOST_CC = ("gcc", "gcc")  # (command, Debian package)
 MINGW_CC = ("x86_64-w64-mingw32-gcc", "mingw-w64")
 
-# Values of the enums in driver/probe_public.h, by the names the records carry.
+# Values of the enums in driver/recorder/probe_public.h, by the names the records carry.
 DRIVER_EVENTS = {"load": 1, "registered": 2, "register_failed": 3, "deregistered": 4,
                  "unload": 5, "dropped": 6}
 NOTIFY_STATES = {"start": 0, "complete": 1, "failure": 2}
@@ -121,6 +125,10 @@ class RingHarness:
     def ticks_to_ns(self, ticks: int, frequency: int) -> int:
         return int(run_checked([str(self.binary), "ticks", str(ticks), str(frequency)]))
 
+    def writer_file(self, name: str, capacity: int = 64) -> str:
+        """The record file name of writer `name` (recorder_name.c), or "invalid"."""
+        return run_checked([str(self.binary), "writer-file", name, str(capacity)]).strip()
+
     def limits(self) -> dict[str, int]:
         out = run_checked([str(self.binary), "limits"])
         return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
@@ -133,7 +141,7 @@ def build_ring_harness(out_dir: Path, sanitizer: str = "address,undefined") -> R
     run_checked([gcc, "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-O1", "-g",
                  "-Wall", "-Wextra", "-Werror", "-pedantic",
                  f"-fsanitize={sanitizer}", "-fno-sanitize-recover=all",
-                 "-fno-omit-frame-pointer", f"-I{DRIVER_DIR}", "-o", str(binary),
+                 "-fno-omit-frame-pointer", f"-I{RECORDER_DIR}", "-o", str(binary),
                  str(RING_HARNESS), *map(str, PORTABLE_SOURCES), "-pthread"])
     return RingHarness(binary)
 

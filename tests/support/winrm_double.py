@@ -18,7 +18,10 @@ Then a small deterministic interpreter, not Windows, executes it:
 - `powershell.exe ... -EncodedCommand B64` is decoded (UTF-16LE) and its intent looked up in a
   tiny table (the staging decoder and the fetch-chunk reader, matched by regex; a script that
   is vm/windows/hotadd-probe.ps1 plus a call line goes to `ProbeModel`, a model of what those
-  functions do to the guest); any other script text runs as portable `sh` script text;
+  functions do to the guest; the upload decoder of `put` writes the bytes); any other script
+  text runs as portable `sh` script text;
+- `"sc.exe" ...` and `"reg.exe" ...` (argument vectors, split as CommandLineToArgvW does) go
+  to `ServiceModel`, a model of what they do to the guest's kernel services and registry;
 - `powershell.exe ... -File F` (a staged long script) is treated like the decoded text above,
   read as Windows PowerShell 5.1 reads it: UTF-8 only with a BOM, else ANSI (cp1252);
 - any other command line runs with `sh -c`.
@@ -178,6 +181,7 @@ class WinRMDouble:
         self.idle_timeout = IDLE_TIMEOUT_S
         self.scripts: list[str] = []  # every PowerShell script text run, as Windows read it
         self.probe = ProbeModel(self)
+        self.services = ServiceModel(self)
         self.username, self.password = username, password
         self.fail_first = fail_first
         self.listen_after = listen_after
@@ -382,6 +386,9 @@ class WinRMDouble:
                 cmd.finish(b"", b"", 0)
             else:
                 cmd.finish(b"", b"Could Not Find " + m[1].encode() + b"\r\n", 1)
+        elif re.match(r'"(sc|reg)\.exe" ', line, re.IGNORECASE):
+            out, rc = self.services.call(split_argv(line))
+            cmd.finish(out.encode(), b"", rc)
         elif m := re.fullmatch(r"powershell\.exe [^\"]*-EncodedCommand (\S+)", line):
             self._powershell(cmd, base64.b64decode(m[1]).decode("utf-16-le"))
         elif m := re.fullmatch(r'powershell\.exe [^"]*-File ("[^"]+")', line):
@@ -401,7 +408,20 @@ class WinRMDouble:
                           r"\$f=\[IO\.File\]::Open\('((?:[^']|'')*)','Open','Read','ReadWrite'\);"
                           r"try\{\[void\]\$f\.Seek\((\d+),'Begin'\);\$b=New-Object byte\[\] (\d+)",
                           script)
-        if stage:
+        put = re.search(r"\$src='((?:[^']|'')*)';\$dst='((?:[^']|'')+)';", script)
+        if put:  # windows.put_decoder_script: base64 lines -> bytes, renamed over the target
+            data = b""
+            if put[1]:
+                src = self.path(put[1].replace("''", "'"))
+                data = base64.b64decode(re.sub(rb"\s", b"", src.read_bytes()))
+                src.unlink()
+            dst = self.path(put[2].replace("''", "'"))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".hotadd-put")
+            tmp.write_bytes(data)
+            tmp.replace(dst)
+            cmd.finish(b"", b"", 0)
+        elif stage:
             src = self.path(stage[1].replace("''", "'"))
             text = base64.b64decode(re.sub(rb"\s", b"", src.read_bytes()))
             self.path(stage[2].replace("''", "'")).write_bytes(b"\xef\xbb\xbf" + text)
@@ -459,6 +479,122 @@ class WinRMDouble:
             cmd.finish(b"", b"", rc)
 
         threading.Thread(target=reap, daemon=True).start()
+
+
+def split_argv(line: str) -> list[str]:
+    """A command line split as CommandLineToArgvW does ("Parsing C++ command-line arguments",
+    https://learn.microsoft.com/en-us/cpp/cpp/main-function-command-line-args): whitespace
+    outside quotes separates; 2n backslashes before a quote are n and the quote toggles
+    quoting; 2n+1 are n and a literal quote; other backslashes are literal."""
+    args: list[str] = []
+    cur: list[str] = []
+    quoted = started = False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            n = len(line[i:]) - len(line[i:].lstrip("\\"))
+            if i + n < len(line) and line[i + n] == '"':
+                cur.append("\\" * (n // 2))
+                if n % 2:
+                    cur.append('"')
+                    i += n + 1
+                else:
+                    i += n
+                started = True
+                continue
+            cur.append("\\" * n)
+            i += n
+            started = True
+            continue
+        if c == '"':
+            quoted = not quoted
+            started = True
+        elif c in " \t" and not quoted:
+            if started:
+                args.append("".join(cur))
+                cur, started = [], False
+        else:
+            cur.append(c)
+            started = True
+        i += 1
+    if started:
+        args.append("".join(cur))
+    return args
+
+
+class ServiceModel:
+    """What sc.exe and reg.exe do to a Windows guest's kernel services, as a tiny model (for a
+    developer's driver: harness.guests.windows_control's own-driver functions). Exit codes are
+    the Win32 errors sc.exe returns ("System Error Codes (1000-1299)", https://
+    learn.microsoft.com/en-us/windows/win32/debug/system-error-codes--1000-1299-); option
+    names are tokens of their own ending in "=", as sc.exe requires ("sc.exe create",
+    https://learn.microsoft.com/en-us/windows-server/administration/windows-commands/
+    sc-create): "type=kernel" in one token is refused as sc.exe refuses it (1639).
+    `start_code` makes the next starts fail as Windows would (577: the image's signature is
+    not accepted); `stop_itself(name)` is a driver whose service stopped on its own."""
+
+    def __init__(self, double: WinRMDouble) -> None:
+        self.double = double
+        self.services: dict[str, dict[str, str]] = {}  # lower-case name -> fields
+        self.registry: dict[str, dict[str, tuple[str, str]]] = {}
+        self.start_code = 0
+        self.calls: list[list[str]] = []
+
+    def stop_itself(self, name: str) -> None:
+        self.services[name.lower()]["state"] = "STOPPED"
+
+    def call(self, argv: list[str]) -> tuple[str, int]:
+        self.calls.append(argv)
+        exe = argv[0].lower()
+        if exe == "reg.exe":
+            return self._reg(argv[1:])
+        verb, name, rest = argv[1].lower(), argv[2], argv[3:]
+        svc = self.services.get(name.lower())
+        if verb in ("create", "config"):
+            opts = dict(zip(rest[::2], rest[1::2], strict=False))
+            if len(rest) % 2 or not all(k.endswith("=") for k in opts):
+                return "[SC] invalid option syntax (the value goes after a space)\r\n", 1639
+            if verb == "create" and svc is not None:
+                return ("[SC] CreateService FAILED 1073:\r\n\r\n"
+                        "The specified service already exists.\r\n"), 1073
+            if verb == "config" and svc is None:
+                return "[SC] OpenService FAILED 1060:\r\n", 1060
+            entry = svc or {"name": name, "state": "STOPPED"}
+            entry.update({k[:-1].lower(): v for k, v in opts.items()})
+            self.services[name.lower()] = entry
+            return f"[SC] {'CreateService' if verb == 'create' else 'ChangeServiceConfig'} " \
+                   "SUCCESS\r\n", 0
+        if svc is None:
+            return "[SC] OpenService FAILED 1060:\r\n\r\nThe specified service does " \
+                   "not exist as an installed service.\r\n", 1060
+        if verb == "start":
+            if svc["state"] == "RUNNING":
+                return "[SC] StartService FAILED 1056:\r\n", 1056
+            if not self.double.path(svc["binpath"]).is_file():
+                return "[SC] StartService FAILED 2:\r\n", 2
+            if self.start_code:
+                return f"[SC] StartService FAILED {self.start_code}:\r\n", self.start_code
+            svc["state"] = "RUNNING"
+        elif verb == "stop":
+            if svc["state"] != "RUNNING":
+                return "[SC] ControlService FAILED 1062:\r\n", 1062
+            svc["state"] = "STOPPED"
+        elif verb != "query":
+            return f"[SC] unknown verb {verb}\r\n", 1639
+        code = 4 if svc["state"] == "RUNNING" else 1
+        return (f"\r\nSERVICE_NAME: {svc['name']}\r\n        TYPE               : 1  "
+                f"KERNEL_DRIVER\r\n        STATE              : {code}  {svc['state']}\r\n"), 0
+
+    def _reg(self, args: list[str]) -> tuple[str, int]:
+        if len(args) != 9 or args[0] != "add" or args[2:8:2] != ["/v", "/t", "/d"] \
+                or args[8] != "/f":
+            return "ERROR: Invalid syntax.\r\n", 1
+        key, name, kind, data = args[1], args[3], args[5], args[7]
+        if kind == "REG_DWORD" and not (data.isdigit() and int(data) <= 0xFFFF_FFFF):
+            return "ERROR: Invalid value for REG_DWORD.\r\n", 1
+        self.registry.setdefault(key.lower(), {})[name] = (kind, data)
+        return "The operation completed successfully.\r\n", 0
 
 
 class ProbeModel:

@@ -48,7 +48,7 @@ def test_lost_records_are_a_failing_verdict_not_an_input_error() -> None:
     assert run.returncode == 1, run.stderr
     assert run.stderr == ""
     assert "FAIL records.none_dropped [format] seq 9: the probe lost 2 record(s)" in run.stdout
-    assert "HAP_RING_CAPACITY in driver/probe_public.h" in run.stdout
+    assert "HAP_RING_CAPACITY in driver/recorder/probe_public.h" in run.stdout
     data = as_json(hotadd_check("--json", trace))
     dropped = [f for f in data["findings"] if f["rule_id"] == "records.none_dropped"]
     assert [(f["severity"], f["seqs"]) for f in dropped] == [("fail", [9]), ("fail", [18])]

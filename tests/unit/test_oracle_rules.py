@@ -462,7 +462,7 @@ def test_lost_records_fail_once_naming_the_count_and_the_fix() -> None:
     assert (finding.rule_id, finding.severity, finding.seqs) == (
         "records.none_dropped", Severity.FAIL, (dropped.seq,))
     assert "lost 2 record(s)" in finding.message and "in all" not in finding.message
-    assert "HAP_RING_CAPACITY in driver/probe_public.h" in finding.message
+    assert "HAP_RING_CAPACITY in driver/recorder/probe_public.h" in finding.message
     assert "driver/README.md" in finding.message
     assert not verdict.passed
 

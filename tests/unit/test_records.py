@@ -125,7 +125,7 @@ DROPPED = {"v": 1, "seq": 17, "t_ns": 81234567, "kind": "driver", "event": "drop
 
 
 def test_a_dropped_line_is_a_driver_record_with_its_count() -> None:
-    """The Windows driver's report of records lost to a full ring (driver/probe_ring.c)."""
+    """The Windows driver's report of records lost to a full ring (driver/recorder/probe_ring.c)."""
     (record,) = parse_records(lines(DROPPED))
     assert record == DriverRecord(seq=17, t_ns=81234567, event=DriverEvent.DROPPED, count=3)
     assert json.loads(dump_records([record])) == DROPPED

@@ -87,14 +87,24 @@ def test_probe_module_matches_the_guest_kernel(reference_image: ReferenceImage) 
     assert {"veto_cpu", "veto_errno", "flags"} <= {p.split(":")[0] for p in params.splitlines()}
 
 
-def test_probe_builds_warning_free(reference_image: ReferenceImage, tmp_path: Path) -> None:
-    src = tmp_path / "probe"
-    shutil.copytree(reference.PROBE_SOURCE_DIR, src)
+@pytest.mark.parametrize("source", [reference.PROBE_SOURCE_DIR, reference.EXAMPLE_SOURCE_DIR],
+                         ids=["probe", "example"])
+def test_modules_build_warning_free(reference_image: ReferenceImage, tmp_path: Path,
+                                    source: Path) -> None:
+    src = tmp_path / source.name
+    shutil.copytree(source, src)
     proc = subprocess.run(["make", f"KDIR=/usr/src/linux-headers-{reference_image.kernel_version}"],
                           cwd=src, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "warning:" not in (proc.stdout + proc.stderr).lower()
-    assert not list(reference.PROBE_SOURCE_DIR.glob("*.o")), "built into the source tree"
+    assert not list(source.glob("*.o")), "built into the source tree"
+
+
+def test_the_example_module_is_built_for_the_guest_kernel(
+        reference_image: ReferenceImage) -> None:
+    info = reference.check_module(reference.example_module(reference_image),
+                                  reference_image.kernel_version, [("size_by", "online")])
+    assert info.name == "hotadd_example" and info.parameters == {"size_by"}
 
 
 def test_inputs_hash_follows_the_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

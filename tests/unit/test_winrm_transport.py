@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from winrm.protocol import Protocol
 
-from harness.errors import GuestNotReady, TransportError
+from harness.errors import GuestNotReady, InputError, TransportError
 from harness.transport.winrm import (
     CMD_LINE_LIMIT,
     LINE_BUDGET,
@@ -25,7 +25,9 @@ from harness.transport.winrm import (
     RemoteFileMissing,
     WinRMEndpoint,
     WinRMTransport,
+    cmd_argv_line,
     powershell_plan,
+    put_plan,
     redact,
 )
 from tests.support.winrm_double import (
@@ -341,3 +343,70 @@ def test_password_is_never_shown(double: WinRMDouble, caplog: pytest.LogCaptureF
     assert redact(f"a {PASSWORD} b", PASSWORD) == f"a {REDACTED} b"
     # every command line the harness itself sent (all but the deliberate echo above)
     assert_no_password([c for c in double.command_lines if "echo " + PASSWORD not in c])
+
+
+# ---- put and argument vectors (issue 16's seams) ----
+
+
+@pytest.mark.parametrize("size", [0, 1, 5_999, 6_000, 200_001])
+def test_put_copies_binary_files_exactly_under_the_cmd_limit(
+        double: WinRMDouble, transport: WinRMTransport, tmp_path: Path, size: int) -> None:
+    data = bytes((i * 7919 + size) % 256 for i in range(size))
+    local = tmp_path / "driver.sys"
+    local.write_bytes(data)
+    target = "C:\\hotadd\\drivers\\My Driver.sys"
+    double.path(target).parent.mkdir(parents=True, exist_ok=True)
+    double.path(target).write_bytes(b"an older, longer file that must be replaced whole" * 9)
+    transport.put(local, target)
+    assert double.path(target).read_bytes() == data
+    assert not cmd_refuses_any(double), "every line of the upload fits cmd.exe"
+    assert list(double.path("C:\\Windows\\Temp").iterdir()) == [], "staged files are removed"
+    assert list(double.path("C:\\hotadd\\drivers").iterdir()) == [double.path(target)]
+
+
+def cmd_refuses_any(double: WinRMDouble) -> bool:
+    return any(cmd_refuses(line) for line in double.command_lines)
+
+
+def test_put_plan_lines_stay_within_the_budget_and_name_no_variable() -> None:
+    plan = put_plan(bytes(range(256)) * 100, "C:\\hotadd\\x.sys")
+    assert len(plan) > 3
+    assert all(len(line) <= LINE_BUDGET and "%" not in line for line in plan)
+
+
+def test_put_refuses_a_missing_file_and_a_path_cmd_would_expand(
+        transport: WinRMTransport, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot read"):
+        transport.put(tmp_path / "missing.sys", "C:\\hotadd\\x.sys")
+    (tmp_path / "a.sys").write_bytes(b"x")
+    with pytest.raises(InputError, match="holds %"):
+        transport.put(tmp_path / "a.sys", "C:\\%TEMP%\\x.sys")
+
+
+def test_argv_elements_reach_the_program_intact(transport: WinRMTransport) -> None:
+    # each element double-quoted; the double runs the line with sh, which splits these
+    # quoted words as CommandLineToArgvW does for a Windows program
+    argv = ["echo", "a b", "x&y", "<in>", "^c", "(p)"]
+    assert transport.argv_line(argv) == '"echo" "a b" "x&y" "<in>" "^c" "(p)"'
+    assert transport.run_argv(argv).stdout.strip() == "a b x&y <in> ^c (p)"
+
+
+@pytest.mark.parametrize("arg", ['say "hi"', "100%", "two\nlines", "cr\r"])
+def test_argv_refuses_what_cmd_would_act_on(transport: WinRMTransport, arg: str) -> None:
+    with pytest.raises(InputError, match="acts on even inside quotes"):
+        transport.argv_line(["prog.exe", arg])
+
+
+def test_argv_trailing_backslashes_are_doubled_before_the_closing_quote() -> None:
+    assert cmd_argv_line(["sc.exe", "C:\\dir\\"]) == '"sc.exe" "C:\\dir\\\\"'
+    assert cmd_argv_line(["x", "a\\b"]) == '"x" "a\\b"'
+
+
+def test_argv_line_longer_than_cmd_takes_is_refused() -> None:
+    with pytest.raises(InputError, match="8191-character limit"):
+        cmd_argv_line(["x"] + ["y" * 1000] * 9)
+
+
+def test_an_empty_argv_is_refused(transport: WinRMTransport) -> None:
+    with pytest.raises(InputError, match="empty argument vector"):
+        transport.run_argv([])

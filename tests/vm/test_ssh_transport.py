@@ -134,6 +134,30 @@ def test_fetch_is_binary_exact(ssh: SshTransport, tmp_path: Path) -> None:
         ssh.fetch("/nonexistent", local)
 
 
+def test_put_is_binary_exact_and_replaces_the_target_whole(ssh: SshTransport,
+                                                           tmp_path: Path) -> None:
+    data = hashlib.sha256(b"seed").digest() * 9000 + bytes(range(256))
+    local = tmp_path / "mod.ko"
+    local.write_bytes(data)
+    ssh.run("mkdir -p '/tmp/put dir' && head -c 999999 /dev/zero > '/tmp/put dir/m.ko'").check()
+    ssh.put(local, "/tmp/put dir/m.ko")
+    digest = ssh.run("sha256sum '/tmp/put dir/m.ko'").check().stdout.split()[0]
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert ssh.run("ls -A '/tmp/put dir'").stdout.split() == ["m.ko"], "no temporary left"
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    ssh.put(empty, "/tmp/new/dir/empty")
+    assert ssh.run("wc -c < /tmp/new/dir/empty").stdout.strip() == "0"
+    with pytest.raises(TransportError, match="cannot copy"):
+        ssh.put(local, "/proc/version")
+
+
+def test_argv_reaches_the_program_intact(ssh: SshTransport) -> None:
+    argv = ["printf", "[%s]", "a b", "$(reboot)", "'q'", '"dq"', "x;y", "*", ""]
+    assert ssh.run_argv(argv).check().stdout == "[a b][$(reboot)]['q'][\"dq\"][x;y][*][]"
+    assert ssh.run_argv(["false"]).rc == 1
+
+
 def test_timeout_raises_and_transport_stays_usable(ssh: SshTransport) -> None:
     # the command would outlive the test's own budget: only the transport's timeout ends it
     with pytest.raises(TransportError, match="timed out"):

@@ -31,6 +31,7 @@
 #define _In_opt_
 #define _Field_size_(n)
 #define _Out_writes_bytes_(n)
+#define _Out_writes_(n)
 #define _In_reads_(n)
 #define _Use_decl_annotations_
 #endif
@@ -294,5 +295,16 @@ unsigned int HapFormatRecord(_In_ const HAP_RECORD *Record, unsigned long long S
  * Frequency below 18 GHz. IRQL: any. Returns 0 when Frequency is 0.
  */
 unsigned long long HapTicksToNs(unsigned long long Ticks, unsigned long long Frequency);
+
+/*
+ * HapWriterFileName - the record file name of writer Name (NUL-terminated UTF-16):
+ * "records-<Name>.jsonl" into Out[Capacity], NUL-terminated. Wide characters are passed as
+ * unsigned short so the host tests (32-bit wchar_t) run the same code.
+ * IRQL: any. Returns the name's length without the NUL, or 0 when Name is empty, longer than
+ * HAP_WRITER_NAME_MAX, holds a character outside A-Z a-z 0-9 _ -, or Out is too small.
+ */
+unsigned int HapWriterFileName(_In_ const unsigned short *Name,
+                               _Out_writes_(Capacity) unsigned short *Out,
+                               unsigned int Capacity);
 
 #endif /* HOTADD_PROBE_RECORD_H */

@@ -54,6 +54,16 @@
 /* The file's name inside the directory: opened relative to the directory's handle. */
 #define HAP_RECORD_NAME_W           L"records.jsonl"
 
+/* A recorder other than the probe (driver/recorder/hotadd_recorder.h) writes its own stream
+ * beside the probe's, in the same folder: records-<writer name>.jsonl (docs/record-format.md,
+ * "Streams"). A writer name is 1..HAP_WRITER_NAME_MAX of A-Z a-z 0-9 _ - (compared without
+ * case by Windows, as every file name). */
+#define HAP_WRITER_NAME_MAX         48u
+#define HAP_WRITER_FILE_PREFIX      "records-"
+#define HAP_WRITER_FILE_SUFFIX      ".jsonl"
+/* Characters of the longest writer file name, its terminating NUL included. */
+#define HAP_WRITER_FILE_MAX         (8u + HAP_WRITER_NAME_MAX + 6u + 1u)
+
 /* ---- Record format v1 ---------------------------------------------------------------------- */
 
 #define HAP_RECORD_VERSION          1u
