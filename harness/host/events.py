@@ -136,37 +136,59 @@ def _parse_panic(details: dict[str, Any], seconds: int, micros: int) -> PanicEve
                       t_wall=seconds + micros / 1e6)
 
 
-class DomainEvents:
-    """Subscribes to one domain's events (by name, so it can be set up before the domain
-    exists) and keeps them in `log`. `close()` unsubscribes."""
+class _Hub:
+    """One connection's event subscription, shared by every `DomainEvents` on it.
 
-    def __init__(self, conn: libvirt.virConnect, domain_name: str) -> None:
-        self.log = EventLog()
+    libvirt refuses a second registration of the same event on one connection ("event
+    callback already tracked": virObjectEventCallbackLookup matches on the connection, the
+    event and the C callback, which is the same for every Python callback), and a process
+    shares one connection to its embedded root (`harness.host.connection`). So the hub
+    registers once, while any domain is watched, and hands each event to the watchers of
+    that domain's name.
+    """
+
+    _hubs_lock = threading.Lock()
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self._lock = threading.Lock()  # the watchers; taken briefly on the event thread too
         self._conn = conn
-        self._name = domain_name
+        self._watchers: dict[str, list[DomainEvents]] = {}
+        self._lifecycle_id: int | None = None
         self._qemu_ids: list[int] = []
-        self._lifecycle_id = conn.domainEventRegisterAny(
+
+    @classmethod
+    def of(cls, conn: libvirt.virConnect) -> _Hub:
+        with cls._hubs_lock:
+            hub: _Hub | None = getattr(conn, "_hotadd_events", None)
+            if hub is None:
+                hub = cls(conn)
+                conn._hotadd_events = hub
+            return hub
+
+    def add(self, watcher: DomainEvents) -> None:
+        with self._lock:
+            if not self._watchers:
+                self._subscribe()
+            self._watchers.setdefault(watcher.name, []).append(watcher)
+
+    def remove(self, watcher: DomainEvents) -> None:
+        with self._lock:
+            same = self._watchers.get(watcher.name, [])
+            if watcher in same:
+                same.remove(watcher)
+            if not same:
+                self._watchers.pop(watcher.name, None)
+            if not self._watchers:
+                self._unsubscribe()
+
+    def _subscribe(self) -> None:
+        self._lifecycle_id = self._conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         for event in ("ACPI_DEVICE_OST", "GUEST_PANICKED"):
             self._qemu_ids.append(libvirt_qemu.qemuMonitorEventRegister(
-                conn, None, event, self._on_qemu, None, 0))
+                self._conn, None, event, self._on_qemu, None, 0))
 
-    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
-        if dom.name() == self._name:
-            self.log.append(LifecycleEvent(_LIFECYCLE.get(event, str(event)), detail,
-                                           time.monotonic()))
-
-    def _on_qemu(self, _conn: Any, dom: Any, event: str, seconds: int, micros: int,
-                 details: str | None, _opaque: Any) -> None:
-        if dom.name() != self._name:
-            return
-        data = json.loads(details) if details else {}
-        if event == "ACPI_DEVICE_OST":
-            self.log.append(_parse_ost(data, seconds, micros))
-        elif event == "GUEST_PANICKED":
-            self.log.append(_parse_panic(data, seconds, micros))
-
-    def close(self) -> None:
+    def _unsubscribe(self) -> None:
         for cb_id in self._qemu_ids:
             with contextlib.suppress(libvirt.libvirtError):
                 libvirt_qemu.qemuMonitorEventDeregister(self._conn, cb_id)
@@ -175,3 +197,40 @@ class DomainEvents:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(self._lifecycle_id)
             self._lifecycle_id = None
+
+    def _for(self, dom: Any) -> list[DomainEvents]:
+        with self._lock:
+            return list(self._watchers.get(dom.name(), ()))
+
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        for watcher in self._for(dom):
+            watcher.log.append(LifecycleEvent(_LIFECYCLE.get(event, str(event)), detail,
+                                              time.monotonic()))
+
+    def _on_qemu(self, _conn: Any, dom: Any, event: str, seconds: int, micros: int,
+                 details: str | None, _opaque: Any) -> None:
+        watchers = self._for(dom)
+        if not watchers:
+            return
+        data = json.loads(details) if details else {}
+        for watcher in watchers:
+            if event == "ACPI_DEVICE_OST":
+                watcher.log.append(_parse_ost(data, seconds, micros))
+            elif event == "GUEST_PANICKED":
+                watcher.log.append(_parse_panic(data, seconds, micros))
+
+
+class DomainEvents:
+    """Subscribes to one domain's events (by name, so it can be set up before the domain
+    exists) and keeps them in `log`. `close()` unsubscribes."""
+
+    def __init__(self, conn: libvirt.virConnect, domain_name: str) -> None:
+        self.log = EventLog()
+        self.name = domain_name
+        self._hub: _Hub | None = _Hub.of(conn)
+        self._hub.add(self)
+
+    def close(self) -> None:
+        if self._hub is not None:
+            hub, self._hub = self._hub, None
+            hub.remove(self)

@@ -26,7 +26,7 @@ from harness.host.domain import (
     Topology,
     VcpuPlan,
 )
-from harness.host.events import OstEvent
+from harness.host.events import DomainEvents, OstEvent
 from harness.host.machine import HotplugMethod, Machine, free_port, run_name
 from harness.host.sweep import sweep
 from tests.support.processes import qemu_pids_mentioning
@@ -80,6 +80,24 @@ def test_hot_add_two_vcpus(guest: Machine, method: HotplugMethod) -> None:
     assert first.method is method and first.slot.qom_path == "/machine/peripheral/vcpu1"
     assert guest.vcpu_states() == {0: True, 1: True, 2: True, 3: False}
     _assert_added(guest, [1, 2], online_ids=[1, 2])
+
+
+def test_watchers_share_the_connection_and_each_sees_its_domain(
+        conn: libvirt.virConnect, guest: Machine) -> None:
+    """A process has one connection to its root, and libvirt refuses a second registration
+    of an event on it: a second watcher of this domain and one of another domain come and go
+    while the machine's own keeps seeing its events."""
+    other = DomainEvents(conn, "hotadd-not-this-domain")
+    second = DomainEvents(conn, guest.name)
+    first = guest.hotadd()
+    assert guest.wait_ost(first, 30) is not None
+    assert second.log.wait_for(lambda e: isinstance(e, OstEvent), 30) is not None
+    assert not other.log.snapshot(), "another domain's watcher saw this domain's event"
+    second.close()
+    other.close()
+    later = guest.hotadd()
+    assert guest.wait_ost(later, 30) is not None, "closing a watcher silenced the machine's"
+    assert len(second.log.of_type(OstEvent)) == 1, "a closed watcher still receives events"
 
 
 def test_hot_add_specific_vcpu_ids_out_of_order(guest: Machine) -> None:
