@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from harness.errors import ExitCode, InputError, Outcome, exit_code
 from harness.matrix import load_matrix
 
@@ -63,6 +61,9 @@ def matrix_command(args: argparse.Namespace) -> int:
     if args.workers > 1 and importlib.util.find_spec("xdist") is None:
         raise InputError("--workers needs pytest-xdist, which is not installed",
                          "pip install pytest-xdist (a dependency of hotadd: reinstall it)")
+    import pytest  # here, not at the top: pytest takes ~0.1 s to import, and every other
+    # command (a warm `hotadd run` is seconds) builds this parser
+
     code = int(pytest.main(pytest_args(args)))
     if code in (ExitCode.PASS, ExitCode.VERDICT_FAIL, ExitCode.HARNESS_ERROR):
         return code  # the plugin's mapping of the cases' outcomes

@@ -251,8 +251,10 @@ _URIS_FILE = "libvirt-uris"
 
 
 def remember_uri(uri: str) -> None:
-    """Add `uri` to the cache's list (best effort: a read-only cache only loses the note)."""
-    if uri in known_uris():
+    """Add `uri` to the cache's list (best effort: a read-only cache only loses the note).
+    Every run calls this: it reads the raw lines, without known_uris' check of each root
+    (the list keeps the roots of every temporary directory a test or benchmark used)."""
+    if uri in _uri_lines():
         return
     with contextlib.suppress(OSError), (paths.cache_root() / _URIS_FILE).open("a") as f:
         f.write(uri + "\n")
@@ -260,16 +262,19 @@ def remember_uri(uri: str) -> None:
 
 def known_uris() -> list[str]:
     """The URIs hotadd opened on this host, without embedded roots that no longer exist."""
-    try:
-        lines = (paths.cache_root() / _URIS_FILE).read_text().splitlines()
-    except OSError:
-        return []
     out: list[str] = []
-    for uri in lines:
+    for uri in _uri_lines():
         root = embed_root(uri)
         if uri and uri not in out and (root is None or root.is_dir()):
             out.append(uri)
     return out
+
+
+def _uri_lines() -> list[str]:
+    try:
+        return (paths.cache_root() / _URIS_FILE).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def versions(conn: libvirt.virConnect) -> HostVersions:
