@@ -83,12 +83,10 @@ class Key:
 
 
 @dataclass(frozen=True)
-class Entry:
-    """A published entry, read while its lock is held."""
+class _Layout:
+    """An entry's directory: the save image, the boot console, and the guest's files."""
 
     path: Path
-    key: str
-    meta: Mapping[str, Any]
 
     @property
     def image(self) -> Path:
@@ -97,24 +95,22 @@ class Entry:
     @property
     def console(self) -> Path:
         return self.path / BOOT_CONSOLE
+
+
+@dataclass(frozen=True)
+class Entry(_Layout):
+    """A published entry, read while its lock is held."""
+
+    key: str
+    meta: Mapping[str, Any]
 
     def file(self, name: str) -> Path:
         return self.path / FILES_DIR / name
 
 
 @dataclass(frozen=True)
-class Staging:
+class Staging(_Layout):
     """Where the creating run writes a new entry before `Claim.publish` renames it in."""
-
-    path: Path
-
-    @property
-    def image(self) -> Path:
-        return self.path / SAVE_IMAGE
-
-    @property
-    def console(self) -> Path:
-        return self.path / BOOT_CONSOLE
 
     def add_file(self, source: Path) -> None:
         (self.path / FILES_DIR).mkdir(exist_ok=True)
