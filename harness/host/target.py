@@ -30,7 +30,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,44 +415,44 @@ class SshHost(HostTarget):
 
     # -- files --------------------------------------------------------------------------------
 
-    def put(self, local: Path, remote: Path) -> None:
+    @contextlib.contextmanager
+    def _sftp_doing(self, what: str, missing_ok: bool = False) -> Iterator[paramiko.SFTPClient]:
+        """The SFTP client, held by this thread for the block; a failure in the block becomes
+        the error saying `what` could not be done. With `missing_ok`, FileNotFoundError passes
+        through, for a caller to whom a missing file is an answer."""
         try:
             with self._lock:
-                self._files().put(str(local), str(remote), confirm=True)
+                yield self._files()
         except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot send {local} to {remote}", exc) from None
+            if missing_ok and isinstance(exc, FileNotFoundError):
+                raise
+            raise self._failed(what, exc) from None
+
+    def put(self, local: Path, remote: Path) -> None:
+        with self._sftp_doing(f"cannot send {local} to {remote}") as sftp:
+            sftp.put(str(local), str(remote), confirm=True)
 
     def get(self, remote: Path, local: Path) -> None:
-        try:
-            with self._lock:
-                self._files().get(str(remote), str(local))
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot fetch {remote}", exc) from None
+        with self._sftp_doing(f"cannot fetch {remote}") as sftp:
+            sftp.get(str(remote), str(local))
 
     def read_from(self, path: Path, offset: int) -> bytes:
         try:
-            with self._lock, self._files().open(str(path), "rb") as f:
+            with self._sftp_doing(f"cannot read {path}", missing_ok=True) as sftp, \
+                    sftp.open(str(path), "rb") as f:
                 f.seek(offset)
                 data: bytes = f.read()
                 return data
         except FileNotFoundError:
             return b""
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot read {path}", exc) from None
 
     def write_text(self, path: Path, text: str) -> None:
-        try:
-            with self._lock, self._files().open(str(path), "w") as f:
-                f.write(text.encode())
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot write {path}", exc) from None
+        with self._sftp_doing(f"cannot write {path}") as sftp, sftp.open(str(path), "w") as f:
+            f.write(text.encode())
 
     def read_text(self, path: Path) -> str:
-        try:
-            with self._lock, self._files().open(str(path), "r") as f:
-                return bytes(f.read()).decode(errors="replace")
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot read {path}", exc) from None
+        with self._sftp_doing(f"cannot read {path}") as sftp, sftp.open(str(path), "r") as f:
+            return bytes(f.read()).decode(errors="replace")
 
     def mkdir(self, path: Path, exist_ok: bool = True) -> None:
         with self._lock:
@@ -480,46 +480,33 @@ class SshHost(HostTarget):
 
     def listdir(self, path: Path) -> list[tuple[str, int, float, bool]]:
         try:
-            with self._lock:
-                entries = self._files().listdir_attr(str(path))
+            with self._sftp_doing(f"cannot list {path}", missing_ok=True) as sftp:
+                entries = sftp.listdir_attr(str(path))
         except FileNotFoundError:
             return []
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot list {path}", exc) from None
         return [(e.filename, e.st_size or 0, float(e.st_mtime or 0),
                  stat.S_ISDIR(e.st_mode or 0)) for e in entries]
 
     def exists(self, path: Path) -> bool:
         try:
-            with self._lock:
-                self._files().stat(str(path))
+            with self._sftp_doing(f"cannot look at {path}", missing_ok=True) as sftp:
+                sftp.stat(str(path))
         except FileNotFoundError:
             return False
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot look at {path}", exc) from None
         return True
 
     def mode(self, path: Path) -> int:
-        try:
-            with self._lock:
-                return self._files().stat(str(path)).st_mode or 0
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot look at {path}", exc) from None
+        with self._sftp_doing(f"cannot look at {path}") as sftp:
+            return sftp.stat(str(path)).st_mode or 0
 
     def rename(self, src: Path, dst: Path) -> None:
-        try:
-            with self._lock:
-                self._files().posix_rename(str(src), str(dst))
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot rename {src} to {dst}", exc) from None
+        with self._sftp_doing(f"cannot rename {src} to {dst}") as sftp:
+            sftp.posix_rename(str(src), str(dst))
 
     def touch(self, path: Path) -> None:
         now = time.time()
-        try:
-            with self._lock:
-                self._files().utime(str(path), (now, now))
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._failed(f"cannot touch {path}", exc) from None
+        with self._sftp_doing(f"cannot touch {path}") as sftp:
+            sftp.utime(str(path), (now, now))
 
     def remove(self, path: Path) -> None:
         if path in (Path("/"), self._cache) or not path.is_relative_to(self._cache):
