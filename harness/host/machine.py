@@ -41,7 +41,7 @@ from harness.errors import (
     NoFreeVcpuSlot,
     QemuFrozen,
 )
-from harness.host import bounded, remote, saveimage, storage
+from harness.host import bounded, reaper, remote, saveimage, storage
 from harness.host.domain import (
     METADATA_NS,
     NAME_PREFIX,
@@ -158,6 +158,8 @@ def _create(conn: libvirt.virConnect, xml: str, name: str, local: bool) -> libvi
         finally:
             finished.set()
 
+    if local:
+        reaper.become_subreaper()
     try:
         return bounded.call(create, START_TIMEOUT_S, "createXML", abandonable=True)
     except bounded.CallTimedOut as late:
@@ -187,6 +189,7 @@ def _abandon_start(conn: libvirt.virConnect, name: str, finished: threading.Even
         for pid in qemu_pids_mentioning(f"guest={name},") if local else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            reaper.watch(pid)  # else libvirt's destroy waits for our zombie
         _destroy_by_name(conn, name)
         if finished.wait(1.0):
             break
@@ -226,6 +229,7 @@ class Machine:
         self._sentinel_stop = threading.Event()
         self._qemu_pid: int | None = None
         self._qemu_pid_known = False  # looked up once per QEMU (start, restore)
+        self._reaped: threading.Event | None = None  # set once this QEMU is reaped (ours)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -266,6 +270,7 @@ class Machine:
                 ) from exc
             raise
         machine = cls(conn, spec, scratch, dom, events, host, mirror)
+        machine._adopt_qemu()
         interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
         xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
         return machine
@@ -288,6 +293,7 @@ class Machine:
         copy = scratch / RESTORE_IMAGE  # in the scratch dir: a crashed run's goes with it
         try:
             xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name), spec)
+            reaper.become_subreaper()
             conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             dom = conn.lookupByName(spec.name)
         except (libvirt.libvirtError, DomainError, OSError) as exc:
@@ -300,6 +306,7 @@ class Machine:
         finally:
             copy.unlink(missing_ok=True)  # QEMU has read it all once the restore returns
         machine = cls(conn, spec, scratch, dom, events)
+        machine._adopt_qemu()
         interrupts.own(spec.name, f"domain {spec.name} (QEMU restored) and scratch dir {scratch}")
         (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
         return machine
@@ -331,12 +338,24 @@ class Machine:
         return self.spec.name
 
     def stop(self) -> None:
-        """Destroy the running domain; the scratch dir (and any saved state) stays."""
+        """Destroy the running domain; the scratch dir (and any saved state) stays. The guest's
+        state is disposable here (close removes the scratch dir, restore overwrites the disks),
+        so a QEMU this process reaps is killed at once rather than asked to exit: libvirt's
+        destroy sends SIGTERM and escalates to SIGKILL only if QEMU outlives its wait, "which
+        may produce undesirable results, for example unflushed disk cache in the guest"
+        (virDomainDestroy, https://libvirt.org/html/libvirt-libvirt-domain.html#virDomainDestroy):
+        nothing here outlives the run to care. Once QEMU is reaped, destroy only cleans up."""
         if not self.running:
             return
         self.running = False
         pid = self.qemu_pid()
-        if pid is not None and process_stopped(pid):
+        reaped = self._reaped
+        if pid is not None and reaped is not None:
+            if not reaped.is_set():  # once reaped, the pid may be another process's
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            reaped.wait(CALL_TIMEOUT_S)
+        elif pid is not None and process_stopped(pid):
             # virDomainDestroy sends SIGTERM, which a stopped QEMU never handles, and SIGKILLs
             # only 10 s later (virProcessKillPainfully, src/util/virprocess.c): do it now.
             with contextlib.suppress(OSError):
@@ -379,6 +398,7 @@ class Machine:
         shutil.copyfile(self._boot_spec.serial_log, serial_log)
         self.events.close()  # events of the previous incarnation would mislead
         self.events = DomainEvents(self.conn, self.name)
+        reaper.become_subreaper()
         try:
             self._call(lambda: self.conn.restoreFlags(str(saved), xml,
                                                       libvirt.VIR_DOMAIN_SAVE_RUNNING),
@@ -390,6 +410,7 @@ class Machine:
                               f"read the serial log {serial_log}; run 'hotadd doctor'") from exc
         self.running = True
         self._qemu_pid_known = False  # a new QEMU
+        self._adopt_qemu()
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
         self.health.watch(serial_log)
 
@@ -438,6 +459,11 @@ class Machine:
             self._qemu_pid = pids[0] if len(pids) == 1 else None
             self._qemu_pid_known = True
         return self._qemu_pid
+
+    def _adopt_qemu(self) -> None:
+        """Reap this QEMU the moment it exits (harness.host.reaper), if it is our child."""
+        pid = self.qemu_pid()
+        self._reaped = reaper.watch(pid) if pid is not None else None
 
     def frozen(self, what: str) -> QemuFrozen:
         """The error for a QEMU that stopped answering: `what` happened; the message says
