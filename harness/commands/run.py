@@ -16,6 +16,7 @@ from harness.guests.base import (
     DriverPackage,
     ProbeSettings,
 )
+from harness.host import reaper
 from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, GuestOS, Topology
 from harness.host.machine import HotplugMethod
@@ -202,6 +203,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.print_xml:
         print(planned_xml(spec))
         return exit_code(Outcome.PASS)
+    reaper.become_subreaper()  # this process owns its QEMU: reap it at once (host/reaper.py)
     result = run_scenario(spec, Progress(quiet=args.quiet))
     try:
         report = f"report: {write_report(result.run_dir)}"

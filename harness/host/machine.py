@@ -158,8 +158,6 @@ def _create(conn: libvirt.virConnect, xml: str, name: str, local: bool) -> libvi
         finally:
             finished.set()
 
-    if local:
-        reaper.become_subreaper()
     try:
         return bounded.call(create, START_TIMEOUT_S, "createXML", abandonable=True)
     except bounded.CallTimedOut as late:
@@ -293,7 +291,6 @@ class Machine:
         copy = scratch / RESTORE_IMAGE  # in the scratch dir: a crashed run's goes with it
         try:
             xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name), spec)
-            reaper.become_subreaper()
             conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             dom = conn.lookupByName(spec.name)
         except (libvirt.libvirtError, DomainError, OSError) as exc:
@@ -398,7 +395,6 @@ class Machine:
         shutil.copyfile(self._boot_spec.serial_log, serial_log)
         self.events.close()  # events of the previous incarnation would mislead
         self.events = DomainEvents(self.conn, self.name)
-        reaper.become_subreaper()
         try:
             self._call(lambda: self.conn.restoreFlags(str(saved), xml,
                                                       libvirt.VIR_DOMAIN_SAVE_RUNNING),

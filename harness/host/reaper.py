@@ -11,6 +11,11 @@ whose init reaps slowly, and forever in a container whose init never reaps.
 (PR_SET_CHILD_SUBREAPER, prctl(2): https://man7.org/linux/man-pages/man2/prctl.2.html), so a
 QEMU it starts is its child; `watch` waits for that QEMU on a daemon thread (waitpid(2)), which
 reaps it the moment it exits, whoever or whatever ended it.
+
+Only `hotadd run` becomes a subreaper: that process owns every QEMU it starts and nothing else
+daemonizes under it. A library caller (pytest, lab automation) is left as it is: every daemon
+its other code starts (a fixture's sshd or libvirtd) would become its child too and stay a
+zombie there. Without it, `watch` finds QEMU is not our child and libvirt waits as before.
 """
 
 from __future__ import annotations

@@ -1,38 +1,55 @@
-"""harness.host.reaper: a daemonized descendant (as libvirt daemonizes QEMU) becomes this
-process's child and is reaped the moment it exits, not left a zombie for init."""
+"""harness.host.reaper: a daemonized descendant (as libvirt daemonizes QEMU) becomes the
+subreaper's child and is reaped the moment it exits, not left a zombie for init. The subreaper
+runs in a child process: making the test runner one would adopt every daemon other tests start."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from harness.host import reaper
 
+_SUBREAPER = textwrap.dedent("""
+    import os, signal, subprocess
+    from pathlib import Path
+    from harness.host import reaper
 
-def _orphan() -> int:
-    """A process whose parent has exited (sh backgrounds sleep and exits): a double fork."""
-    out = subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], check=True,
-                         capture_output=True, text=True).stdout
-    return int(out)
+    def parent(pid):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rfind(")") + 2:].split()[1])
 
-
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rfind(")") + 2:].split()[1])
-
-
-def test_an_orphaned_descendant_is_our_child_and_is_reaped_when_killed() -> None:
     assert reaper.become_subreaper()
-    pid = _orphan()
-    assert _parent(pid) == os.getpid()
+    # sh backgrounds sleep and exits: a double fork, as libvirt daemonizes QEMU
+    pid = int(subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], check=True,
+                             capture_output=True, text=True).stdout)
+    print("ADOPTED", parent(pid) == os.getpid())
     reaped = reaper.watch(pid)
-    assert reaped is not None
     os.kill(pid, signal.SIGKILL)
-    assert reaped.wait(30)
-    assert not Path(f"/proc/{pid}").exists()  # gone, not a zombie
+    print("REAPED", reaped is not None and reaped.wait(30))
+    print("GONE", not Path(f"/proc/{pid}").exists())
+""")
+
+
+def test_an_orphaned_descendant_is_adopted_and_reaped_when_killed() -> None:
+    tree = str(Path(reaper.__file__).parents[2])  # this checkout's harness, in the child too
+    done = subprocess.run([sys.executable, "-c", _SUBREAPER], capture_output=True, text=True,
+                          check=False, timeout=60, env={**os.environ, "PYTHONPATH": tree})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ADOPTED", "True", "REAPED", "True", "GONE", "True"]
 
 
 def test_a_process_that_is_not_our_child_is_left_to_its_parent() -> None:
     assert reaper.watch(1) is None
+
+
+def test_without_a_subreaper_an_orphan_is_not_ours() -> None:
+    pid = int(subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], check=True,
+                             capture_output=True, text=True).stdout)
+    try:
+        assert reaper.watch(pid) is None  # the test runner never became a subreaper
+    finally:
+        os.kill(pid, signal.SIGKILL)

@@ -4,7 +4,6 @@ clear errors for bad input, and nothing left behind."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,18 +263,3 @@ def test_a_process_reopens_its_embedded_root_any_number_of_times() -> None:
     assert done.returncode == 0, done.stderr
     assert f"already runs the embedded QEMU driver at {root}" in done.stdout
     assert "REOPENED True" in done.stdout
-
-
-def test_this_process_reaps_its_qemu_so_teardown_does_not_wait_for_init(
-        conn: libvirt.virConnect, reference_image: reference.ReferenceImage,
-        tmp_path: Path) -> None:
-    """libvirt's destroy polls for an exited QEMU until its parent reaps it; libvirt
-    daemonizes QEMU, so without harness.host.reaper that parent is init, on its own time."""
-    name = run_name("test-reap")
-    scratch = storage.run_scratch(name)
-    with Machine.start(conn, reference_spec(reference_image, tmp_path, name), scratch) as m:
-        pid = m.qemu_pid()
-        assert pid is not None
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        assert int(stat[stat.rfind(")") + 2:].split()[1]) == os.getpid()
-    assert not Path(f"/proc/{pid}").exists(), "QEMU left a zombie or still runs"
