@@ -24,7 +24,7 @@ from harness.pool import Guest
 from harness.progress import Progress
 from harness.records import NotifyRecord, parse_records
 from harness.result import Interruption, RunResult, failure_fields
-from harness.spec import ORACLE_PROFILES, ScenarioSpec
+from harness.spec import ScenarioSpec
 
 CLOCK_ROUND_TRIPS = 8  # reads of the probe's clock after load (harness.clock)
 
@@ -172,9 +172,10 @@ class Attempt:
             adds_performed=performed,
             adds_expected_ok=self.spec.adds_expected_ok if performed == self.spec.adds else None,
             boot_cpus=self._boot_count, guest_count=guest_count)
-        verdict = check(final, ORACLE_PROFILES[self.spec.guest], facts)
+        profile = self.spec.kind_class.oracle_profile
+        verdict = check(final, profile, facts)
         if self.own is not None:
-            self.own.collect(self.session, ORACLE_PROFILES[self.spec.guest], facts)
+            self.own.collect(self.session, profile, facts)
         checks = host_checks(self.spec, self.adds, qemu.present, qemu.running_cpus,
                              guest_count)
         return self._result(verdict, checks)

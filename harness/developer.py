@@ -17,20 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
+from harness.guests import registry
 from harness.guests.base import DriverPackage, GuestKind, Session
-from harness.host.domain import GuestOS
 from harness.oracle import HostFacts, Severity, Verdict, check
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.records import parse_records
 
-#: The option that names a developer's driver on each guest, and the file it takes.
-DRIVER_OPTIONS = {GuestOS.REFERENCE: ("--with-module", ".ko"),
-                  GuestOS.WINDOWS: ("--with-driver", ".sys")}
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-#: Linux splits module parameters at spaces and treats quotes specially (kernel/params.c,
-#: next_arg()); a value holding them would not arrive as given.
-_LINUX_PARAM_VALUE = re.compile(r"[^\s\"']*")
 
 
 def parse_param(text: str, option: str) -> tuple[str, str]:
@@ -42,17 +36,16 @@ def parse_param(text: str, option: str) -> tuple[str, str]:
     return name, value
 
 
-def check_package(guest: GuestOS, driver: DriverPackage) -> None:
+def check_package(kind: type[GuestKind], driver: DriverPackage) -> None:
     """What can be checked before anything is built or booted: the option fits the guest,
     the file exists and has the right type, the parameters are well formed. The guest kind's
     `check_driver` then checks the rest against its image (kernel version, parameter names)."""
-    option, suffix = DRIVER_OPTIONS[guest]
-    other = next(o for g, (o, _) in DRIVER_OPTIONS.items() if g is not guest)
+    option, suffix = kind.own_driver.option, kind.own_driver.suffix
     if driver.path.suffix.lower() != suffix:
-        raise InputError(
-            f"{option} {driver.path}: the {guest.value} guest loads {suffix} files",
-            f"give a {suffix} file, or use {other} with --guest "
-            f"{'windows' if guest is GuestOS.REFERENCE else 'reference'}")
+        others = " or ".join(f"use {k.own_driver.option} with --guest {k.name}"
+                             for k in registry.kinds() if k is not kind)
+        raise InputError(f"{option} {driver.path}: the {kind.name} guest loads {suffix} files",
+                         f"give a {suffix} file" + (f", or {others}" if others else ""))
     if not driver.path.is_file():
         raise InputError(f"{option} {driver.path}: no such file",
                          "give the path of your built driver")
@@ -61,18 +54,7 @@ def check_package(guest: GuestOS, driver: DriverPackage) -> None:
     if dup:
         raise InputError(f"{option}-param {', '.join(dup)} given more than once",
                          "give each parameter once")
-    if guest is GuestOS.REFERENCE:
-        bad = [f"{k}={v}" for k, v in driver.params if not _LINUX_PARAM_VALUE.fullmatch(v)]
-        if bad:
-            raise InputError(f"--with-module-param {bad[0]!r}: a module parameter value "
-                             "cannot hold spaces or quotes", "pass a value without them")
-        from harness.guests import reference
-
-        reference.module_info(driver.path)  # an ELF relocatable object with a .modinfo
-    else:
-        from harness.guests.windows_kind import check_sys
-
-        check_sys(driver.path, driver.params)  # an x64 native PE image, a usable name
+    kind.check_driver_file(driver)
 
 
 def stream_file(writer: str) -> str:

@@ -310,7 +310,7 @@ def _case(group: str, scenario: str, values: str, host: MatrixHost, guest: str,
           options: Mapping[str, object], base: Path, where: str) -> MatrixCase:
     spec = build_spec(options, base, where)
     try:
-        check_run(host.uri, spec.guest)  # what a remote host cannot run yet, before any run
+        check_run(host.uri)  # what a remote host cannot run yet, before any run
     except InputError as exc:
         _fail(where, exc.problem, exc.fix or "")
     need = needs(spec)

@@ -17,7 +17,7 @@ from harness.live import start_end
 from harness.oracle import Profile as OracleProfile
 from harness.oracle import Severity
 from harness.records import NotifyRecord
-from harness.spec import ORACLE_PROFILES, ScenarioSpec
+from harness.spec import ScenarioSpec
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def host_checks(spec: ScenarioSpec, adds: Sequence[AddOutcome], qemu_present: in
     plan = spec.vcpu_plan
     expected_present = plan.boot + len(adds)
     # Linux always answers _OST; whether Windows does is an open question (a warning).
-    ost_severity = (Severity.FAIL if ORACLE_PROFILES[spec.guest] is OracleProfile.LINUX
+    ost_severity = (Severity.FAIL if spec.kind_class.oracle_profile is OracleProfile.LINUX
                     else Severity.WARN)
     checks = [
         HostCheck("qemu.present", Severity.FAIL, qemu_present == expected_present,

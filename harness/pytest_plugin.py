@@ -47,6 +47,7 @@ from harness import paths
 from harness.attempt import Attempt
 from harness.developer import check_package
 from harness.errors import HotaddError, InfrastructureError, InputError
+from harness.guests import registry
 from harness.guests.base import (
     STATUS_INSUFFICIENT_RESOURCES,
     DriverOrder,
@@ -54,7 +55,7 @@ from harness.guests.base import (
     ProbeSettings,
 )
 from harness.host import accel
-from harness.host.domain import Accelerator, GuestOS, Topology
+from harness.host.domain import Accelerator, Topology
 from harness.host.machine import HotplugMethod, run_name
 from harness.host.roots import WorkerRoot, claim_worker_root, sweep_dead_worker_roots
 from harness.host.target import is_remote_uri
@@ -89,8 +90,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hotadd-libvirt-uri", metavar="URI",
                     help="libvirt URI (default: HOTADD_LIBVIRT_URI, else "
                          f"{paths.default_libvirt_uri()})")
-    group.addoption("--hotadd-guest", choices=[c.value for c in GuestOS],
-                    default=GuestOS.REFERENCE.value, help="guest kind (default: reference)")
+    group.addoption("--hotadd-guest", choices=registry.names(), default=registry.DEFAULT,
+                    help=f"guest kind (default: {registry.DEFAULT})")
     group.addoption("--hotadd-image", type=Path, metavar="PATH",
                     help="Windows golden image (hotadd image build)")
     group.addoption("--hotadd-driver", type=Path, metavar="PATH",
@@ -203,20 +204,23 @@ def base_spec(config: pytest.Config) -> ScenarioSpec:
                          "remote hosts do not support yet",
                          "run the plugin on the host itself; 'hotadd run' and 'hotadd matrix' "
                          "run on remote hosts")
+    kind = registry.get(config.getoption("hotadd_guest"))
     return ScenarioSpec(
-        guest=GuestOS(config.getoption("hotadd_guest")),
+        guest=kind.name,
         topology=Topology(sockets=1, dies=1, cores=max_vcpus, threads=1), boot_vcpus=boot,
         adds=0, accelerator=Accelerator(config.getoption("hotadd_accel")),
         libvirt_uri=uri,
         keep_on_failure=config.getoption("hotadd_keep_on_failure"),
         ready_timeout=config.getoption("hotadd_ready_timeout"),
-        image=config.getoption("hotadd_image"), driver=config.getoption("hotadd_driver"))
+        guest_settings=registry.settings_from_options(kind, {
+            "image": config.getoption("hotadd_image"),
+            "driver": config.getoption("hotadd_driver")}))
 
 
 def missing_for(item: pytest.Item, spec: ScenarioSpec) -> str | None:
     """Why this session cannot run `item` (the reason of its skip), or None."""
-    if item.get_closest_marker("hotadd_windows") and spec.guest is not GuestOS.WINDOWS:
-        return (f"needs the Windows guest; this session runs the {spec.guest.value} guest: "
+    if item.get_closest_marker("hotadd_windows") and spec.guest != "windows":
+        return (f"needs the Windows guest; this session runs the {spec.guest} guest: "
                 "run with --hotadd-guest windows --hotadd-image IMAGE (see 'hotadd image build')")
     if item.get_closest_marker("hotadd_kvm"):
         if spec.accelerator is Accelerator.TCG:
@@ -347,11 +351,11 @@ class Lab:
     def _boot(self) -> Guest:
         spec, progress = self.spec, self.progress
         kind = guest_kind(spec)
-        with progress.stage("prepare", f"{kind.os.value} guest image"):
+        with progress.stage("prepare", f"{kind.name} guest image"):
             kind.prepare(progress)
         if self._host is None:
             self._host = self._stack.enter_context(open_host(spec, progress))
-        name = run_name(spec.guest.value)
+        name = run_name(spec.guest)
         boot_dir = self.artifacts / f"_boot-{name}"
         boot_dir.mkdir(parents=True, exist_ok=True)
         guest = self._guest_stack.enter_context(
@@ -544,7 +548,7 @@ class HotaddHelper:
                              "call hotadd_driver(...) before run() or probe()")
         package = DriverPackage(Path(path), tuple((k, str(v)) for k, v in (params or {}).items()),
                                 DriverOrder(order))
-        check_package(self.spec.guest, package)
+        check_package(self.spec.kind_class, package)
         self.spec = dataclasses.replace(self.spec,
                                         own_driver=self.guest.kind.check_driver(package))
         return self

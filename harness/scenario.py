@@ -31,11 +31,11 @@ from harness.pool import Guest, Host, base_versions, open_host
 from harness.progress import Progress
 from harness.result import Interruption, RunResult, failure_fields, write_result
 from harness.result_file import RESULT_SCHEMA
-from harness.spec import NTSTATUS_ERROR_MIN, ORACLE_PROFILES, ScenarioSpec, guest_kind, spec_dict
+from harness.spec import NTSTATUS_ERROR_MIN, ScenarioSpec, guest_kind, spec_dict
 
 #: The names this module held before the split, for callers that import them from here.
 __all__ = [
-    "CLOCK_ROUND_TRIPS", "NTSTATUS_ERROR_MIN", "ORACLE_PROFILES", "RESULT_SCHEMA", "AddOutcome",
+    "CLOCK_ROUND_TRIPS", "NTSTATUS_ERROR_MIN", "RESULT_SCHEMA", "AddOutcome",
     "Attempt", "Guest", "Host", "HostCheck", "Interruption", "RunResult", "ScenarioSpec",
     "await_add", "base_versions", "default_run_dir", "failure_fields", "guest_kind",
     "host_checks", "open_host", "planned_xml", "run_scenario", "spec_dict", "write_result",
@@ -53,7 +53,7 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None,
     always ends up with result.json. `kind` overrides the guest kind `spec.guest` names (tests
     pass a reference guest that injects a fault)."""
     progress = progress or Progress()
-    domain = run_name(spec.guest.value)
+    domain = run_name(spec.guest)
     paths.cache_dir()  # every run needs it (guest, scratch): an unusable one is refused first
     claimed = rundir.claim(spec.run_dir or default_run_dir(domain))
     run_dir = claimed.path
@@ -88,7 +88,7 @@ def planned_xml(spec: ScenarioSpec) -> str:
     kind = guest_kind(spec)
     accelerator = (accel.kvm_status().accelerator if spec.accelerator is Accelerator.AUTO
                    else spec.accelerator)
-    domain = run_name(spec.guest.value)
+    domain = run_name(spec.guest)
     hw = HardwareRequest(name=domain, vcpus=spec.vcpu_plan, accelerator=accelerator,
                          run_dir=spec.run_dir or default_run_dir(domain),
                          scratch=storage.scratch_path(domain), memory_mib=spec.memory_mib,

@@ -1,5 +1,5 @@
 """What a run is asked to do, validated before any VM exists: `ScenarioSpec`, and the guest
-kind and oracle profile it names.
+kind it names (`harness.guests.registry`), which brings its own settings and oracle profile.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ from typing import Any
 
 from harness.developer import check_package
 from harness.errors import InputError
-from harness.guests.base import DriverPackage, GuestKind, ProbeSettings
+from harness.guests import registry
+from harness.guests.base import DriverPackage, GuestKind, GuestSettings, ProbeSettings
 from harness.host import remote
 from harness.host.connection import check_uri
-from harness.host.domain import Accelerator, Firmware, GuestOS, Topology, VcpuPlan
+from harness.host.domain import Accelerator, Firmware, Topology, VcpuPlan
 from harness.host.machine import HotplugMethod
-from harness.oracle import Profile as OracleProfile
 
-#: The oracle's rule set for each guest: the reference guest's probe speaks for Linux.
-ORACLE_PROFILES = {GuestOS.REFERENCE: OracleProfile.LINUX, GuestOS.WINDOWS: OracleProfile.WINDOWS}
 NTSTATUS_ERROR_MIN = 0x8000_0000  # the lowest 32-bit status with NT_SUCCESS false
 
 
@@ -28,7 +26,7 @@ NTSTATUS_ERROR_MIN = 0x8000_0000  # the lowest 32-bit status with NT_SUCCESS fal
 class ScenarioSpec:
     """Everything a run needs to know, validated before any VM exists."""
 
-    guest: GuestOS = GuestOS.REFERENCE
+    guest: str = registry.DEFAULT  # a guest kind's name (harness.guests.registry)
     topology: Topology = field(default_factory=lambda: Topology(sockets=1, dies=1, cores=4))
     boot_vcpus: int = 2
     adds: int = 2
@@ -44,12 +42,16 @@ class ScenarioSpec:
     keep_on_failure: bool = False
     ready_timeout: float = 120.0
     ack_timeout: float = 60.0
-    image: Path | None = None  # Windows golden image
-    driver: Path | None = None  # Windows probe driver (.sys)
+    #: the guest kind's own settings (its `settings_type`, e.g. Windows' image and driver);
+    #: the bare GuestSettings() stands for the kind's defaults, which the spec then holds
+    guest_settings: GuestSettings = field(default_factory=GuestSettings)
     cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
     own_driver: DriverPackage | None = None  # a developer's driver beside the probe
 
     def __post_init__(self) -> None:
+        # a frozen dataclass sets its own derived field this way (dataclasses docs, __post_init__)
+        object.__setattr__(self, "guest_settings",
+                           registry.settings_for(self.kind_class, self.guest_settings))
         plan = self.vcpu_plan  # validates the topology
         if self.vcpu_ids:
             if len(self.vcpu_ids) != self.adds:
@@ -92,23 +94,12 @@ class ScenarioSpec:
                              "(--no-add-existing) its Start is never called: it would veto "
                              "nothing", f"choose a hot-added index ({plan.boot}.."
                              f"{plan.maximum - 1}), or drop --no-add-existing")
-        if self.guest is GuestOS.REFERENCE:
-            from harness.guests.reference_kind import probe_params
-
-            probe_params(probe)  # the statuses the Linux probe can report, before any boot
+        self.kind_class.check_probe(probe)  # what this guest's probe can do, before any boot
 
     def _check_guest_options(self) -> None:
         if self.memory_mib is not None and self.memory_mib < 1:
             raise InputError(f"--memory {self.memory_mib} MiB is no memory at all",
                              "give the guest memory in MiB, e.g. --memory 1024, or leave it out")
-        if self.guest is GuestOS.REFERENCE:
-            given = [name for name, value in (("--image", self.image), ("--driver", self.driver))
-                     if value is not None]
-            if given:
-                verb = "is" if len(given) == 1 else "are"
-                raise InputError(f"{' and '.join(given)} {verb} for --guest windows only; the "
-                                 "reference guest is built by hotadd",
-                                 f"add --guest windows, or leave {' and '.join(given)} out")
         for name, value in (("--ready-timeout", self.ready_timeout),
                             ("--ack-timeout", self.ack_timeout)):
             if not value > 0:
@@ -116,9 +107,9 @@ class ScenarioSpec:
                                  f"give {name} in seconds, e.g. 60")
         if self.libvirt_uri is not None:
             check_uri(self.libvirt_uri)
-            remote.check_run(self.libvirt_uri, self.guest)
+            remote.check_run(self.libvirt_uri)
         if self.own_driver is not None:
-            check_package(self.guest, self.own_driver)
+            check_package(self.kind_class, self.own_driver)
 
     def check_veto_reached(self) -> None:
         """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),
@@ -132,6 +123,11 @@ class ScenarioSpec:
                 f"indices {boot}{last}" if self.adds else
                 f"--veto-cpu {veto} is never hot-added: this run adds no vCPU",
                 f"choose one of those, or raise --adds to {veto - boot + 1}")
+
+    @property
+    def kind_class(self) -> type[GuestKind]:
+        """The guest kind `guest` names (its declarations; `guest_kind` builds one)."""
+        return registry.get(self.guest)
 
     @property
     def vcpu_plan(self) -> VcpuPlan:
@@ -155,7 +151,8 @@ class ScenarioSpec:
 
 
 def spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
-    """The spec as plain JSON values (result.json's `scenario`)."""
+    """The spec as plain JSON values (result.json's `scenario`): the guest's settings by
+    name in the spec's own place (Windows' `image` and `driver`, as before the registry)."""
     def plain(v: Any) -> Any:
         if isinstance(v, enum.Enum):
             return v.value
@@ -167,16 +164,12 @@ def spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
             return [plain(x) for x in v]
         return v
 
-    out: dict[str, Any] = plain(spec)
+    out: dict[str, Any] = {}
+    for key, value in plain(spec).items():
+        out |= value if key == "guest_settings" else {key: value}
     return out
 
 
 def guest_kind(spec: ScenarioSpec) -> GuestKind:
-    """The guest kind that runs `spec.guest`."""
-    if spec.guest is GuestOS.REFERENCE:
-        from harness.guests.reference_kind import ReferenceKind
-
-        return ReferenceKind()
-    from harness.guests.windows_kind import WindowsKind
-
-    return WindowsKind(image=spec.image, driver=spec.driver)
+    """The guest kind that runs `spec.guest`, with the spec's settings."""
+    return spec.kind_class.from_settings(spec.guest_settings)

@@ -10,15 +10,17 @@ from typing import Any
 
 from harness.developer import parse_param
 from harness.errors import HotaddError, InputError, Outcome, exit_code
+from harness.guests import registry
 from harness.guests.base import (
     STATUS_INSUFFICIENT_RESOURCES,
     DriverOrder,
     DriverPackage,
+    GuestKind,
     ProbeSettings,
 )
 from harness.host import reaper
 from harness.host.connection import default_uri
-from harness.host.domain import Accelerator, Firmware, GuestOS, Topology
+from harness.host.domain import Accelerator, Firmware, Topology
 from harness.host.machine import HotplugMethod
 from harness.progress import Progress
 from harness.records import UINT32_MAX
@@ -81,12 +83,17 @@ def add_parser(sub: Any) -> None:
 #: and scenarios against them, so a scenario option means exactly what the flag means.
 GUEST_GROUP, VCPU_GROUP, PROBE_GROUP, RUN_GROUP = "guest", "vCPUs", "probe", "run"
 OWN_DRIVER_GROUP = "your driver beside the probe"
+#: The options that are guest kinds' own settings (`GuestKind.settings_type` fields, by name).
+SETTINGS_OPTIONS = ("image", "driver")
+#: --with-WORD, the word of each guest kind's `own_driver`: what it loads, an example param.
+OWN_DRIVER_FLAGS = {"module": ("kernel module (.ko) for the reference guest", "size_by=online"),
+                    "driver": ("Windows driver (.sys); not yet run on Windows", "Size=4")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every option of one scenario (also what a matrix file's scenarios may set)."""
     g = p.add_argument_group(GUEST_GROUP)
-    g.add_argument("--guest", choices=[c.value for c in GuestOS], default="reference")
+    g.add_argument("--guest", choices=registry.names(), default=registry.DEFAULT)
     g.add_argument("--image", type=Path, help="Windows golden image (hotadd image build)")
     g.add_argument("--driver", type=Path, help="Windows probe driver .sys (default: from image)")
     g.add_argument("--memory", type=_positive(int), metavar="MIB", help="guest memory")
@@ -116,10 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--no-add-existing", action="store_true",
                     help="register without KE_PROCESSOR_CHANGE_ADD_EXISTING (no replay)")
     d = p.add_argument_group(OWN_DRIVER_GROUP)
-    for flag, what, example in (("module", "kernel module (.ko) for the reference guest",
-                                 "size_by=online"),
-                                ("driver", "Windows driver (.sys); not yet run on Windows",
-                                 "Size=4")):
+    for flag, (what, example) in OWN_DRIVER_FLAGS.items():
         d.add_argument(f"--with-{flag}", type=Path, metavar="PATH",
                        help=f"your {what}: loaded beside the probe, checked after every add, "
                             "its records (if it writes them) judged too")
@@ -143,19 +147,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "started, and the image and driver need not exist")
 
 
-def own_driver_from_args(args: argparse.Namespace, guest: GuestOS) -> DriverPackage | None:
+def own_driver_from_args(args: argparse.Namespace,
+                         kind: type[GuestKind]) -> DriverPackage | None:
     """--with-module / --with-driver and their -param / -order options, each checked to fit
     the guest (`harness.developer.check_package` checks the file itself)."""
-    given = {f: getattr(args, f"with_{f}") for f in ("module", "driver")}
+    given = {f: getattr(args, f"with_{f}") for f in OWN_DRIVER_FLAGS}
     extras = {f: bool(getattr(args, f"with_{f}_param") or getattr(args, f"with_{f}_order"))
               for f in given}
-    wanted = "module" if guest is GuestOS.REFERENCE else "driver"
-    other = "driver" if wanted == "module" else "module"
-    if given[other] is not None or extras[other]:
-        raise InputError(
-            f"--with-{other} is for --guest {'windows' if other == 'driver' else 'reference'};"
-            f" this run's guest is {guest.value}",
-            f"use --with-{wanted} on the {guest.value} guest, or change --guest")
+    wanted = kind.own_driver.word
+    other = next((f for f in given if f != wanted and (given[f] is not None or extras[f])),
+                 None)
+    if other is not None:
+        owners = " or ".join(k.name for k in registry.kinds() if k.own_driver.word == other)
+        raise InputError(f"--with-{other} is for --guest {owners}; this run's guest is "
+                         f"{kind.name}",
+                         f"use --with-{wanted} on the {kind.name} guest, or change --guest")
     if given[wanted] is None:
         if extras[wanted]:
             raise InputError(f"--with-{wanted}-param/-order given without --with-{wanted}",
@@ -180,8 +186,9 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
         adds = len(args.vcpu_ids) if args.vcpu_ids else DEFAULT_ADDS
     else:
         adds = args.adds  # with --vcpu-ids too: ScenarioSpec refuses a count that differs
+    kind = registry.get(args.guest)
     spec = ScenarioSpec(
-        guest=GuestOS(args.guest), topology=topology, boot_vcpus=args.boot_vcpus,
+        guest=kind.name, topology=topology, boot_vcpus=args.boot_vcpus,
         adds=adds, vcpu_ids=args.vcpu_ids,
         method=HotplugMethod(args.method),
         probe=ProbeSettings(
@@ -192,8 +199,9 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
         firmware=Firmware(args.firmware) if args.firmware else None, memory_mib=args.memory,
         libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
         keep_on_failure=args.keep_on_failure, cold=args.cold, ready_timeout=args.ready_timeout,
-        ack_timeout=args.ack_timeout, image=args.image, driver=args.driver,
-        own_driver=own_driver_from_args(args, GuestOS(args.guest)))
+        ack_timeout=args.ack_timeout, own_driver=own_driver_from_args(args, kind),
+        guest_settings=registry.settings_from_options(
+            kind, {name: getattr(args, name) for name in SETTINGS_OPTIONS}))
     spec.check_veto_reached()
     return spec
 

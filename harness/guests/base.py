@@ -13,12 +13,14 @@ import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from harness.clock import ClockSample
 from harness.errors import InputError, TransportError
 from harness.host.domain import Accelerator, DomainSpec, Firmware, GuestOS, VcpuPlan
 from harness.host.machine import Machine
 from harness.host.target import LOCAL, HostTarget
+from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
 
@@ -67,6 +69,27 @@ class DriverPackage:
     params: tuple[tuple[str, str], ...] = ()
     order: DriverOrder = DriverOrder.AFTER
     name: str = ""
+
+
+@dataclass(frozen=True)
+class DriverOption:
+    """How a guest kind takes a developer's driver: `hotadd run --with-WORD PATH`, a file
+    ending in `suffix` (`--with-WORD-param`, `--with-WORD-order`; pytest: `hotadd_driver`)."""
+
+    word: str  # "module": --with-module
+    suffix: str  # ".ko"
+
+    @property
+    def option(self) -> str:
+        return f"--with-{self.word}"
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    """A guest kind's own settings (`ScenarioSpec.guest_settings`; the reference guest has
+    none). Each kind subclasses it (a frozen dataclass, `GuestKind.settings_type`); every
+    field is the `hotadd run` option of the same name (`image` is `--image`), and shows in
+    result.json's "scenario" under its name."""
 
 
 def _no_drivers(session: object) -> InputError:
@@ -169,10 +192,36 @@ class Session(abc.ABC):
 
 
 class GuestKind(abc.ABC):
-    """One guest OS: image, hardware flavour, readiness, and how to talk to it."""
+    """One guest OS: image, hardware flavour, readiness, and how to talk to it.
 
-    os: GuestOS  # which guest this kind runs (the scenario maps it to an oracle profile)
+    What the class declares is all a scenario, the CLI and a matrix ask of a guest before one
+    exists; `harness.guests.registry` finds the class by `name`."""
+
+    name: ClassVar[str]  # its `--guest` name, the key of `harness.guests.registry.KINDS`
+    os: ClassVar[GuestOS]  # the hardware flavour of its domain (`harness.host.domain`)
+    oracle_profile: ClassVar[OracleProfile]  # the rule set its probe's records are judged by
+    settings_type: ClassVar[type[GuestSettings]] = GuestSettings  # its own options
+    origin: ClassVar[str]  # where its image comes from: "the NAME guest {origin}"
+    own_driver: ClassVar[DriverOption]  # the file a developer's driver is for it
+    transport: ClassVar[type[Transport]]  # what its sessions speak
     default_memory_mib: int  # when the run gives none (a matrix gates host memory by it)
+
+    @classmethod
+    def from_settings(cls, settings: GuestSettings) -> GuestKind:
+        """The kind for a run with these settings (of `settings_type`, checked)."""
+        return cls()
+
+    @classmethod
+    def check_probe(cls, probe: ProbeSettings) -> None:
+        """Refuse, before any boot, probe settings this guest's probe cannot honour."""
+        return None
+
+    @classmethod
+    def check_driver_file(cls, driver: DriverPackage) -> None:
+        """Refuse, before anything is built, a developer's driver file (of `own_driver`'s
+        suffix, existing) this guest cannot load, or parameters it cannot pass;
+        `check_driver` then checks the rest against the prepared image."""
+        return None
 
     @abc.abstractmethod
     def prepare(self, progress: Progress) -> None:
@@ -185,7 +234,7 @@ class GuestKind(abc.ABC):
     def planned_spec(self, hw: HardwareRequest) -> DomainSpec:
         """The domain `domain_spec` would give, built from names alone (`--print-xml`):
         nothing is built, created or read that may not exist yet; `planned` is set."""
-        raise InputError(f"the {self.os.value} guest cannot print its domain XML without "
+        raise InputError(f"the {self.name} guest cannot print its domain XML without "
                          "preparing", "run without --print-xml")
 
     @abc.abstractmethod
@@ -211,7 +260,7 @@ class GuestKind(abc.ABC):
     def check_driver(self, driver: DriverPackage) -> DriverPackage:
         """`driver` with its guest-side `name`, after checking (once prepared, before any
         boot) that this guest can load it; InputError naming the problem otherwise."""
-        raise InputError(f"the {self.os.value} guest cannot load a developer's driver",
+        raise InputError(f"the {self.name} guest cannot load a developer's driver",
                          "use --with-module on the reference guest or --with-driver on Windows")
 
     def console_driver_records(self, serial_text: str, driver: DriverPackage) -> str:

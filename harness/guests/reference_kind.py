@@ -13,6 +13,7 @@ from harness.clock import ClockSample
 from harness.errors import InputError
 from harness.guests import reference
 from harness.guests.base import (
+    DriverOption,
     DriverPackage,
     GuestKind,
     HardwareRequest,
@@ -22,9 +23,14 @@ from harness.guests.base import (
 )
 from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, GuestOS
 from harness.host.machine import Machine, free_port
+from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
 from harness.transport.ssh import SshTransport
+
+#: Linux splits module parameters at spaces and treats quotes specially (kernel/params.c,
+#: next_arg()); a value holding them would not arrive as given.
+_LINUX_PARAM_VALUE = re.compile(r"[^\s\"']*")
 
 
 def probe_params(settings: ProbeSettings,
@@ -110,7 +116,12 @@ class ReferenceSession(Session):
 
 
 class ReferenceKind(GuestKind):
+    name = "reference"
     os = GuestOS.REFERENCE
+    oracle_profile = OracleProfile.LINUX  # its probe speaks for Linux's hotplug notifications
+    origin = "is built by hotadd"
+    own_driver = DriverOption("module", ".ko")
+    transport = SshTransport
     default_memory_mib = 512
 
     def __init__(self, fault: reference.FaultInjection | None = None) -> None:
@@ -122,6 +133,18 @@ class ReferenceKind(GuestKind):
         if self._image is None:
             raise InputError("the reference guest was not prepared", "call prepare() first")
         return self._image
+
+    @classmethod
+    def check_probe(cls, probe: ProbeSettings) -> None:
+        probe_params(probe)  # the statuses the Linux probe can report
+
+    @classmethod
+    def check_driver_file(cls, driver: DriverPackage) -> None:
+        bad = [f"{k}={v}" for k, v in driver.params if not _LINUX_PARAM_VALUE.fullmatch(v)]
+        if bad:
+            raise InputError(f"--with-module-param {bad[0]!r}: a module parameter value "
+                             "cannot hold spaces or quotes", "pass a value without them")
+        reference.module_info(driver.path)  # an ELF relocatable object with a .modinfo
 
     def prepare(self, progress: Progress) -> None:
         self._image = reference.build(progress=progress)

@@ -21,9 +21,11 @@ from harness.clock import ClockSample
 from harness.errors import InfrastructureError, InputError
 from harness.guests import windows_control, windows_image, windows_setup
 from harness.guests.base import (
+    DriverOption,
     DriverPackage,
     GuestFacts,
     GuestKind,
+    GuestSettings,
     HardwareRequest,
     ProbeSettings,
     Session,
@@ -41,6 +43,7 @@ from harness.host.domain import (
     GuestOS,
 )
 from harness.host.machine import Machine, free_port
+from harness.oracle import Profile as OracleProfile
 from harness.paths import REPO_ROOT
 from harness.progress import Progress, throttled
 from harness.transport.base import Transport
@@ -216,9 +219,33 @@ def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | Non
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowsSettings(GuestSettings):
+    """What a Windows run boots: checked when the guest is prepared (`--print-xml` needs
+    neither to exist)."""
+
+    image: Path | None = None  # --image: the golden image (hotadd image build)
+    driver: Path | None = None  # --driver: the probe driver .sys (else DEFAULT_DRIVERS)
+
+
 class WindowsKind(GuestKind):
+    name = "windows"
     os = GuestOS.WINDOWS
+    oracle_profile = OracleProfile.WINDOWS
+    settings_type = WindowsSettings
+    origin = "boots a golden image (--image)"
+    own_driver = DriverOption("driver", ".sys")
+    transport = WinRMTransport
     default_memory_mib = 2048
+
+    @classmethod
+    def from_settings(cls, settings: GuestSettings) -> WindowsKind:
+        assert isinstance(settings, WindowsSettings), settings
+        return cls(image=settings.image, driver=settings.driver)
+
+    @classmethod
+    def check_driver_file(cls, driver: DriverPackage) -> None:
+        check_sys(driver.path, driver.params)  # an x64 native PE image, a usable name
 
     def __init__(self, image: Path | None, driver: Path | None, *,
                  allow_tcg: bool = False) -> None:

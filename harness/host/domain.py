@@ -35,9 +35,8 @@ class Accelerator(enum.Enum):
 
 
 class GuestOS(enum.Enum):
-    """Which guest runs: the one name for the guest kind everywhere (`--guest`, the scenario,
-    the hardware flavour here, the guest kind in `harness.guests`, the oracle profile the
-    scenario maps it to)."""
+    """The hardware flavour of a guest's domain; each guest kind names its own (`GuestKind.os`;
+    the kinds themselves, by name, are in `harness.guests.registry`)."""
 
     REFERENCE = "reference"  # Linux: pvpanic, virtio-net, virtio disks, direct kernel boot
     WINDOWS = "windows"  # Hyper-V enlightenments, Hyper-V crash MSRs, e1000e, SATA disks

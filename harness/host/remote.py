@@ -31,7 +31,6 @@ from harness.host.domain import (
     DomainSpec,
     Firmware,
     Forward,
-    GuestOS,
 )
 from harness.host.target import (
     REMOTE_CACHE_DEFAULT,
@@ -44,10 +43,10 @@ from harness.host.target import (
 SERIAL_NAME = "serial.log"
 
 
-def check_run(uri: str, guest: GuestOS) -> None:
-    """Refuse, before anything starts, a run a remote host cannot do. Both guests can: the
-    reference guest's kernel and initramfs, or Windows' golden image, NVRAM and driver CD,
-    are sent there (`place`, `WindowsKind`)."""
+def check_run(uri: str) -> None:
+    """Refuse, before anything starts, a run a remote host cannot do. Every guest kind can
+    run there: the reference guest's kernel and initramfs, or Windows' golden image, NVRAM
+    and driver CD, are sent there (`place`, `WindowsKind`)."""
     if not is_remote_uri(uri):
         return
     check_remote_uri(uri)

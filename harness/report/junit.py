@@ -32,7 +32,7 @@ def junit_properties(result: RunResult) -> list[tuple[str, str]]:
         ("hotadd.outcome", data["outcome"]),
         ("hotadd.verdict", "none" if result.verdict is None
          else "pass" if result.verdict.passed else "fail"),
-        ("hotadd.guest", f"{result.spec.guest.value}://{result.domain}"),
+        ("hotadd.guest", f"{result.spec.guest}://{result.domain}"),
         ("hotadd.artifacts", str(result.run_dir)),
     ]
     if result.error:

@@ -3,6 +3,7 @@ shipped examples; the CLI wrapper's pytest command line; the matrix page; worker
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def as_flags(case: MatrixCase) -> list[str]:
     """The `hotadd run` flags the case's spec must equal (from the example's own values)."""
     s = case.spec
     t = s.topology
-    flags = ["run", "--guest", s.guest.value, "--sockets", str(t.sockets), "--dies", str(t.dies),
+    flags = ["run", "--guest", s.guest, "--sockets", str(t.sockets), "--dies", str(t.dies),
              "--cores", str(t.cores), "--threads", str(t.threads),
              "--boot-vcpus", str(s.boot_vcpus), "--adds", str(s.adds),
              "--method", s.method.value, "--accel", s.accelerator.value,
@@ -58,8 +59,9 @@ def as_flags(case: MatrixCase) -> list[str]:
         flags.append("--no-add-existing")
     if s.add_after_unload:
         flags.append("--add-after-unload")
-    for name, value in (("--memory", s.memory_mib), ("--image", s.image),
-                        ("--driver", s.driver)):
+    options = {"--memory": s.memory_mib} | {f"--{k}": v for k, v in
+                                           dataclasses.asdict(s.guest_settings).items()}
+    for name, value in options.items():
         if value is not None:
             flags += [name, str(value)]
     return flags
@@ -74,7 +76,7 @@ def test_smoke_example_is_four_small_reference_cases() -> None:
         "probe/no-replay@local/reference"]
     host = m.hosts[0]
     for case in m.cases:
-        assert case.spec.guest.value == "reference"
+        assert case.spec.guest == "reference"
         assert case.spec.boot_vcpus == 1 and case.spec.adds == 1
         assert case.need == Capacity(2, 512)
     # two cases fit the host at once, three do not: two workers run side by side
@@ -92,9 +94,10 @@ def test_every_example_case_is_what_hotadd_run_builds_from_the_same_flags(name: 
 def test_nightly_example_runs_windows_images_on_kvm_across_topologies_and_probe_settings(
         ) -> None:
     m = load_matrix(EXAMPLES / "nightly.toml")
-    windows = [c for c in m.cases if c.spec.guest.value == "windows"]
+    windows = [c for c in m.cases if c.spec.guest == "windows"]
     assert {c.guest for c in windows} == {"ws2019", "ws2022", "ws2025"}
-    assert all(c.spec.accelerator.value == "kvm" and c.spec.image is not None for c in windows)
+    assert all(c.spec.accelerator.value == "kvm" and c.spec.guest_settings.image is not None
+               for c in windows)
     assert {c.group for c in m.cases} == {"topology", "probe", "scale"}
     assert len({(c.spec.topology, c.spec.boot_vcpus) for c in m.cases}) >= 5
     assert any(c.spec.probe.veto_index is not None for c in m.cases)
@@ -278,7 +281,7 @@ def test_relative_image_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         [groups.g]
         [[groups.g.scenario]]
         """))
-    assert m.cases[0].spec.image == tmp_path / "images" / "ws.qcow2"
+    assert m.cases[0].spec.guest_settings.image == tmp_path / "images" / "ws.qcow2"
 
 
 def test_a_file_without_hosts_runs_on_this_machine_at_its_size(tmp_path: Path) -> None:
