@@ -271,7 +271,7 @@ def _refuse_schema(r: _Obj, schema: str | None) -> NoReturn:
     by = f"hotadd {writer}" if isinstance(writer, str) else "another hotadd version"
     raise InputError(f"{r.where} has schema {schema!r}, written by {by}; hotadd "
                      f"{__version__} reads {RESULT_SCHEMA!r}",
-                     f"read it with {by}, or regenerate it with this one")
+                     f"read it with {by}, or run the scenario again with this one")
 
 
 def _scenario(s: _Obj) -> ResultScenario:

@@ -3,13 +3,19 @@
 The pytest plugin appends them to the test's `user_properties`; pytest's junitxml writes them
 as `<property name=... value=...>` of the test case. Names are stable: `hotadd.<what>`. They
 are read off the run's result.json as `harness.result_file` types it, so the properties say
-exactly what the file says.
+exactly what the file says; `read_properties` reads a case's back (the matrix page's cells).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from harness.result import RunResult
 from harness.result_file import ResultAdd, ResultFile, parse_result
+
+_ADD_KEY = re.compile(r"hotadd\.add\.(\d+)\.(ost_ms|start_to_end_ms|end_state)$")
 
 
 def _ms(value: float | None) -> str:
@@ -71,3 +77,42 @@ def result_properties(r: ResultFile) -> list[tuple[str, str]]:
     props += [(f"hotadd.time.{k.replace(' ', '_')}", f"{v:.3f}")
               for k, v in r.timings_s.items()]
     return props
+
+
+@dataclass(frozen=True)
+class AddLatency:
+    """One add's answers as its properties give them (text; "-": none)."""
+
+    index: int
+    end_state: str
+    ost_ms: str
+    start_to_end_ms: str
+
+
+@dataclass(frozen=True)
+class CaseProperties:
+    """A test case's hotadd properties read back; absent ones as None, or as "none"/"-" where
+    the page shows that."""
+
+    outcome: str | None  # None: the case reported no run
+    verdict: str
+    worker: str  # the pytest-xdist worker (`hotadd.worker`, the matrix plugin's)
+    artifacts: str | None
+    error: str | None
+    adds: tuple[AddLatency, ...]
+
+
+def read_properties(props: Iterable[tuple[str, str]]) -> CaseProperties:
+    """The hotadd properties among a test case's `props` (others are left out)."""
+    named: dict[str, str] = {}
+    adds: dict[int, dict[str, str]] = {}
+    for name, value in props:
+        named[name] = str(value)
+        if (m := _ADD_KEY.match(name)) is not None:
+            adds.setdefault(int(m.group(1)), {})[m.group(2)] = str(value)
+    return CaseProperties(
+        outcome=named.get("hotadd.outcome") or None,
+        verdict=named.get("hotadd.verdict", "none"), worker=named.get("hotadd.worker", "-"),
+        artifacts=named.get("hotadd.artifacts"), error=named.get("hotadd.error") or None,
+        adds=tuple(AddLatency(i, a.get("end_state", "-"), a.get("ost_ms", "-"),
+                              a.get("start_to_end_ms", "-")) for i, a in sorted(adds.items())))
