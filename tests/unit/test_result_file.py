@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from harness.clock import ClockMapping
 from harness.developer import DriverCheck, DriverReport, StreamResult
 from harness.errors import InputError
@@ -18,6 +19,7 @@ from harness.host.machine import CpuSlot, HotplugMethod, PluggedVcpu
 from harness.observation import AddOutcome, HostCheck, Performed, host_checks
 from harness.oracle import HostFacts, Severity, check
 from harness.oracle.model import HotAdd, ProtocolModel
+from harness.report.html import write_report
 from harness.report.junit import result_properties
 from harness.result import Interruption, RunResult, write_result
 from harness.result_file import (
@@ -222,3 +224,22 @@ def test_junit_properties_read_an_old_result_file() -> None:
     assert props["hotadd.guest"] == "reference://hotadd-reference-342f0d1b"
     assert props["hotadd.add.2"].startswith("vCPU 5 -> CPU 3: complete; call 2")
     assert props["hotadd.time.add_2"] == "4.238" and "hotadd.driver" not in props
+
+
+def test_hotadd_report_on_a_newer_result_file_says_which_version_wrote_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real CLI: exit 2 with the problem and the fix, no page written, no traceback."""
+    data = json.loads((DATA / "first-format.json").read_text())
+    data.update(schema="hotadd.result/2", versions={"hotadd": "0.9.1"})
+    (tmp_path / "result.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "written by hotadd 0.9.1" in err and "read it with hotadd 0.9.1" in err
+    assert "Traceback" not in err and not (tmp_path / "report.html").exists()
+
+
+def test_the_report_page_of_an_old_run_shows_what_it_lacks_as_unknown(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text((DATA / "first-format.json").read_text())
+    page = write_report(tmp_path).read_text()
+    assert "start: unknown" in page and "uncertainty not measured" in page
+    assert "reference guest, 2 boot vCPUs, 2 adds" in page
