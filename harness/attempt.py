@@ -9,6 +9,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import libvirt
 
@@ -18,7 +19,7 @@ from harness.errors import GuestCrashed, HotaddError, InputError, QemuFrozen
 from harness.guests.base import DriverOrder, GuestFacts, Session
 from harness.host.machine import Machine, PluggedVcpu, QemuView
 from harness.live import RecordFeed
-from harness.observation import AddOutcome, HostCheck, await_add, host_checks, left
+from harness.observation import AddOutcome, HostCheck, Performed, await_add, host_checks, left
 from harness.oracle import HostFacts, Verdict, check
 from harness.pool import Guest
 from harness.progress import Progress
@@ -37,7 +38,7 @@ class Attempt:
     def __init__(self, guest: Guest, spec: ScenarioSpec, run_dir: Path,
                  progress: Progress) -> None:
         self.guest = guest
-        self.spec = spec
+        self.spec: Final = spec  # what was asked, for the attempt's life (see `finish`)
         self.run_dir = run_dir
         self.progress = progress
         self.versions = dict(guest.host.versions)
@@ -159,26 +160,25 @@ class Attempt:
             self.unload()
         assert self._after_adds is not None
         guest_count, qemu = self._after_adds
-        if self.spec.adds != len(self.adds) and not self.spec.replay_vetoed:
-            # steps taken one by one: judge what was done, not what the spec planned
-            self.spec = dataclasses.replace(self.spec, adds=len(self.adds), vcpu_ids=(),
-                                            add_after_unload=self.after_unload is not None)
+        spec, made = self.spec, len(self.adds)
+        # steps taken one by one: judge what was done, not what the spec planned
+        departed = made != spec.adds and not spec.replay_vetoed
         with self.progress.stage("collect", "the probe's records"):
             text = self.session.final_records()
             (self.run_dir / "records.jsonl").write_text(text)
             final = parse_records(text.splitlines())
-        performed = len(self.adds)
         facts = HostFacts(
-            adds_performed=performed,
-            adds_expected_ok=self.spec.adds_expected_ok if performed == self.spec.adds else None,
+            adds_performed=made,
+            adds_expected_ok=(None if spec.replay_vetoed and made != spec.adds
+                              else spec.expected_ok(made)),
             boot_cpus=self._boot_count, guest_count=guest_count)
-        profile = self.spec.kind_class.oracle_profile
+        profile = spec.kind_class.oracle_profile
         verdict = check(final, profile, facts)
         if self.own is not None:
             self.own.collect(self.session, profile, facts)
-        checks = host_checks(self.spec, self.adds, qemu.present, qemu.running_cpus,
-                             guest_count)
-        return self._result(verdict, checks)
+        checks = host_checks(spec, self.adds, qemu.present, qemu.running_cpus, guest_count)
+        performed = Performed(made, self.after_unload is not None) if departed else None
+        return self._result(verdict, checks, performed=performed)
 
     def failed(self, exc: HotaddError) -> RunResult:
         """The result of an attempt that raised: a screenshot, and after a crash the records
@@ -206,7 +206,8 @@ class Attempt:
         return dataclasses.replace(self._result(None, ()), error=cut.describe(), interrupted=cut)
 
     def _result(self, verdict: Verdict | None, checks: Sequence[HostCheck],
-                exc: HotaddError | None = None) -> RunResult:
+                exc: HotaddError | None = None, *,
+                performed: Performed | None = None) -> RunResult:
         self._close_feed()
         self.progress.timings["total"] = self.progress.elapsed()
         return RunResult(self.spec, self.run_dir, self.guest.name, verdict, tuple(checks),
@@ -214,7 +215,8 @@ class Attempt:
                          clock_offset=self.clock_offset, after_unload=self.after_unload,
                          guest=self.guest_facts, start=self.guest.start_info,
                          clock=self.clock, clock_method=self.clock_method,
-                         driver=self.own.report() if self.own else None, **failure_fields(exc))
+                         driver=self.own.report() if self.own else None, performed=performed,
+                         **failure_fields(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, feed = self.spec, self.progress, self.machine, self._feed

@@ -67,10 +67,9 @@ from harness.report.html import write_report
 from harness.report.junit import junit_properties
 from harness.report.text import render_result
 from harness.result import RunResult, write_result
+from harness.result_file import TEST_FILE  # the test's id and pytest outcome, beside its run
 from harness.spec import ScenarioSpec, guest_kind
 
-#: What each test's directory holds besides the run's files: the test's id and pytest outcome.
-TEST_FILE = "test.json"
 GUEST_FIXTURES = ("hotadd_guest", "hotadd", "hotadd_probe")
 
 _LAB = pytest.StashKey["Lab"]()

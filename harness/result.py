@@ -16,7 +16,7 @@ from harness.clock import ClockMapping
 from harness.developer import DriverReport
 from harness.errors import ExitCode, GuestCrashed, GuestUnhealthy, HotaddError, Outcome, exit_code
 from harness.guests.base import GuestFacts
-from harness.observation import AddOutcome, HostCheck
+from harness.observation import AddOutcome, HostCheck, Performed
 from harness.oracle import Severity, Verdict
 from harness.progress import Progress
 from harness.result_file import RESULT_FILE, RESULT_SCHEMA
@@ -60,6 +60,9 @@ class Interruption:
 
 @dataclass(frozen=True)
 class RunResult:
+    """A run's result. `spec` is what the run was asked to do, never rewritten; what the run
+    learned on the way (adds made, how it started, the clock, the guest's facts) is beside it."""
+
     spec: ScenarioSpec
     run_dir: Path
     domain: str
@@ -80,6 +83,7 @@ class RunResult:
     clock: ClockMapping | None = None  # clock_offset with its measured uncertainty
     clock_method: str = "load"  # "handshake": round trips read the probe's clock after load
     driver: DriverReport | None = None  # the developer's driver, when one ran beside the probe
+    performed: Performed | None = None  # the steps a test took, where they left `spec`'s plan
 
     @property
     def passed(self) -> bool:
@@ -107,7 +111,8 @@ class RunResult:
             "exit_code": int(self.exit_code),
             "domain": self.domain, "run_dir": str(self.run_dir), "error": self.error,
             "crashed": self.crashed,
-            "scenario": spec_dict(self.spec),
+            "scenario": spec_dict(self.spec) | (
+                self.performed.scenario_fields() if self.performed else {}),
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "host_checks": [c.to_dict() for c in self.host_checks],
             "adds": [a.to_dict() for a in self.adds],

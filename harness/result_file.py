@@ -14,12 +14,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
+from harness import __version__
 from harness.errors import InputError
 
 RESULT_SCHEMA = "hotadd.result/1"
 RESULT_FILE = "result.json"
+TEST_FILE = "test.json"  # written by the pytest plugin beside a test's run
 
 T = TypeVar("T")
 
@@ -87,6 +89,7 @@ class ResultAdd:
     start_to_end_ms: float | None
     known_ms: float | None
     known_via: str
+    known_gap_ms: float | None  # from the end record (mapped) to hotadd knowing it
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,38 @@ class ResultScenario:
 
 
 @dataclass(frozen=True)
+class ResultDriverCheck:
+    """Whether the developer's driver was still loaded after one step (`driver.checks[]`)."""
+
+    after: str
+    running: bool
+
+
+@dataclass(frozen=True)
+class ResultStream:
+    """One writer's records and the oracle's verdict on them (`driver.streams[]`)."""
+
+    writer: str
+    file: str
+    records: int
+    verdict: ResultVerdict | None  # None: it wrote none
+
+
+@dataclass(frozen=True)
+class ResultDriver:
+    """The developer's driver beside the probe (`driver`)."""
+
+    name: str
+    path: str
+    order: str
+    params: Mapping[str, str]
+    passed: bool
+    checks: tuple[ResultDriverCheck, ...]
+    streams: tuple[ResultStream, ...]
+    faulting_module: str | None
+
+
+@dataclass(frozen=True)
 class ResultInterruption:
     signal: str
     stage: str | None
@@ -152,34 +187,53 @@ class ResultFile:
     interrupted: ResultInterruption | None
     failed_stage: str | None
     console_excerpt: str | None
+    driver: ResultDriver | None
 
 
 #: What a pytest test that failed before its run leaves instead of a result.json.
-NO_RUN: Mapping[str, Any] = {"outcome": "none"}
+NO_RUN: Mapping[str, Any] = {"schema": RESULT_SCHEMA, "outcome": "none"}
+
+
+@dataclass(frozen=True)
+class PytestOutcome:
+    """What the pytest plugin wrote of a test beside its run (`test.json`): the test's node id
+    and pytest's outcome, there even when the test failed before any run."""
+
+    nodeid: str | None
+    outcome: str | None  # passed, failed, skipped, error
 
 
 def read_result(path: Path) -> ResultFile:
     """Read and check the result.json at `path`."""
+    return parse_result(_read_json(path), str(path))
+
+
+def read_test_file(path: Path) -> PytestOutcome:
+    """Read and check the pytest plugin's test.json at `path`."""
+    t = _Obj(_read_json(path), str(path))
+    return PytestOutcome(t.opt("nodeid", str), t.opt("outcome", str))
+
+
+def _read_json(path: Path) -> object:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {exc}",
                          "give a run directory written by 'hotadd run' or the pytest plugin"
                          ) from exc
-    return parse_result(data, str(path))
 
 
 def parse_result(data: object, where: str = RESULT_FILE) -> ResultFile:
     """A result.json's content (as `json.loads` returns it) as a `ResultFile`."""
     r = _Obj(data, where)
     schema = r.opt("schema", str)
-    if schema is not None and schema != RESULT_SCHEMA:
-        raise InputError(f"{where} has schema {schema!r}, not {RESULT_SCHEMA!r}",
-                         "read it with the hotadd version that wrote it")
+    if schema != RESULT_SCHEMA:
+        _refuse_schema(r, schema)
     verdict = r.obj("verdict")
     after = r.obj("add_after_unload")
     start = r.obj("start")
     cut = r.obj("interrupted")
+    driver = r.obj("driver")
     return ResultFile(
         schema=schema, outcome=r.opt("outcome", str) or "error",
         exit_code=r.opt("exit_code", int), domain=r.opt("domain", str),
@@ -191,10 +245,7 @@ def parse_result(data: object, where: str = RESULT_FILE) -> ResultFile:
             c.get("message", str)) for c in r.objs("host_checks")),
         adds=tuple(_add(a) for a in r.objs("adds")),
         add_after_unload=_add(after) if after is not None else None,
-        timings_s={k: float(_typed(v, float, f"{where}: timings_s.{k}"))
-                   for k, v in r.mapping("timings_s").items()},
-        versions={k: _typed(v, str, f"{where}: versions.{k}")
-                  for k, v in r.mapping("versions").items()},
+        timings_s=r.typed_values("timings_s", float), versions=r.typed_values("versions", str),
         clock=_clock(r.obj("guest_clock") or _Obj({}, f"{where}: guest_clock")),
         start=ResultStart(start.opt("warm", bool) or False, start.opt("key", str),
                           start.opt("saved", bool) or False, start.opt("note", str) or "")
@@ -204,7 +255,23 @@ def parse_result(data: object, where: str = RESULT_FILE) -> ResultFile:
             tuple(_typed(s, str, f"{where}: interrupted.completed_stages")
                   for s in cut.array("completed_stages"))) if cut is not None else None,
         failed_stage=r.opt("failed_stage", str), console_excerpt=r.opt("console_excerpt", str),
+        driver=_driver(driver) if driver is not None else None,
     )
+
+
+def _refuse_schema(r: _Obj, schema: str | None) -> NoReturn:
+    """Another schema (a newer hotadd wrote it) or none (not a hotadd result at all): say so,
+    naming the hotadd version that wrote the file when it says."""
+    if schema is None:
+        raise InputError(f"{r.where} names no schema: it is not a result.json hotadd wrote "
+                         f"(every one says \"schema\": \"{RESULT_SCHEMA}\")",
+                         "give the result.json of a 'hotadd run' or pytest-plugin run directory")
+    versions = r.data.get("versions")
+    writer = versions.get("hotadd") if isinstance(versions, dict) else None
+    by = f"hotadd {writer}" if isinstance(writer, str) else "another hotadd version"
+    raise InputError(f"{r.where} has schema {schema!r}, written by {by}; hotadd "
+                     f"{__version__} reads {RESULT_SCHEMA!r}",
+                     f"read it with {by}, or run the scenario again with this one")
 
 
 def _scenario(s: _Obj) -> ResultScenario:
@@ -230,6 +297,20 @@ def _verdict(v: _Obj) -> ResultVerdict:
             e.opt("end_t_ns", int)) for e in v.objs("timeline")))
 
 
+def _driver(d: _Obj) -> ResultDriver:
+    return ResultDriver(
+        name=d.get("name", str), path=d.opt("path", str) or "", order=d.opt("order", str) or "",
+        params=d.typed_values("params", str),
+        passed=d.get("passed", bool),
+        checks=tuple(ResultDriverCheck(c.get("after", str), c.get("running", bool))
+                     for c in d.objs("checks")),
+        streams=tuple(ResultStream(
+            s.get("writer", str), s.opt("file", str) or "", s.opt("records", int) or 0,
+            _verdict(v) if (v := s.obj("verdict")) is not None else None)
+            for s in d.objs("streams")),
+        faulting_module=d.opt("faulting_module", str))
+
+
 def _add(a: _Obj) -> ResultAdd:
     q = a.obj("qemu") or _Obj({}, f"{a.where}.qemu")
     return ResultAdd(
@@ -243,7 +324,7 @@ def _add(a: _Obj) -> ResultAdd:
         start_ms_approx=a.opt("start_ms_approx", float),
         end_ms_approx=a.opt("end_ms_approx", float),
         start_to_end_ms=a.opt("start_to_end_ms", float), known_ms=a.opt("known_ms", float),
-        known_via=a.opt("known_via", str) or "none")
+        known_via=a.opt("known_via", str) or "none", known_gap_ms=a.opt("known_gap_ms", float))
 
 
 def _clock(c: _Obj) -> ResultClock:
@@ -304,6 +385,8 @@ class _Obj:
     def objs(self, key: str) -> list[_Obj]:
         return [_Obj(v, f"{self.where}: {key}[{i}]") for i, v in enumerate(self.array(key))]
 
-    def mapping(self, key: str) -> dict[str, Any]:
+    def typed_values(self, key: str, kind: type[T]) -> dict[str, T]:
+        """The object at `key` (absent: empty), each value a `kind`."""
         found = self.obj(key)
-        return found.data if found is not None else {}
+        items = found.data.items() if found is not None else ()
+        return {k: _typed(v, kind, f"{self.where}: {key}.{k}") for k, v in items}

@@ -135,14 +135,17 @@ class ScenarioSpec:
 
     @property
     def adds_expected_ok(self) -> int:
-        """Adds the guest should complete: all but one whose expected index is vetoed.
+        """Adds the guest should complete: all but one whose expected index is vetoed."""
+        return self.expected_ok(self.adds)
 
-        Hot-added processors get the next free index (boot, boot+1, ...), so a veto index in
-        that range names exactly one add.
+    def expected_ok(self, adds: int) -> int:
+        """Of `adds` hot-adds (the plan's, or what a test driving the steps made), those the
+        guest should complete. Hot-added processors get the next free index (boot, boot+1,
+        ...), so a veto index in that range names exactly one add.
         """
         veto = self.probe.veto_index
-        vetoed = veto is not None and self.boot_vcpus <= veto < self.boot_vcpus + self.adds
-        return self.adds - (1 if vetoed else 0)
+        vetoed = veto is not None and self.boot_vcpus <= veto < self.boot_vcpus + adds
+        return adds - (1 if vetoed else 0)
 
     @property
     def replay_vetoed(self) -> bool:

@@ -3,8 +3,8 @@
 One page, no scripts, no external files: a summary table, then per scenario its findings (the
 oracle's and the host's), the timeline picture and the per-add latencies, with links to the
 artifacts beside it. Built only from the files a run leaves (result.json, records.jsonl and,
-for pytest, test.json), so `hotadd report DIR` rebuilds exactly the same page. result.json is
-read through `harness.result_file` (typed, checked), never as raw dicts.
+for pytest, test.json), so `hotadd report DIR` rebuilds exactly the same page. result.json and
+test.json are read through `harness.result_file` (typed, checked), never as raw dicts.
 
 This module turns those files into typed rows; the page's markup is the Jinja2 template
 `templates/report.html.j2`, rendered with autoescaping on, so every value from a run directory
@@ -14,7 +14,6 @@ timeline SVG, which `render_svg` builds and escapes itself and which enters as M
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,16 @@ from harness.report.timeline import build_timeline, clock_note, render_svg
 from harness.result_file import (
     NO_RUN,
     RESULT_FILE,
+    TEST_FILE,
+    PytestOutcome,
     ResultAdd,
     ResultFile,
     parse_result,
     read_result,
+    read_test_file,
 )
 
 REPORT_FILE = "report.html"
-TEST_FILE = "test.json"  # written by the pytest plugin: node id and pytest's outcome
 ARTIFACTS = ("result.json", "records.jsonl", "serial.log", "domain.xml", "screenshot.png")
 
 
@@ -75,13 +76,11 @@ def load_scenario(run_dir: Path, relative_to: Path) -> ScenarioView:
             records = read_records(run_dir / "records.jsonl")
         except InputError as exc:
             records_error = str(exc)
-    test = {}
-    if (run_dir / TEST_FILE).is_file():
-        test = json.loads((run_dir / TEST_FILE).read_text())
-    name = test.get("nodeid") or (run_dir.name if run_dir != relative_to else
-                                   f"hotadd run {run_dir.name}")
-    return ScenarioView(name, run_dir, result, tuple(records), records_error,
-                        test.get("outcome"))
+    test = (read_test_file(run_dir / TEST_FILE) if (run_dir / TEST_FILE).is_file()
+            else PytestOutcome(None, None))
+    name = test.nodeid or (run_dir.name if run_dir != relative_to else
+                           f"hotadd run {run_dir.name}")
+    return ScenarioView(name, run_dir, result, tuple(records), records_error, test.outcome)
 
 
 def write_report(directory: Path, run_dirs: list[Path] | None = None) -> Path:

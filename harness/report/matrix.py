@@ -1,9 +1,10 @@
 """The night's one page: a matrix run's scenarios x hosts/guests, each cell the verdict and the
 per-add latencies, linking that case's own run report.
 
-Built from what each test reported (its JUnit properties, `harness.report.junit`), which the
-xdist controller receives from every worker; so the page is written once, by the controller,
-and needs no worker's files. `matrix.json` beside it holds the same cells as data.
+Built from what each test reported (its JUnit properties, read back typed by
+`harness.report.junit.read_properties`), which the xdist controller receives from every
+worker; so the page is written once, by the controller, and needs no worker's files.
+`matrix.json` beside it holds the same cells as data.
 """
 
 from __future__ import annotations
@@ -11,26 +12,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.report.html import REPORT_FILE, template
+from harness.report.junit import AddLatency, read_properties
 
 MATRIX_PAGE = "matrix.html"
 MATRIX_JSON = "matrix.json"
 TEMPLATE = "matrix.html.j2"
-_ADD_KEY = re.compile(r"hotadd\.add\.(\d+)\.(ost_ms|start_to_end_ms|end_state)$")
-
-
-@dataclass(frozen=True)
-class AddLatency:
-    index: int
-    end_state: str
-    ost_ms: str
-    start_to_end_ms: str
 
 
 @dataclass(frozen=True)
@@ -52,22 +44,10 @@ class CaseCell:
     def from_properties(cls, case_id: str, row: str, column: str,
                         props: Iterable[tuple[str, str]], *, pytest_outcome: str,
                         seconds: float, longrepr: str | None) -> CaseCell:
-        p: dict[str, str] = {}
-        adds: dict[int, dict[str, str]] = {}
-        for name, value in props:
-            p[name] = str(value)
-            if (m := _ADD_KEY.match(name)) is not None:
-                adds.setdefault(int(m.group(1)), {})[m.group(2)] = str(value)
-        outcome = p.get("hotadd.outcome") or ("error" if pytest_outcome != "skipped"
-                                               else "skipped")
-        return cls(case_id, row, column, outcome, p.get("hotadd.verdict", "none"),
-                   p.get("hotadd.worker", "-"),
-                   tuple(AddLatency(i, a.get("end_state", "-"), a.get("ost_ms", "-"),
-                                    a.get("start_to_end_ms", "-"))
-                         for i, a in sorted(adds.items())),
-                   p.get("hotadd.artifacts"),
-                   p.get("hotadd.error") or (longrepr if outcome == "error" else None),
-                   seconds)
+        p = read_properties(props)
+        outcome = p.outcome or ("error" if pytest_outcome != "skipped" else "skipped")
+        return cls(case_id, row, column, outcome, p.verdict, p.worker, p.adds, p.artifacts,
+                   p.error or (longrepr if outcome == "error" else None), seconds)
 
 
 @dataclass(frozen=True)

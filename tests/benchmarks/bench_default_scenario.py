@@ -14,7 +14,6 @@ then cold and warm runs alternate, so both see the same machine load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -22,11 +21,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from harness.result_file import RESULT_FILE, ResultAdd, ResultFile, read_result
 
 
-def one_run(work: Path, root: Path, name: str, *args: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    exit: int
+    result: ResultFile  # its result.json, typed
+
+
+def one_run(work: Path, root: Path, name: str, *args: str) -> Run:
     """One `hotadd run` in a subprocess, as a user runs it."""
     run_dir = work / name
     t0 = time.monotonic()
@@ -35,10 +44,7 @@ def one_run(work: Path, root: Path, name: str, *args: str) -> dict[str, Any]:
          "--libvirt-uri", f"qemu:///embed?root={root}", *args],
         capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0
-    result = json.loads((run_dir / "result.json").read_text())
-    return {"wall": wall, "exit": proc.returncode, "timings": result["timings_s"],
-            "adds": result["adds"], "clock": result.get("guest_clock") or {},
-            "start": result.get("start") or {}}
+    return Run(wall, proc.returncode, read_result(run_dir / RESULT_FILE))
 
 
 def _med(values: list[float]) -> float | None:
@@ -50,25 +56,25 @@ def _fmt(value: float | None, unit: str) -> str:
         f"{value:.1f} {unit}"
 
 
-def _stage_sum(run: dict[str, Any], *stages: str) -> float | None:
-    t = run["timings"]
-    return sum(float(t[s]) for s in stages) if all(s in t for s in stages) else None
+def _stage_sum(run: Run, *stages: str) -> float | None:
+    t = run.result.timings_s
+    return sum(t[s] for s in stages) if all(s in t for s in stages) else None
 
 
-def figures(runs: list[dict[str, Any]], start: tuple[str, ...]) -> dict[str, float | None]:
-    adds = [a for r in runs for a in r["adds"]]
+def figures(runs: list[Run], start: tuple[str, ...]) -> dict[str, float | None]:
+    adds = [a for r in runs for a in r.result.adds]
 
-    def add_med(key: str) -> float | None:
-        return _med([float(a[key]) for a in adds if a.get(key) is not None])
+    def add_med(value: Callable[[ResultAdd], float | None]) -> float | None:
+        return _med([v for a in adds if (v := value(a)) is not None])
 
     return {
-        "wall": _med([float(r["wall"]) for r in runs]),
+        "wall": _med([r.wall for r in runs]),
         "start_to_ready": _med([v for r in runs if (v := _stage_sum(r, *start)) is not None]),
-        "clock_uncertainty_ms": _med([float(r["clock"]["uncertainty_ms"]) for r in runs
-                                      if r["clock"].get("uncertainty_ms") is not None]),
-        "ost_ms": add_med("ost_ms"), "start_ms": add_med("start_ms_approx"),
-        "complete_ms": add_med("end_ms_approx"),
-        "known_gap_ms": add_med("known_gap_ms"),
+        "clock_uncertainty_ms": _med([u for r in runs
+                                      if (u := r.result.clock.uncertainty_ms) is not None]),
+        "ost_ms": add_med(lambda a: a.ost_ms), "start_ms": add_med(lambda a: a.start_ms_approx),
+        "complete_ms": add_med(lambda a: a.end_ms_approx),
+        "known_gap_ms": add_med(lambda a: a.known_gap_ms),
     }
 
 
@@ -81,8 +87,8 @@ def main() -> int:
         root = work / "lv"
         os.environ["HOTADD_SAVED_DIR"] = str(work / "saved")
         first = one_run(work, root, "first")
-        cold: list[dict[str, Any]] = []
-        warm: list[dict[str, Any]] = []
+        cold: list[Run] = []
+        warm: list[Run] = []
         for i in range(args.runs):
             cold.append(one_run(work, root, f"cold{i}", "--cold"))
             warm.append(one_run(work, root, f"warm{i}"))
@@ -90,9 +96,10 @@ def main() -> int:
     c = figures(cold, ("boot", "ready"))
     w = figures(warm, ("restore", "ready"))
     print(f"default scenario, median of {args.runs} cold and {args.runs} warm runs "
-          f"(exit codes cold {[r['exit'] for r in cold]}, warm {[r['exit'] for r in warm]}; "
-          f"warm starts {sum(1 for r in warm if r['start'].get('warm'))}/{len(warm)})")
-    print(f"  first run (fresh libvirt root, boots and saves the guest): {first['wall']:.3f} s")
+          f"(exit codes cold {[r.exit for r in cold]}, warm {[r.exit for r in warm]}; "
+          f"warm starts {sum(1 for r in warm if r.result.start and r.result.start.warm)}/"
+          f"{len(warm)})")
+    print(f"  first run (fresh libvirt root, boots and saves the guest): {first.wall:.3f} s")
     rows = [
         ("wall time of the scenario", "wall", "s", "warm <= 4 s; cold <= 60 s"),
         ("start to ready (boot+ready / restore+ready)", "start_to_ready", "s",
@@ -106,13 +113,13 @@ def main() -> int:
     print(f"  {'figure':<46} {'cold':>12} {'warm':>12}   target")
     for label, key, unit, target in rows:
         print(f"  {label:<46} {_fmt(c[key], unit):>12} {_fmt(w[key], unit):>12}   {target}")
-    stages = sorted({k for r in cold + warm for k in r["timings"]})
+    stages = sorted({k for r in cold + warm for k in r.result.timings_s})
     for stage in stages:
-        cv = _med([float(r["timings"][stage]) for r in cold if stage in r["timings"]])
-        wv = _med([float(r["timings"][stage]) for r in warm if stage in r["timings"]])
+        cv = _med([t[stage] for r in cold if stage in (t := r.result.timings_s)])
+        wv = _med([t[stage] for r in warm if stage in (t := r.result.timings_s)])
         print(f"  stage {stage:<40} {_fmt(cv, 's'):>12} {_fmt(wv, 's'):>12}")
     for label, group in (("cold", cold), ("warm", warm)):
-        via = [str(a.get("known_via")) for r in group for a in r["adds"]]
+        via = [a.known_via for r in group for a in r.result.adds]
         print(f"  {label}: ends known via console {via.count('console')}, transport "
               f"{via.count('transport')}, never {via.count('none')}")
     print(f"  peak RSS of one hotadd process: {rss_mib:.0f} MiB")

@@ -7,12 +7,14 @@ Run: .venv/bin/python tests/benchmarks/bench_topology_adds.py [--only NAME]
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from harness.result_file import RESULT_FILE, ResultFile, read_result
 
 TARGET_MS = 2000.0
 
@@ -29,7 +31,14 @@ CASES: dict[str, list[str]] = {
 }
 
 
-def one_run(work: Path, root: Path, name: str, args: list[str]) -> dict[str, object]:
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    exit: int
+    result: ResultFile
+
+
+def one_run(work: Path, root: Path, name: str, args: list[str]) -> Run:
     run_dir = work / name
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -37,9 +46,7 @@ def one_run(work: Path, root: Path, name: str, args: list[str]) -> dict[str, obj
          "--libvirt-uri", f"qemu:///embed?root={root}", "--adds",
          str(len(args[args.index("--vcpu-ids") + 1].split(","))), *args],
         capture_output=True, text=True, check=False)
-    result = json.loads((run_dir / "result.json").read_text())
-    return {"wall": time.monotonic() - t0, "exit": proc.returncode, "adds": result["adds"],
-            "error": result["error"]}
+    return Run(time.monotonic() - t0, proc.returncode, read_result(run_dir / RESULT_FILE))
 
 
 def main() -> int:
@@ -51,15 +58,13 @@ def main() -> int:
         root = Path(tmp) / "lv"
         for name in names:
             run = one_run(Path(tmp), root, name, CASES[name])
-            adds = run["adds"]
-            assert isinstance(adds, list)
-            ends = [a["end_ms_approx"] for a in adds]
+            ends = [a.end_ms_approx for a in run.result.adds]
             worst = max((e for e in ends if e is not None), default=float("nan"))
-            print(f"{name:<22} exit {run['exit']}  wall {run['wall']:6.1f} s  "
+            print(f"{name:<22} exit {run.exit}  wall {run.wall:6.1f} s  "
                   f"add end ms {[None if e is None else round(e) for e in ends]}  "
                   f"worst {worst:.0f} (target <= {TARGET_MS:.0f})")
-            if run["error"]:
-                print(f"  error: {str(run['error']).splitlines()[0]}")
+            if run.result.error:
+                print(f"  error: {run.result.error.splitlines()[0]}")
     return 0
 
 

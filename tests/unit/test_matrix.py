@@ -23,6 +23,7 @@ from harness.host import roots
 from harness.host.capacity import Capacity
 from harness.matrix import MatrixCase, load_matrix
 from harness.matrix_plugin import night_outcome
+from harness.report.junit import AddLatency, read_properties
 from harness.report.matrix import CaseCell, write_matrix_page
 
 REPO = Path(__file__).resolve().parents[2]
@@ -412,3 +413,16 @@ def test_worker_roots_under_a_too_long_cache_say_how_to_shorten_it(
     assert "UNIX socket path limit" in err.value.problem
     assert "HOTADD_CACHE_DIR" in str(err.value.fix)
     assert roots._try_claim(0) is not None  # the refused claim let its slot go
+
+
+def test_a_cases_properties_read_back_typed() -> None:
+    """What the matrix page reads of a case: hotadd's properties, others left out, adds in
+    order whatever order they came in, absent ones as absent."""
+    got = read_properties([("hotadd.add.2.end_state", "complete"), ("other", "x"),
+                           ("hotadd.add.1.ost_ms", "19.6"), ("hotadd.outcome", "pass"),
+                           ("hotadd.add.10.start_to_end_ms", "5.0")])
+    assert (got.outcome, got.verdict, got.worker, got.artifacts, got.error) == (
+        "pass", "none", "-", None, None)
+    assert got.adds == (AddLatency(1, "-", "19.6", "-"), AddLatency(2, "complete", "-", "-"),
+                        AddLatency(10, "-", "-", "5.0"))
+    assert read_properties([]).outcome is None

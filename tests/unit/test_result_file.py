@@ -4,19 +4,32 @@ InputError naming the key, so no report is built on a guess."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from harness.clock import ClockMapping
+from harness.developer import DriverCheck, DriverReport, StreamResult
 from harness.errors import InputError
+from harness.guests.base import DriverPackage, ProbeSettings
 from harness.host.machine import CpuSlot, HotplugMethod, PluggedVcpu
-from harness.observation import AddOutcome, HostCheck
+from harness.observation import AddOutcome, HostCheck, Performed, host_checks
 from harness.oracle import HostFacts, Severity, check
 from harness.oracle.model import HotAdd, ProtocolModel
+from harness.report.html import write_report
+from harness.report.junit import result_properties
 from harness.result import Interruption, RunResult, write_result
-from harness.result_file import NO_RUN, RESULT_SCHEMA, parse_result, read_result
+from harness.result_file import (
+    NO_RUN,
+    RESULT_SCHEMA,
+    PytestOutcome,
+    parse_result,
+    read_result,
+    read_test_file,
+)
 from harness.spec import ScenarioSpec
 from harness.warm import StartInfo
 
@@ -109,3 +122,124 @@ def test_an_unreadable_file_says_which(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(InputError, match=str(bad)):
         read_result(bad)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "results"
+
+
+def test_the_first_format_hotadd_wrote_still_reads() -> None:
+    """hotadd 0.1.0's first result.json: no guest_clock, start, add_after_unload, driver, nor
+    when hotadd knew each add's end. It reads, what is missing read as absent."""
+    got = read_result(DATA / "first-format.json")
+    assert (got.outcome, got.versions["hotadd"]) == ("pass", "0.1.0")
+    assert got.verdict is not None and got.verdict.records == 12 and not got.verdict.findings
+    assert [a.libvirt_vcpu for a in got.adds] == [7, 5]
+    assert [(a.known_ms, a.known_via, a.known_gap_ms) for a in got.adds] == [
+        (None, "none", None)] * 2
+    assert got.clock.t0_host_wall is None and got.clock.uncertainty_ms is None
+    assert got.start is None and got.add_after_unload is None and got.driver is None
+    assert got.scenario.adds == 2 and not got.scenario.add_after_unload
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda d: d.update(schema="hotadd.result/2", versions={"hotadd": "0.9.1"}),
+     "has schema 'hotadd.result/2', written by hotadd 0.9.1; hotadd 0.1.0 reads "
+     "'hotadd.result/1'"),
+    (lambda d: d.update(schema="hotadd.result/2", versions=None),
+     "written by another hotadd version"),
+    (lambda d: d.pop("schema"), "names no schema: it is not a result.json hotadd wrote"),
+])
+def test_another_or_no_schema_is_refused_naming_the_version(edit: object, named: str) -> None:
+    data = json.loads((DATA / "first-format.json").read_text())
+    assert callable(edit)
+    edit(data)
+    with pytest.raises(InputError) as err:
+        parse_result(data, "run/result.json")
+    assert named in err.value.problem and err.value.fix
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"pass"', "null"])
+def test_a_file_that_is_no_json_object_is_refused(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "result.json"
+    bad.write_text(content)
+    with pytest.raises(InputError, match="is not a JSON object"):
+        read_result(bad)
+
+
+def test_the_developers_driver_and_known_gap_read_back(tmp_path: Path) -> None:
+    run = _result(tmp_path)
+    pkg = DriverPackage(tmp_path / "mine.ko", (("depth", "3"),), name="mine")
+    driver = DriverReport(pkg, (DriverCheck("load", True), DriverCheck("add 1", False)),
+                          (StreamResult("mine", "mine.jsonl", 12, run.verdict),
+                           StreamResult("other", "", 0, None)), faulting_module="mine (x)")
+    got = read_result(write_result(dataclasses.replace(run, driver=driver)))
+    assert got.driver is not None and run.verdict is not None
+    assert (got.driver.name, got.driver.order, dict(got.driver.params)) == (
+        "mine", "after", {"depth": "3"})
+    assert not got.driver.passed and got.driver.faulting_module == "mine (x)"
+    assert [(c.after, c.running) for c in got.driver.checks] == [
+        ("load", True), ("add 1", False)]
+    first, second = got.driver.streams
+    assert first.verdict is not None and first.verdict.fails == run.verdict.count(Severity.FAIL)
+    assert (first.records, second.verdict) == (12, None)
+    assert got.adds[0].known_gap_ms == pytest.approx(172.0 - 170.5)
+
+
+def test_a_pytest_tests_file_reads_typed_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    good = tmp_path / "test.json"
+    good.write_text('{"nodeid": "t.py::test_x", "outcome": "failed", "pid": 7}')
+    assert read_test_file(good) == PytestOutcome("t.py::test_x", "failed")
+    good.write_text('{"nodeid": ["t.py"]}')
+    with pytest.raises(InputError, match="nodeid"):
+        read_test_file(good)
+
+
+def test_the_steps_a_test_took_are_the_results_not_the_specs(tmp_path: Path) -> None:
+    """A test that loaded the probe with a plan of 0 adds and made 1: the spec stays what was
+    asked; result.json's scenario says what was judged, as it always did."""
+    spec = ScenarioSpec(adds=0)
+    base = RunResult(spec, tmp_path, "d", None, (), (_add(1, 2),), {}, {"hotadd": "0.1.0"})
+    judged = dataclasses.replace(base, performed=Performed(adds=1, add_after_unload=True))
+    assert judged.spec is spec and spec.adds == 0
+    got = read_result(write_result(judged)).scenario
+    assert (got.adds, got.add_after_unload) == (1, True)
+    assert json.loads((tmp_path / "result.json").read_text())["scenario"]["vcpu_ids"] == []
+    assert read_result(write_result(base)).scenario.adds == 0
+
+
+def test_host_checks_count_the_adds_made_not_the_plan() -> None:
+    """Two adds planned, one made (a test driving the steps): the guest should show one more
+    processor, not two."""
+    spec = ScenarioSpec(adds=2)
+    checks = {c.check_id: c for c in host_checks(spec, (_add(1, 2),), 3, 3, guest_count=3)}
+    assert checks["guest.online"].passed and checks["qemu.present"].passed
+    vetoed = ScenarioSpec(adds=2, probe=ProbeSettings(veto_index=2))
+    assert (vetoed.expected_ok(1), vetoed.expected_ok(0), vetoed.adds_expected_ok) == (0, 0, 1)
+
+
+def test_junit_properties_read_an_old_result_file() -> None:
+    """The JUnit properties come from the typed result, so an old file gives them too."""
+    props = dict(result_properties(read_result(DATA / "first-format.json")))
+    assert props["hotadd.outcome"] == props["hotadd.verdict"] == "pass"
+    assert props["hotadd.guest"] == "reference://hotadd-reference-342f0d1b"
+    assert props["hotadd.add.2"].startswith("vCPU 5 -> CPU 3: complete; call 2")
+    assert props["hotadd.time.add_2"] == "4.238" and "hotadd.driver" not in props
+
+
+def test_hotadd_report_on_a_newer_result_file_says_which_version_wrote_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real CLI: exit 2 with the problem and the fix, no page written, no traceback."""
+    data = json.loads((DATA / "first-format.json").read_text())
+    data.update(schema="hotadd.result/2", versions={"hotadd": "0.9.1"})
+    (tmp_path / "result.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "written by hotadd 0.9.1" in err and "read it with hotadd 0.9.1" in err
+    assert "Traceback" not in err and not (tmp_path / "report.html").exists()
+
+
+def test_the_report_page_of_an_old_run_shows_what_it_lacks_as_unknown(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text((DATA / "first-format.json").read_text())
+    page = write_report(tmp_path).read_text()
+    assert "start: unknown" in page and "uncertainty not measured" in page
+    assert "reference guest, 2 boot vCPUs, 2 adds" in page

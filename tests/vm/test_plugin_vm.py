@@ -44,6 +44,8 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
             assert hotadd_probe.add().end_state == "complete"
             result = hotadd_probe.finish()
             assert result.passed, hotadd.explain(result)
+            # judged on the one add made; the spec stays what was asked (no adds planned)
+            assert result.spec.adds == 0 and result.performed.adds == 1
             assert False, "failing on purpose"
     """)
     art = suite.pytester.path / "art"
@@ -51,6 +53,7 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
     result = suite.run(f"--junitxml={junit}", f"--hotadd-artifacts={art}")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines([f"hotadd: report {art / 'report.html'}"])
+    result.stdout.fnmatch_lines(["E*AssertionError: failing on purpose"])  # nothing before it
 
     props = _properties(junit)
     one = props["test_adds_one"]
@@ -77,6 +80,7 @@ def test_fixtures_artifacts_and_junit_properties_on_the_reference_guest(
             assert (d / artifact).stat().st_size > 0, (name, artifact)
         assert json.loads((d / "result.json").read_text())["outcome"] == "pass"
     failing = dirs["test_probe_fixture_then_a_failing_assertion"]
+    assert json.loads((failing / "result.json").read_text())["scenario"]["adds"] == 1
     assert json.loads((failing / "test.json").read_text())["outcome"] == "failed"
     assert (failing / "screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (dirs["test_adds_one"] / "screenshot.png").exists()
