@@ -1,7 +1,7 @@
 """A second libvirt host on this machine, reached only through SSH.
 
-`lab_host()` starts, in a mount namespace of its own (`unshare --mount`): an OpenSSH `sshd` on
-127.0.0.1:PORT with a throwaway host key and one authorised key made for the test, and (with
+`lab_host()` starts, in mount and network namespaces of its own (`unshare --mount --net`): an
+OpenSSH `sshd` with a throwaway host key and one authorised key made for the test, and (with
 `libvirtd=True`) a system `virtlogd` + `libvirtd` (as tests/vm/test_system_libvirt.py starts
 them). Inside the namespace `/run/libvirt` is a private tmpfs (its libvirtd is nobody else's),
 the host's hotadd cache is a tmpfs of its own (so only what hotadd stages over SFTP is there),
@@ -10,6 +10,13 @@ read the local guest files, so a run that forgot to stage fails. Outside, the ho
 empty directory: hotadd cannot cheat the other way either. What the host has is read through
 /proc/PID/root (its mount namespace).
 
+The host's network is only its own loopback: the forwards its QEMU binds to its 127.0.0.1 are
+not this machine's, so a transport that dialled 127.0.0.1 directly instead of tunnelling over
+the host's SSH finds nothing there (as on a real lab host). The one way in is SSH: a listener
+on this machine's 127.0.0.1:PORT hands each connection to an `sshd -i` (inetd mode, sshd(8))
+started inside the namespaces; `in_network()` lets a test put its own servers on the host's
+loopback.
+
 Its libvirt URI is `qemu+ssh://root@127.0.0.1:PORT/system?keyfile=K&known_hosts=F&command=W`
 (https://libvirt.org/uri.html): libvirt's ssh transport runs `W`, which is `ssh` told to
 check the host key against the test's own known_hosts file (the ssh transport has no such
@@ -17,18 +24,21 @@ option of its own, and `no_verify=1` would write the throwaway key into root's
 ~/.ssh/known_hosts); hotadd's paramiko reads `known_hosts=`.
 
 Every process started here is stopped by its pid when the context ends; nothing else is
-touched. Needs root, `unshare`, OpenSSH's server (setup.sh installs openssh-server).
+touched. Needs root, `unshare`, `nsenter`, `ip`, OpenSSH's server (setup.sh installs
+openssh-server).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +50,7 @@ import pytest
 from tests.support.processes import qemu_pids_mentioning, stop
 
 SSHD = Path("/usr/sbin/sshd")
+CLONE_NEWNET = 0x40000000  # <linux/sched.h>
 
 
 @dataclass(frozen=True)
@@ -66,12 +77,63 @@ class LabHost:
         """`path` as the host sees it (its mount namespace), readable from here."""
         return Path(f"/proc/{self.anchor_pid}/root") / path.relative_to("/")
 
+    @contextlib.contextmanager
+    def in_network(self) -> Iterator[None]:
+        """The calling thread in the host's network namespace: a socket bound meanwhile is on
+        the host's 127.0.0.1 and stays there (setns(2) moves only this thread)."""
+        with _netns(Path(f"/proc/{self.anchor_pid}/ns/net")):
+            yield
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+
+@contextlib.contextmanager
+def _netns(target: Path) -> Iterator[None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    other = os.open(target, os.O_RDONLY)
+    try:
+        if libc.setns(other, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {target}")
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back into this thread's network")
+    finally:
+        os.close(own)
+        os.close(other)
+
+
+class _InetdListener:
+    """This machine's 127.0.0.1:port; each connection becomes the stdin/stdout of `argv`
+    (as inetd serves `sshd -i`). The port is held from the bind on: nothing can take it."""
+
+    def __init__(self, argv: Sequence[str], log: Path) -> None:
+        self._argv, self._log = list(argv), log
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(8)
+        self.port: int = self._server.getsockname()[1]
+        self.children: list[subprocess.Popen[bytes]] = []
+        self._thread = threading.Thread(target=self._serve, name="lab-sshd", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            with conn, open(self._log, "ab") as log:
+                self.children.append(subprocess.Popen(self._argv, stdin=conn, stdout=conn,
+                                                      stderr=log))
+            self.children = [c for c in self.children if c.poll() is None]
+
+    def close(self) -> None:
+        self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        self._thread.join(10)
+        for child in self.children:
+            stop(child)
 
 
 def _wait(what: str, ready: Callable[[], bool], procs: Sequence[subprocess.Popen[bytes]],
@@ -88,8 +150,8 @@ def _wait(what: str, ready: Callable[[], bool], procs: Sequence[subprocess.Popen
 @contextlib.contextmanager
 def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHost]:
     if os.geteuid() != 0:
-        pytest.skip("a lab host needs root (mount namespace, sshd, system libvirtd)")
-    for tool in ("unshare", "nsenter", "ssh-keygen"):
+        pytest.skip("a lab host needs root (mount and network namespaces, sshd, system libvirtd)")
+    for tool in ("unshare", "nsenter", "ip", "ssh-keygen"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is missing")
     if not SSHD.exists():
@@ -102,11 +164,8 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
     for k in (key, host_key):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hotadd-lab",
                         "-f", str(k)], check=True)
-    port = _free_port()
     (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
     known = home / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} " + " ".join(
-        (home / "host_key.pub").read_text().split()[:2]) + "\n")
     ssh_command = home / "ssh"
     ssh_command.write_text("#!/bin/sh\n# ssh checking the lab host's key against its own file\n"
                            f"exec ssh -o UserKnownHostsFile={known} "
@@ -114,10 +173,10 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
     ssh_command.chmod(0o755)
     config = home / "sshd_config"
     config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
+        f"HostKey {host_key}",
         f"AuthorizedKeysFile {home}/authorized_keys", "PermitRootLogin prohibit-password",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
-        "StrictModes no", f"PidFile {home}/sshd.pid", "Subsystem sftp internal-sftp",
+        "StrictModes no", "Subsystem sftp internal-sftp",
         "AllowTcpForwarding local", "LogLevel DEBUG1", ""]))
     mounts = ["mount -t tmpfs -o mode=755 hotadd-lab /run/libvirt",
               f"mount -t tmpfs -o mode=755 hotadd-lab-cache {cache}"]
@@ -127,32 +186,39 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
     privsep = Path("/run/sshd")
     made_privsep = not privsep.exists()
     privsep.mkdir(mode=0o755, exist_ok=True)
+    sshd: _InetdListener | None = None
     with open(log, "ab") as out:
         anchor = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-             " && ".join(["mkdir -p /run/libvirt", *mounts, "touch " + str(home / "ns-ready"),
-                          "exec sleep infinity"])],
+            ["unshare", "--mount", "--net", "--propagation", "private", "sh", "-ec",
+             " && ".join(["ip link set lo up", "mkdir -p /run/libvirt", *mounts,
+                          "touch " + str(home / "ns-ready"), "exec sleep infinity"])],
             stdout=out, stderr=out)
         procs.append(anchor)
+        enter = ["nsenter", "--target", str(anchor.pid), "--mount", "--net", "--"]
 
         def inside(*argv: str) -> None:
-            procs.append(subprocess.Popen(["nsenter", "--target", str(anchor.pid), "--mount",
-                                           "--", *argv], stdout=out, stderr=out))
+            procs.append(subprocess.Popen([*enter, *argv], stdout=out, stderr=out))
 
         try:
             _wait("the lab host's namespace", (home / "ns-ready").exists, procs, log)
-            host = LabHost(port, home, cache, key, known, ssh_command, anchor.pid)
+            subprocess.run([*enter, str(SSHD), "-t", "-f", str(config)], check=True,
+                           stdout=out, stderr=out)  # a bad config fails here, not per login
+            sshd = _InetdListener([*enter, str(SSHD), "-i", "-e", "-f", str(config)], log)
+            known.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join(
+                (home / "host_key.pub").read_text().split()[:2]) + "\n")
+            host = LabHost(sshd.port, home, cache, key, known, ssh_command, anchor.pid)
             if libvirtd:
                 inside("virtlogd", "-p", str(home / "virtlogd.pid"))
                 inside("libvirtd", "-p", str(home / "libvirtd.pid"))
                 sock = host.inside(Path("/run/libvirt/libvirt-sock"))
                 _wait("the lab host's libvirtd", sock.exists, procs, log)
-            inside(str(SSHD), "-D", "-e", "-f", str(config))
-            _wait("the lab host's sshd", lambda: _listening(port), procs, log)
             yield host
         finally:
-            if libvirtd and _listening(port):  # a test that failed half-way: its domains
-                _destroy_domains(LabHost(port, home, cache, key, known, ssh_command, anchor.pid))
+            if libvirtd and sshd is not None:  # a test that failed half-way: its domains
+                _destroy_domains(LabHost(sshd.port, home, cache, key, known, ssh_command,
+                                         anchor.pid))
+            if sshd is not None:
+                sshd.close()
             for proc in reversed(procs):
                 stop(proc)
             leftover = qemu_pids_mentioning(str(home))
@@ -173,7 +239,3 @@ def _destroy_domains(host: LabHost) -> None:
         subprocess.run(["virsh", "-c", host.uri, "destroy", name], capture_output=True,
                        timeout=120, check=False)
 
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -168,10 +168,14 @@ def test_a_cache_qemu_could_not_reach_is_refused_before_staging(lab: LabHost,
         host.close()
 
 
-def test_the_dialer_reaches_the_hosts_loopback_over_ssh(host: SshHost) -> None:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
+def test_the_dialer_reaches_the_hosts_loopback_over_ssh(lab: LabHost, host: SshHost) -> None:
+    with lab.in_network():
+        server = socket.socket()  # a socket lives in the network it was made in
+    with server:
+        server.bind(("127.0.0.1", 0))  # the host's loopback, not this machine's
         server.listen(1)
+        with socket.socket() as here:  # the same port here is nobody's
+            assert here.connect_ex(("127.0.0.1", server.getsockname()[1])) != 0
         port = server.getsockname()[1]
         chan = host.dialer()(port, 10.0)
         conn, _ = server.accept()
@@ -206,9 +210,11 @@ def test_remote_uris_a_run_cannot_use_are_refused_up_front() -> None:
 def test_winrm_reaches_the_hosts_loopback_through_a_local_forward(lab: LabHost, host: SshHost,
                                                                   tmp_path: Path) -> None:
     """pywinrm takes a URL, not a socket: `local_port` listens here and tunnels each
-    connection over the host's SSH to its 127.0.0.1 (the WS-Management double listens
-    there: the lab host shares this machine's network)."""
-    with WinRMDouble(tmp_path / "guest", password="Tunnel-Pa55!") as double:
+    connection over the host's SSH to its 127.0.0.1, where the WS-Management double listens
+    (in the lab host's network namespace: this machine cannot reach it directly)."""
+    with lab.in_network():  # its port is free, and bound, on the host's 127.0.0.1
+        double = WinRMDouble(tmp_path / "guest", password="Tunnel-Pa55!").__enter__()
+    with double:
         port = host.local_port(double.port)
         assert port != double.port and host.local_port(double.port) == port  # one per port
         endpoint = WinRMEndpoint(port=port, username="Administrator", password="Tunnel-Pa55!")
