@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 import paramiko
 
 from harness import paths
-from harness.errors import InfrastructureError, InputError
+from harness.errors import HostUnreachable, InfrastructureError, InputError
 
 #: Where a remote host keeps hotadd's files (staged guest files, scratch dirs): QEMU under a
 #: system libvirtd runs as an unprivileged user, so it must be a directory others can search.
@@ -340,20 +340,20 @@ class SshHost(HostTarget):
                            auth_timeout=self.connect_timeout)
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise InfrastructureError(f"{self.description}: its SSH host key is not the one "
+            raise HostUnreachable(f"{self.description}: its SSH host key is not the one "
                                       f"known for it ({exc.key.get_name()})",
                                       "check you reach the right host; update known_hosts"
                                       ) from None
         except paramiko.SSHException as exc:
             client.close()
             unknown = "not found in known_hosts" in str(exc)
-            raise InfrastructureError(
+            raise HostUnreachable(
                 f"{self.description}: SSH refused: {exc}",
                 "add the host's key to known_hosts (ssh once by hand), or give the URI "
                 "known_hosts=FILE, or no_verify=1" if unknown else fix) from None
         except (OSError, EOFError) as exc:
             client.close()
-            raise InfrastructureError(f"{self.description}: cannot connect over SSH: {exc}",
+            raise HostUnreachable(f"{self.description}: cannot connect over SSH: {exc}",
                                       fix) from None
         return client
 
