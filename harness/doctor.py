@@ -27,6 +27,11 @@ class Check:
     detail: str
     fix: str = ""
 
+    @classmethod
+    def failed(cls, name: str, exc: HotaddError) -> Check:
+        """A check that an error answered: its problem and fix."""
+        return cls(name, False, exc.problem, exc.fix or "")
+
 
 def _qemu_version(emulator: str) -> Check:
     try:
@@ -77,7 +82,7 @@ def _libvirt(uri: str | None = None) -> Check:
     try:
         conn = open_connection(uri)
     except HotaddError as exc:  # unreachable, or an unusable URI, root or cache
-        return Check("libvirt", False, exc.problem, exc.fix or "")
+        return Check.failed("libvirt", exc)
     try:
         v = versions(conn)
     finally:
@@ -112,7 +117,7 @@ def _disk() -> Check:
     try:
         cache = paths.cache_dir()
     except HotaddError as exc:  # a doctor reports an unusable cache, it does not stop at it
-        return Check("cache directory", False, exc.problem, exc.fix or "")
+        return Check.failed("cache directory", exc)
     usage = shutil.disk_usage(cache)
     free_gib = usage.free / 2**30
     ok = free_gib >= 2
@@ -157,8 +162,7 @@ def run_host_checks(uri: str) -> list[Check]:
     libvirt, emulator, accelerator, firmware and qemu-img, the staging cache (writable, others
     may search it, free space), and the controller's own part (building the reference guest).
     A check that fails for want of an earlier one (no login: no libvirt) ends the list."""
-    from harness.host.connection import check_uri, open_connection, versions
-    from harness.host.remote import host_caps
+    from harness.host.connection import check_uri
     from harness.host.target import SshAddress, SshHost, check_remote_uri
 
     try:
@@ -166,36 +170,20 @@ def run_host_checks(uri: str) -> list[Check]:
         check_remote_uri(uri)
         address = SshAddress.of(uri)
     except HotaddError as exc:
-        return [Check("libvirt URI", False, exc.problem, exc.fix or "")]
+        return [Check.failed("libvirt URI", exc)]
     checks = [Check("libvirt URI", True, uri)]
     target = SshHost(address)
     try:
-        login = _ssh_login(target)
-        checks.append(login)
-        if not login.ok:
+        checks.append(_ssh_login(target))
+        caps = _host_libvirt(uri, target, checks) if checks[-1].ok else None
+        if caps is None:
             return checks
-        try:
-            conn = open_connection(uri)
-        except HotaddError as exc:
-            checks.append(Check("libvirt", False, exc.problem, exc.fix or ""))
-            return checks
-        try:
-            v = versions(conn)
-            checks.append(Check("libvirt", True, f"libvirt {v.libvirt}, QEMU driver {v.qemu} "
-                                                 f"on {target.description}"))
-            try:
-                caps = host_caps(conn)
-            except HotaddError as exc:
-                checks.append(Check("emulator", False, exc.problem, exc.fix or ""))
-                return checks
-        finally:
-            conn.close()
+        ovmf = str(OVMF_CODE) in caps.loaders
         checks += [_host_emulator(target, caps), _host_accel(target, caps),
-                   Check("OVMF (UEFI, Windows guests)", OVMF_CODE.as_posix() in caps.loaders,
-                         f"{OVMF_CODE} " + ("known to libvirt" if OVMF_CODE.as_posix()
-                                            in caps.loaders else "unknown to libvirt there"),
-                         "" if OVMF_CODE.as_posix() in caps.loaders
-                         else "apt-get install ovmf on that host"),
+                   Check("OVMF (UEFI, Windows guests)", ovmf,
+                         f"{OVMF_CODE} known to libvirt" if ovmf
+                         else f"{OVMF_CODE} unknown to libvirt there",
+                         "" if ovmf else "apt-get install ovmf on that host"),
                    _host_tool(target, "qemu-img (Windows overlays)", ["qemu-img", "--version"],
                               "apt-get install qemu-utils on that host"),
                    _host_tool(target, "flock (capacity leases)", ["flock", "--version"],
@@ -206,11 +194,33 @@ def run_host_checks(uri: str) -> list[Check]:
     return [*checks, _reference_guest(), _disk()]
 
 
+def _host_libvirt(uri: str, target: HostTarget, checks: list[Check]) -> HostCaps | None:
+    """Append the libvirt check (and the emulator's, if libvirt offers none); the host's
+    domain capabilities, or None when a check failed."""
+    from harness.host.connection import open_connection, versions
+    from harness.host.remote import host_caps
+
+    name = "libvirt"
+    try:
+        conn = open_connection(uri)
+        try:
+            v = versions(conn)
+            checks.append(Check(name, True, f"libvirt {v.libvirt}, QEMU driver {v.qemu} on "
+                                            f"{target.description}"))
+            name = "emulator"
+            return host_caps(conn)
+        finally:
+            conn.close()
+    except HotaddError as exc:
+        checks.append(Check.failed(name, exc))
+        return None
+
+
 def _ssh_login(target: HostTarget) -> Check:
     try:
         out = target.run(["true"], timeout=30)
     except HotaddError as exc:
-        return Check("SSH login", False, exc.problem, exc.fix or "")
+        return Check.failed("SSH login", exc)
     if out.rc != 0:
         return Check("SSH login", False, f"{target.description} logged in but 'true' "
                      f"exited {out.rc}: {out.stderr.strip()[:200]}",

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from harness import paths
 from harness.guests import reference
 from harness.host import staging, storage
+from tests.support.domain_xml import validate
 from tests.support.lab_host import LabHost, lab_host
 from tests.support.processes import run_hotadd
 
@@ -39,21 +39,12 @@ def _host_dir(lab: LabHost, name: str) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
-def _validate(xml: str, tmp_path: Path) -> ET.Element:
-    path = tmp_path / "domain.xml"
-    path.write_text(xml)
-    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
-                          text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return ET.fromstring(xml)
-
-
 def test_print_xml_names_the_remote_hosts_files_and_sends_nothing(lab: LabHost,
                                                                   tmp_path: Path) -> None:
     proc = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(tmp_path / "run"),
                       "--print-xml", env=lab.env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    root = _validate(proc.stdout, tmp_path)
+    root = validate(proc.stdout, tmp_path)
     kernel, initrd = reference.planned_boot_files()
     files = lab.cache / staging.FILES
     assert root.findtext("os/kernel") == str(files / hashlib.sha256(kernel.read_bytes())
@@ -73,7 +64,7 @@ def test_print_xml_of_a_uefi_windows_guest_uses_the_hosts_firmware_and_scratch(
                       str(tmp_path / "none.sys"), "--libvirt-uri", lab.uri, "--print-xml",
                       env=lab.env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    root = _validate(proc.stdout, tmp_path)
+    root = validate(proc.stdout, tmp_path)
     nvram = root.findtext("os/nvram") or ""
     assert nvram.startswith(str(lab.cache / "scratch")) and nvram.endswith("OVMF_VARS.fd")
     assert _host_dir(lab, "scratch") == []
