@@ -226,10 +226,13 @@ def _remote_lease(uri: str, capacity: Capacity, need: Capacity, label: str,
             _wait_for_any_remote(host, [holders / f"{h.token}.json" for h in live])
         yield mine[2]
     finally:
-        if mine is not None:
-            host.remove(mine[1])  # removed first: a waiter then never counts it
-            mine[0].release()  # the lock goes: a waiter blocked on it wakes up
-        host.close()
+        try:
+            if mine is not None:
+                with contextlib.suppress(InfrastructureError):  # a stale file is removed later
+                    host.remove(mine[1])  # removed first: a waiter then never counts it
+                mine[0].release()  # the lock goes: a waiter blocked on it wakes up
+        finally:
+            host.close()  # a lost connection released the lock already
 
 
 def _remote_holders(host: SshHost, holders: Path) -> list[Holder]:
