@@ -303,7 +303,8 @@ def _host_disk(target: HostTarget) -> Check:
                  "disk")
 
 
-def render(checks: list[Check]) -> str:
+def render(checks: list[Check], host: str | None = None) -> str:
+    """The checks for people; `host` is the remote host's URI they are of (None: this one)."""
     width = max(len(c.name) for c in checks)
     lines = []
     for c in checks:
@@ -312,6 +313,10 @@ def render(checks: list[Check]) -> str:
             lines.append(f"    {'':<{width}}  -> {c.fix}")
     missing = [c for c in checks if not c.ok]
     lines.append("")
-    lines.append("this host is ready for hotadd" if not missing else
-                 f"{len(missing)} thing(s) missing: ./setup.sh install installs them all")
+    if host is not None:
+        lines.append(f"{host} is ready for hotadd" if not missing else
+                     f"{len(missing)} thing(s) missing or wrong: each says its fix")
+    else:
+        lines.append("this host is ready for hotadd" if not missing else
+                     f"{len(missing)} thing(s) missing: ./setup.sh install installs them all")
     return "\n".join(lines)

@@ -18,12 +18,13 @@ def _command(args: argparse.Namespace) -> int:
         raise InputError("--host and --libvirt-uri name two different libvirts",
                          "give one of them (--host URI checks that host)")
     uri = args.host or args.libvirt_uri
-    checks = run_host_checks(uri) if is_remote_uri(uri) else run_checks(uri)
+    remote = uri if is_remote_uri(uri) else None
+    checks = run_host_checks(remote) if remote is not None else run_checks(uri)
     if args.json:
         out: list[dict[str, Any]] = [asdict(c) for c in checks]
         print(json.dumps(out, indent=2))
     else:
-        print(render(checks))
+        print(render(checks, remote))
     return exit_code(Outcome.PASS if all(c.ok for c in checks) else Outcome.ERROR)
 
 
