@@ -64,6 +64,10 @@ class LibvirtUnreachable(InfrastructureError):
     """libvirt could not be opened at the given URI."""
 
 
+class HostUnreachable(InfrastructureError):
+    """A remote libvirt host's SSH login failed (no connection, refused, wrong host key)."""
+
+
 class DomainError(InfrastructureError):
     """libvirt or QEMU refused an operation on a domain."""
 

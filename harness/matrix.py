@@ -98,8 +98,9 @@ class MatrixHost:
 
     @property
     def gate_key(self) -> str:
-        """Which capacity gate: one per machine, whatever a file calls it."""
-        return "local"
+        """Which capacity gate: one per machine, whatever a file calls it; a remote host's
+        URI (its gate is on that host, shared by every controller, `harness.host.capacity`)."""
+        return self.uri if is_remote_uri(self.uri) else "local"
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,12 @@ from harness import interrupts, paths, rundir
 from harness.attempt import CLOCK_ROUND_TRIPS, Attempt
 from harness.errors import HotaddError
 from harness.guests.base import GuestKind, HardwareRequest
-from harness.host import accel, storage
+from harness.host import accel, remote, storage
+from harness.host.connection import open_connection
 from harness.host.domain import Accelerator, to_xml
 from harness.host.machine import run_name
+from harness.host.remote import check_run
+from harness.host.target import LOCAL, HostTarget, is_remote_uri, target_for
 from harness.observation import AddOutcome, HostCheck, await_add, host_checks
 from harness.pool import Guest, Host, base_versions, open_host
 from harness.progress import Progress
@@ -83,17 +86,45 @@ def run_scenario(spec: ScenarioSpec, progress: Progress | None = None,
 
 def planned_xml(spec: ScenarioSpec) -> str:
     """The domain XML `run_scenario(spec)` would define (`hotadd run --print-xml`): nothing is
-    built, started or connected to, and the image and driver need not exist. An explicit
-    accelerator is taken as given (the XML for a KVM host can be printed anywhere)."""
+    built, started or written, and the image and driver need not exist. An explicit
+    accelerator is taken as given (the XML for a KVM host can be printed anywhere).
+
+    For a remote host (`--libvirt-uri qemu+ssh://...`) the XML is that host's: its libvirt
+    is asked for its domain capabilities (emulator, KVM, UEFI firmware), `auto` resolves
+    against it, and the guest's files are named where staging would put them there."""
     kind = guest_kind(spec)
+    domain = run_name(spec.guest)
+    if spec.libvirt_uri is not None and is_remote_uri(spec.libvirt_uri):
+        return _planned_remote_xml(spec, kind, domain, spec.libvirt_uri)
     accelerator = (accel.kvm_status().accelerator if spec.accelerator is Accelerator.AUTO
                    else spec.accelerator)
-    domain = run_name(spec.guest)
-    hw = HardwareRequest(name=domain, vcpus=spec.vcpu_plan, accelerator=accelerator,
-                         run_dir=spec.run_dir or default_run_dir(domain),
-                         scratch=storage.scratch_path(domain), memory_mib=spec.memory_mib,
-                         firmware=spec.firmware)
-    return to_xml(kind.planned_spec(hw))
+    return to_xml(kind.planned_spec(_planned_hardware(spec, domain, accelerator, LOCAL)))
+
+
+def _planned_hardware(spec: ScenarioSpec, domain: str, accelerator: Accelerator,
+                      target: HostTarget) -> HardwareRequest:
+    return HardwareRequest(name=domain, vcpus=spec.vcpu_plan, accelerator=accelerator,
+                           run_dir=spec.run_dir or default_run_dir(domain),
+                           scratch=storage.scratch_path(domain, target),
+                           memory_mib=spec.memory_mib, firmware=spec.firmware, host=target)
+
+
+def _planned_remote_xml(spec: ScenarioSpec, kind: GuestKind, domain: str, uri: str) -> str:
+    check_run(uri)
+    target = target_for(uri)
+    try:
+        conn = open_connection(uri)
+        try:
+            caps = remote.host_caps(conn)
+        finally:
+            conn.close()
+        accelerator = (remote.resolve_accel(spec.accelerator, caps, target).accelerator
+                       if spec.accelerator is Accelerator.AUTO else spec.accelerator)
+        hw = _planned_hardware(spec, domain, accelerator, target)
+        placed = remote.planned_placement(target, kind.planned_spec(hw), hw.scratch, caps)
+        return to_xml(placed.host, caps.emulator)
+    finally:
+        target.close()
 
 
 def _run(spec: ScenarioSpec, kind: GuestKind, progress: Progress, domain: str,

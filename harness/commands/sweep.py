@@ -24,8 +24,6 @@ def _command(args: argparse.Namespace) -> int:
     finally:
         conn.close()
         target.close()
-    if target.remote:  # the other roots are this machine's: `hotadd sweep --all` here
-        return exit_code(Outcome.PASS)
     others = other_uris(uri)
     if not others:
         return exit_code(Outcome.PASS)
@@ -49,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="sweep this libvirt host, e.g. qemu+ssh://root@kvm7/system: its "
                         "domains and scratch dirs left by crashed runs of this machine")
     p.add_argument("--all", action="store_true",
-                   help="also sweep every other libvirt root hotadd used on this host, and the "
+                   help="also sweep every other libvirt root hotadd used on this host, the "
+                        "remote hosts its runs used (one not reachable is reported), and the "
                         "roots of hotadd QEMU processes still running")
     p.set_defaults(func=_command)

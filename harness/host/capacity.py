@@ -16,6 +16,13 @@ How it stays correct without a daemon:
   polling), until any one lets go; then it counts again.
 flock(2) is per open file description and released on the last close or on exit
 (https://man7.org/linux/man-pages/man2/flock.2.html).
+
+A remote host (`qemu+ssh://`, the key is its URI) keeps its gate on that host, under its
+hotadd directory (`CACHE/capacity/`), so every controller driving it counts the same leases.
+The protocol is the same, with the locks taken on the host by flock(1) commands over the SSH
+connection (`SshHost.flock`): a holder's lock lives as long as its command, which ends when its
+controller releases it or dies (sshd closes the session, the command reads end of file), so a
+dead controller's lease is stale at once. Holder files are created with O_EXCL over SFTP.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ import json
 import os
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
-from harness.errors import InputError
+from harness.errors import InfrastructureError, InputError
+from harness.host.target import HostLock, SshAddress, SshHost, is_remote_uri
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,10 @@ def lease(host_key: str, capacity: Capacity, need: Capacity, label: str,
         raise InputError(f"{label} needs {need.vcpus} vCPUs and {need.memory_mib} MiB but the "
                          f"host offers {capacity.vcpus} vCPUs and {capacity.memory_mib} MiB",
                          "lower the scenario's vCPUs/memory or raise the host's capacity")
+    if is_remote_uri(host_key):
+        with _remote_lease(host_key, capacity, need, label, on_wait) as held:
+            yield held
+        return
     root = gate_dir(host_key)
     holders = root / "holders"
     ledger = os.open(root / "ledger.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -168,3 +181,91 @@ def _wait_for(holder_file: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
+
+
+# --- a remote host's gate, on that host ------------------------------------------------------
+
+#: Lists the holder files of a gate on the host: a file whose lock can be taken shared without
+#: waiting belongs to nobody (released, or its controller died) and is removed; each live one
+#: is printed as "NAME<TAB>JSON". Run with the holders directory as $1.
+_COUNT_SCRIPT = """cd "$1" || exit 0
+for f in *.json; do
+  [ -e "$f" ] || continue
+  if flock -n -s "$f" true; then rm -f -- "$f"; else printf '%s\\t' "$f"; cat -- "$f"; echo; fi
+done"""
+
+
+@contextlib.contextmanager
+def _remote_lease(uri: str, capacity: Capacity, need: Capacity, label: str,
+                  on_wait: Callable[[list[Holder]], None] | None) -> Iterator[Holder]:
+    host = SshHost(SshAddress.of(uri))
+    root = host.cache_root() / "capacity"
+    holders = root / "holders"
+    mine: tuple[HostLock, Path, Holder] | None = None
+    try:
+        host.mkdir(holders)
+        while mine is None:
+            ledger = host.flock(root / "ledger.lock")
+            try:
+                live = _remote_holders(host, holders)
+                vcpus = sum(h.need.vcpus for h in live) + need.vcpus
+                memory = sum(h.need.memory_mib for h in live) + need.memory_mib
+                if vcpus <= capacity.vcpus and memory <= capacity.memory_mib:
+                    token = secrets.token_hex(8)
+                    path = holders / f"{token}.json"
+                    host.create_text(path, json.dumps({
+                        "pid": os.getpid(), "host": socket.gethostname(), "label": label,
+                        "vcpus": need.vcpus, "memory_mib": need.memory_mib}))
+                    held = host.flock(path)  # before anyone can count it: we hold the ledger
+                    mine = (held, path, Holder(token, os.getpid(), label, need))
+                    break
+            finally:
+                ledger.release()
+            if on_wait is not None:
+                on_wait(live)
+            _wait_for_any_remote(host, [holders / f"{h.token}.json" for h in live])
+        yield mine[2]
+    finally:
+        try:
+            if mine is not None:
+                with contextlib.suppress(InfrastructureError):  # a stale file is removed later
+                    host.remove(mine[1])  # removed first: a waiter then never counts it
+                mine[0].release()  # the lock goes: a waiter blocked on it wakes up
+        finally:
+            host.close()  # a lost connection released the lock already
+
+
+def _remote_holders(host: SshHost, holders: Path) -> list[Holder]:
+    """The live leases of a remote gate (stale holder files removed). Call with its ledger
+    lock held."""
+    out = host.run(["sh", "-c", _COUNT_SCRIPT, "sh", str(holders)])
+    if out.rc != 0:
+        raise InfrastructureError(f"{host.description}: cannot count the capacity leases in "
+                                  f"{holders}: {out.stderr.strip()}",
+                                  "check that flock (util-linux) is installed there")
+    live = []
+    for line in out.stdout.splitlines():
+        name, _, raw = line.partition("\t")
+        try:
+            data = json.loads(raw)
+            live.append(Holder(name.removesuffix(".json"), int(data["pid"]), str(data["label"]),
+                               Capacity(int(data["vcpus"]), int(data["memory_mib"]))))
+        except (ValueError, KeyError, TypeError):
+            continue  # a holder file not written yet cannot be locked: never seen here
+    return live
+
+
+def _wait_for_any_remote(host: SshHost, holder_files: list[Path]) -> None:
+    """`_wait_for_any` on the host: a thread per holder blocks in flock there. A thread left
+    blocked ends when its holder lets go, or when this process closes the connection."""
+    done = threading.Event()
+
+    def wait_one(path: Path) -> None:
+        with contextlib.suppress(InfrastructureError):
+            host.flock(path, shared=True).release()
+        done.set()
+
+    for path in holder_files:
+        threading.Thread(target=wait_one, args=(path,), name=f"capacity-wait-{path.stem}",
+                         daemon=True).start()
+    done.wait()

@@ -24,7 +24,6 @@ import libvirt
 
 from harness import paths
 from harness.errors import InputError, LibvirtUnreachable
-from harness.host.target import is_remote_uri
 
 _loop_lock = threading.Lock()
 _loop_started = False
@@ -211,8 +210,7 @@ def open_connection(uri: str | None = None) -> libvirt.virConnect:
     check_uri(uri)
     ensure_event_loop()
     conn = _open(uri) if root is None else _open_embedded(uri, root)
-    if not is_remote_uri(uri):  # the list is of this machine's libvirts (`hotadd sweep --all`)
-        remember_uri(uri)
+    remember_uri(uri)  # this machine's libvirts and the remote hosts its runs used
     return conn
 
 
@@ -246,14 +244,21 @@ def _open_embedded(uri: str, root: Path) -> libvirt.virConnect:
 
 
 # Every libvirt URI hotadd opened, one per line, so `hotadd sweep` can say which it did not
-# look at and `--all` can sweep them: a killed run leaves its QEMU under whatever root it used.
+# look at and `--all` can sweep them: a killed run leaves its QEMU under whatever root it
+# used, or its domain and scratch dir on whatever remote host it ran on.
 _URIS_FILE = "libvirt-uris"
+#: Query parameters of libvirt's ssh transport that name a file this machine must have for
+#: the URI to be usable (https://libvirt.org/uri.html#ssh-transport).
+_URI_FILES = ("keyfile", "known_hosts", "command")
 
 
 def remember_uri(uri: str) -> None:
     """Add `uri` to the cache's list (best effort: a read-only cache only loses the note).
     Every run calls this: it reads the raw lines, without known_uris' check of each root
-    (the list keeps the roots of every temporary directory a test or benchmark used)."""
+    (the list keeps the roots of every temporary directory a test or benchmark used).
+    A password in a URI's user part is never written (libvirt's ssh transport takes none,
+    and the list is a plain file)."""
+    uri = _without_password(uri)
     if uri in _uri_lines():
         return
     with contextlib.suppress(OSError), (paths.cache_root() / _URIS_FILE).open("a") as f:
@@ -261,13 +266,28 @@ def remember_uri(uri: str) -> None:
 
 
 def known_uris() -> list[str]:
-    """The URIs hotadd opened on this host, without embedded roots that no longer exist."""
+    """The URIs hotadd opened on this host, without embedded roots that no longer exist and
+    without remote URIs whose key, known-hosts or ssh command file is gone (nobody can log
+    in with them again: a lab host of a test, say)."""
     out: list[str] = []
     for uri in _uri_lines():
         root = embed_root(uri)
-        if uri and uri not in out and (root is None or root.is_dir()):
+        if uri and uri not in out and (root is None or root.is_dir()) and _files_exist(uri):
             out.append(uri)
     return out
+
+
+def _files_exist(uri: str) -> bool:
+    query = parse_qs(urlsplit(uri).query)
+    return all(Path(v).exists() for k in _URI_FILES for v in query.get(k, []))
+
+
+def _without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}@{host}").geturl()
 
 
 def _uri_lines() -> list[str]:

@@ -32,6 +32,7 @@ from harness.host.domain import (
     Firmware,
     Forward,
 )
+from harness.host.saved import file_digest
 from harness.host.target import (
     REMOTE_CACHE_DEFAULT,
     REMOTE_CACHE_ENV,
@@ -111,6 +112,31 @@ def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -
     """Stage `spec`'s input files on the host and rewrite its host-side parts there.
     `scratch` is the run's scratch dir on the host (files there are the run's own: a guest
     kind made them there, `HardwareRequest.host`)."""
+    _check_placeable(target, spec, scratch, caps)
+    staged: dict[Path, staging.Staged] = {}
+    for path in spec.input_files():
+        if not path.is_relative_to(scratch) and path not in staged:
+            staged[path] = staging.stage(target, path)
+    with contextlib.suppress(InfrastructureError):
+        staging.trim(target, keep={s.remote for s in staged.values()})
+    return _rewritten(target, spec, scratch, {p: s.remote for p, s in staged.items()},
+                      tuple(staged.values()))
+
+
+def planned_placement(target: HostTarget, spec: DomainSpec, scratch: Path,
+                      caps: HostCaps) -> Placement:
+    """`place` without sending anything (`--print-xml`): each input file named by the path
+    staging would give it, `CACHE/files/<sha256>`, or `CACHE/files/<name>.sha256` for a file
+    not built yet (its content, so its name there, is not known)."""
+    _check_placeable(target, spec, scratch, caps)
+    files = staging.files_dir(target)
+    moved = {p: files / (file_digest(p) if p.is_file() else f"{p.name}.sha256")
+             for p in spec.input_files() if not p.is_relative_to(scratch)}
+    return _rewritten(target, spec, scratch, moved, ())
+
+
+def _check_placeable(target: HostTarget, spec: DomainSpec, scratch: Path,
+                     caps: HostCaps) -> None:
     if spec.firmware is Firmware.UEFI:
         if spec.nvram is None or not spec.nvram.is_relative_to(scratch):
             raise InputError("a UEFI guest on a remote host needs its NVRAM copy in the run's "
@@ -120,23 +146,22 @@ def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -
             raise InputError(f"{target.description}'s libvirt knows no UEFI firmware "
                              f"{OVMF_CODE} (it has: {', '.join(caps.loaders) or 'none'})",
                              "apt-get install ovmf on that host")
-    blocked = target.unsearchable(scratch)
+    existing = scratch  # --print-xml: the run's dirs do not exist yet (made searchable later)
+    while not target.exists(existing):
+        existing = existing.parent
+    blocked = target.unsearchable(existing)
     if blocked is not None:
         raise InputError(f"{blocked} on {target.description} is not searchable by other users: "
                          "QEMU under its system libvirtd runs as an unprivileged user and could "
                          "not open the run's files", f"chmod o+x {blocked} there, or set "
                          f"{REMOTE_CACHE_ENV} to a directory others can search (the default "
                          f"{REMOTE_CACHE_DEFAULT})")
-    moved: dict[Path, Path] = {}
-    staged = []
-    for path in spec.input_files():
-        if path.is_relative_to(scratch) or path in moved:
-            continue
-        done = staging.stage(target, path)
-        staged.append(done)
-        moved[path] = done.remote
-    with contextlib.suppress(InfrastructureError):
-        staging.trim(target, keep=set(moved.values()))
+
+
+def _rewritten(target: HostTarget, spec: DomainSpec, scratch: Path, moved: dict[Path, Path],
+               staged: tuple[staging.Staged, ...]) -> Placement:
+    """`spec` with its input files at `moved`'s paths on the host, its forwards on ports free
+    there and its serial console in `scratch`."""
     boot = spec.direct_boot
     if boot is not None:
         boot = DirectBoot(moved[boot.kernel], moved[boot.initrd], boot.cmdline)
@@ -149,7 +174,7 @@ def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -
     local = dataclasses.replace(spec, direct_boot=boot, disks=disks, cdroms=cdroms,
                                 forwards=forwards, remote=True)
     host = dataclasses.replace(local, serial_log=scratch / SERIAL_NAME)
-    return Placement(local, host, tuple(staged))
+    return Placement(local, host, staged)
 
 
 class ConsoleMirror:

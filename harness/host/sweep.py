@@ -21,14 +21,14 @@ from pathlib import Path
 import libvirt
 
 from harness import paths
-from harness.errors import InfrastructureError
+from harness.errors import HostUnreachable, InfrastructureError, LibvirtUnreachable
 from harness.host import staging, storage
-from harness.host.connection import embed_root, known_uris
+from harness.host.connection import embed_root, known_uris, open_connection
 from harness.host.domain import METADATA_NS, NAME_PREFIX
 from harness.host.machine import owner_alive
 from harness.host.roots import qemu_cmdlines
 from harness.host.saved import SavedStore
-from harness.host.target import LOCAL, HostTarget
+from harness.host.target import LOCAL, HostTarget, is_remote_uri, target_for
 
 #: Per-domain QEMU logs kept in an embedded root (the newest, of domains no longer running):
 #: enough to read the last runs' QEMU messages, bounded however many runs a lab makes.
@@ -176,11 +176,31 @@ def other_uris(uri: str) -> list[str]:
 
 
 def sweep_elsewhere(uri: str) -> tuple[bool, str]:
-    """Sweep `uri` in a subprocess (libvirt allows one embedded root per process)."""
+    """Sweep `uri`: a remote host here, anything else in a subprocess (libvirt allows one
+    embedded root per process). (ok, what was said)."""
+    if is_remote_uri(uri):
+        return sweep_remote(uri)
     proc = subprocess.run([sys.executable, "-m", "harness", "sweep", "--libvirt-uri", uri],
                           capture_output=True, text=True, check=False)
     text = (proc.stdout + proc.stderr).strip().replace("hotadd: error: ", "")
     busy = "another process holds the embedded libvirt root" in text
     return proc.returncode == 0 or busy, (f"in use by a running hotadd, not swept: {text}"
                                           if busy else text)
+
+
+def sweep_remote(uri: str) -> tuple[bool, str]:
+    """Sweep a remote host a run used. One that cannot be reached now (down, gone, its key
+    refused) is reported and not an error: `--all` goes on with the rest, and its leftovers
+    wait for a sweep that reaches it."""
+    target = target_for(uri)
+    try:
+        conn = open_connection(uri)
+        try:
+            return True, sweep(conn, target).describe()
+        finally:
+            conn.close()
+    except (LibvirtUnreachable, HostUnreachable) as exc:
+        return True, f"unreachable, not swept: {exc.problem} ({exc.fix})"
+    finally:
+        target.close()
 

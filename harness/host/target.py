@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 import paramiko
 
 from harness import paths
-from harness.errors import InfrastructureError, InputError
+from harness.errors import HostUnreachable, InfrastructureError, InputError
 
 #: Where a remote host keeps hotadd's files (staged guest files, scratch dirs): QEMU under a
 #: system libvirtd runs as an unprivileged user, so it must be a directory others can search.
@@ -49,6 +49,8 @@ _CHUNK = 1 << 20
 #: Ports a remote forward is chosen from (below Linux's default ephemeral range 32768-60999,
 #: so an outgoing connection on the host rarely takes the one chosen).
 _PORTS = (20000, 32767)
+#: What a lock command prints once flock(1) granted the lock (`SshHost.flock`).
+_LOCKED = "hotadd-locked"
 
 
 @dataclass(frozen=True)
@@ -340,20 +342,20 @@ class SshHost(HostTarget):
                            auth_timeout=self.connect_timeout)
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise InfrastructureError(f"{self.description}: its SSH host key is not the one "
+            raise HostUnreachable(f"{self.description}: its SSH host key is not the one "
                                       f"known for it ({exc.key.get_name()})",
                                       "check you reach the right host; update known_hosts"
                                       ) from None
         except paramiko.SSHException as exc:
             client.close()
             unknown = "not found in known_hosts" in str(exc)
-            raise InfrastructureError(
+            raise HostUnreachable(
                 f"{self.description}: SSH refused: {exc}",
                 "add the host's key to known_hosts (ssh once by hand), or give the URI "
                 "known_hosts=FILE, or no_verify=1" if unknown else fix) from None
         except (OSError, EOFError) as exc:
             client.close()
-            raise InfrastructureError(f"{self.description}: cannot connect over SSH: {exc}",
+            raise HostUnreachable(f"{self.description}: cannot connect over SSH: {exc}",
                                       fix) from None
         return client
 
@@ -413,6 +415,33 @@ class SshHost(HostTarget):
         return RunResult(tuple(argv), rc, b"".join(out).decode(errors="replace"),
                          b"".join(err).decode(errors="replace"))
 
+    def flock(self, path: Path, shared: bool = False) -> HostLock:
+        """Take flock(1) on `path` on the host (created if missing), blocking until granted;
+        held for as long as the returned lock (its command on an exec channel) lives. The
+        host's kernel drops it when the command ends: on `release()`, or when this process
+        dies and sshd closes the session (its `cat` reads end of file)."""
+        command = shlex.join(["flock", "-s" if shared else "-x", str(path), "sh", "-c",
+                              f"echo {_LOCKED}; exec cat"])
+        try:
+            chan = self._transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(command)
+            said = b""
+            while not said.endswith(f"{_LOCKED}\n".encode()):
+                data = chan.recv(64)
+                if not data:
+                    err = b""
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(_CHUNK)
+                    chan.close()
+                    raise OSError(f"flock exited {chan.recv_exit_status()}: "
+                                  f"{err.decode(errors='replace').strip()}")
+                said += data
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise InfrastructureError(f"{self.description}: cannot lock {path}: {exc}",
+                                      "check that flock (util-linux) is installed there and "
+                                      f"the SSH login may write under {self._cache}") from None
+        return HostLock(chan)
+
     # -- files --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -448,6 +477,12 @@ class SshHost(HostTarget):
 
     def write_text(self, path: Path, text: str) -> None:
         with self._sftp_doing(f"cannot write {path}") as sftp, sftp.open(str(path), "w") as f:
+            f.write(text.encode())
+
+    def create_text(self, path: Path, text: str) -> None:
+        """Write a new file; FileExistsError-like InfrastructureError if `path` exists
+        (SFTP's open with SSH_FXF_CREAT|SSH_FXF_EXCL: O_EXCL on the host)."""
+        with self._sftp_doing(f"cannot create {path}") as sftp, sftp.open(str(path), "wx") as f:
             f.write(text.encode())
 
     def read_text(self, path: Path) -> str:
@@ -554,6 +589,23 @@ class SshHost(HostTarget):
             if port not in self._forwards:
                 self._forwards[port] = LocalForward(self.dialer(), port)
             return self._forwards[port].port
+
+
+class HostLock:
+    """A flock held on a remote host by a command on an SSH exec channel (`SshHost.flock`)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self._chan = chan
+
+    def release(self) -> None:
+        """End the command (its `cat` reads end of file), and wait until it has: the lock is
+        free on the host when this returns. Idempotent; a lost connection released it too."""
+        if self._chan.closed:
+            return
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            self._chan.shutdown_write()
+            self._chan.recv_exit_status()
+        self._chan.close()
 
 
 class LocalForward:

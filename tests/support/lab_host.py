@@ -183,9 +183,10 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
     mounts += [f"mount -t tmpfs -o mode=700 hotadd-lab-hidden {p}" for p in hide if p.is_dir()]
     log = home / "lab.log"
     procs: list[subprocess.Popen[bytes]] = []
-    privsep = Path("/run/sshd")
-    made_privsep = not privsep.exists()
-    privsep.mkdir(mode=0o755, exist_ok=True)
+    # sshd's privilege separation directory (compiled in). Left in place afterwards: another
+    # lab host (a concurrent test session) may run an sshd that needs it, and each connection
+    # to an sshd without it is reset ("Missing privilege separation directory").
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     sshd: _InetdListener | None = None
     with open(log, "ab") as out:
         anchor = subprocess.Popen(
@@ -225,9 +226,6 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
             for pid in leftover:  # started by this fixture's libvirtd, so ours to end
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            if made_privsep:
-                with contextlib.suppress(OSError):
-                    privsep.rmdir()
             shutil.rmtree(home, ignore_errors=True)
             assert not leftover, f"QEMU {leftover} of the lab host outlived its runs (killed)"
 

@@ -5,10 +5,7 @@ output lines, not by time."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,41 +14,13 @@ import pytest
 from harness.errors import InputError
 from harness.host import capacity
 from harness.host.capacity import Capacity, lease
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.capacity_holder import HolderProcess as Holder
 
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOTADD_CACHE_DIR", str(tmp_path))
     return tmp_path
-
-
-class Holder:
-    """A `tests.support.capacity_holder` process."""
-
-    def __init__(self, need_vcpus: int, need_memory: int, label: str,
-                 total: tuple[int, int] = (2, 1024)) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.capacity_holder", "lab", str(total[0]),
-             str(total[1]), str(need_vcpus), str(need_memory), label],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-            env=os.environ | {"PYTHONPATH": str(REPO)})
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-    def release(self) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture

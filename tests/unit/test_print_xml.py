@@ -5,28 +5,18 @@ guest kinds, both firmwares and both accelerators."""
 
 from __future__ import annotations
 
-import subprocess
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from harness import cli, paths
+from tests.support.domain_xml import validate
 
 
 def hotadd(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = cli.main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def validate(xml: str, tmp_path: Path) -> ET.Element:
-    path = tmp_path / "domain.xml"
-    path.write_text(xml)
-    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
-                          text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return ET.fromstring(xml)
 
 
 def scratch_entries() -> set[str]:
