@@ -1,6 +1,6 @@
 """What a --load-during-adds run reports of the registration window (`LoadWindow`), read from
 the records the protocol model writes for each way the adds can land, and the scenario option
-as the spec, the matrix and the pytest plugin take it."""
+as the spec and the pytest plugin take it (the matrix key: tests/unit/test_matrix.py)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,4 @@ def test_the_spec_takes_the_option_and_refuses_what_it_cannot_honour() -> None:
 
 def test_the_plugin_run_takes_the_option() -> None:
     assert inspect.signature(HotaddHelper.run).parameters["load_during_adds"].default is False
+

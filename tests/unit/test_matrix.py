@@ -409,3 +409,22 @@ def test_worker_roots_under_a_too_long_cache_say_how_to_shorten_it(
     assert "UNIX socket path limit" in err.value.problem
     assert "HOTADD_CACHE_DIR" in str(err.value.fix)
     assert roots._try_claim(0) is not None  # the refused claim let its slot go
+
+
+def test_a_matrix_scenario_takes_the_key(tmp_path: Path) -> None:
+    m = load_matrix(matrix_file(tmp_path, """
+        [groups.g]
+        [[groups.g.scenario]]
+        name = "racing"
+        adds = 2
+        load-during-adds = true
+        """))
+    assert [c.spec.load_during_adds for c in m.cases] == [True]
+    with pytest.raises(InputError, match="--load-during-adds with no add"):
+        load_matrix(matrix_file(tmp_path, """
+            [groups.g]
+            [[groups.g.scenario]]
+            name = "none"
+            adds = 0
+            load-during-adds = true
+            """))
