@@ -75,9 +75,12 @@ class Context:
     @property
     def replay_ceiling(self) -> int | None:
         """The most processors the replay may cover: the boot vCPUs plus the adds in flight
-        during the load (replay.active_at_registration)."""
-        base = self.boot_base
-        return None if base is None else base + self.adds_during_load
+        during the load (replay.active_at_registration), and never less than the load count
+        (a load count beyond that is host.boot_count's finding)."""
+        load, base = self.marks.boot_count, self.boot_base
+        if load is None or base is None:
+            return None
+        return max(load, base + self.adds_during_load)
 
     @property
     def active_at_registration(self) -> int | None:

@@ -140,3 +140,12 @@ def test_windows_warns_where_linux_fails() -> None:
 def test_host_facts_refuse_more_adds_in_flight_than_performed() -> None:
     with pytest.raises(ValueError, match="adds_during_load"):
         HostFacts(adds_performed=1, adds_during_load=2)
+
+
+def test_a_load_count_the_host_disputes_is_reported_once() -> None:
+    """Without adds in flight, a load count above the boot vCPUs is host.boot_count's finding;
+    the replay that matches the load count is not reported again."""
+    m = ProtocolModel(existing=2, hotadds=(HotAdd(),), profile=L)
+    verdict = check(m.records(), L, replace(m.host_facts(), boot_cpus=1, guest_count=2))
+    assert "host.boot_count" in failed(verdict)
+    assert "replay.active_at_registration" not in ids(verdict)
