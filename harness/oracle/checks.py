@@ -613,6 +613,7 @@ class CountCheck(Check):
         self.previous: Record | None = None
         self.last: int | None = None
         self.completed = 0
+        self.registered: tuple[int | None] | None = None  # active_at_registration, once known
 
     def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
         if not isinstance(r, NotifyRecord) or where is Section.AFTER_END:
@@ -621,7 +622,9 @@ class CountCheck(Check):
         if not self.started:
             self.started, self.previous, self.last = True, ctx.marks.load, boot
         if ctx.first_replay is not None:  # from the replay on: what it ran with
-            boot = ctx.active_at_registration
+            if self.registered is None:  # fixed once the replay began: computed once
+                self.registered = (ctx.active_at_registration,)
+            boot = self.registered[0]
         if self.last is not None and r.active_count < self.last:
             yield _hit("count.never_decreases", f"active_count drops from {self.last} to "
                        f"{r.active_count}", self.previous, r)
