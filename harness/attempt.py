@@ -17,13 +17,23 @@ from harness.clock import ClockMapping, ClockSample, map_clock
 from harness.developer import DriverUnderTest
 from harness.errors import GuestCrashed, HotaddError, InputError, QemuFrozen
 from harness.guests.base import DriverOrder, GuestFacts, Session
+from harness.host.events import OstEvent
 from harness.host.machine import Machine, PluggedVcpu, QemuView
 from harness.live import RecordFeed
-from harness.observation import AddOutcome, HostCheck, Performed, await_add, host_checks, left
+from harness.observation import (
+    AddOutcome,
+    HostCheck,
+    LoadWindow,
+    Performed,
+    await_add,
+    host_checks,
+    hotadd_episodes,
+    left,
+)
 from harness.oracle import HostFacts, Verdict, check
 from harness.pool import Guest
 from harness.progress import Progress
-from harness.records import NotifyRecord, parse_records
+from harness.records import DriverRecord, NotifyRecord, NotifyState, Record, parse_records
 from harness.result import Interruption, RunResult, failure_fields
 from harness.spec import ScenarioSpec
 
@@ -54,6 +64,8 @@ class Attempt:
         self._unloaded = False
         self._feed: RecordFeed | None = None  # the probe's records as they are written
         self.probe_touched = False  # the probe began to load: a crash from now on is a verdict
+        self.window: LoadWindow | None = None  # --load-during-adds: where the adds landed
+        self._load_span: tuple[float, float] | None = None  # host times: load sent, returned
         own = spec.own_driver
         self.own = (DriverUnderTest(own, guest.kind, progress, run_dir) if own else None)
 
@@ -85,10 +97,14 @@ class Attempt:
             sent = time.time()
             self.session.load_probe(self.spec.probe)
             loaded_at = time.time()
-            self._boot_count = self.session.processor_count()
+            self._load_span = (sent, loaded_at)
+            if self._boot_count is None:  # (load_during_adds counted before its adds)
+                self._boot_count = self.session.processor_count()
         records = parse_records(self.session.live_records().splitlines())
-        # the last record was written while the load ran: the load itself is one round trip
-        samples = [ClockSample(sent, records[-1].t_ns / 1e9, loaded_at)] if records else []
+        # the last driver record (registered) was written while the load ran: the load itself
+        # is one round trip (a hot-add in flight may have written later ones since)
+        last = next((r for r in reversed(records) if isinstance(r, DriverRecord)), None)
+        samples = [ClockSample(sent, last.t_ns / 1e9, loaded_at)] if last else []
         with self.progress.stage("clock map", "round trips reading the probe's clock"):
             read = self.session.clock_samples(CLOCK_ROUND_TRIPS)
         self.clock_method = "handshake" if read else "load"
@@ -110,6 +126,84 @@ class Attempt:
                 self.own.after(f"add {index}", self.session)
         self.adds.append(outcome)
         return outcome
+
+    def load_during_adds(self) -> None:
+        """Plug every add of the spec, then load (`load`) while the guest is still bringing
+        them online, and wait until each add is answered (_OST) and seen: in the replay
+        (online before the register call) or as a hot-add. Which add became which processor
+        is attributed in plug order (the guest brings them online in the order it is told)."""
+        spec = self.spec
+        self._boot_count = self.session.processor_count()  # before any add: the boot vCPUs
+        with self.progress.stage("plug", f"{spec.adds} setVcpu calls, none awaited"):
+            for i in range(spec.adds):
+                self.plugged.append(self.machine.hotadd(
+                    spec.vcpu_ids[i] if spec.vcpu_ids else None, spec.method,
+                    timeout=spec.ack_timeout))
+        t0 = time.monotonic()  # the adds' budget (--ack-timeout) starts once all are plugged
+        self.load()
+        plugged = self.plugged[:spec.adds]
+        # what the replay covered is known once the load returned; the hot-adds come later
+        window, _ = self._observe_window()
+        osts = self._await_adds(plugged, spec.adds - window.replayed, t0)
+        window, records = self._observe_window()
+        episodes = hotadd_episodes(records)
+        for k, p in enumerate(plugged):
+            ost = osts.get(p.libvirt_id)
+            start, end = (episodes[k - window.replayed] if
+                          0 <= k - window.replayed < len(episodes) else (None, None))
+            self.adds.append(AddOutcome(
+                index=k + 1, plugged=p, ost_status=ost.status if ost else None,
+                ost_ms=(ost.t_wall - p.t_wall) * 1000 if ost else None,
+                guest_index=start.nt_number if start else None,
+                end_state="replay" if k < window.replayed else end.state.value if end
+                else "none",
+                start_ms_approx=self._host_ms(p, start), end_ms_approx=self._host_ms(p, end),
+                start_to_end_ms=(end.t_ns - start.t_ns) / 1e6 if start and end else None))
+
+    def _observe_window(self) -> tuple[LoadWindow, list[Record]]:
+        """The probe's records now, and where the adds landed by them (`self.window`)."""
+        assert self._load_span is not None and self._boot_count is not None
+        records = parse_records(self.session.live_records().splitlines())
+        first = self.plugged[0].t_wall + self.plugged[0].call_seconds
+        sent, loaded = self._load_span
+        self.window = LoadWindow.observe(records, self._boot_count, self.spec.adds,
+                                         (sent - first) * 1000, (loaded - sent) * 1000)
+        return self.window, records
+
+    def _await_adds(self, plugged: Sequence[PluggedVcpu], ends: int,
+                    t0: float) -> dict[int, OstEvent]:
+        """Wait, under one deadline, for every add's _OST and for `ends` hot-add
+        Complete/Failure records; returns the _OST events by libvirt vCPU id."""
+        machine, feed, spec = self.machine, self._feed, self.spec
+        assert feed is not None
+
+        def ended(notes: list[NotifyRecord]) -> bool:
+            return sum(r.state is not NotifyState.START for r in notes) >= ends
+
+        osts: dict[int, OstEvent] = {}
+        with self.progress.stage("adds", "_OST and each add in the replay or as a hot-add"):
+            while True:
+                for p in plugged:
+                    ost = osts.get(p.libvirt_id) or machine.wait_ost(p, 0)
+                    if ost is not None:
+                        osts[p.libvirt_id] = ost
+                seen = ended(feed.hotadds())
+                missing = [p for p in plugged if p.libvirt_id not in osts]
+                done = seen and not missing
+                if done or left(spec.ack_timeout, t0) <= 0:
+                    break
+                machine.check_alive()
+                self.progress.waiting("adds", "ACPI _OST and the probe's records", t0)
+                if seen:  # only _OST is missing: wake on its event, not on the console
+                    machine.wait_ost(missing[0], min(0.1, left(spec.ack_timeout, t0)))
+                else:
+                    feed.wait_hotadds(ended, 0.1)
+            machine.check_alive()
+            if not done:  # a QEMU that stopped answering is no verdict
+                machine.answers()
+            if self.own is not None:
+                self.own.after("adds", self.session)
+        return osts
 
     def unload(self) -> None:
         """Note the guest's and QEMU's counts, then deregister and unload the probe."""
@@ -145,10 +239,13 @@ class Attempt:
     def run(self) -> RunResult:
         """The whole scenario of `self.spec`."""
         spec = self.spec
-        self.load()
-        if not spec.replay_vetoed:
-            for i in range(spec.adds):
-                self.add(spec.vcpu_ids[i] if spec.vcpu_ids else None)
+        if spec.load_during_adds:
+            self.load_during_adds()
+        else:
+            self.load()
+            if not spec.replay_vetoed:
+                for i in range(spec.adds):
+                    self.add(spec.vcpu_ids[i] if spec.vcpu_ids else None)
         self.unload()
         if spec.add_after_unload:
             self.add_after_unload()
@@ -171,7 +268,8 @@ class Attempt:
             adds_performed=made,
             adds_expected_ok=(None if spec.replay_vetoed and made != spec.adds
                               else spec.expected_ok(made)),
-            boot_cpus=self._boot_count, guest_count=guest_count)
+            boot_cpus=self._boot_count, guest_count=guest_count,
+            adds_during_load=made if self.window is not None else 0)
         profile = spec.kind_class.oracle_profile
         verdict = check(final, profile, facts)
         if self.own is not None:
@@ -216,7 +314,7 @@ class Attempt:
                          guest=self.guest_facts, start=self.guest.start_info,
                          clock=self.clock, clock_method=self.clock_method,
                          driver=self.own.report() if self.own else None, performed=performed,
-                         **failure_fields(exc))
+                         load_window=self.window, **failure_fields(exc))
 
     def _one_add(self, index: int, vcpu_id: int | None) -> AddOutcome:
         spec, progress, machine, feed = self.spec, self.progress, self.machine, self._feed

@@ -12,7 +12,7 @@ collect (`Session.final_records`); the console only tells hotadd *when* to look.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,22 @@ class RecordFeed:
         if end is not None:
             self.seen = AddSeen(start, end, time.time(), "transport")
         return new
+
+    def hotadds(self) -> list[NotifyRecord]:
+        """Every hot-add notify of this load so far, without waiting: the console's, or the
+        transport's (fetched every TRANSPORT_EVERY_S) when it has more."""
+        console = [r for _, r in self._console_notifies(self.console.lines())]
+        if time.monotonic() < self._next_fetch:
+            return console
+        self._next_fetch = time.monotonic() + TRANSPORT_EVERY_S
+        fetched = hotadd_notifies(self.session.live_records())
+        return fetched if len(fetched) > len(console) else console
+
+    def wait_hotadds(self, done: Callable[[list[NotifyRecord]], bool], seconds: float) -> None:
+        """Sleep up to `seconds`, woken early when the console's hot-add notifies satisfy
+        `done`."""
+        self.console.wait(lambda lines: done([r for _, r in self._console_notifies(
+            list(lines))]), seconds)
 
     def pause(self, mark: tuple[int, int], seconds: float) -> None:
         """Sleep up to `seconds`, woken early when the console shows the add's end."""

@@ -16,7 +16,7 @@ from harness.host.machine import PluggedVcpu
 from harness.live import start_end
 from harness.oracle import Profile as OracleProfile
 from harness.oracle import Severity
-from harness.records import NotifyRecord
+from harness.records import DriverEvent, DriverRecord, NotifyRecord, NotifyState, Phase, Record
 from harness.spec import ScenarioSpec
 
 
@@ -91,6 +91,103 @@ class Performed:
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
+
+
+@dataclass(frozen=True)
+class LoadWindow:
+    """Where the adds of a --load-during-adds run landed, from the probe's records: counts,
+    not attributions (which add became which processor is the guest's choice). Every add was
+    plugged (its setVcpu returned) before the load was sent; result.json's `load_window`."""
+
+    adds: int
+    boot_count: int  # processors online before the first add (the guest's own count)
+    load_count: int | None  # the probe's load record: online when the probe loaded
+    replay_count: int | None  # online when the replay ran (its first record's active_count)
+    hotadd_in_window: int  # hot-add Starts inside the register call (before `registered`)
+    hotadd_after: int  # hot-add Starts after the register call returned
+    load_sent_ms: float  # host: the load command sent, ms after the first add's setVcpu
+    load_ms: float  # host: the load command's round trip
+
+    @classmethod
+    def observe(cls, records: Sequence[Record], boot: int, adds: int, load_sent_ms: float,
+                load_ms: float) -> LoadWindow:
+        load = replay = None
+        registered = False
+        inside = after = 0
+        for r in records:
+            if isinstance(r, DriverRecord):
+                if r.event is DriverEvent.LOAD and load is None:
+                    load = r.active_count
+                registered = registered or r.event in (DriverEvent.REGISTERED,
+                                                       DriverEvent.REGISTER_FAILED)
+            elif r.phase is Phase.REPLAY and not registered:
+                replay = r.active_count if replay is None else replay
+            elif r.state is NotifyState.START:
+                inside, after = (inside, after + 1) if registered else (inside + 1, after)
+        return cls(adds, boot, load, replay, inside, after, load_sent_ms, load_ms)
+
+    @property
+    def online_before_load(self) -> int:
+        """Adds already online when the probe wrote its load record (seen in the replay)."""
+        return max((self.load_count or self.boot_count) - self.boot_count, 0)
+
+    @property
+    def replayed_in_window(self) -> int:
+        """Adds that came online between the load record and the replay (on Linux the
+        replay's cpus_read_lock() waited for their cpu_up())."""
+        if self.replay_count is None or self.load_count is None:
+            return 0
+        return max(self.replay_count - self.load_count, 0)
+
+    @property
+    def replayed(self) -> int:
+        """Adds the replay covered: online before it ran."""
+        return min(self.online_before_load + self.replayed_in_window, self.adds)
+
+    @property
+    def in_flight_at_load(self) -> int:
+        """Adds plugged but not yet online when the probe loaded: the registration ran while
+        they were on their way (the window this option exercises)."""
+        return self.adds - self.online_before_load
+
+    @property
+    def raced_registration(self) -> int:
+        """Adds that landed inside the register call itself: replayed after the load record,
+        or notified before `registered`."""
+        return self.replayed_in_window + self.hotadd_in_window
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {
+            "load_sent_ms": _r(self.load_sent_ms), "load_ms": _r(self.load_ms),
+            "online_before_load": self.online_before_load,
+            "replayed_in_window": self.replayed_in_window, "replayed": self.replayed,
+            "in_flight_at_load": self.in_flight_at_load,
+            "raced_registration": self.raced_registration}
+
+    def describe(self) -> str:
+        return (f"load during adds: {self.adds} plugged, then the load (sent "
+                f"{self.load_sent_ms:.1f} ms after the first, {self.load_ms:.1f} ms round trip); "
+                f"{self.in_flight_at_load} still in flight when the probe loaded; "
+                f"{self.replayed} in the replay ({self.replayed_in_window} came online inside "
+                f"the register call), {self.hotadd_in_window} hot-added inside it, "
+                f"{self.hotadd_after} after it")
+
+
+def hotadd_episodes(records: Sequence[Record],
+                    ) -> list[tuple[NotifyRecord, NotifyRecord | None]]:
+    """Each hot-add Start with the Complete/Failure of its processor, in Start order."""
+    out: list[tuple[NotifyRecord, NotifyRecord | None]] = []
+    for r in records:
+        if not isinstance(r, NotifyRecord) or r.phase is not Phase.HOTADD:
+            continue
+        if r.state is NotifyState.START:
+            out.append((r, None))
+        else:
+            i = next((i for i, (s, e) in enumerate(out)
+                      if e is None and s.nt_number == r.nt_number), None)
+            if i is not None:
+                out[i] = (out[i][0], r)
+    return out
 
 
 

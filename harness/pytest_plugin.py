@@ -525,11 +525,13 @@ class HotaddHelper:
     def run(self, adds: int = 1, *, vcpu_ids: tuple[int, ...] = (),
             veto_index: int | None = None, veto_status: int = STATUS_INSUFFICIENT_RESOURCES,
             add_existing: bool = True, add_after_unload: bool = False,
-            method: HotplugMethod = HotplugMethod.SET_VCPU) -> RunResult:
-        """Load the probe, hot-add `adds` vCPUs one at a time, unload, judge. A harness error
+            method: HotplugMethod = HotplugMethod.SET_VCPU,
+            load_during_adds: bool = False) -> RunResult:
+        """Load the probe, hot-add `adds` vCPUs one at a time, unload, judge (with
+        `load_during_adds`: plug them all, then load while they are in flight). A harness error
         on the way is in the result (`error`, exit code 2), like `hotadd run`."""
         attempt = self._start(adds=adds, vcpu_ids=vcpu_ids, add_after_unload=add_after_unload,
-                              method=method,
+                              method=method, load_during_adds=load_during_adds,
                               probe=ProbeSettings(add_existing, veto_index, veto_status))
         try:
             result = attempt.run()

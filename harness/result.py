@@ -16,7 +16,7 @@ from harness.clock import ClockMapping
 from harness.developer import DriverReport
 from harness.errors import ExitCode, GuestCrashed, GuestUnhealthy, HotaddError, Outcome, exit_code
 from harness.guests.base import GuestFacts
-from harness.observation import AddOutcome, HostCheck, Performed
+from harness.observation import AddOutcome, HostCheck, LoadWindow, Performed
 from harness.oracle import Severity, Verdict
 from harness.progress import Progress
 from harness.result_file import RESULT_FILE, RESULT_SCHEMA
@@ -84,6 +84,7 @@ class RunResult:
     clock_method: str = "load"  # "handshake": round trips read the probe's clock after load
     driver: DriverReport | None = None  # the developer's driver, when one ran beside the probe
     performed: Performed | None = None  # the steps a test took, where they left `spec`'s plan
+    load_window: LoadWindow | None = None  # --load-during-adds: where the adds landed
 
     @property
     def passed(self) -> bool:
@@ -125,6 +126,7 @@ class RunResult:
             "interrupted": self.interrupted.to_dict() if self.interrupted else None,
             "failed_stage": self.failed_stage, "console_excerpt": self.console_excerpt,
             "driver": self.driver.to_dict() if self.driver else None,
+            "load_window": self.load_window.to_dict() if self.load_window else None,
         }
 
 

@@ -47,6 +47,7 @@ class ScenarioSpec:
     guest_settings: GuestSettings = field(default_factory=GuestSettings)
     cold: bool = False  # boot, even if a saved guest could be restored (harness.warm)
     own_driver: DriverPackage | None = None  # a developer's driver beside the probe
+    load_during_adds: bool = False  # plug every add, then load while they are in flight
 
     def __post_init__(self) -> None:
         # a frozen dataclass sets its own derived field this way (dataclasses docs, __post_init__)
@@ -76,6 +77,7 @@ class ScenarioSpec:
             raise InputError("--adds must be >= 0", "give a non-negative number of adds")
         self._check_probe(plan)
         self._check_guest_options()
+        self._check_load_during_adds()
 
     def _check_probe(self, plan: VcpuPlan) -> None:
         """A veto must name a processor some notification is about, or it silently does
@@ -110,6 +112,32 @@ class ScenarioSpec:
             remote.check_run(self.libvirt_uri)
         if self.own_driver is not None:
             check_package(self.kind_class, self.own_driver)
+
+    def _check_load_during_adds(self) -> None:
+        """What --load-during-adds cannot honour: its adds must exist, each must be seen
+        somewhere, and the outcome must not hang on which side of the register call an add
+        lands (docs/oracle-rules.md, "Loading while adds are in flight")."""
+        if not self.load_during_adds:
+            return
+        option = "--load-during-adds"
+        if self.adds < 1:
+            raise InputError(f"{option} with no add: nothing is in flight during the load",
+                             f"give --adds N (at least 1), or leave {option} out")
+        if not self.probe.add_existing:
+            raise InputError(
+                f"{option} with --no-add-existing: an add that comes online before the "
+                "register call is then seen nowhere, and no record says how many did, so the "
+                "adds cannot be judged", f"drop --no-add-existing or {option}")
+        veto = self.probe.veto_index
+        if veto is not None:
+            raise InputError(
+                f"{option} with --veto-cpu {veto}: " + (
+                    "a replay veto fails the register call, so no add in flight could be seen"
+                    if veto < self.boot_vcpus else
+                    f"whether processor {veto} comes online before the register call (its "
+                    "replay Start is vetoed and registration fails) or after it (a hot-add "
+                    "veto) depends on timing, not on the options"),
+                f"drop --veto-cpu or {option}")
 
     def check_veto_reached(self) -> None:
         """A hot-add veto must name an index this run's adds will hand out (boot..boot+adds-1),

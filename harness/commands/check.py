@@ -49,6 +49,9 @@ def add_parser(subparsers: Any) -> None:
                         help="vCPUs the guest booted with (cross-check the load count)")
     parser.add_argument("--guest-count", type=_count, metavar="N",
                         help="processors the guest reports after the adds")
+    parser.add_argument("--adds-during-load", type=_count, metavar="N", default=0,
+                        help="of --adds, how many were in flight when the probe loaded "
+                             "(hotadd run --load-during-adds): the replay may cover them")
     parser.add_argument("--json", action="store_true",
                         help="print the verdict as JSON (schema hotadd.verdict/1)")
     parser.set_defaults(func=run_check)
@@ -56,12 +59,17 @@ def add_parser(subparsers: Any) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     host = None
-    if any(v is not None for v in (args.adds, args.adds_ok, args.boot_cpus, args.guest_count)):
+    if any(v is not None for v in (args.adds, args.adds_ok, args.boot_cpus, args.guest_count)
+           ) or args.adds_during_load:
         if args.adds is not None and args.adds_ok is not None and args.adds_ok > args.adds:
             raise InputError(f"--adds-ok {args.adds_ok} exceeds --adds {args.adds}",
                              "--adds-ok counts the adds expected to succeed, out of --adds")
+        if args.adds_during_load and (args.adds is None or args.adds_during_load > args.adds):
+            raise InputError(f"--adds-during-load {args.adds_during_load} needs --adds at "
+                             "least as large", "give --adds N, the adds the host performed")
         host = HostFacts(adds_performed=args.adds, adds_expected_ok=args.adds_ok,
-                         boot_cpus=args.boot_cpus, guest_count=args.guest_count)
+                         boot_cpus=args.boot_cpus, guest_count=args.guest_count,
+                         adds_during_load=args.adds_during_load)
     # streamed: a file of any size is judged in one pass and bounded memory
     verdict = check(iter_record_file(args.file), Profile(args.profile), host)
     if args.json:

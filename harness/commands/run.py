@@ -115,6 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--method", choices=[m.value for m in HotplugMethod], default="setVcpu")
     t.add_argument("--add-after-unload", action="store_true",
                    help="after unloading the probe, add one more vCPU and expect no record")
+    t.add_argument("--load-during-adds", action="store_true",
+                   help="plug every add first, then load the probe (and --with-module/"
+                        "--with-driver ordered before it) while they are in flight: each add "
+                        "is judged in the replay or as a hot-add, exactly once")
     pr = p.add_argument_group(PROBE_GROUP)
     pr.add_argument("--veto-cpu", type=int, metavar="INDEX",
                     help="processor index whose Start the probe vetoes (an online one: replay)")
@@ -195,7 +199,8 @@ def spec_from_args(args: argparse.Namespace) -> ScenarioSpec:
             add_existing=not args.no_add_existing, veto_index=args.veto_cpu,
             veto_status=(STATUS_INSUFFICIENT_RESOURCES if args.veto_status is None
                          else args.veto_status)),
-        add_after_unload=args.add_after_unload, accelerator=Accelerator(args.accel),
+        add_after_unload=args.add_after_unload, load_during_adds=args.load_during_adds,
+        accelerator=Accelerator(args.accel),
         firmware=Firmware(args.firmware) if args.firmware else None, memory_mib=args.memory,
         libvirt_uri=args.libvirt_uri, run_dir=args.run_dir,
         keep_on_failure=args.keep_on_failure, cold=args.cold, ready_timeout=args.ready_timeout,

@@ -52,12 +52,55 @@ class Context:
     host: HostFacts | None
     replay: list[NotifyRecord] = field(default_factory=list)
     replay_beyond: int = 0  # replay notifies past MAX_REPLAY, not kept
+    first_replay: NotifyRecord | None = None
 
     def keep_replay(self, record: NotifyRecord) -> None:
+        self.first_replay = self.first_replay or record
         if len(self.replay) < MAX_REPLAY:
             self.replay.append(record)
         else:
             self.replay_beyond += 1
+
+    @property
+    def adds_during_load(self) -> int:
+        return self.host.adds_during_load if self.host is not None else 0
+
+    @property
+    def boot_base(self) -> int | None:
+        """The guest's boot vCPUs when the host gave them, else the load count."""
+        if self.host is not None and self.host.boot_cpus is not None:
+            return self.host.boot_cpus
+        return self.marks.boot_count
+
+    @property
+    def replay_ceiling(self) -> int | None:
+        """The most processors the replay may cover: the boot vCPUs plus the adds in flight
+        during the load (replay.active_at_registration), and never less than the load count
+        (a load count beyond that is host.boot_count's finding)."""
+        load, base = self.marks.boot_count, self.boot_base
+        if load is None or base is None:
+            return None
+        return max(load, base + self.adds_during_load)
+
+    @property
+    def active_at_registration(self) -> int | None:
+        """Processors active when the replay ran: its first record's active_count where
+        replay.active_at_registration allows it (load count .. replay_ceiling), else the load
+        count. Processors 0..N-1 are the replay's; a hot-add of one of them is a second
+        sighting (index.unused)."""
+        load, first, ceiling = self.marks.boot_count, self.first_replay, self.replay_ceiling
+        if load is None or first is None or ceiling is None:
+            return load
+        return first.active_count if load <= first.active_count <= ceiling else load
+
+    @property
+    def replay_covered(self) -> int:
+        """Adds the replay covered (online before the register call ran): the processors it
+        ran with beyond the boot vCPUs, never more than were in flight during the load."""
+        base, active = self.boot_base, self.active_at_registration
+        if base is None or active is None or not self.marks.add_existing:
+            return 0
+        return min(max(active - base, 0), self.adds_during_load)
 
     @property
     def replay_veto(self) -> NotifyRecord | None:
@@ -276,6 +319,7 @@ class ReplayCheck(Check):
             yield _hit("replay.none_without_flag", f"{len(replay)} notify record(s) inside a "
                        "register call made without ADD_EXISTING", replay[0])
             return
+        yield from _replay_count(ctx)
         starts = _of(replay, NotifyState.START)
         closes = [r for r in replay if r.state is not NotifyState.START]
         yield from _replay_starts(ctx, starts, closes)
@@ -284,10 +328,28 @@ class ReplayCheck(Check):
                     else _replay_completes(starts, closes))
 
 
+def _replay_count(ctx: Context) -> Iterator[Hit]:
+    load, first, ceiling = ctx.marks.boot_count, ctx.first_replay, ctx.replay_ceiling
+    if load is None or first is None or ceiling is None:
+        return
+    seen = first.active_count
+    if seen < load:
+        yield _hit("replay.active_at_registration", f"the replay ran with {seen} active "
+                   f"processor(s), fewer than the {load} the load record counted",
+                   ctx.marks.load, first)
+    elif seen > ceiling:
+        flight = ctx.adds_during_load
+        yield _hit("replay.active_at_registration", f"the replay ran with {seen} active "
+                   f"processor(s); the load record counted {load}"
+                   + (f" and only {flight} add(s) were in flight during the load, so at most "
+                      f"{ceiling}" if flight else " and no add was in flight during the load")
+                   + ": judged against the load count", ctx.marks.load, first)
+
+
 def _replay_starts(ctx: Context, starts: list[NotifyRecord],
                    closes: list[NotifyRecord]) -> Iterator[Hit]:
     marks = ctx.marks
-    count = marks.boot_count
+    count = ctx.active_at_registration
     seen: dict[int, NotifyRecord] = {}
     for start in starts:
         if start.nt_number in seen:
@@ -295,7 +357,7 @@ def _replay_starts(ctx: Context, starts: list[NotifyRecord],
                        seen[start.nt_number], start)
         elif count is not None and start.nt_number >= count:
             yield _hit("replay.starts", f"Start for nt {start.nt_number}, but only {count} "
-                       "processors were active at load", start)
+                       "processors were active when the replay ran", start)
         seen.setdefault(start.nt_number, start)
     if ctx.replay_veto is None and count is not None and len(seen) < count:
         # count comes from the file (up to 2**32): never build range(count)
@@ -431,7 +493,7 @@ class IndexCheck(Check):
 
     def _boot(self, ctx: Context) -> int:
         if self.boot is None:
-            self.boot = self.lowest = ctx.marks.boot_count or 0
+            self.boot = self.lowest = ctx.active_at_registration or 0
         return self.boot
 
     def _active(self, nt: int) -> bool:
@@ -459,7 +521,11 @@ class IndexCheck(Check):
             return  # past the cap (ProcessorNumberCheck says so): not tracked
         if self._active(nt):
             self.in_flight[nt] = r
-            yield _hit("index.unused", f"hot-add Start for nt {nt}, which is already active", r)
+            load = ctx.marks.boot_count
+            twice = (" (the replay had it: an add seen twice)"
+                     if load is not None and load <= nt < (self.boot or 0) else "")
+            yield _hit("index.unused", f"hot-add Start for nt {nt}, which is already "
+                       f"active{twice}", r)
             return
         free = self._first_free()
         if nt in self.in_flight and nt < free:  # its own earlier Start, cut short: free again
@@ -547,6 +613,7 @@ class CountCheck(Check):
         self.previous: Record | None = None
         self.last: int | None = None
         self.completed = 0
+        self.registered: tuple[int | None] | None = None  # active_at_registration, once known
 
     def record(self, ctx: Context, r: Record, where: Section | None) -> Iterator[Hit]:
         if not isinstance(r, NotifyRecord) or where is Section.AFTER_END:
@@ -554,6 +621,10 @@ class CountCheck(Check):
         boot = ctx.marks.boot_count
         if not self.started:
             self.started, self.previous, self.last = True, ctx.marks.load, boot
+        if ctx.first_replay is not None:  # from the replay on: what it ran with
+            if self.registered is None:  # fixed once the replay began: computed once
+                self.registered = (ctx.active_at_registration,)
+            boot = self.registered[0]
         if self.last is not None and r.active_count < self.last:
             yield _hit("count.never_decreases", f"active_count drops from {self.last} to "
                        f"{r.active_count}", self.previous, r)
@@ -564,7 +635,7 @@ class CountCheck(Check):
         want = boot + self.completed
         if r.active_count != want:
             yield _hit("count.grows", f"{_nt(r)} saw active_count {r.active_count}, expected "
-                       f"{want} (load count {boot} + {self.completed} hot-add "
+                       f"{want} ({boot} at registration + {self.completed} hot-add "
                        "Complete(s) so far)", r)
 
 
@@ -617,23 +688,29 @@ class HostCheck(Check):
         host, marks = ctx.host, ctx.marks
         if host is None:
             return
-        if host.adds_performed is not None and self.starts != host.adds_performed:
-            yield _hit("host.adds", f"{self.starts} hot-add Start(s) for {host.adds_performed} "
-                       "vCPU add(s) on the host", self.first_start)
-        if host.adds_expected_ok is not None and self.completes != host.adds_expected_ok:
-            yield _hit("host.completes", f"{self.completes} hot-add Complete(s), the host "
-                       f"expected {host.adds_expected_ok}", self.first_complete)
-        if host.boot_cpus is not None and marks.load is not None and (
-                marks.boot_count != host.boot_cpus):
-            yield _hit("host.boot_count", f"the probe saw {marks.boot_count} active "
-                       f"processor(s) at load, the guest booted with {host.boot_cpus}",
-                       marks.load)
+        covered = ctx.replay_covered  # adds seen in the replay (--load-during-adds)
+        also = f" + {covered} in the replay" if covered else ""
+        if host.adds_performed is not None and self.starts + covered != host.adds_performed:
+            yield _hit("host.adds", f"{self.starts} hot-add Start(s){also} for "
+                       f"{host.adds_performed} vCPU add(s) on the host", self.first_start)
+        if host.adds_expected_ok is not None and (
+                self.completes + covered != host.adds_expected_ok):
+            yield _hit("host.completes", f"{self.completes} hot-add Complete(s){also}, the "
+                       f"host expected {host.adds_expected_ok}", self.first_complete)
+        boot = marks.boot_count
+        if host.boot_cpus is not None and boot is not None and not (
+                host.boot_cpus <= boot <= host.boot_cpus + host.adds_during_load):
+            flight = (f" (+ up to {host.adds_during_load} in flight during the load)"
+                      if host.adds_during_load else "")
+            yield _hit("host.boot_count", f"the probe saw {boot} active processor(s) at load, "
+                       f"the guest booted with {host.boot_cpus}{flight}", marks.load)
         if host.guest_count is not None:
-            base = host.boot_cpus if host.boot_cpus is not None else marks.boot_count
-            if base is not None and base + self.completes != host.guest_count:
-                yield _hit("host.final_count", f"{base} boot + {self.completes} added = "
-                           f"{base + self.completes}, but the guest reports "
-                           f"{host.guest_count}", self.last_complete)
+            base = ctx.boot_base
+            if base is not None and base + covered + self.completes != host.guest_count:
+                total = base + covered + self.completes
+                yield _hit("host.final_count", f"{base} boot{also} + {self.completes} "
+                           f"added = {total}, but the guest reports {host.guest_count}",
+                           self.last_complete)
 
 
 #: The checks, in reporting order (ties in seq keep this order). Each run gets fresh instances.

@@ -13,12 +13,17 @@ class HostFacts:
     adds_expected_ok: of those, how many the scenario expects the guest to complete (not vetoed).
     boot_cpus: vCPUs online when the guest booted (and the probe loaded).
     guest_count: processors the guest reports after the adds (from a fresh process).
+    adds_during_load: of adds_performed, how many the host had started when the probe loaded
+      (`hotadd run --load-during-adds`): each may have come online before the register call
+      ran, and is then seen in the replay instead of as a hot-add. 0: none was in flight, so
+      the replay covers exactly the processors the load record counted.
     """
 
     adds_performed: int | None = None
     adds_expected_ok: int | None = None
     boot_cpus: int | None = None
     guest_count: int | None = None
+    adds_during_load: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -30,3 +35,5 @@ class HostFacts:
         if (self.adds_performed is not None and self.adds_expected_ok is not None
                 and self.adds_expected_ok > self.adds_performed):
             raise ValueError("HostFacts.adds_expected_ok cannot exceed adds_performed")
+        if self.adds_performed is not None and self.adds_during_load > self.adds_performed:
+            raise ValueError("HostFacts.adds_during_load cannot exceed adds_performed")

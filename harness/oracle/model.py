@@ -80,6 +80,11 @@ class ProtocolModel:
     group_size: processors per group for (group, number) (Windows: up to 64).
     hotadds_in_window: how many of the hot-adds land in the registration window: after the
       replay, on another thread, before the register call returned (so before `registered`).
+    adds_during_load: how many of the hot-adds the host had started when the probe loaded
+      (`hotadd run --load-during-adds`; HostFacts.adds_during_load).
+    replayed_adds: of those, how many came online between the load record and the register
+      call: the first ones, replayed with the `existing` processors (the load record still
+      counts `existing`), never notified as hot-adds.
     """
 
     existing: int = 1
@@ -95,6 +100,8 @@ class ProtocolModel:
     group_size: int = 64
     step_ns: int = 1_000
     hotadds_in_window: int = 0
+    adds_during_load: int = 0
+    replayed_adds: int = 0
 
     def __post_init__(self) -> None:
         _require(self.existing >= 1, "at least one processor is active at load")
@@ -117,8 +124,13 @@ class ProtocolModel:
             _require(self.existing + len(self.hotadds) <= 256,
                      "the Linux probe writes the CPU id as number, which the format caps at 255")
         _require(self.replay_irql in (0, APC_LEVEL), "replay_irql is 0 or APC_LEVEL")
-        _require(0 <= self.hotadds_in_window <= len(self.hotadds),
-                 "hotadds_in_window counts some of the hot-adds")
+        _require(0 <= self.hotadds_in_window <= len(self.hotadds) - self.replayed_adds,
+                 "hotadds_in_window counts some of the hot-adds the replay did not cover")
+        _require(0 <= self.replayed_adds <= self.adds_during_load <= len(self.hotadds),
+                 "replayed_adds <= adds_during_load <= the hot-adds")
+        _require(not self.replayed_adds or (self.add_existing and all(
+            add.completes for add in self.hotadds[:self.replayed_adds])),
+                 "a replayed add came online: it needs add_existing and no veto or failure")
 
     @property
     def completed_adds(self) -> int:
@@ -127,7 +139,8 @@ class ProtocolModel:
     def host_facts(self) -> HostFacts:
         """The host-side counts of the modelled run, for `check(..., host=...)`."""
         return HostFacts(adds_performed=len(self.hotadds), adds_expected_ok=self.completed_adds,
-                         boot_cpus=self.existing, guest_count=self.existing + self.completed_adds)
+                         boot_cpus=self.existing, guest_count=self.existing + self.completed_adds,
+                         adds_during_load=self.adds_during_load)
 
     def records(self) -> list[Record]:
         """The records a correct probe writes for this run, seq 1.. and t_ns from 0."""
@@ -144,9 +157,11 @@ class ProtocolModel:
         if not self._replay(w):
             w.driver(DriverEvent.REGISTER_FAILED, status=self.replay_veto_status)
         else:
-            active = self._hotadds(w, self.hotadds[:self.hotadds_in_window], self.existing)
+            later = self.hotadds[self.replayed_adds:]
+            active = self._hotadds(w, later[:self.hotadds_in_window],
+                                   self.existing + self.replayed_adds)
             w.driver(DriverEvent.REGISTERED)
-            self._hotadds(w, self.hotadds[self.hotadds_in_window:], active)
+            self._hotadds(w, later[self.hotadds_in_window:], active)
             if self.deregister:
                 w.driver(DriverEvent.DEREGISTERED)
         if self.unload:
@@ -161,7 +176,7 @@ class ProtocolModel:
         """Write the registration replay; False when it was vetoed."""
         if not self.add_existing:
             return True
-        n, irql, replay = self.existing, self.replay_irql, Phase.REPLAY
+        n, irql, replay = self.existing + self.replayed_adds, self.replay_irql, Phase.REPLAY
         veto = self.replay_veto_at
         for nt in range(n if veto is None else veto + 1):
             w.notify(NotifyState.START, replay, nt, n, irql=irql,

@@ -85,9 +85,17 @@ RULES: tuple[Rule, ...] = (
     Rule("replay.none_without_flag",
          "without KE_PROCESSOR_CHANGE_ADD_EXISTING the register call delivers no notify",
          Source.DOC, _F),
+    Rule("replay.active_at_registration",
+         "the replay runs with the load record's active_count; more only by hot-adds the host "
+         "had in flight during the load (HostFacts.adds_during_load), at most that many: each "
+         "came online before the register call and belongs to the replay", Source.RE, _W,
+         linux=(_F, "the load record and cpus_read_lock() are microseconds apart, and a "
+                "cpu_up() in flight holds cpus_write_lock() until the CPU is online")),
     Rule("replay.starts",
          "with ADD_EXISTING the replay gives Start to distinct active processors, all before any "
-         "Complete; without a veto to every one of the N active at load", Source.DOC, _F),
+         "Complete; without a veto to every one of the N active when it ran (the load count, "
+         "or the replay's own count when replay.active_at_registration allows it)",
+         Source.DOC, _F),
     Rule("replay.ascending", "the replay visits processors in ascending nt_number 0..N-1",
          Source.RE, _W,
          linux=(_F, "cpuhp_setup_state() walks for_each_present_cpu(), which ascends")),
@@ -152,14 +160,18 @@ RULES: tuple[Rule, ...] = (
          Source.FORMAT, _F, profiles=_LINUX_ONLY),
     Rule("notify.after_end",
          "no notify after deregistered, register_failed or unload", Source.DOC, _F),
-    Rule("host.adds", "hot-add Starts == vCPU adds the host performed", Source.DOC, _F),
-    Rule("host.completes", "hot-add Completes == adds the host expected to succeed",
+    Rule("host.adds",
+         "hot-add Starts == vCPU adds the host performed, less those the replay covered (added "
+         "during the load, online before the register call)", Source.DOC, _F),
+    Rule("host.completes",
+         "hot-add Completes == adds the host expected to succeed, less those the replay covered",
          Source.DOC, _F),
-    Rule("host.boot_count", "the load record's active_count == the guest's boot vCPUs",
-         Source.DOC, _F),
+    Rule("host.boot_count",
+         "the load record's active_count == the guest's boot vCPUs (plus at most the adds in "
+         "flight during the load)", Source.DOC, _F),
     Rule("host.final_count",
-         "boot vCPUs + hot-add Completes == the processor count the guest reports", Source.DOC,
-         _F),
+         "boot vCPUs + adds the replay covered + hot-add Completes == the processor count the "
+         "guest reports", Source.DOC, _F),
 )
 
 RULES_BY_ID: Mapping[str, Rule] = {rule.id: rule for rule in RULES}

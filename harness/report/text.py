@@ -32,6 +32,8 @@ def render_adds(result: RunResult) -> str:
 def render_result(result: RunResult) -> str:
     """Adds, verdict with findings, failed host checks, timings, error and outcome."""
     parts = [render_adds(result)]
+    if result.load_window is not None:
+        parts.append(result.load_window.describe())
     if result.verdict is not None:
         parts.append(render_verdict(result.verdict))
     if result.driver is not None:

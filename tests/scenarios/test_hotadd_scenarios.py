@@ -82,3 +82,15 @@ def test_unload_then_add(hotadd_probe: LoadedProbe, hotadd: HotaddHelper,
     assert result.passed, hotadd.explain(result)
     assert [r.phase for r in hotadd.notifies(result)].count(Phase.HOTADD) == 2  # 1 add only
     assert hotadd_guest.processor_count() == hotadd.boot_vcpus + 2
+
+
+@pytest.mark.hotadd_vcpus(free=2)
+def test_load_during_adds(hotadd: HotaddHelper, hotadd_guest: Guest) -> None:
+    """Both adds plugged, then the probe loaded while the guest brings them online: each add
+    is seen once, in the replay or as a hot-add (`result.load_window` says which)."""
+    result = hotadd.run(adds=2, load_during_adds=True)
+    assert result.passed, hotadd.explain(result)
+    window = result.load_window
+    assert window is not None
+    assert window.replayed + window.hotadd_in_window + window.hotadd_after == 2
+    assert hotadd_guest.processor_count() == hotadd.boot_vcpus + 2

@@ -112,3 +112,22 @@ def test_host_cross_checks_from_flags() -> None:
     assert set(finding) == {"rule_id", "severity", "source", "statement", "message", "seqs"}
     assert finding["severity"] == "fail" and finding["seqs"] == [7]
     assert "2 hot-add Start(s) for 3 vCPU add(s)" in finding["message"]
+
+
+def test_adds_during_load_from_flags(tmp_path: Path) -> None:
+    """A linux trace where one of two adds came online before the register call: judged as
+    such with --adds-during-load, a failure without it."""
+    from harness.oracle.model import HotAdd, ProtocolModel
+    from harness.records import dump_records
+
+    model = ProtocolModel(existing=2, hotadds=(HotAdd(), HotAdd()), adds_during_load=2,
+                          replayed_adds=1)
+    trace = tmp_path / "records.jsonl"
+    trace.write_text(dump_records(model.records()))
+    counts = ("--adds", "2", "--boot-cpus", "2", "--guest-count", "4")
+    assert hotadd_check(trace, *counts, "--adds-during-load", "2").returncode == 0
+    strict = hotadd_check("--json", trace, *counts)
+    assert strict.returncode == 1
+    assert "host.adds" in {f["rule_id"] for f in as_json(strict)["findings"]}
+    refused = hotadd_check(trace, "--adds-during-load", "2")
+    assert refused.returncode == 2 and "--adds" in refused.stderr

@@ -426,3 +426,22 @@ def test_a_cases_properties_read_back_typed() -> None:
     assert got.adds == (AddLatency(1, "-", "19.6", "-"), AddLatency(2, "complete", "-", "-"),
                         AddLatency(10, "-", "-", "5.0"))
     assert read_properties([]).outcome is None
+
+
+def test_a_matrix_scenario_takes_the_key(tmp_path: Path) -> None:
+    m = load_matrix(matrix_file(tmp_path, """
+        [groups.g]
+        [[groups.g.scenario]]
+        name = "racing"
+        adds = 2
+        load-during-adds = true
+        """))
+    assert [c.spec.load_during_adds for c in m.cases] == [True]
+    with pytest.raises(InputError, match="--load-during-adds with no add"):
+        load_matrix(matrix_file(tmp_path, """
+            [groups.g]
+            [[groups.g.scenario]]
+            name = "none"
+            adds = 0
+            load-during-adds = true
+            """))

@@ -6,6 +6,8 @@ bounded number of examples; the whole file takes a few seconds on 2 cores.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +61,7 @@ def models(draw: st.DrawFn, *, veto_failure_optional: bool = False) -> ProtocolM
         hotadds = tuple(draw(st.lists(HOTADDS, max_size=6)))
         deregister = draw(st.booleans())
         unload = deregister and draw(st.booleans())
-    return ProtocolModel(
+    model = ProtocolModel(
         existing=existing, add_existing=add_existing, replay_veto_at=veto_at,
         replay_veto_status=draw(ERRORS), hotadds=hotadds, deregister=deregister, unload=unload,
         profile=profile,
@@ -68,6 +70,13 @@ def models(draw: st.DrawFn, *, veto_failure_optional: bool = False) -> ProtocolM
         group_size=draw(st.sampled_from([64, 4, 1])) if windows else 64,
         step_ns=draw(st.integers(min_value=1, max_value=10**6)),
     )
+    # --load-during-adds: some adds in flight at load, the first completing ones replayed, a
+    # later one in the registration window (drawn last: the draws above keep their examples)
+    during = draw(st.integers(0, len(hotadds))) if add_existing else 0
+    leading = next((i for i, a in enumerate(hotadds) if not a.completes), len(hotadds))
+    replayed = draw(st.integers(0, min(during, leading)))
+    return replace(model, adds_during_load=during, replayed_adds=replayed,
+                   hotadds_in_window=draw(st.integers(0, len(hotadds) - replayed)))
 
 
 def failing_rules(records: list[Record], model: ProtocolModel) -> set[str]:

@@ -111,6 +111,9 @@ def interleaved() -> list[Record]:
 
 
 WINDOW_ADD = ProtocolModel(existing=2, hotadds=(HotAdd(),), hotadds_in_window=1)
+# --load-during-adds: the first add came online before the register call (replayed)
+LOAD_DURING = ProtocolModel(existing=2, hotadds=(HotAdd(), HotAdd()), adds_during_load=2,
+                            replayed_adds=1, profile=L)
 
 
 def hotadd_inside_the_replay() -> list[Record]:
@@ -198,6 +201,9 @@ CASES = (
     Case("phase.label", lambda: at(TWO_ADDS.records(), nt(COMPLETE, HOTADD), phase=REPLAY),
          TWO_ADDS.records),
     Case("replay.not_interleaved", hotadd_inside_the_replay, WINDOW_ADD.records),
+    Case("replay.active_at_registration", LOAD_DURING.records, LOAD_DURING.records,
+         profile=L, host=facts(LOAD_DURING, adds_during_load=0),
+         passing_host=LOAD_DURING.host_facts()),
     Case("replay.none_without_flag",
          lambda: at(TWO_ADDS.records(), ev(DriverEvent.LOAD), flags=0), NO_FLAG.records),
     Case("replay.starts", lambda: drop(drop(TWO_ADDS.records(), nt(START, REPLAY, 1)),

@@ -48,6 +48,14 @@ def refused(*args: str, cwd_run_dir: Path) -> str:
      "add --guest windows"),
     (("--driver", "/x.sys", "--image", "/y"), "--image and --driver are for --guest windows",
      "leave --image and --driver out"),
+    (("--load-during-adds", "--adds", "0"), "--load-during-adds with no add",
+     "give --adds N (at least 1)"),
+    (("--load-during-adds", "--no-add-existing"), "an add that comes online before the "
+     "register call is then seen nowhere", "drop --no-add-existing or --load-during-adds"),
+    (("--load-during-adds", "--veto-cpu", "0"), "a replay veto fails the register call",
+     "drop --veto-cpu or --load-during-adds"),
+    (("--load-during-adds", "--veto-cpu", "2"), "depends on timing, not on the options",
+     "drop --veto-cpu or --load-during-adds"),
 ])
 def test_bad_option_is_refused_before_anything_starts(tmp_path: Path, args: tuple[str, ...],
                                                       problem: str, fix: str) -> None:
