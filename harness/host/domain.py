@@ -314,8 +314,11 @@ def _disks(devices: ET.Element, spec: DomainSpec) -> None:
 
 
 def _serial(devices: ET.Element, spec: DomainSpec) -> None:
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=str(spec.serial_log), append="off")
+    """A pty serial port: hotadd reads it through libvirt's console stream into
+    `spec.serial_log` (`harness.host.console.ConsoleStream`), on a local or a remote host alike.
+    libvirt's QEMU driver opens a console only on a pty ("character device ... is not using a
+    PTY", qemuDomainOpenConsole; https://libvirt.org/formatdomain.html#consoles-serial-parallel-channel-devices)."""
+    serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
 
 
