@@ -265,7 +265,8 @@ class Machine:
             if host.remote:
                 caps = remote.host_caps(conn)
                 placed = remote.place(host, spec, scratch, caps)
-                spec, xml = placed.local, to_xml(placed.host, caps.emulator)
+                spec = placed.spec
+                xml = to_xml(spec, caps.emulator)
             else:
                 xml = to_xml(spec)
         except BaseException:
