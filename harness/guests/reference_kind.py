@@ -21,7 +21,7 @@ from harness.guests.base import (
     blaming_the_guest,
 )
 from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, GuestOS
-from harness.host.machine import Machine, free_port
+from harness.host.machine import Machine
 from harness.progress import Progress
 from harness.transport.base import Transport
 from harness.transport.ssh import SshTransport
@@ -145,7 +145,7 @@ class ReferenceKind(GuestKind):
             serial_log=hw.run_dir / "serial.log",
             memory_mib=hw.memory_mib or self.default_memory_mib,
             accelerator=hw.accelerator, direct_boot=boot,
-            forwards=(Forward(guest_port=22, host_port=free_port()),), planned=planned,
+            forwards=(Forward(guest_port=22),), planned=planned,
         )
 
     def console_record(self, line: str) -> str | None:

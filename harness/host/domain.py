@@ -178,10 +178,14 @@ class Cdrom:
 
 @dataclass(frozen=True)
 class Forward:
-    """A TCP forward from 127.0.0.1:host_port to the guest's guest_port (never another address)."""
+    """A TCP forward from 127.0.0.1:host_port to the guest's guest_port (never another address).
+
+    host_port 0 (the default): QEMU's user-mode network binds a port the kernel picks when QEMU
+    starts, so nothing can take it between a choice and QEMU's bind, as a port found free
+    beforehand could be; `Machine.forwarded_port()` says which port it got."""
 
     guest_port: int
-    host_port: int
+    host_port: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +48,7 @@ from harness.host.domain import (
     NAME_PREFIX,
     QEMU_NS,
     DomainSpec,
+    Forward,
     qemu_netdev_args,
     to_xml,
 )
@@ -88,12 +89,22 @@ def run_name(label: str) -> str:
     return f"{NAME_PREFIX}{safe}-{secrets.token_hex(4)}"
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the only address guests are ever forwarded to)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+#: A forward in QEMU's `info usernet` (libslirp's slirp_connection_info, src/misc.c: protocol
+#: and state, fd, source address and port, destination address and port, queues); a forward's
+#: source is the host side. The only way QEMU reports a hostfwd's port (no QMP command does).
+_USERNET_FORWARD = re.compile(
+    r"TCP\[HOST_FORWARD\]\s+-?\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)")
+
+
+def bound_forwards(usernet: str, wanted: Sequence[Forward]) -> tuple[Forward, ...]:
+    """`wanted` with the host ports QEMU bound, from its `info usernet` text."""
+    bound = {int(guest): int(host) for host, guest in _USERNET_FORWARD.findall(usernet)}
+    missing = [f.guest_port for f in wanted if f.guest_port not in bound]
+    if missing:
+        raise DomainError(f"QEMU reports no host forward to guest port(s) {missing}; its "
+                          f"'info usernet' says: {usernet.strip()!r}",
+                          "report it with the run's domain.xml and QEMU's version")
+    return tuple(Forward(f.guest_port, bound[f.guest_port]) for f in wanted)
 
 
 class HotplugMethod(enum.Enum):
@@ -288,7 +299,9 @@ class Machine:
             raise
         machine = cls(conn, spec, scratch, dom, events, console, host)
         interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
-        xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
+        with machine.closed_on_error():
+            machine.learn_forwards()
+            xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults
         return machine
 
     @classmethod
@@ -326,8 +339,30 @@ class Machine:
             copy.unlink(missing_ok=True)  # QEMU has read it all once the restore returns
         machine = cls(conn, spec, scratch, dom, events, console)
         interrupts.own(spec.name, f"domain {spec.name} (QEMU restored) and scratch dir {scratch}")
-        (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
+        with machine.closed_on_error():
+            machine.learn_forwards()
+            (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
         return machine
+
+    @contextlib.contextmanager
+    def closed_on_error(self) -> Iterator[None]:
+        """Tear the machine down if the block fails (its caller never gets it)."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def learn_forwards(self) -> None:
+        """Put the host ports QEMU bound for the spec's forwards into `spec` (a forward asks
+        for port 0, and each QEMU, started or restored, binds its own; see `Forward`)."""
+        if not self.spec.forwards:
+            return
+        usernet = self._call(lambda: libvirt_qemu.qemuMonitorCommand(
+            self.dom, "info usernet", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP),
+            "info usernet", CALL_TIMEOUT_S)
+        self.spec = dataclasses.replace(self.spec,
+                                        forwards=bound_forwards(usernet, self.spec.forwards))
 
     def close(self) -> None:
         """Destroy the domain and remove the scratch dir, unless `keep` is set. Idempotent."""
@@ -429,6 +464,7 @@ class Machine:
         self._qemu_pid_known = False  # a new QEMU
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
         self.health.watch(serial_log)
+        self.learn_forwards()
 
     def writable_files(self) -> list[Path]:
         """Files the guest writes (disk overlays, NVRAM): a saved state needs their copies."""

@@ -5,9 +5,10 @@ On this machine hotadd reads the accelerator, emulator and firmware from the fil
 come from libvirt's domain capabilities (`virConnectGetDomainCapabilities`,
 https://libvirt.org/formatdomaincaps.html) and the host's own /proc/cpuinfo. `place` turns a
 guest kind's domain spec (local paths) into the host's: input files staged by content
-(`harness.host.staging`) and the NIC's forwards on ports free on the host's 127.0.0.1 (the
-transports reach them over the host's SSH). The serial console needs no file there: it comes
-over libvirt's connection into the local run directory (`harness.host.console.ConsoleStream`).
+(`harness.host.staging`); the NIC's forwards are on ports its QEMU binds on the host's
+127.0.0.1 (`Forward`; the transports reach them over the host's SSH). The serial console needs
+no file there: it comes over libvirt's connection into the local run directory
+(`harness.host.console.ConsoleStream`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from harness.host.domain import (
     DirectBoot,
     DomainSpec,
     Firmware,
-    Forward,
     GuestOS,
 )
 from harness.host.target import (
@@ -142,8 +142,7 @@ def place(target: HostTarget, spec: DomainSpec, scratch: Path, caps: HostCaps) -
         raise InputError("a writable disk would be the host's shared staged copy",
                          "give the guest an overlay in the run's scratch dir")
     cdroms = tuple(dataclasses.replace(c, path=moved.get(c.path, c.path)) for c in spec.cdroms)
-    forwards = tuple(Forward(f.guest_port, target.free_port()) for f in spec.forwards)
     placed = dataclasses.replace(spec, direct_boot=boot, disks=disks, cdroms=cdroms,
-                                 forwards=forwards, remote=True)
+                                 remote=True)
     return Placement(placed, tuple(staged))
 

@@ -353,3 +353,27 @@ def test_saved_xml_takes_the_runs_disk_cdrom_and_nvram_paths(tmp_path: Path) -> 
     for name in ("disk0.qcow2", "driver.iso", "OVMF_VARS.fd"):
         assert str(runner.scratch / name) in xml
     assert "127.0.0.1:40777-:5985" in xml
+
+
+# --- forwards: the host ports QEMU bound ------------------------------------------------------
+
+#: `info usernet` as QEMU 7.2 prints it for `-netdev user,hostfwd=tcp:127.0.0.1:0-:22`, with a
+#: connection through the forward.
+USERNET = """Hub -1 (hotaddnet0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[HOST_FORWARD]  14       127.0.0.1 37573       10.0.2.15    22     0     0
+  TCP[ESTABLISHED]   17       10.0.2.15 22           10.0.2.2 51200     0     0
+"""
+
+
+def test_the_forwards_get_the_ports_qemu_reports() -> None:
+    from harness.host.machine import bound_forwards
+
+    assert bound_forwards(USERNET, [Forward(22)]) == (Forward(22, 37573),)
+
+
+def test_a_forward_qemu_does_not_report_is_an_error_naming_it() -> None:
+    from harness.host.machine import bound_forwards
+
+    with pytest.raises(DomainError, match=r"guest port\(s\) \[5985\]"):
+        bound_forwards(USERNET, [Forward(5985)])
