@@ -5,6 +5,7 @@ restored guest's console is attached again."""
 from __future__ import annotations
 
 import re
+import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +66,5 @@ def test_a_restored_guest_is_read_through_a_new_stream(guest: Machine, tmp_path:
     plugged = guest.hotadd()
     guest.wait_serial(re.escape(reference.CPU_ONLINE_LINE.format(cpu=plugged.libvirt_id)), 60)
     assert guest.spec.serial_log == restored_log
+    # the restored QEMU bound its own forward; the machine knows which port (a listener there)
+    socket.create_connection(("127.0.0.1", guest.forwarded_port(22)), timeout=30).close()
