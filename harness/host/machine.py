@@ -437,7 +437,8 @@ class Machine:
     def restore(self, saved: Path, serial_log: Path) -> None:
         """Start again from the state `save` wrote to `saved`. The serial console goes to
         `serial_log`, which starts as a copy of the boot console (so markers printed while
-        booting, like a guest's ready line, are still there) and is appended to."""
+        booting, like a guest's ready line, are still there) and is appended to by a new
+        console stream, attached while the restored domain is still paused."""
         self._local_only("restoring a saved guest")
         self.stop()
         for disk in self.writable_files():
