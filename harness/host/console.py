@@ -77,19 +77,18 @@ class ConsoleStream:
         self.error: str | None = None  # why the stream ended early, if it did
         self._ended = threading.Event()
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by _end()
-        stream = dom.connect().newStream(libvirt.VIR_STREAM_NONBLOCK)
+        stream = self._stream = dom.connect().newStream(libvirt.VIR_STREAM_NONBLOCK)
         try:
-            # FORCE takes the console from a stale session; SAFE refuses rather than share it
-            # (two readers would each get part of the output)
+            # FORCE takes the console from a stale session; SAFE opens it only where libvirt
+            # keeps it exclusive (two readers would each get part of the output)
             dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE
                             | libvirt.VIR_DOMAIN_CONSOLE_SAFE)
-            stream.eventAddCallback(_EVENTS, self._on_event, None)
+            stream.eventAddCallback(_EVENTS, self._on_event, None)  # may fire at once
         except BaseException:
             with contextlib.suppress(libvirt.libvirtError):
                 stream.abort()
             self._file.close()
             raise
-        self._stream = stream
 
     @property
     def ended(self) -> bool:
