@@ -122,7 +122,7 @@ def _planned_remote_xml(spec: ScenarioSpec, kind: GuestKind, domain: str, uri: s
                        if spec.accelerator is Accelerator.AUTO else spec.accelerator)
         hw = _planned_hardware(spec, domain, accelerator, target)
         placed = remote.planned_placement(target, kind.planned_spec(hw), hw.scratch, caps)
-        return to_xml(placed.host, caps.emulator)
+        return to_xml(placed.spec, caps.emulator)
     finally:
         target.close()
 

@@ -11,9 +11,10 @@ key covers everything that shapes the saved state:
   kind names in `warm_inputs()`); files in the run's scratch are the run's own and left out;
 - the hotadd, libvirt and QEMU versions.
 
-What a save image cannot carry is rebuilt per run (`Machine.resume`): the serial console file,
-the NIC's 127.0.0.1 forwards (QEMU command-line arguments, not device state: checked here with
-libvirt 9.0 + QEMU 7.2, a restore with another hostfwd port answers SSH on the new port),
+What a save image cannot carry is rebuilt per run (`Machine.resume`): the serial console's
+stream (attached while the restored domain is paused) into the run's serial log, the NIC's
+127.0.0.1 forwards (QEMU command-line arguments, not device state: each restored QEMU binds a
+port of its own and the run reads it back, `harness.host.domain.Forward`),
 disk/NVRAM copies in the run's own scratch directory, the owner metadata, and the domain's name
 and UUID: every restore runs under its own run name (libvirt refuses a rename through the
 restore's XML, so `harness.host.saveimage` restores a per-run copy of the image whose header

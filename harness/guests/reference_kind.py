@@ -22,7 +22,7 @@ from harness.guests.base import (
     blaming_the_guest,
 )
 from harness.host.domain import DirectBoot, DomainSpec, Firmware, Forward, GuestOS
-from harness.host.machine import Machine, free_port
+from harness.host.machine import Machine
 from harness.oracle import Profile as OracleProfile
 from harness.progress import Progress
 from harness.transport.base import Transport
@@ -168,7 +168,7 @@ class ReferenceKind(GuestKind):
             serial_log=hw.run_dir / "serial.log",
             memory_mib=hw.memory_mib or self.default_memory_mib,
             accelerator=hw.accelerator, direct_boot=boot,
-            forwards=(Forward(guest_port=22, host_port=free_port()),), planned=planned,
+            forwards=(Forward(guest_port=22),), planned=planned,
         )
 
     def console_record(self, line: str) -> str | None:

@@ -76,7 +76,7 @@ from harness.host.domain import (
     VcpuPlan,
     to_xml,
 )
-from harness.host.machine import Machine, check_system_qemu_can_reach, free_port, run_name
+from harness.host.machine import Machine, check_system_qemu_can_reach, run_name
 from harness.host.sweep import sweep
 from harness.host.target import is_remote_uri
 from harness.progress import Progress, throttled
@@ -318,6 +318,10 @@ class Installer:
     def screenshot(self, path: Path) -> Path | None:
         return self.machine.screenshot(path)
 
+    def winrm_port(self) -> int:
+        """The host port QEMU forwards to the installer's WinRM (it picked it: `Forward`)."""
+        return self.machine.forwarded_port(WINRM_GUEST_PORT)
+
     def vnc_port(self) -> int | None:
         """The VNC port libvirt picked (autoport), from the live domain XML."""
         root = ET.fromstring(self.machine.dom.XMLDesc(0))
@@ -336,7 +340,7 @@ class Installer:
 
 
 def start_installer(spec: ImageBuildSpec, accelerator: Accelerator, disk: Path, prov_iso: Path,
-                    nvram: Path | None, port: int) -> Installer:
+                    nvram: Path | None) -> Installer:
     """Boot the installer domain: Windows ISO first, provisioning ISO, the new disk (SATA:
     Windows' inbox AHCI driver, so booting never depends on virtio drivers)."""
     conn = open_connection(spec.libvirt_uri)
@@ -344,7 +348,7 @@ def start_installer(spec: ImageBuildSpec, accelerator: Accelerator, disk: Path, 
         sweep(conn)
         name = run_name("winimage")
         scratch = storage.run_scratch(name)
-        dom_spec = installer_spec(spec, name, accelerator, disk, prov_iso, nvram, port)
+        dom_spec = installer_spec(spec, name, accelerator, disk, prov_iso, nvram)
         return Installer(Machine.start(conn, dom_spec, scratch), conn, disk)
     except BaseException:
         conn.close()
@@ -352,8 +356,7 @@ def start_installer(spec: ImageBuildSpec, accelerator: Accelerator, disk: Path, 
 
 
 def installer_spec(spec: ImageBuildSpec, name: str, accelerator: Accelerator, disk: Path,
-                   prov_iso: Path, nvram: Path | None, port: int,
-                   planned: bool = False) -> DomainSpec:
+                   prov_iso: Path, nvram: Path | None, planned: bool = False) -> DomainSpec:
     """The installer domain: Windows ISO first, provisioning ISO, the new disk on SATA."""
     return DomainSpec(
         name=name, guest_os=GuestOS.WINDOWS,
@@ -362,7 +365,7 @@ def installer_spec(spec: ImageBuildSpec, name: str, accelerator: Accelerator, di
         firmware=spec.firmware, accelerator=accelerator, nvram=nvram,
         disks=(Disk(disk, bus=DiskBus.SATA),),
         cdroms=(Cdrom(spec.windows_iso.resolve()), Cdrom(prov_iso)),
-        forwards=(Forward(guest_port=5985, host_port=port),),
+        forwards=(Forward(guest_port=WINRM_GUEST_PORT),),
         metadata={"purpose": "windows image build"}, vnc=spec.vnc, planned=planned,
     )
 
@@ -375,11 +378,13 @@ def planned_installer_xml(spec: ImageBuildSpec) -> str:
     nvram = work / "OVMF_VARS.fd" if spec.firmware is Firmware.UEFI else None
     return to_xml(installer_spec(spec, run_name("winimage"), accelerator,
                                  spec.output.with_name(spec.output.name + ".partial"),
-                                 work / "provision.iso", nvram, free_port(), planned=True))
+                                 work / "provision.iso", nvram, planned=True))
 
 
-InstallerFactory = Callable[[ImageBuildSpec, Accelerator, Path, Path, "Path | None", int],
-                            Installer]
+#: WinRM over HTTP, which the provisioning enables in the guest.
+WINRM_GUEST_PORT = 5985
+
+InstallerFactory = Callable[[ImageBuildSpec, Accelerator, Path, Path, "Path | None"], Installer]
 
 
 def build_image(spec: ImageBuildSpec, progress: Progress,
@@ -427,21 +432,20 @@ def build_image(spec: ImageBuildSpec, progress: Progress,
         if spec.firmware is Firmware.UEFI:
             nvram = work / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, nvram)
-        port = free_port()
         spec.logs.mkdir(parents=True, exist_ok=True)
-        installer = start(spec, accelerator, partial, prov_iso, nvram, port)
+        installer = start(spec, accelerator, partial, prov_iso, nvram)
         shots = Screenshots(installer.screenshot, spec.logs / "screens", spec.screenshot_every)
         try:
             if spec.vnc:
                 _announce_vnc(installer, progress)
             shots.start()
             watch = DiskWatch(installer.disk_allocated, spec.timeouts.stall)
-            facts = _install_and_verify(spec, installer, port, progress, watch, shots)
+            facts = _install_and_verify(spec, installer, progress, watch, shots)
         finally:
             shots.stop()
             installer.close()
         with progress.stage("finalize", str(spec.output)):
-            return _finalize(spec, image, version, partial, nvram, port, facts)
+            return _finalize(spec, image, version, partial, nvram, facts)
     finally:
         partial.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)  # the provisioning ISO holds the password
@@ -482,7 +486,7 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
         raise cause from cause.__cause__  # exc itself, or the crash that silenced it (exc)
 
 
-def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
+def _install_and_verify(spec: ImageBuildSpec, installer: Installer,
                         progress: Progress, watch: DiskWatch,
                         shots: Screenshots) -> dict[str, Any]:
     t = spec.timeouts
@@ -502,7 +506,8 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
         watch.check()
 
     transport = WinRMTransport(WinRMEndpoint(
-        port=port, username=ADMIN_USER, password=spec.password, read_timeout=t.winrm_read,
+        port=installer.winrm_port(), username=ADMIN_USER, password=spec.password,
+        read_timeout=t.winrm_read,
         operation_timeout=max(1, min(20, t.winrm_read - 5))))
     with transport:
         t0 = time.monotonic()
@@ -549,7 +554,7 @@ def _install_and_verify(spec: ImageBuildSpec, installer: Installer, port: int,
 
 
 def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, partial: Path,
-              nvram: Path | None, port: int, facts: dict[str, Any]) -> GoldenManifest:
+              nvram: Path | None, facts: dict[str, Any]) -> GoldenManifest:
     partial.rename(spec.output)
     spec.output.chmod(0o444)
     kept_nvram = None
@@ -562,7 +567,8 @@ def _finalize(spec: ImageBuildSpec, image: WimImage, version: WindowsVersion, pa
         image=spec.output.name, windows_version=version.value, edition=image.name,
         image_index=image.index, build=pre.get("build") or image.build,
         firmware=spec.firmware.value, disk_bus="sata",
-        nvram=kept_nvram.name if kept_nvram else None, user=ADMIN_USER, winrm_port=5985,
+        nvram=kept_nvram.name if kept_nvram else None, user=ADMIN_USER,
+        winrm_port=WINRM_GUEST_PORT,
         created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         hotadd={"dyn_processor_enabled": pre.get("dyn_processor_enabled"),
                 "licence_dynamic_partitioning": pre.get("licence_dynamic_partitioning"),

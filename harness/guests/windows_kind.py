@@ -42,7 +42,7 @@ from harness.host.domain import (
     Forward,
     GuestOS,
 )
-from harness.host.machine import Machine, free_port
+from harness.host.machine import Machine
 from harness.oracle import Profile as OracleProfile
 from harness.paths import REPO_ROOT
 from harness.progress import Progress, throttled
@@ -214,7 +214,7 @@ def _spec(hw: HardwareRequest, firmware: Firmware, disk: Disk, nvram: Path | Non
         memory_mib=hw.memory_mib or WindowsKind.default_memory_mib,
         firmware=firmware, accelerator=hw.accelerator, nvram=nvram, disks=(disk,),
         cdroms=(Cdrom(driver_iso),),
-        forwards=(Forward(guest_port=WINRM_PORT, host_port=free_port()),), planned=planned,
+        forwards=(Forward(guest_port=WINRM_PORT),), planned=planned,
         remote=remote,
     )
 

@@ -1,11 +1,17 @@
-"""Following a guest's serial console while the run goes on, line by line, with arrival times.
+"""The guest's serial console: read from libvirt into a local file, and followed line by line.
 
-The serial console is a file QEMU appends to (`<serial type='file'>`). `ConsoleFollower` follows
-it on one thread and wakes on inotify's IN_MODIFY (Linux inotify(7)), so a line is known
-within about a millisecond of QEMU writing it, without polling the guest. Every line carries
-the host Unix time it was read. Anyone who needs the console live uses this one reader: the
-probe's pushed records (`harness.live`) and a health watch (panics, lockups) alike, through
-`lines()` / `wait()` or `subscribe()`.
+`ConsoleStream` reads the console through libvirt's console stream (virDomainOpenConsole on a
+non-blocking virStream, https://libvirt.org/html/libvirt-libvirt-domain.html#virDomainOpenConsole)
+on libvirt's event thread and appends it to the run's local serial log, the one file every
+reader here uses. It is the same for a local and a remote (`qemu+ssh://`) libvirt: the bytes
+come over libvirt's own connection. The domain is started (or restored) paused and resumed only
+once the stream is attached, so the log begins with the firmware's first byte.
+
+`ConsoleFollower` follows that file on one thread and wakes on inotify's IN_MODIFY (Linux
+inotify(7)), so a line is known within about a millisecond of the stream writing it, without
+polling the guest. Every line carries the host Unix time it was read. Anyone who needs the
+console live uses this one reader: the probe's pushed records (`harness.live`) and a health
+watch (panics, lockups) alike, through `lines()` / `wait()` or `subscribe()`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import libvirt
 
 _IN_MODIFY = 0x00000002
 _SAFETY_POLL_S = 0.25  # reads the file even without an inotify event (a missed watch)
@@ -44,6 +53,109 @@ def _inotify(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+#: A console the domain no longer has ends with its QEMU (destroy, save, crash); wait this long
+#: for the stream's last bytes and its end before letting it go.
+STREAM_END_S = 5.0
+_EVENTS = (libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+           | libvirt.VIR_STREAM_EVENT_HANGUP)
+
+
+class ConsoleStream:
+    """Appends what the domain's serial console sends to `path`, until its QEMU ends or
+    `close()`. Attach it while the domain is paused (VIR_DOMAIN_START_PAUSED,
+    VIR_DOMAIN_SAVE_PAUSED) and resume after: QEMU's pty drops what the guest writes while no
+    one reads it. Needs libvirt's event loop running (`harness.host.connection`).
+
+    After the constructor the stream belongs to libvirt's event thread: `_on_event` reads it
+    there, and `close()` ends it there too (a one-shot timer), never concurrently.
+    """
+
+    def __init__(self, dom: libvirt.virDomain, path: Path) -> None:
+        self.path = path
+        self.error: str | None = None  # why the stream ended early, if it did
+        self._ended = threading.Event()
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by _end()
+        stream = self._stream = dom.connect().newStream(libvirt.VIR_STREAM_NONBLOCK)
+        try:
+            # FORCE takes the console from a stale session; SAFE opens it only where libvirt
+            # keeps it exclusive (two readers would each get part of the output)
+            dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE
+                            | libvirt.VIR_DOMAIN_CONSOLE_SAFE)
+            stream.eventAddCallback(_EVENTS, self._on_event, None)  # may fire at once
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            self._file.close()
+            raise
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def _on_event(self, stream: libvirt.virStream, events: int, _opaque: Any) -> None:
+        """On libvirt's event thread: copy what is readable; end at EOF, an error or hangup."""
+        if self._ended.is_set():
+            return
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            while True:
+                try:
+                    data = stream.recv(65536)
+                except libvirt.libvirtError as exc:  # e.g. EIO once QEMU closed its pty
+                    self._end(abort=True, error=exc.get_error_message())
+                    return
+                if isinstance(data, int):  # -2: nothing more now
+                    break
+                if not data:
+                    self._end(abort=False)
+                    return
+                try:
+                    self._file.write(data)
+                except OSError as exc:
+                    self._end(abort=True, error=f"cannot write {self.path}: {exc}")
+                    return
+        if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+            self._end(abort=True, error=None)
+
+    def _end(self, abort: bool, error: str | None = None) -> None:
+        """On libvirt's event thread: let the stream go and close the file, once."""
+        if self._ended.is_set():
+            return
+        self.error = error
+        try:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._stream.eventRemoveCallback()
+            with contextlib.suppress(libvirt.libvirtError):
+                if abort:
+                    self._stream.abort()
+                else:
+                    self._stream.finish()
+        finally:
+            self._file.close()
+            self._ended.set()
+
+    def wait_ended(self, timeout: float = STREAM_END_S) -> bool:
+        """Wait for the stream to end by itself (its QEMU is gone), so its last bytes are in
+        the file; False if it did not within `timeout` s."""
+        return self._ended.wait(timeout)
+
+    def close(self, timeout: float = STREAM_END_S) -> None:
+        """End the stream now (on libvirt's event thread) and wait up to `timeout` s for it.
+        Idempotent. Past the timeout (an event thread that never runs) the stream is left to
+        the process's end."""
+        if self._ended.is_set():
+            return
+
+        def end_now(timer: int, _opaque: Any) -> None:
+            with contextlib.suppress(libvirt.libvirtError):
+                libvirt.virEventRemoveTimeout(timer)
+            self._end(abort=True)
+
+        timer = libvirt.virEventAddTimeout(0, end_now, None)
+        if not self._ended.wait(timeout):
+            with contextlib.suppress(libvirt.libvirtError):
+                libvirt.virEventRemoveTimeout(timer)
 
 
 class ConsoleFollower:

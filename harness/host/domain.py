@@ -177,10 +177,14 @@ class Cdrom:
 
 @dataclass(frozen=True)
 class Forward:
-    """A TCP forward from 127.0.0.1:host_port to the guest's guest_port (never another address)."""
+    """A TCP forward from 127.0.0.1:host_port to the guest's guest_port (never another address).
+
+    host_port 0 (the default): QEMU's user-mode network binds a port the kernel picks when QEMU
+    starts, so nothing can take it between a choice and QEMU's bind, as a port found free
+    beforehand could be; `Machine.forwarded_port()` says which port it got."""
 
     guest_port: int
-    host_port: int
+    host_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -313,8 +317,11 @@ def _disks(devices: ET.Element, spec: DomainSpec) -> None:
 
 
 def _serial(devices: ET.Element, spec: DomainSpec) -> None:
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=str(spec.serial_log), append="off")
+    """A pty serial port: hotadd reads it through libvirt's console stream into
+    `spec.serial_log` (`harness.host.console.ConsoleStream`), on a local or a remote host alike.
+    libvirt's QEMU driver opens a console only on a pty ("character device ... is not using a
+    PTY", qemuDomainOpenConsole; https://libvirt.org/formatdomain.html#consoles-serial-parallel-channel-devices)."""
+    serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
 
 

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,17 +42,18 @@ from harness.errors import (
     QemuFrozen,
 )
 from harness.host import bounded, reaper, remote, saveimage, storage
+from harness.host.console import ConsoleStream
 from harness.host.domain import (
     METADATA_NS,
     NAME_PREFIX,
     QEMU_NS,
     DomainSpec,
+    Forward,
     qemu_netdev_args,
     to_xml,
 )
 from harness.host.events import DomainEvents, Event, OstEvent, PanicEvent
 from harness.host.health import ConsoleAlarm, ConsoleWatch, HealthProblem, Severity
-from harness.host.remote import ConsoleMirror
 from harness.host.roots import process_stopped, qemu_pids_mentioning
 from harness.host.screenshot import ppm_to_png
 from harness.host.target import LOCAL, HostTarget
@@ -88,12 +89,22 @@ def run_name(label: str) -> str:
     return f"{NAME_PREFIX}{safe}-{secrets.token_hex(4)}"
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the only address guests are ever forwarded to)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+#: A forward in QEMU's `info usernet` (libslirp's slirp_connection_info, src/misc.c: protocol
+#: and state, fd, source address and port, destination address and port, queues); a forward's
+#: source is the host side. The only way QEMU reports a hostfwd's port (no QMP command does).
+_USERNET_FORWARD = re.compile(
+    r"TCP\[HOST_FORWARD\]\s+-?\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)")
+
+
+def bound_forwards(usernet: str, wanted: Sequence[Forward]) -> tuple[Forward, ...]:
+    """`wanted` with the host ports QEMU bound, from its `info usernet` text."""
+    bound = {int(guest): int(host) for host, guest in _USERNET_FORWARD.findall(usernet)}
+    missing = [f.guest_port for f in wanted if f.guest_port not in bound]
+    if missing:
+        raise DomainError(f"QEMU reports no host forward to guest port(s) {missing}; its "
+                          f"'info usernet' says: {usernet.strip()!r}",
+                          "report it with the run's domain.xml and QEMU's version")
+    return tuple(Forward(f.guest_port, bound[f.guest_port]) for f in wanted)
 
 
 class HotplugMethod(enum.Enum):
@@ -146,20 +157,25 @@ class QemuView:
         return None
 
 
-def _create(conn: libvirt.virConnect, xml: str, name: str, local: bool) -> libvirt.virDomain:
-    """virDomainCreateXML under START_TIMEOUT_S. Past the deadline, or at a signal (also one
-    a `shielded()` block holds), the half-started domain is killed before this returns
-    (QemuFrozen, or KeyboardInterrupt): the call goes on in its worker until QEMU is gone."""
+def _create(conn: libvirt.virConnect, xml: str, name: str, local: bool,
+            serial_log: Path) -> tuple[libvirt.virDomain, ConsoleStream]:
+    """virDomainCreateXML, paused, under START_TIMEOUT_S; then the console stream into
+    `serial_log` and the resume (`_run_with_console`). Past a deadline, at an error, or at a
+    signal (also one a `shielded()` block holds), the half-started domain is killed before
+    this returns (QemuFrozen, the error, or KeyboardInterrupt): the call goes on in its worker
+    until QEMU is gone."""
     finished = threading.Event()
 
     def create() -> libvirt.virDomain:
         try:
-            return conn.createXML(xml, 0)
+            return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
         finally:
             finished.set()
 
     try:
-        return bounded.call(create, START_TIMEOUT_S, "createXML", abandonable=True)
+        dom = bounded.call(create, START_TIMEOUT_S, "createXML", abandonable=True)
+        return dom, bounded.call(lambda: _run_with_console(dom, serial_log), CALL_TIMEOUT_S,
+                                 ATTACH, abandonable=True)
     except bounded.CallTimedOut as late:
         pids = qemu_pids_mentioning(f"guest={name},") if local else []
         stopped = [pid for pid in pids if process_stopped(pid)]
@@ -168,13 +184,31 @@ def _create(conn: libvirt.virConnect, xml: str, name: str, local: bool) -> libvi
         how = (f"its QEMU process {stopped[0]} is stopped (SIGSTOP or a debugger)" if stopped
                else "QEMU did not finish starting")
         raise QemuFrozen(
-            f"QEMU of {name} is frozen: libvirt's createXML did not return within "
+            f"QEMU of {name} is frozen: libvirt's {late.what} did not return within "
             f"{late.timeout:g}s; {how}: no verdict; it was killed",
             "check the host's load and QEMU on the libvirt host, then rerun") from None
     except BaseException:
         with interrupts.shielded():
             _abandon_start(conn, name, finished, local)
         raise
+
+
+#: What `_run_with_console` does, for the deadline's error.
+ATTACH = "openConsole+resume"
+
+
+def _run_with_console(dom: libvirt.virDomain, serial_log: Path) -> ConsoleStream:
+    """Attach the console stream to the paused `dom`, appending to `serial_log`, then let it
+    run, so the log has the first byte the firmware writes (QEMU's pty drops output nobody
+    reads). Call it under a deadline (`bounded.call`, what=ATTACH). On failure the stream is
+    closed and the domain left paused for the caller to destroy."""
+    console = ConsoleStream(dom, serial_log)
+    try:
+        dom.resume()
+    except BaseException:
+        console.close()
+        raise
+    return console
 
 
 def _abandon_start(conn: libvirt.virConnect, name: str, finished: threading.Event,
@@ -208,11 +242,11 @@ class Machine:
     """
 
     def __init__(self, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path,
-                 dom: libvirt.virDomain, events: DomainEvents, host: HostTarget = LOCAL,
-                 mirror: ConsoleMirror | None = None) -> None:
+                 dom: libvirt.virDomain, events: DomainEvents, console: ConsoleStream,
+                 host: HostTarget = LOCAL) -> None:
         self.conn = conn
         self.host = host  # where QEMU, the scratch dir and the forwards are
-        self._mirror = mirror  # a remote host's serial console, copied into the run dir
+        self.console = console  # the serial console, into spec.serial_log (a new one per QEMU)
         self.spec = spec
         self.scratch = scratch
         self.dom = dom
@@ -236,16 +270,16 @@ class Machine:
               host: HostTarget = LOCAL) -> Machine:
         """Create and start the transient domain. Owns `scratch` (on `host`) from here: on
         failure it is removed, and nothing is left running. On a remote host the spec's files
-        are staged there first (`harness.host.remote.place`)."""
+        are staged there first (`harness.host.remote.place`). The domain starts paused and runs
+        once its console stream is attached (`ConsoleStream`): the serial log misses nothing."""
         spec = _owned(spec, scratch)
-        mirror: ConsoleMirror | None = None
         try:
             _check_system_qemu_can_reach(conn, spec)
             if host.remote:
                 caps = remote.host_caps(conn)
                 placed = remote.place(host, spec, scratch, caps)
-                spec, xml = placed.local, to_xml(placed.host, caps.emulator)
-                mirror = ConsoleMirror(host, placed.host.serial_log, spec.serial_log)
+                spec = placed.spec
+                xml = to_xml(spec, caps.emulator)
             else:
                 xml = to_xml(spec)
         except BaseException:
@@ -255,11 +289,9 @@ class Machine:
         xml_copy.write_text(xml)
         events = DomainEvents(conn, spec.name)
         try:
-            dom = _create(conn, xml, spec.name, local=not host.remote)
+            dom, console = _create(conn, xml, spec.name, not host.remote, spec.serial_log)
         except BaseException as exc:
             events.close()
-            if mirror is not None:
-                mirror.close()
             storage.remove_scratch(scratch, host)
             if isinstance(exc, libvirt.libvirtError):
                 raise DomainError(
@@ -267,10 +299,12 @@ class Machine:
                     f"read the domain XML {xml_copy} and run 'hotadd doctor' to check the host",
                 ) from exc
             raise
-        machine = cls(conn, spec, scratch, dom, events, host, mirror)
+        machine = cls(conn, spec, scratch, dom, events, console, host)
         machine._adopt_qemu()
         interrupts.own(spec.name, f"domain {spec.name} (QEMU running) and scratch dir {scratch}")
-        xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults filled in
+        with machine.closed_on_error():
+            machine.learn_forwards()
+            xml_copy.write_text(dom.XMLDesc(0))  # the live XML, with libvirt's defaults
         return machine
 
     @classmethod
@@ -281,8 +315,9 @@ class Machine:
 
         The domain runs under `spec`'s own name and a fresh UUID (a per-run copy of the image,
         `harness.host.saveimage`: libvirt refuses a rename on restore). Everything outside the
-        guest's memory comes from `spec`: the serial console file (appended to: the caller
-        copies the boot console there first), the NIC's host ports (QEMU command-line
+        guest's memory comes from `spec`: the serial log (appended to: the caller copies the
+        boot console there first; restored paused, resumed once the console stream is
+        attached), the NIC's host ports (QEMU command-line
         arguments, not part of the saved state), disk, CD-ROM and NVRAM paths, and the owner
         metadata the sweep reads.
         """
@@ -291,9 +326,12 @@ class Machine:
         copy = scratch / RESTORE_IMAGE  # in the scratch dir: a crashed run's goes with it
         try:
             xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name), spec)
-            conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
             dom = conn.lookupByName(spec.name)
-        except (libvirt.libvirtError, DomainError, OSError) as exc:
+            console = bounded.call(lambda: _run_with_console(dom, spec.serial_log),
+                                   CALL_TIMEOUT_S, ATTACH)
+        except (libvirt.libvirtError, DomainError, OSError, bounded.CallTimedOut) as exc:
+            _destroy_by_name(conn, spec.name)  # restored, paused, but never attached
             events.close()
             storage.remove_scratch(scratch)
             detail = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
@@ -302,11 +340,33 @@ class Machine:
                               "guests that no longer restore") from exc
         finally:
             copy.unlink(missing_ok=True)  # QEMU has read it all once the restore returns
-        machine = cls(conn, spec, scratch, dom, events)
+        machine = cls(conn, spec, scratch, dom, events, console)
         machine._adopt_qemu()
         interrupts.own(spec.name, f"domain {spec.name} (QEMU restored) and scratch dir {scratch}")
-        (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
+        with machine.closed_on_error():
+            machine.learn_forwards()
+            (spec.serial_log.parent / "domain.xml").write_text(dom.XMLDesc(0))
         return machine
+
+    @contextlib.contextmanager
+    def closed_on_error(self) -> Iterator[None]:
+        """Tear the machine down if the block fails (its caller never gets it)."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def learn_forwards(self) -> None:
+        """Put the host ports QEMU bound for the spec's forwards into `spec` (a forward asks
+        for port 0, and each QEMU, started or restored, binds its own; see `Forward`)."""
+        if not self.spec.forwards:
+            return
+        usernet = self._call(lambda: libvirt_qemu.qemuMonitorCommand(
+            self.dom, "info usernet", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP),
+            "info usernet", CALL_TIMEOUT_S)
+        self.spec = dataclasses.replace(self.spec,
+                                        forwards=bound_forwards(usernet, self.spec.forwards))
 
     def close(self) -> None:
         """Destroy the domain and remove the scratch dir, unless `keep` is set. Idempotent."""
@@ -318,9 +378,9 @@ class Machine:
             self.events.close()
             if not self.keep:
                 self.stop()
-                if self._mirror is not None:
-                    self._mirror.close()  # the console's last words, before the file goes
                 storage.remove_scratch(self.scratch, self.host)
+            else:  # a kept guest's console is a person's now (virsh console)
+                self.console.close()
             interrupts.release(self.name)
 
     def __enter__(self) -> Machine:
@@ -365,6 +425,13 @@ class Machine:
                                             libvirt.VIR_ERR_OPERATION_INVALID):
                 raise DomainError(f"libvirt could not stop {self.name}: "
                                   f"{exc.get_error_message()}", "run 'hotadd sweep'") from exc
+        finally:
+            self._end_console()
+
+    def _end_console(self) -> None:
+        """The console stream ends with its QEMU: wait for its last bytes, then let it go."""
+        self.console.wait_ended()
+        self.console.close()
 
     # --- checkpoint: a known state without a boot --------------------------------------------
 
@@ -379,28 +446,34 @@ class Machine:
                               "check free space under the cache directory") from exc
         self.running = False
         self._qemu_pid_known = False
+        self._end_console()
         for disk in self.writable_files():
             shutil.copyfile(disk, _saved_copy(disk))
 
     def restore(self, saved: Path, serial_log: Path) -> None:
         """Start again from the state `save` wrote to `saved`. The serial console goes to
         `serial_log`, which starts as a copy of the boot console (so markers printed while
-        booting, like a guest's ready line, are still there) and is appended to."""
+        booting, like a guest's ready line, are still there) and is appended to by a new
+        console stream, attached while the restored domain is still paused."""
         self._local_only("restoring a saved guest")
         self.stop()
         for disk in self.writable_files():
             shutil.copyfile(_saved_copy(disk), disk)
-        xml = _serial_to(self.conn.saveImageGetXMLDesc(str(saved), 0),
-                         self._boot_spec.serial_log, serial_log)
         shutil.copyfile(self._boot_spec.serial_log, serial_log)
         self.events.close()  # events of the previous incarnation would mislead
         self.events = DomainEvents(self.conn, self.name)
         try:
-            self._call(lambda: self.conn.restoreFlags(str(saved), xml,
-                                                      libvirt.VIR_DOMAIN_SAVE_RUNNING),
+            self._call(lambda: self.conn.restoreFlags(str(saved), None,
+                                                      libvirt.VIR_DOMAIN_SAVE_PAUSED),
                        "restore", SAVE_TIMEOUT_S)
             self.dom = self.conn.lookupByName(self.name)
+            self.console = self._call(lambda: _run_with_console(self.dom, serial_log), ATTACH,
+                                      CALL_TIMEOUT_S)
+        except QemuFrozen:
+            _destroy_by_name(self.conn, self.name)  # whatever of it exists, paused
+            raise
         except libvirt.libvirtError as exc:
+            _destroy_by_name(self.conn, self.name)  # restored, paused, but never attached
             raise DomainError(f"libvirt could not restore {self.name} from {saved}: "
                               f"{exc.get_error_message()}",
                               f"read the serial log {serial_log}; run 'hotadd doctor'") from exc
@@ -409,6 +482,7 @@ class Machine:
         self._adopt_qemu()
         self.spec = dataclasses.replace(self._boot_spec, serial_log=serial_log)
         self.health.watch(serial_log)
+        self.learn_forwards()
 
     def writable_files(self) -> list[Path]:
         """Files the guest writes (disk overlays, NVRAM): a saved state needs their copies."""
@@ -722,16 +796,6 @@ class Machine:
         return path
 
 
-def _serial_to(xml: str, old: Path, new: Path) -> str:
-    """Domain XML with the serial console file moved from `old` to `new`, appended to."""
-    source = re.compile(r"<source\s+path=(['\"])" + re.escape(str(old)) + r"\1([^>]*)>")
-    if not source.search(xml):
-        raise DomainError(f"the saved domain XML has no serial console file {old}",
-                          "report it with the saved domain XML (virsh save-image-dumpxml)")
-    return source.sub(lambda m: f"<source path='{new}'"
-                      + re.sub(r"append=(['\"])off\1", "append='on'", m.group(2)) + ">", xml)
-
-
 def _owned(spec: DomainSpec, scratch: Path) -> DomainSpec:
     """`spec` stamped with this process as its owner (the sweep reads it)."""
     return dataclasses.replace(spec, metadata={
@@ -741,8 +805,9 @@ def _owned(spec: DomainSpec, scratch: Path) -> DomainSpec:
 
 
 def adapt_saved_xml(xml: str, spec: DomainSpec) -> str:
-    """A save image's domain XML with this run's host-side parts from `spec`: serial file
-    (appended to), disk/CD-ROM/NVRAM paths (in order), the NIC's forwards, the metadata."""
+    """A save image's domain XML with this run's host-side parts from `spec`: disk/CD-ROM/NVRAM
+    paths (in order), the NIC's forwards, the metadata. The serial port must be the pty that
+    `Machine.resume` reads through libvirt's console stream (into `spec.serial_log`)."""
     ET.register_namespace("qemu", QEMU_NS)
     ET.register_namespace("hotadd", METADATA_NS)
     root = ET.fromstring(xml)
@@ -750,12 +815,10 @@ def adapt_saved_xml(xml: str, spec: DomainSpec) -> str:
     if saved_name != spec.name:
         raise DomainError(f"the save image holds domain {saved_name!r}, not {spec.name!r}",
                           "rename the image first (harness.host.saveimage.write_renamed)")
-    source = root.find("./devices/serial[@type='file']/source")
-    if source is None:
-        raise DomainError("the save image's domain has no serial console file",
+    if root.find("./devices/serial[@type='pty']") is None:
+        raise DomainError("the save image's domain has no pty serial port to read its console "
+                          "from (an older hotadd saved it)",
                           "run with --cold; 'hotadd sweep' drops such saved guests")
-    source.set("path", str(spec.serial_log))
-    source.set("append", "on")
     for kind, paths in (("disk", [d.path for d in spec.disks]),
                         ("cdrom", [c.path for c in spec.cdroms])):
         elements = root.findall(f"./devices/disk[@device='{kind}']/source")

@@ -5,16 +5,16 @@ On this machine hotadd reads the accelerator, emulator and firmware from the fil
 come from libvirt's domain capabilities (`virConnectGetDomainCapabilities`,
 https://libvirt.org/formatdomaincaps.html) and the host's own /proc/cpuinfo. `place` turns a
 guest kind's domain spec (local paths) into the host's: input files staged by content
-(`harness.host.staging`), the serial console a file in the run's scratch dir on the host
-(mirrored into the local run directory while the run goes on), and the NIC's forwards on
-ports free on the host's 127.0.0.1 (the transports reach them over the host's SSH).
+(`harness.host.staging`); the NIC's forwards are on ports its QEMU binds on the host's
+127.0.0.1 (`Forward`; the transports reach them over the host's SSH). The serial console needs
+no file there: it comes over libvirt's connection into the local run directory
+(`harness.host.console.ConsoleStream`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,6 @@ from harness.host.domain import (
     DirectBoot,
     DomainSpec,
     Firmware,
-    Forward,
 )
 from harness.host.saved import file_digest
 from harness.host.target import (
@@ -40,8 +39,6 @@ from harness.host.target import (
     check_remote_uri,
     is_remote_uri,
 )
-
-SERIAL_NAME = "serial.log"
 
 
 def check_run(uri: str) -> None:
@@ -100,11 +97,10 @@ def resolve_accel(requested: Accelerator, caps: HostCaps, target: HostTarget) ->
 
 @dataclass(frozen=True)
 class Placement:
-    """A domain spec in two views: `local` (what hotadd reads: the serial console mirrored
-    into the run directory) and `host` (what libvirt on the host is given)."""
+    """The domain spec libvirt on the host is given (its files there; its serial log is
+    still the local run directory's, which the console stream fills) and what was staged."""
 
-    local: DomainSpec
-    host: DomainSpec
+    spec: DomainSpec
     staged: tuple[staging.Staged, ...]
 
 
@@ -160,8 +156,8 @@ def _check_placeable(target: HostTarget, spec: DomainSpec, scratch: Path,
 
 def _rewritten(target: HostTarget, spec: DomainSpec, scratch: Path, moved: dict[Path, Path],
                staged: tuple[staging.Staged, ...]) -> Placement:
-    """`spec` with its input files at `moved`'s paths on the host, its forwards on ports free
-    there and its serial console in `scratch`."""
+    """`spec` with its input files at `moved`'s paths on the host (its forwards ask QEMU
+    there for a free port, and its console is read through libvirt's stream)."""
     boot = spec.direct_boot
     if boot is not None:
         boot = DirectBoot(moved[boot.kernel], moved[boot.initrd], boot.cmdline)
@@ -170,49 +166,7 @@ def _rewritten(target: HostTarget, spec: DomainSpec, scratch: Path, moved: dict[
         raise InputError("a writable disk would be the host's shared staged copy",
                          "give the guest an overlay in the run's scratch dir")
     cdroms = tuple(dataclasses.replace(c, path=moved.get(c.path, c.path)) for c in spec.cdroms)
-    forwards = tuple(Forward(f.guest_port, target.free_port()) for f in spec.forwards)
-    local = dataclasses.replace(spec, direct_boot=boot, disks=disks, cdroms=cdroms,
-                                forwards=forwards, remote=True)
-    host = dataclasses.replace(local, serial_log=scratch / SERIAL_NAME)
-    return Placement(local, host, staged)
+    placed = dataclasses.replace(spec, direct_boot=boot, disks=disks, cdroms=cdroms,
+                                 remote=True)
+    return Placement(placed, staged)
 
-
-class ConsoleMirror:
-    """Copies what the guest's serial console file on the host gains into the local run
-    directory, every `interval` s on its own thread, so the console watch, the ready marker
-    and the pushed records read it as they read a local console."""
-
-    def __init__(self, target: HostTarget, remote: Path, local: Path,
-                 interval: float = 0.05) -> None:
-        self.target, self.remote, self.local = target, remote, local
-        self.interval = interval
-        self._offset = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.error: InfrastructureError | None = None
-        local.touch()
-        self._thread = threading.Thread(target=self._run, name="console-mirror", daemon=True)
-        self._thread.start()
-
-    def sync(self) -> None:
-        """Copy what is new now (the thread does this; teardown calls it once more)."""
-        with self._lock:
-            data = self.target.read_from(self.remote, self._offset)
-            if data:
-                with open(self.local, "ab") as f:
-                    f.write(data)
-                self._offset += len(data)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sync()
-            except InfrastructureError as exc:  # the host went away: the run notices
-                self.error = exc
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        with contextlib.suppress(InfrastructureError):
-            self.sync()

@@ -21,7 +21,6 @@ import contextlib
 import getpass
 import hashlib
 import os
-import random
 import select
 import shlex
 import shutil
@@ -46,9 +45,6 @@ from harness.errors import HostUnreachable, InfrastructureError, InputError
 REMOTE_CACHE_ENV = "HOTADD_REMOTE_CACHE_DIR"
 REMOTE_CACHE_DEFAULT = "/var/lib/hotadd"
 _CHUNK = 1 << 20
-#: Ports a remote forward is chosen from (below Linux's default ephemeral range 32768-60999,
-#: so an outgoing connection on the host rarely takes the one chosen).
-_PORTS = (20000, 32767)
 #: What a lock command prints once flock(1) granted the lock (`SshHost.flock`).
 _LOCKED = "hotadd-locked"
 
@@ -88,10 +84,6 @@ class HostTarget(abc.ABC):
         """Copy a file from the host here."""
 
     @abc.abstractmethod
-    def read_from(self, path: Path, offset: int) -> bytes:
-        """A file's bytes from `offset` to its end (b"" if it does not exist yet)."""
-
-    @abc.abstractmethod
     def write_text(self, path: Path, text: str) -> None: ...
 
     @abc.abstractmethod
@@ -120,10 +112,6 @@ class HostTarget(abc.ABC):
     @abc.abstractmethod
     def remove(self, path: Path) -> None:
         """Remove a file or a whole tree; missing is fine."""
-
-    @abc.abstractmethod
-    def free_port(self) -> int:
-        """A TCP port free on the host's 127.0.0.1."""
 
     def dialer(self) -> Dialer | None:
         """How a transport reaches the host's 127.0.0.1: None = directly from here."""
@@ -182,14 +170,6 @@ class LocalHost(HostTarget):
     def get(self, remote: Path, local: Path) -> None:
         shutil.copyfile(remote, local)
 
-    def read_from(self, path: Path, offset: int) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read()
-        except FileNotFoundError:
-            return b""
-
     def write_text(self, path: Path, text: str) -> None:
         path.write_text(text)
 
@@ -225,12 +205,6 @@ class LocalHost(HostTarget):
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-    def free_port(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            return port
 
     def sha256(self, path: Path) -> str:
         h = hashlib.sha256()
@@ -465,16 +439,6 @@ class SshHost(HostTarget):
         with self._sftp_doing(f"cannot fetch {remote}") as sftp:
             sftp.get(str(remote), str(local))
 
-    def read_from(self, path: Path, offset: int) -> bytes:
-        try:
-            with self._sftp_doing(f"cannot read {path}", missing_ok=True) as sftp, \
-                    sftp.open(str(path), "rb") as f:
-                f.seek(offset)
-                data: bytes = f.read()
-                return data
-        except FileNotFoundError:
-            return b""
-
     def write_text(self, path: Path, text: str) -> None:
         with self._sftp_doing(f"cannot write {path}") as sftp, sftp.open(str(path), "w") as f:
             f.write(text.encode())
@@ -553,22 +517,6 @@ class SshHost(HostTarget):
             raise self._failed(f"cannot remove {path}", OSError(out.stderr.strip()))
 
     # -- the host's 127.0.0.1 -----------------------------------------------------------------
-
-    def free_port(self) -> int:
-        """A port no socket on the host uses (its /proc/net/tcp and tcp6), chosen at random
-        so that runs on one host rarely pick the same one; as racy as a local bind-and-close,
-        which QEMU's hostfwd then binds."""
-        used: set[int] = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(InfrastructureError):
-                for line in self.read_text(Path(table)).splitlines()[1:]:
-                    local = line.split()[1]
-                    used.add(int(local.rsplit(":", 1)[1], 16))
-        free = [p for p in random.sample(range(*_PORTS), 64) if p not in used]
-        if not free:
-            raise InfrastructureError(f"{self.description}: no free TCP port found",
-                                      "free some ports on the host")
-        return free[0]
 
     def dialer(self) -> Dialer:
         def dial(port: int, timeout: float) -> paramiko.Channel:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from harness.errors import DomainError
 from harness.guests.base import GuestKind, HardwareRequest, Session
 from harness.host.domain import (
     Accelerator,
@@ -142,7 +143,7 @@ def test_key_digest_ignores_input_order() -> None:
                                                                 "a": 1}).digest
 
 
-def test_saved_xml_takes_the_runs_ports_serial_file_and_owner(
+def test_saved_xml_takes_the_runs_ports_and_owner_and_keeps_the_pty_console(
         tmp_path: Path, guest_files: tuple[Path, Path]) -> None:
     from harness.host.domain import to_xml
 
@@ -152,8 +153,25 @@ def test_saved_xml_takes_the_runs_ports_serial_file_and_owner(
     run = dataclasses.replace(_spec(runner, kernel, initrd, 40777), name=saver.name)
     xml = adapt_saved_xml(saved, run)
     assert "127.0.0.1:40777-:22" in xml and "40001" not in xml
-    assert f"path=\"{runner.run_dir / 'serial.log'}\"" in xml and 'append="on"' in xml
+    assert '<serial type="pty">' in xml  # read through libvirt's console stream
+    assert "serial.log" not in xml  # the log is hotadd's local file, not QEMU's
     assert str(saver.scratch) not in xml and str(runner.scratch) in xml  # metadata
+
+
+def test_a_save_image_with_a_file_serial_is_refused_with_the_fix(
+        tmp_path: Path, guest_files: tuple[Path, Path]) -> None:
+    """An image an older hotadd saved (QEMU wrote the console to a file) has no console for
+    the stream to read: refused, not restored into a run that would see no console."""
+    from harness.host.domain import to_xml
+
+    kernel, initrd = guest_files
+    hw = _hw(tmp_path, "aaaa1111")
+    spec = _spec(hw, kernel, initrd, 40001)
+    old = to_xml(spec).replace("<serial type=\"pty\">",
+                               f"<serial type=\"file\"><source path=\"{spec.serial_log}\" />")
+    with pytest.raises(DomainError, match="no pty serial port") as err:
+        adapt_saved_xml(old, spec)
+    assert err.value.fix is not None and "--cold" in err.value.fix
 
 
 # --- the store: publish, LRU, concurrency ----------------------------------------------------
@@ -335,3 +353,27 @@ def test_saved_xml_takes_the_runs_disk_cdrom_and_nvram_paths(tmp_path: Path) -> 
     for name in ("disk0.qcow2", "driver.iso", "OVMF_VARS.fd"):
         assert str(runner.scratch / name) in xml
     assert "127.0.0.1:40777-:5985" in xml
+
+
+# --- forwards: the host ports QEMU bound ------------------------------------------------------
+
+#: `info usernet` as QEMU 7.2 prints it for `-netdev user,hostfwd=tcp:127.0.0.1:0-:22`, with a
+#: connection through the forward.
+USERNET = """Hub -1 (hotaddnet0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[HOST_FORWARD]  14       127.0.0.1 37573       10.0.2.15    22     0     0
+  TCP[ESTABLISHED]   17       10.0.2.15 22           10.0.2.2 51200     0     0
+"""
+
+
+def test_the_forwards_get_the_ports_qemu_reports() -> None:
+    from harness.host.machine import bound_forwards
+
+    assert bound_forwards(USERNET, [Forward(22)]) == (Forward(22, 37573),)
+
+
+def test_a_forward_qemu_does_not_report_is_an_error_naming_it() -> None:
+    from harness.host.machine import bound_forwards
+
+    with pytest.raises(DomainError, match=r"guest port\(s\) \[5985\]"):
+        bound_forwards(USERNET, [Forward(5985)])

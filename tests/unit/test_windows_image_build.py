@@ -148,6 +148,9 @@ class InstallerDouble(windows_image.Installer):
     def press_key(self) -> None:
         self.keys += 1
 
+    def winrm_port(self) -> int:
+        return self.double.port  # the forward the VM would have: the double listens there
+
     def disk_allocated(self) -> int:
         if self.keys and self.setup_starts and (self.writes is None or self.writes > 0):
             self.allocated += 64 << 20
@@ -185,7 +188,7 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
     made = [] if made is None else made
 
     def start(s: ImageBuildSpec, accelerator: object, disk: Path, iso: Path,
-              nvram: Path | None, port: int) -> windows_image.Installer:
+              nvram: Path | None) -> windows_image.Installer:
         assert disk.name == "golden.qcow2.partial" and disk.is_file()
         assert {"/Autounattend.xml", "/hotadd-provision.ps1"} <= set(windows_setup.list_iso(iso))
         # QEMU's user under qemu:///system can open the files by name, nobody else can read
@@ -201,7 +204,6 @@ def build_against_double(tmp_path: Path, windows_iso: Path, virtio_iso: Path,
         if installer is not None:
             made.append(installer)
             return installer
-        double.port = port  # the forward the VM would have: the double listens there
         double.__enter__()
         made.append(InstallerDouble(double, s.logs / "serial.log"))
         return made[0]

@@ -27,7 +27,7 @@ from harness.host.domain import (
     VcpuPlan,
 )
 from harness.host.events import DomainEvents, OstEvent
-from harness.host.machine import HotplugMethod, Machine, free_port, run_name
+from harness.host.machine import HotplugMethod, Machine, run_name
 from harness.host.sweep import sweep
 from tests.support.processes import qemu_pids_mentioning
 
@@ -40,7 +40,7 @@ def reference_spec(image: reference.ReferenceImage, scratch: Path, name: str,
         name=name, vcpus=VcpuPlan(Topology(cores=4), boot=boot), guest_os=GuestOS.REFERENCE,
         serial_log=scratch / "serial.log", accelerator=Accelerator.TCG,
         direct_boot=DirectBoot(image.kernel, image.initrd, image.cmdline),
-        forwards=(Forward(22, free_port()),))
+        forwards=(Forward(22),))
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_windows_profile_domain_starts_and_takes_hot_adds(conn: libvirt.virConne
         name=name, vcpus=VcpuPlan(Topology(sockets=2, cores=4), boot=2), guest_os=GuestOS.WINDOWS,
         serial_log=tmp_path / "serial.log", memory_mib=1024, firmware=Firmware.UEFI,
         accelerator=Accelerator.TCG, nvram=storage.nvram_copy(scratch),
-        disks=(Disk(storage.overlay(base, scratch)),), forwards=(Forward(5985, free_port()),))
+        disks=(Disk(storage.overlay(base, scratch)),), forwards=(Forward(5985),))
     with Machine.start(conn, spec, scratch) as machine:
         plugged = [machine.hotadd(), machine.hotadd(6)]
         view = machine.qemu_view()

@@ -19,7 +19,7 @@ from harness.guests import reference
 from harness.guests.reference import ProbeParams, ReferenceImage
 from harness.host import storage
 from harness.host.domain import DirectBoot, DomainSpec, Forward, GuestOS, Topology, VcpuPlan
-from harness.host.machine import Machine, free_port, run_name
+from harness.host.machine import Machine, run_name
 from harness.oracle import HostFacts, check
 from harness.oracle import Profile as OracleProfile
 from harness.records import (
@@ -50,15 +50,14 @@ def guest(conn: Any, reference_image: ReferenceImage,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     image = reference_image
     name = run_name("probe-module")
-    port = free_port()
     serial = tmp_path_factory.mktemp("probe-module") / "serial.log"
     spec = DomainSpec(
         name=name, vcpus=VcpuPlan(Topology(cores=4), boot=2), guest_os=GuestOS.REFERENCE,
         serial_log=serial, direct_boot=DirectBoot(image.kernel, image.initrd, image.cmdline),
-        forwards=(Forward(guest_port=22, host_port=port),),
+        forwards=(Forward(guest_port=22),),
     )
     with Machine.start(conn, spec, storage.run_scratch(name)) as machine, \
-            reference.connect(image, port) as ssh:
+            reference.connect(image, machine.forwarded_port(22)) as ssh:
         machine.wait_serial(re.escape(reference.READY_MARKER), 90)
         ssh.wait_ready(30, still_alive=machine.check_alive, hint=f"read {serial}")
         yield Guest(machine, ssh)

@@ -66,12 +66,18 @@ def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_pa
     assert set(_host_dir(lab, staging.FILES)) == digests  # and nothing else: no key
     xml = (run / "domain.xml").read_text()
     assert str(kernel) not in xml and str(lab.cache / staging.FILES) in xml
-    # the console came back here while the run went on; nothing of the run stays there
-    assert reference.READY_MARKER in (run / "serial.log").read_text()
-    # the guest's SSH went through the host's SSH (a direct-tcpip channel to its forward)
-    port = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", xml)
-    assert port is not None
-    assert f"target 127.0.0.1 port {port[1]}" in (lab.home / "lab.log").read_text()
+    # the console came here through libvirt's console stream (a pty there, no file), from the
+    # kernel's first line on; nothing of the run stays there
+    serial = (run / "serial.log").read_text()
+    assert reference.READY_MARKER in serial
+    assert re.match(r"\[\s*0\.000000\] Linux version ", serial.lstrip()), serial[:300]
+    port_el = ET.fromstring(xml).find("devices/serial")
+    assert port_el is not None and port_el.get("type") == "pty"
+    # the guest's SSH went through the host's SSH (a direct-tcpip channel to its forward, on
+    # the port the host's QEMU bound: port 0 asks it to pick)
+    assert "hostfwd=tcp:127.0.0.1:0-:22" in xml
+    channels = re.findall(r"target 127\.0\.0\.1 port (\d+)", (lab.home / "lab.log").read_text())
+    assert channels and all(int(p) > 0 for p in channels)
     assert _host_dir(lab, "scratch") == []
     assert _domains(lab) == []
     # a second run sends nothing: the host has the files
@@ -129,6 +135,8 @@ def test_a_windows_domain_starts_on_the_remote_host_and_takes_a_hotadd(
             assert backing is not None
             assert backing.get("file") == str(lab.cache / staging.FILES / digest)
             assert machine.qemu_pid() is None  # its QEMU is the host's, not this machine's
+            assert not machine.console.ended, "the console stream reads the host's QEMU"
+            assert machine.spec.serial_log.is_relative_to(tmp_path)  # here, not on the host
             assert machine.qemu_view().present == 2
             assert machine.hotadd().libvirt_id == 2 and machine.qemu_view().present == 3
         assert not lab.inside(hw.scratch).exists()
