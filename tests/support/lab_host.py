@@ -230,6 +230,18 @@ def lab_host(hide: Sequence[Path] = (), libvirtd: bool = True) -> Iterator[LabHo
             assert not leftover, f"QEMU {leftover} of the lab host outlived its runs (killed)"
 
 
+@contextlib.contextmanager
+def reference_lab_host() -> Iterator[LabHost]:
+    """A lab host for reference-guest runs: the guest is built here, and this machine's hotadd
+    cache is hidden from the host, so a run must stage what it needs."""
+    from harness import paths
+    from harness.guests import reference
+
+    reference.build()
+    with lab_host(hide=[paths.cache_root()]) as host:
+        yield host
+
+
 def _destroy_domains(host: LabHost) -> None:
     names = subprocess.run(["virsh", "-c", host.uri, "list", "--name"], capture_output=True,
                            text=True, timeout=120, check=False).stdout.split()

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import paths
 from harness.guests import reference, windows_setup
 from harness.host import staging
 from harness.host.connection import open_connection
 from harness.host.machine import Machine
 from harness.host.target import SshAddress, SshHost
 from tests.support import windows_golden
-from tests.support.lab_host import LabHost, lab_host
+from tests.support.lab_host import LabHost, reference_lab_host
 from tests.support.processes import run_hotadd
 
 pytestmark = pytest.mark.vm
@@ -37,8 +36,7 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabHost]:
-    reference.build()  # the guest files exist here, and only here
-    with lab_host(hide=[paths.cache_root()]) as host:
+    with reference_lab_host() as host:
         yield host
 
 

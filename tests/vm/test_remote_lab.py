@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import paths
 from harness.guests import reference
 from harness.host import staging, storage
 from tests.support.domain_xml import validate
-from tests.support.lab_host import LabHost, lab_host
+from tests.support.lab_host import LabHost, reference_lab_host
 from tests.support.processes import run_hotadd
 
 pytestmark = pytest.mark.vm
@@ -29,8 +28,7 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabHost]:
-    reference.build()  # the guest files exist here, and only here
-    with lab_host(hide=[paths.cache_root()]) as host:
+    with reference_lab_host() as host:
         yield host
 
 
