@@ -13,8 +13,8 @@ import pytest
 
 from harness.attempt import Attempt
 from harness.guests import windows_setup
-from harness.guests.windows_kind import DRIVER_FILE, WindowsSession
-from harness.host.domain import Accelerator, GuestOS, Topology
+from harness.guests.windows_kind import DRIVER_FILE, WindowsSession, WindowsSettings
+from harness.host.domain import Accelerator, Topology
 from harness.host.machine import Machine
 from harness.pool import Guest, Host
 from harness.progress import Progress
@@ -72,9 +72,9 @@ def test_the_windows_session_loads_while_the_adds_are_in_flight(
     monkeypatch.setenv(windows_setup.PASSWORD_ENV, password)
     kind = windows_golden.prepared_kind(tmp_path)
     hw = windows_golden.hardware(tmp_path)
-    spec = ScenarioSpec(guest=GuestOS.WINDOWS, topology=Topology(sockets=2, dies=1, cores=4),
+    spec = ScenarioSpec(guest="windows", topology=Topology(sockets=2, dies=1, cores=4),
                         boot_vcpus=2, adds=2, load_during_adds=True, ack_timeout=3.0,
-                        image=kind.image, driver=kind.driver)
+                        guest_settings=WindowsSettings(image=kind.image, driver=kind.driver))
     host = Host(conn, Accelerator.TCG, {})
     with WinRMDouble(tmp_path / "guest", password=password) as double, \
             Machine.start(conn, kind.domain_spec(hw), hw.scratch) as machine:
