@@ -63,5 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> int:
-    """Console-script entry point."""
+    """Console-script entry point (and `python -m harness`). This process owns the QEMU it
+    starts, so it reaps it the moment it exits (harness.host.reaper); `main` alone, as a
+    library or a test calls it, leaves the caller's process as it is."""
+    from harness.host import reaper
+
+    reaper.become_subreaper()
     return main()

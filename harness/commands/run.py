@@ -18,7 +18,6 @@ from harness.guests.base import (
     GuestKind,
     ProbeSettings,
 )
-from harness.host import reaper
 from harness.host.connection import default_uri
 from harness.host.domain import Accelerator, Firmware, Topology
 from harness.host.machine import HotplugMethod
@@ -216,7 +215,6 @@ def run_command(args: argparse.Namespace) -> int:
     if args.print_xml:
         print(planned_xml(spec))
         return exit_code(Outcome.PASS)
-    reaper.become_subreaper()  # this process owns its QEMU: reap it at once (host/reaper.py)
     result = run_scenario(spec, Progress(quiet=args.quiet))
     try:
         report = f"report: {write_report(result.run_dir)}"

@@ -8,14 +8,18 @@ libvirt 9.0), so they last as long as the zombie does. That is 1.1-1.5 s on our 
 whose init reaps slowly, and forever in a container whose init never reaps.
 
 `become_subreaper` makes this process the subreaper of its orphaned descendants
-(PR_SET_CHILD_SUBREAPER, prctl(2): https://man7.org/linux/man-pages/man2/prctl.2.html), so a
-QEMU it starts is its child; `watch` waits for that QEMU on a daemon thread (waitpid(2)), which
-reaps it the moment it exits, whoever or whatever ended it.
+(PR_SET_CHILD_SUBREAPER, prctl(2): https://man7.org/linux/man-pages/man2/prctl.2.html), so
+every QEMU libvirt starts for it (a domain's, and the short-lived ones of libvirt's capability
+probe) is its child, and one daemon thread reaps each the moment it exits (waitid(2)). Only
+QEMU is reaped there: every other child has a parent in this process that waits for it
+(subprocess, or libvirt waiting for its own fork), and taking its exit status would break that
+wait. A QEMU is never this process's own fork (libvirt daemonizes it), so it is always an
+adopted orphan. `watch(pid)` gives the Event set once that QEMU is reaped.
 
-Only `hotadd run` becomes a subreaper: that process owns every QEMU it starts and nothing else
-daemonizes under it. A library caller (pytest, lab automation) is left as it is: every daemon
-its other code starts (a fixture's sshd or libvirtd) would become its child too and stay a
-zombie there. Without it, `watch` finds QEMU is not our child and libvirt waits as before.
+Only the `hotadd` command-line process becomes a subreaper (`harness.cli.run`): it owns every
+QEMU it starts. A library caller (pytest, lab automation, a test calling `cli.main`) is left as
+it is: every daemon its other code starts (a fixture's sshd or libvirtd) would become its
+child. Without it, `watch` finds QEMU is not our child and libvirt waits for init as before.
 """
 
 from __future__ import annotations
@@ -24,40 +28,86 @@ import contextlib
 import ctypes
 import os
 import threading
+import time
+from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>, Linux 3.4
+_QEMU_COMM = "qemu-system"  # proc(5) comm: the executable's name, cut to 15 characters
+_IDLE_S = 0.05  # how long the reaper waits while no QEMU child is waiting to be reaped
 _lock = threading.Lock()
 _subreaper = False
+_watched: dict[int, threading.Event] = {}
 
 
 def become_subreaper() -> bool:
-    """Make this process the subreaper of its descendants (idempotent); False where the
-    kernel refuses, and then QEMU's reaping stays init's business as before."""
+    """Make this process the subreaper of its descendants and start reaping its QEMU children
+    (idempotent); False where the kernel refuses, and then QEMU's reaping stays init's."""
     global _subreaper
     with _lock:
         if not _subreaper:
             libc = ctypes.CDLL(None, use_errno=True)
             _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            if _subreaper:
+                threading.Thread(target=_reap_qemu, name="reaper", daemon=True).start()
         return _subreaper
 
 
 def watch(pid: int) -> threading.Event | None:
-    """Reap `pid` as soon as it exits, on a daemon thread; the Event is set once it is reaped.
-    None if `pid` is not a child of this process (started before `become_subreaper`, or by
-    another process): its parent reaps it."""
-    try:
-        done, _status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
+    """The Event set once QEMU `pid` is reaped here; None if it is not this process's child
+    (no subreaper, or libvirtd's QEMU): its parent reaps it."""
     reaped = threading.Event()
-    if done:
+    with _lock:
+        if not _subreaper or _stat(pid) is None:
+            return None
+        _watched[pid] = reaped
+    if _stat(pid) is None:  # reaped between the two looks
         reaped.set()
-        return reaped
-
-    def wait() -> None:
-        with contextlib.suppress(ChildProcessError):  # reaped meanwhile (a second watch)
-            os.waitpid(pid, 0)
-        reaped.set()
-
-    threading.Thread(target=wait, name=f"reap-{pid}", daemon=True).start()
     return reaped
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """(comm, state, parent pid) of `pid` if it is this process's child (a zombie still is)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = stat[stat.index("(") + 1:stat.rfind(")")]
+    state, parent = stat[stat.rfind(")") + 2:].split()[:2]
+    return (comm, state, int(parent)) if int(parent) == os.getpid() else None
+
+
+def _children() -> set[int]:
+    """This process's children (each thread's list: an orphan is adopted by one of them)."""
+    out: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.update(int(p) for p in (task / "children").read_text().split())
+    return out
+
+
+def _reap_exited_qemu() -> bool:
+    """Reap every exited QEMU child; whether there was one."""
+    reaped = False
+    for pid in _children():
+        child = _stat(pid)
+        if child is None or child[1] != "Z" or not child[0].startswith(_QEMU_COMM):
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        reaped = True
+        with _lock:
+            done = _watched.pop(pid, None)
+        if done is not None:
+            done.set()
+    return reaped
+
+
+def _reap_qemu() -> None:
+    while True:
+        try:  # blocks until some child has exited; WNOWAIT leaves its status to be taken
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # no child at all
+            time.sleep(_IDLE_S)
+            continue
+        if not _reap_exited_qemu():
+            time.sleep(_IDLE_S)  # another waiter's child: it takes the status itself

@@ -1,6 +1,7 @@
-"""harness.host.reaper: a daemonized descendant (as libvirt daemonizes QEMU) becomes the
-subreaper's child and is reaped the moment it exits, not left a zombie for init. The subreaper
-runs in a child process: making the test runner one would adopt every daemon other tests start."""
+"""harness.host.reaper: a daemonized QEMU (libvirt daemonizes it) becomes the subreaper's child
+and is reaped the moment it exits, not left a zombie for init; no other child's exit status is
+taken from the code that waits for it. The subreaper runs in a child process: making the test
+runner one would adopt every daemon other tests start."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from harness.host import reaper
 
 _SUBREAPER = textwrap.dedent("""
-    import os, signal, subprocess
+    import os, signal, subprocess, sys
     from pathlib import Path
     from harness.host import reaper
 
@@ -22,24 +23,32 @@ _SUBREAPER = textwrap.dedent("""
         stat = Path(f"/proc/{pid}/stat").read_text()
         return int(stat[stat.rfind(")") + 2:].split()[1])
 
+    def orphan(exe):  # sh backgrounds it and exits: a double fork, as libvirt daemonizes QEMU
+        return int(subprocess.run(["sh", "-c", f"{exe} 60 >/dev/null 2>&1 & echo $!"],
+                                  check=True, capture_output=True, text=True).stdout)
+
     assert reaper.become_subreaper()
-    # sh backgrounds sleep and exits: a double fork, as libvirt daemonizes QEMU
-    pid = int(subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], check=True,
-                             capture_output=True, text=True).stdout)
-    print("ADOPTED", parent(pid) == os.getpid())
-    reaped = reaper.watch(pid)
-    os.kill(pid, signal.SIGKILL)
+    qemu = orphan(sys.argv[1])  # named like QEMU
+    print("ADOPTED", parent(qemu) == os.getpid())
+    reaped = reaper.watch(qemu)
+    os.kill(qemu, signal.SIGKILL)
     print("REAPED", reaped is not None and reaped.wait(30))
-    print("GONE", not Path(f"/proc/{pid}").exists())
+    print("GONE", not Path(f"/proc/{qemu}").exists())
+    print("STATUS", subprocess.run(["sh", "-c", "exit 3"]).returncode)  # not taken from it
 """)
 
 
-def test_an_orphaned_descendant_is_adopted_and_reaped_when_killed() -> None:
+def test_a_daemonized_qemu_is_adopted_and_reaped_and_other_statuses_are_left(
+        tmp_path: Path) -> None:
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.symlink_to("/bin/sleep")  # a process's comm is the name it was executed by
     tree = str(Path(reaper.__file__).parents[2])  # this checkout's harness, in the child too
-    done = subprocess.run([sys.executable, "-c", _SUBREAPER], capture_output=True, text=True,
-                          check=False, timeout=60, env={**os.environ, "PYTHONPATH": tree})
+    done = subprocess.run([sys.executable, "-c", _SUBREAPER, str(qemu)], capture_output=True,
+                          text=True, check=False, timeout=60,
+                          env={**os.environ, "PYTHONPATH": tree})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["ADOPTED", "True", "REAPED", "True", "GONE", "True"]
+    assert done.stdout.split() == ["ADOPTED", "True", "REAPED", "True", "GONE", "True",
+                                   "STATUS", "3"]
 
 
 def test_a_process_that_is_not_our_child_is_left_to_its_parent() -> None:
