@@ -10,11 +10,10 @@ whose init reaps slowly, and forever in a container whose init never reaps.
 `become_subreaper` makes this process the subreaper of its orphaned descendants
 (PR_SET_CHILD_SUBREAPER, prctl(2): https://man7.org/linux/man-pages/man2/prctl.2.html), so
 every QEMU libvirt starts for it (a domain's, and the short-lived ones of libvirt's capability
-probe) is its child, and one daemon thread reaps each the moment it exits (waitid(2)). Only
-QEMU is reaped there: every other child has a parent in this process that waits for it
-(subprocess, or libvirt waiting for its own fork), and taking its exit status would break that
-wait. A QEMU is never this process's own fork (libvirt daemonizes it), so it is always an
-adopted orphan. `watch(pid)` gives the Event set once that QEMU is reaped.
+probe) is its child, and one daemon thread reaps each the moment it exits (waitid(2)). Only an
+adopted QEMU is reaped there (`_adopted_qemu`): every other child has a parent in this process
+that waits for it (subprocess, or libvirt waiting for its own fork), and taking its exit status
+would break that wait. `watch(pid)` gives the Event set once that QEMU is reaped.
 
 Only the `hotadd` command-line process becomes a subreaper (`harness.cli.run`): it owns every
 QEMU it starts. A library caller (pytest, lab automation, a test calling `cli.main`) is left as
@@ -29,6 +28,7 @@ import ctypes
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>, Linux 3.4
@@ -65,15 +65,34 @@ def watch(pid: int) -> threading.Event | None:
     return reaped
 
 
-def _stat(pid: int) -> tuple[str, str, int] | None:
-    """(comm, state, parent pid) of `pid` if it is this process's child (a zombie still is)."""
+@dataclass(frozen=True)
+class _Child:
+    comm: str
+    state: str
+    session: int
+
+
+def _stat(pid: int) -> _Child | None:
+    """`pid` as proc(5)'s /proc/PID/stat shows it, if it is this process's child (a zombie
+    still is): fields 2 (comm), 3 (state), 4 (parent) and 6 (session)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    comm = stat[stat.index("(") + 1:stat.rfind(")")]
-    state, parent = stat[stat.rfind(")") + 2:].split()[:2]
-    return (comm, state, int(parent)) if int(parent) == os.getpid() else None
+    state, parent, _group, session = stat[stat.rfind(")") + 2:].split()[:4]
+    if int(parent) != os.getpid():
+        return None
+    return _Child(stat[stat.index("(") + 1:stat.rfind(")")], state, int(session))
+
+
+def _adopted_qemu(pid: int, child: _Child) -> bool:
+    """Whether child `pid` is a QEMU this process adopted, not one it forked and waits for.
+    libvirt daemonizes a domain's QEMU (fork, setsid, fork), and QEMU's own -daemonize (used by
+    libvirt's capability probe) does the same, so an adopted QEMU is in a session of its own
+    that it does not lead. A fork of this process that exec'd QEMU (the probe's first QEMU,
+    which libvirt waits for) is in our session, or leads its own (setsid), and is left."""
+    return (child.comm.startswith(_QEMU_COMM) and child.session != os.getsid(0)
+            and child.session != pid)
 
 
 def _children() -> set[int]:
@@ -90,7 +109,7 @@ def _reap_exited_qemu() -> bool:
     reaped = False
     for pid in _children():
         child = _stat(pid)
-        if child is None or child[1] != "Z" or not child[0].startswith(_QEMU_COMM):
+        if child is None or child.state != "Z" or not _adopted_qemu(pid, child):
             continue
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)

@@ -23,8 +23,8 @@ _SUBREAPER = textwrap.dedent("""
         stat = Path(f"/proc/{pid}/stat").read_text()
         return int(stat[stat.rfind(")") + 2:].split()[1])
 
-    def orphan(exe):  # sh backgrounds it and exits: a double fork, as libvirt daemonizes QEMU
-        return int(subprocess.run(["sh", "-c", f"{exe} 60 >/dev/null 2>&1 & echo $!"],
+    def orphan(exe):  # setsid, then sh backgrounds it and exits: as libvirt daemonizes QEMU
+        return int(subprocess.run(["setsid", "sh", "-c", f"{exe} 60 >/dev/null 2>&1 & echo $!"],
                                   check=True, capture_output=True, text=True).stdout)
 
     assert reaper.become_subreaper()
