@@ -35,10 +35,10 @@ class Run:
     rss_kib: int  # the hotadd process's own peak RSS
 
 
-#: `python -m harness`, plus the process's own peak RSS on its last stderr line. RUSAGE_CHILDREN
-#: here would count QEMU too: `hotadd run` reaps it, and a reaped process's peak RSS passes up
-#: to whoever waits for its reaper (getrusage(2)).
-_HOTADD = ("import resource, sys; from harness.cli import main; code = main(sys.argv[1:]); "
+#: `python -m harness` (`harness.cli.run`), plus the process's own peak RSS on its last stderr
+#: line. RUSAGE_CHILDREN here would count QEMU too: `hotadd run` reaps it, and a reaped
+#: process's peak RSS passes up to whoever waits for its reaper (getrusage(2)).
+_HOTADD = ("import resource, sys; from harness.cli import run; code = run(); "
            "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
            "file=sys.stderr); sys.exit(code)")
 
