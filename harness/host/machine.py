@@ -221,7 +221,6 @@ def _abandon_start(conn: libvirt.virConnect, name: str, finished: threading.Even
         for pid in qemu_pids_mentioning(f"guest={name},") if local else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            reaper.watch(pid)  # else libvirt's destroy waits for our zombie
         _destroy_by_name(conn, name)
         if finished.wait(1.0):
             break

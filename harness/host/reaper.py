@@ -28,8 +28,9 @@ import ctypes
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from harness.host.procfs import ProcStat, proc_stat
 
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>, Linux 3.4
 _QEMU_COMM = "qemu-system"  # proc(5) comm: the executable's name, cut to 15 characters
@@ -61,31 +62,19 @@ def watch(pid: int) -> threading.Event | None:
             return None
         _watched[pid] = reaped
     if _stat(pid) is None:  # reaped between the two looks
+        with _lock:
+            _watched.pop(pid, None)
         reaped.set()
     return reaped
 
 
-@dataclass(frozen=True)
-class _Child:
-    comm: str
-    state: str
-    session: int
+def _stat(pid: int) -> ProcStat | None:
+    """`pid` as /proc shows it, if it is this process's child (a zombie still is)."""
+    child = proc_stat(pid)
+    return child if child is not None and child.parent == os.getpid() else None
 
 
-def _stat(pid: int) -> _Child | None:
-    """`pid` as proc(5)'s /proc/PID/stat shows it, if it is this process's child (a zombie
-    still is): fields 2 (comm), 3 (state), 4 (parent) and 6 (session)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    state, parent, _group, session = stat[stat.rfind(")") + 2:].split()[:4]
-    if int(parent) != os.getpid():
-        return None
-    return _Child(stat[stat.index("(") + 1:stat.rfind(")")], state, int(session))
-
-
-def _adopted_qemu(pid: int, child: _Child) -> bool:
+def _adopted_qemu(pid: int, child: ProcStat) -> bool:
     """Whether child `pid` is a QEMU this process adopted, not one it forked and waits for.
     libvirt daemonizes a domain's QEMU (fork, setsid, fork), and QEMU's own -daemonize (used by
     libvirt's capability probe) does the same, so an adopted QEMU is in a session of its own

@@ -26,6 +26,7 @@ from pathlib import Path
 from harness import paths
 from harness.errors import InfrastructureError, InputError
 from harness.host.connection import EMBED_ROOT_MAX
+from harness.host.procfs import proc_stat
 
 WORKERS = "libvirt-workers"
 
@@ -95,13 +96,9 @@ def qemu_pids_mentioning(text: str) -> list[int]:
 
 
 def process_stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (state T: a stop signal; t: a tracer), from proc(5)'s
-    /proc/PID/stat: the state is the field after the parenthesised command name."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")
+    """Whether process `pid` is stopped (state T: a stop signal; t: a tracer)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat.state in ("T", "t")
 
 
 def has_leftovers(root: Path) -> bool:

@@ -18,10 +18,7 @@ _SUBREAPER = textwrap.dedent("""
     import os, signal, subprocess, sys
     from pathlib import Path
     from harness.host import reaper
-
-    def parent(pid):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rfind(")") + 2:].split()[1])
+    from harness.host.procfs import proc_stat
 
     def orphan(exe):  # setsid, then sh backgrounds it and exits: as libvirt daemonizes QEMU
         return int(subprocess.run(["setsid", "sh", "-c", f"{exe} 60 >/dev/null 2>&1 & echo $!"],
@@ -29,7 +26,7 @@ _SUBREAPER = textwrap.dedent("""
 
     assert reaper.become_subreaper()
     qemu = orphan(sys.argv[1])  # named like QEMU
-    print("ADOPTED", parent(qemu) == os.getpid())
+    print("ADOPTED", proc_stat(qemu).parent == os.getpid())
     reaped = reaper.watch(qemu)
     os.kill(qemu, signal.SIGKILL)
     print("REAPED", reaped is not None and reaped.wait(30))

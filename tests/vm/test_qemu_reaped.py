@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.host.procfs import proc_stat
 from tests.support.processes import qemu_pids_mentioning
 from tests.vm.test_frozen_qemu import _root, start_run
 from tests.vm.test_interrupts import finish, wait_for_line
 
 pytestmark = pytest.mark.vm
-
-
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rfind(")") + 2:].split()[1])
 
 
 @pytest.mark.timeout(600)
@@ -29,7 +25,8 @@ def test_a_run_is_the_parent_of_its_qemu_and_leaves_no_zombie(cli_uri: str,
         wait_for_line(proc, "] add 1: ", seen)
         pids = qemu_pids_mentioning(_root(cli_uri))
         assert len(pids) == 1, (pids, "".join(seen))
-        assert _parent(pids[0]) == proc.pid, "libvirt's daemonized QEMU was not adopted"
+        stat = proc_stat(pids[0])
+        assert stat is not None and stat.parent == proc.pid, "QEMU was not adopted"
         err = finish(proc, seen)
     finally:
         if proc.poll() is None:
