@@ -292,6 +292,12 @@ class Screenshots:
         if self._thread is not None:
             self._thread.join()
 
+    def final(self, label: str) -> Path | None:
+        """The failure's screenshot, taken after the periodic thread stops so that it is the
+        last file in the folder (a periodic shot after it would be mistaken for the end)."""
+        self.stop()
+        return self.take(label) or self.last
+
 
 class Installer:
     """The installer VM, seen by the build flow. Wraps harness.host.machine.Machine so the
@@ -472,7 +478,7 @@ def _stage(progress: Progress, name: str, awaited: str, installer: Installer,
             yield
     except HotaddError as exc:
         cause = installer.machine.cause_of(exc)  # gone silent: crashed or switched off?
-        shot = shots.take("failed") or shots.last
+        shot = shots.final("failed")
         evidence = (f"last screenshot {shot}; " if shot else "no screenshot; ") + \
             f"serial log {installer.machine.spec.serial_log}"
         if winrm is not None:  # WinRM came up first, so a hung provisioning step shows here
