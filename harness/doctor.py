@@ -17,7 +17,7 @@ from harness import paths
 from harness.errors import HotaddError
 from harness.host.domain import OVMF_CODE, OVMF_VARS, default_emulator
 from harness.host.remote import HostCaps
-from harness.host.target import HostTarget
+from harness.host.target import LOCAL, HostTarget
 
 
 @dataclass(frozen=True)
@@ -43,34 +43,33 @@ def _qemu_version(emulator: str) -> Check:
     return Check("QEMU", True, f"{out} ({emulator})")
 
 
-def _hotpluggable_cpu_types(emulator: str) -> Check:
-    """Ask QEMU itself (no libvirt, no guest) which CPU types q35 can hot-plug."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        qmp = (
-            '{"execute":"qmp_capabilities"}\n'
-            '{"execute":"query-hotpluggable-cpus"}\n'
-            '{"execute":"quit"}\n'
-        )
-        try:
-            proc = subprocess.run(
-                [emulator, "-machine", "q35", "-accel", "tcg", "-smp", "1,maxcpus=2",
-                 "-display", "none", "-nodefaults", "-S", "-qmp", "stdio"],
-                input=qmp, capture_output=True, text=True, timeout=30, check=False, cwd=tmp)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Check("hot-pluggable CPUs", False, f"QEMU did not answer QMP: {exc}",
-                         "apt-get install qemu-system-x86")
+def _hotpluggable_cpu_types(emulator: str, target: HostTarget = LOCAL) -> Check:
+    """Ask QEMU itself on the host (no libvirt, no guest) which CPU types q35 can hot-plug:
+    QMP on its stdin, `-S` so no guest code runs."""
+    qmp = (
+        '{"execute":"qmp_capabilities"}\n'
+        '{"execute":"query-hotpluggable-cpus"}\n'
+        '{"execute":"quit"}\n'
+    )
+    where = "" if not target.remote else f" on {target.description}"
+    out = target.run([emulator, "-machine", "q35", "-accel", "tcg", "-smp", "1,maxcpus=2",
+                      "-display", "none", "-nodefaults", "-S", "-qmp", "stdio"],
+                     timeout=30, stdin=qmp)
     types: set[str] = set()
-    for line in proc.stdout.splitlines():
+    for line in out.stdout.splitlines():
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
             continue
         for slot in msg.get("return", []) if isinstance(msg.get("return"), list) else []:
             types.add(str(slot.get("type")))
+    if not types and not out.stdout.strip():
+        return Check("hot-pluggable CPUs", False,
+                     f"QEMU did not answer QMP{where}: {out.stderr.strip()[:200]}",
+                     "apt-get install qemu-system-x86" + (" on that host" if where else ""))
     if not types:
-        return Check("hot-pluggable CPUs", False, "QEMU reports no hot-pluggable CPU slots on q35",
+        return Check("hot-pluggable CPUs", False,
+                     f"QEMU reports no hot-pluggable CPU slots on q35{where}",
                      "use a QEMU with CPU hot-plug (>= 2.7)")
     return Check("hot-pluggable CPUs", True, "q35 slots of type " + ", ".join(sorted(types)))
 
@@ -180,6 +179,7 @@ def run_host_checks(uri: str) -> list[Check]:
             return checks
         ovmf = str(OVMF_CODE) in caps.loaders
         checks += [_host_emulator(target, caps), _host_accel(target, caps),
+                   _hotpluggable_cpu_types(caps.emulator, target),
                    Check("OVMF (UEFI, Windows guests)", ovmf,
                          f"{OVMF_CODE} known to libvirt" if ovmf
                          else f"{OVMF_CODE} unknown to libvirt there",

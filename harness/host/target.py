@@ -72,8 +72,9 @@ class HostTarget(abc.ABC):
         """hotadd's directory on the host (scratch dirs, staged files)."""
 
     @abc.abstractmethod
-    def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
-        """Run a program (no shell) and wait for it."""
+    def run(self, argv: Sequence[str], timeout: float = 300.0,
+            stdin: str | None = None) -> RunResult:
+        """Run a program (no shell) and wait for it; `stdin`, if given, is its whole input."""
 
     @abc.abstractmethod
     def put(self, local: Path, remote: Path) -> None:
@@ -156,10 +157,11 @@ class LocalHost(HostTarget):
     def cache_root(self) -> Path:
         return paths.cache_root()
 
-    def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
+    def run(self, argv: Sequence[str], timeout: float = 300.0,
+            stdin: str | None = None) -> RunResult:
         try:
             proc = subprocess.run(list(argv), capture_output=True, text=True, check=False,
-                                  timeout=timeout)
+                                  timeout=timeout, input=stdin)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return RunResult(tuple(argv), 127, "", str(exc))
         return RunResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
@@ -360,7 +362,8 @@ class SshHost(HostTarget):
 
     # -- commands -----------------------------------------------------------------------------
 
-    def run(self, argv: Sequence[str], timeout: float = 300.0) -> RunResult:
+    def run(self, argv: Sequence[str], timeout: float = 300.0,
+            stdin: str | None = None) -> RunResult:
         command = shlex.join(argv)
         out: list[bytes] = []
         err: list[bytes] = []
@@ -369,6 +372,8 @@ class SshHost(HostTarget):
             chan = self._transport().open_session(timeout=self.connect_timeout)
             try:
                 chan.exec_command(command)
+                if stdin:
+                    chan.sendall(stdin.encode())
                 chan.shutdown_write()
                 # both streams drained as they come: a full stderr window never stalls stdout
                 while not (chan.exit_status_ready() and chan.eof_received

@@ -78,12 +78,14 @@ def _doctor(lab: LabHost, uri: str, env: dict[str, str] | None = None
 def test_doctor_checks_the_remote_host(lab: LabHost) -> None:
     _code, checks = _doctor(lab, lab.uri)
     for name in ("libvirt URI", "SSH login", "libvirt", "emulator", "accelerator",
-                 "qemu-img (Windows overlays)", "flock (capacity leases)", "staging cache",
-                 "host disk space"):
+                 "hot-pluggable CPUs", "qemu-img (Windows overlays)",
+                 "flock (capacity leases)", "staging cache", "host disk space"):
         assert checks[name]["ok"], checks[name]
     assert "root@127.0.0.1" in str(checks["SSH login"]["detail"])
     assert str(lab.cache) in str(checks["staging cache"]["detail"])
     assert str(lab.cache) in str(checks["host disk space"]["detail"])
+    # QEMU on the host answered QMP fed through the SSH channel's stdin
+    assert "x86_64-cpu" in str(checks["hot-pluggable CPUs"]["detail"])
 
 
 def test_doctor_names_what_is_wrong_with_a_remote_host(lab: LabHost, tmp_path: Path) -> None:
