@@ -10,39 +10,19 @@ lets go ("released"), and exits. Killed, its locks end with its SSH connection.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from harness.host.saved import SavedStore
 from harness.host.target import SshAddress, SshHost
+from tests.support.processes import LineProcess
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-class ClaimerProcess:
-    """This module run as a process, driven by its lines."""
+class ClaimerProcess(LineProcess):
+    """This module run as a process (a controller claiming a key), driven by its lines."""
 
     def __init__(self, uri: str, cache: Path, key: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.saved_claimer", uri, str(cache), key],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-            env=os.environ | {"PYTHONPATH": str(REPO)})
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-    def go(self) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        super().__init__("tests.support.saved_claimer", [uri, str(cache), key])
 
 
 def main(argv: list[str]) -> None:
