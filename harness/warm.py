@@ -21,6 +21,10 @@ restore's XML, so `harness.host.saveimage` restores a per-run copy of the image 
 names the run), so no two runs ever share a domain name. Nothing of a probe survives: the state
 is saved before any probe load, and the guest's wall clock is set again once it answers
 (`Session.sync_clock`).
+
+On a remote libvirt host (`hw.host`, `harness.host.target`) the store is that host's own, where
+its QEMU saves and restores: the save image, its per-run copy and the disk/NVRAM copies are
+made there; only the boot console travels, into this run's local serial log.
 """
 
 from __future__ import annotations
