@@ -129,10 +129,11 @@ class Guest:
     def start(cls, spec: ScenarioSpec, kind: GuestKind, host: Host, progress: Progress,
               name: str, run_dir: Path) -> Iterator[Guest]:
         """`boot` with `spec.cold`; otherwise restore the saved guest of this hardware
-        (`harness.warm`), saving one first if there is none."""
-        if spec.cold or host.target.remote:
+        (`harness.warm`, the store on the host QEMU runs on), saving one first if there is
+        none."""
+        if spec.cold:
             with cls.boot(spec, kind, host, progress, name, run_dir) as guest:
-                guest.start_info = COLD if spec.cold else warm.REMOTE
+                guest.start_info = COLD
                 yield guest
             return
         with contextlib.ExitStack() as owned:
@@ -140,8 +141,9 @@ class Guest:
             with interrupts.shielded():
                 hw = HardwareRequest(name=name, vcpus=spec.vcpu_plan,
                                      accelerator=host.accelerator, run_dir=run_dir,
-                                     scratch=storage.run_scratch(name),
-                                     memory_mib=spec.memory_mib, firmware=spec.firmware)
+                                     scratch=storage.run_scratch(name, host.target),
+                                     memory_mib=spec.memory_mib, firmware=spec.firmware,
+                                     host=host.target)
                 machine, info = owned.enter_context(warm.start(
                     host.conn, kind, hw, host.versions, progress, spec.ready_timeout))
                 guest = cls(spec, kind, host, machine)

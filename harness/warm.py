@@ -21,6 +21,10 @@ restore's XML, so `harness.host.saveimage` restores a per-run copy of the image 
 names the run), so no two runs ever share a domain name. Nothing of a probe survives: the state
 is saved before any probe load, and the guest's wall clock is set again once it answers
 (`Session.sync_clock`).
+
+On a remote libvirt host (`hw.host`, `harness.host.target`) the store is that host's own, where
+its QEMU saves and restores: the save image, its per-run copy and the disk/NVRAM copies are
+made there; only the boot console travels, into this run's local serial log.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +41,7 @@ from typing import Any
 import libvirt
 
 from harness import __version__
-from harness.errors import HotaddError
+from harness.errors import HotaddError, InfrastructureError
 from harness.guests.base import GuestKind, HardwareRequest
 from harness.host import storage
 from harness.host.domain import DomainSpec, Forward, to_xml
@@ -68,8 +72,6 @@ class StartInfo:
 
 BOOTED = StartInfo(warm=False)
 COLD = StartInfo(warm=False, note="--cold")
-#: a remote libvirt host boots its guests: the saved-guest store is on this machine only
-REMOTE = StartInfo(warm=False, note="remote host: saved guests are not kept there yet")
 
 
 def normalised_xml(spec: DomainSpec, hw: HardwareRequest) -> str:
@@ -105,9 +107,10 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
           host_versions: Mapping[str, str], progress: Progress, ready_timeout: float,
           store: SavedStore | None = None) -> Iterator[tuple[Machine, StartInfo]]:
     """A running machine for `hw` restored from the saved guest of its key, creating that
-    entry first (cold boot to ready, save) if there is none. `hw.scratch` becomes the
-    machine's; it is torn down on exit unless its `keep` is set."""
-    store = store if store is not None else SavedStore()
+    entry first (cold boot to ready, save) if there is none. `hw.scratch` (on `hw.host`)
+    becomes the machine's; it is torn down on exit unless its `keep` is set. The store is
+    the one on `hw.host`, where QEMU saves and restores (a remote host's own)."""
+    store = store if store is not None else SavedStore(target=hw.host)
     if store.limit == 0:  # HOTADD_SAVED_MAX_MIB=0: keep nothing, so save nothing either
         machine, info = _cold(conn, hw, kind, progress, "HOTADD_SAVED_MAX_MIB=0")
         with machine:
@@ -117,7 +120,7 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
         spec = kind.domain_spec(hw)
         key = key_for(kind, spec, hw, host_versions)
     except BaseException:
-        storage.remove_scratch(hw.scratch)
+        storage.remove_scratch(hw.scratch, hw.host)
         raise
     with contextlib.ExitStack() as stack:
         try:
@@ -126,10 +129,10 @@ def start(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest,
                 machine, info = _start_locked(conn, kind, hw, spec, claim, key, progress,
                                               ready_timeout)
         except BaseException:
-            storage.remove_scratch(hw.scratch)  # no machine owns it
+            storage.remove_scratch(hw.scratch, hw.host)  # no machine owns it
             raise
         stack.callback(machine.close)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, InfrastructureError):
             store.trim()
         progress.say(info.describe())
         yield machine, info
@@ -144,7 +147,7 @@ def _start_locked(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest
         saved = True
     assert claim.entry is not None
     try:
-        machine = _restore(conn, spec, hw.scratch, claim.entry, progress)
+        machine = _restore(conn, spec, hw, claim.entry, progress)
     except HotaddError as exc:
         if saved:
             raise
@@ -158,48 +161,55 @@ def _start_locked(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest
 
 def _cold(conn: libvirt.virConnect, hw: HardwareRequest, kind: GuestKind, progress: Progress,
           note: str) -> tuple[Machine, StartInfo]:
-    if not hw.scratch.exists():  # a failed restore removed it
-        storage.run_scratch(hw.scratch.name)
+    if not hw.host.exists(hw.scratch):  # a failed restore removed it
+        storage.run_scratch(hw.scratch.name, hw.host)
     spec = kind.domain_spec(hw)
     with progress.stage("boot", f"{spec.name} (cold: {note})"):
-        machine = Machine.start(conn, spec, hw.scratch)
+        machine = Machine.start(conn, spec, hw.scratch, hw.host)
     return machine, StartInfo(warm=False, note=note)
 
 
 def _create(conn: libvirt.virConnect, kind: GuestKind, hw: HardwareRequest, spec: DomainSpec,
             claim: Claim, key: Key, progress: Progress, ready_timeout: float) -> Entry:
     """Boot the guest cold to ready under a name of its own (its scratch dir's), save it into
-    the claim's staging directory and publish it."""
+    the claim's staging directory (on the guest's host) and publish it. Its console is read
+    here (libvirt's stream) into a directory of this machine, and staged with the image."""
+    host = hw.host
     staging = claim.staging()
-    scratch = storage.run_scratch(run_name(f"{kind.os.value}-save"))
-    try:
-        boot_hw = dataclasses.replace(hw, name=scratch.name, scratch=scratch,
-                                      run_dir=staging.path)
-        boot_spec = dataclasses.replace(kind.domain_spec(boot_hw), name=scratch.name)
-    except BaseException:
-        storage.remove_scratch(scratch)
-        raise
-    with progress.stage("boot", f"{boot_spec.name} ({spec.vcpus.boot} of {spec.vcpus.maximum} "
-                                "vCPUs), to save it for later runs"):
-        machine = Machine.start(conn, boot_spec, scratch)
-    with machine:
-        with progress.stage("boot to ready", "the guest's transport, before saving it"):
-            kind.open_session(machine, progress, ready_timeout).close()
-        with progress.stage("save", f"{boot_spec.name} ({claim.key})"):
-            machine.save(staging.image)
-            for path in machine.writable_files():
-                staging.add_file(path)
-    (staging.path / "domain.xml").unlink(missing_ok=True)
+    scratch = storage.run_scratch(run_name(f"{kind.os.value}-save"), host)
+    with contextlib.ExitStack() as stack:
+        try:
+            boot_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="hotadd-save-")))
+            boot_hw = dataclasses.replace(hw, name=scratch.name, scratch=scratch,
+                                          run_dir=boot_dir)
+            boot_spec = dataclasses.replace(kind.domain_spec(boot_hw), name=scratch.name)
+        except BaseException:
+            storage.remove_scratch(scratch, host)
+            raise
+        with progress.stage("boot", f"{boot_spec.name} ({spec.vcpus.boot} of "
+                                    f"{spec.vcpus.maximum} vCPUs), to save it for later runs"):
+            machine = Machine.start(conn, boot_spec, scratch, host)
+        with machine:
+            with progress.stage("boot to ready", "the guest's transport, before saving it"):
+                kind.open_session(machine, progress, ready_timeout).close()
+            with progress.stage("save", f"{boot_spec.name} ({claim.key})"):
+                machine.save(staging.image)
+                for path in machine.writable_files():
+                    staging.add_file(path)
+                staging.add_console(boot_spec.serial_log)
     return claim.publish({"name": boot_spec.name, "inputs": dict(key.inputs)})
 
 
-def _restore(conn: libvirt.virConnect, spec: DomainSpec, scratch: Path, entry: Entry,
+def _restore(conn: libvirt.virConnect, spec: DomainSpec, hw: HardwareRequest, entry: Entry,
              progress: Progress) -> Machine:
-    """Copy the entry's boot console and writable files into this run's places, then
-    restore under the run's own name."""
+    """Copy the entry's boot console into this run's serial log (here) and its writable files
+    into this run's scratch (on the host, copied there), then restore under the run's own
+    name."""
+    host = hw.host
     with progress.stage("restore", f"{spec.name} from saved guest {entry.key}"):
-        shutil.copyfile(entry.console, spec.serial_log)
+        host.get(entry.console, spec.serial_log)
         writable = [d.path for d in spec.disks if not d.readonly]
         for path in writable + ([spec.nvram] if spec.nvram is not None else []):
-            shutil.copyfile(entry.file(path.name), path)
-        return Machine.resume(conn, spec, scratch, entry.image)
+            host.copy(entry.file(path.name), path)
+        return Machine.resume(conn, spec, hw.scratch, entry.image, host)

@@ -37,6 +37,7 @@ from harness.errors import (
     GuestUnhealthy,
     GuestWedged,
     HotaddError,
+    InfrastructureError,
     InputError,
     NoFreeVcpuSlot,
     QemuFrozen,
@@ -308,9 +309,9 @@ class Machine:
 
     @classmethod
     def resume(cls, conn: libvirt.virConnect, spec: DomainSpec, scratch: Path,
-               image: Path) -> Machine:
+               image: Path, host: HostTarget = LOCAL) -> Machine:
         """Start `spec`'s domain from a save image that another run made of the same domain
-        (`harness.warm`). Owns `scratch` from here, like `start`.
+        (`harness.warm`). Owns `scratch` (on `host`, like `image`) from here, like `start`.
 
         The domain runs under `spec`'s own name and a fresh UUID (a per-run copy of the image,
         `harness.host.saveimage`: libvirt refuses a rename on restore). Everything outside the
@@ -318,28 +319,36 @@ class Machine:
         boot console there first; restored paused, resumed once the console stream is
         attached), the NIC's host ports (QEMU command-line
         arguments, not part of the saved state), disk, CD-ROM and NVRAM paths, and the owner
-        metadata the sweep reads.
+        metadata the sweep reads. On a remote host the spec's input files are staged there
+        again first (`remote.place`: the staging cache may have dropped them since the save).
         """
         spec = _owned(spec, scratch)
         events = DomainEvents(conn, spec.name)
         copy = scratch / RESTORE_IMAGE  # in the scratch dir: a crashed run's goes with it
         try:
-            xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name), spec)
+            if host.remote:
+                spec = remote.place(host, spec, scratch, remote.host_caps(conn)).spec
+            xml = adapt_saved_xml(saveimage.write_renamed(image, copy, spec.name, host), spec)
             conn.restoreFlags(str(copy), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
             dom = conn.lookupByName(spec.name)
             console = bounded.call(lambda: _run_with_console(dom, spec.serial_log),
                                    CALL_TIMEOUT_S, ATTACH)
-        except (libvirt.libvirtError, DomainError, OSError, bounded.CallTimedOut) as exc:
-            _destroy_by_name(conn, spec.name)  # restored, paused, but never attached
-            events.close()
-            storage.remove_scratch(scratch)
+        except BaseException as exc:
+            with interrupts.shielded():
+                _destroy_by_name(conn, spec.name)  # restored, paused, but never attached
+                events.close()
+                storage.remove_scratch(scratch, host)
+            if not isinstance(exc, (libvirt.libvirtError, DomainError, OSError,
+                                    bounded.CallTimedOut)):
+                raise  # not the saved guest's fault (the host's files, a Ctrl-C)
             detail = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
             raise DomainError(f"libvirt could not restore {spec.name} from {image}: {detail}",
                               "run with --cold to boot instead; 'hotadd sweep' drops saved "
                               "guests that no longer restore") from exc
         finally:
-            copy.unlink(missing_ok=True)  # QEMU has read it all once the restore returns
-        machine = cls(conn, spec, scratch, dom, events, console)
+            with contextlib.suppress(OSError, InfrastructureError):
+                host.remove(copy)  # QEMU has read it all once the restore returns
+        machine = cls(conn, spec, scratch, dom, events, console, host)
         machine._adopt_qemu()
         interrupts.own(spec.name, f"domain {spec.name} (QEMU restored) and scratch dir {scratch}")
         with machine.closed_on_error():
@@ -435,9 +444,9 @@ class Machine:
     # --- checkpoint: a known state without a boot --------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Save the running guest to `path` (virDomainSave: the domain stops) and copy its
-        writable disks and NVRAM beside them, so every `restore` starts from exactly this."""
-        self._local_only("saving a guest")
+        """Save the running guest to `path` on its host (virDomainSave: the domain stops) and
+        copy its writable disks and NVRAM beside them there, so every `restore` starts from
+        exactly this."""
         try:
             self._call(lambda: self.dom.save(str(path)), "save", SAVE_TIMEOUT_S)
         except libvirt.libvirtError as exc:
@@ -447,7 +456,7 @@ class Machine:
         self._qemu_pid_known = False
         self._end_console()
         for disk in self.writable_files():
-            shutil.copyfile(disk, _saved_copy(disk))
+            self.host.copy(disk, _saved_copy(disk))
 
     def restore(self, saved: Path, serial_log: Path) -> None:
         """Start again from the state `save` wrote to `saved`. The serial console goes to
@@ -492,9 +501,8 @@ class Machine:
     def _local_only(self, what: str) -> None:
         if self.host.remote:
             raise InputError(f"{what} on a remote libvirt host ({self.host.description}) is "
-                             "not supported yet: the save image and the disk copies would be "
-                             "there, the saved-guest store is here",
-                             "boot the guest cold (hotadd run does so on remote hosts)")
+                             "not supported yet (the pytest plugin's checkpoints are local)",
+                             "run the pytest plugin against a local libvirt URI")
 
     def forwarded_port(self, guest_port: int) -> int:
         for fwd in self.spec.forwards:

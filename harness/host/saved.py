@@ -12,23 +12,28 @@ Concurrency (several runs, several processes, one cache directory):
   moment it finds none until the entry is published, so a second run wanting the same key
   waits for it and restores instead of booting twice;
 - an entry appears at once or not at all: it is written into `.tmp-<key>-<pid>-...` and renamed
-  into place (rename(2) is atomic within a file system);
+  into place (rename(2) is atomic within a file system). The sweep removes a staging dir only
+  under its key's lock taken without waiting: its creator holds that lock until it is done;
 - eviction takes the lock exclusively without waiting and skips entries in use, renames the
   entry away, removes it, and unlinks the lock file while still holding it; lockers re-check
   that the file they locked is still the one at the path, so an unlinked lock is never trusted.
 
 The store is bounded (HOTADD_SAVED_MAX_MIB, default 4096): least recently used entries go first.
+
+A remote libvirt host (`qemu+ssh://`) keeps its own store, under its hotadd directory
+(`<HOTADD_REMOTE_CACHE_DIR>/saved`), where its QEMU saves and restores: the same protocol, each
+file operation over SFTP or a command there, each lock a flock(1) held by a command on the
+controller's SSH connection (`harness.host.target`), so a lock dies with the controller that
+held it. Its bound is the controlling process's HOTADD_SAVED_MAX_MIB.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -36,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
-from harness.errors import InputError
+from harness.errors import InfrastructureError, InputError
+from harness.host.target import LOCAL, FileLock, HostTarget
 
 SAVE_IMAGE = "state.save"
 BOOT_CONSOLE = "serial.log"
@@ -110,45 +116,36 @@ class Entry(_Layout):
 
 @dataclass(frozen=True)
 class Staging(_Layout):
-    """Where the creating run writes a new entry before `Claim.publish` renames it in."""
+    """Where the creating run writes a new entry before `Claim.publish` renames it in (on the
+    store's host)."""
+
+    target: HostTarget = LOCAL
 
     def add_file(self, source: Path) -> None:
-        (self.path / FILES_DIR).mkdir(exist_ok=True)
-        shutil.copyfile(source, self.path / FILES_DIR / source.name)
+        """A copy of `source` (a file on the same host), made there."""
+        self.target.mkdir(self.path / FILES_DIR)
+        self.target.copy(source, self.path / FILES_DIR / source.name)
+
+    def add_console(self, local: Path) -> None:
+        """The boot console, from this machine (its run read it through libvirt's stream)."""
+        self.target.put(local, self.console)
 
 
-def entry_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _tree_size(target: HostTarget, path: Path) -> int:
+    return sum(_tree_size(target, path / name) if is_dir else size
+               for name, size, _mtime, is_dir in target.listdir(path))
 
 
-def _open_locked(lock_path: Path, flags: int) -> int | None:
-    """Open and flock `lock_path`; None if LOCK_NB was asked and another holds it. Loops until
-    the locked file is still the one at the path (an evictor may have unlinked it)."""
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, flags)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
+def entry_size(path: Path, target: HostTarget = LOCAL) -> int:
+    return _tree_size(target, path)
 
 
-def _read_entry(path: Path, key: str) -> Entry | None:
+def _read_entry(target: HostTarget, path: Path, key: str) -> Entry | None:
     try:
-        meta = json.loads((path / ENTRY_FILE).read_text())
-    except (OSError, ValueError):
+        meta = json.loads(target.read_text(path / ENTRY_FILE))
+    except (OSError, ValueError, InfrastructureError):
         return None
-    if not (path / SAVE_IMAGE).is_file():
+    if not target.exists(path / SAVE_IMAGE):
         return None
     return Entry(path, key, meta)
 
@@ -158,10 +155,10 @@ class Claim:
     if this run found it only after waiting), or nothing yet and the exclusive right to create
     it (`staging`, then `publish`)."""
 
-    def __init__(self, store: SavedStore, key: str, fd: int, entry: Entry | None) -> None:
+    def __init__(self, store: SavedStore, key: str, lock: FileLock, entry: Entry | None) -> None:
         self.store = store
         self.key = key
-        self._fd = fd
+        self._lock: FileLock | None = lock
         self.entry = entry
         self._staging: Staging | None = None
 
@@ -175,42 +172,53 @@ class Claim:
             raise InputError(f"saved guest {self.key} exists already", "restore it instead")
         if self._staging is None:
             path = self.store.root / f"{_TMP}{self.key}-{os.getpid()}-{secrets.token_hex(3)}"
-            path.mkdir()
-            self._staging = Staging(path)
+            self.store.target.mkdir(path, exist_ok=False)
+            self._staging = Staging(path, self.store.target)
         return self._staging
 
     def publish(self, meta: Mapping[str, Any]) -> Entry:
         """Write entry.json and move the staged entry into place, atomically."""
         staging = self.staging()
-        (staging.path / ENTRY_FILE).write_text(json.dumps(
-            {**meta, "key": self.key, "created": time.time(),
-             "bytes": entry_size(staging.path)}, indent=2, sort_keys=True) + "\n")
-        (staging.path / USED_FILE).touch()
-        target = self.store.entry_path(self.key)
-        if target.exists():  # an incomplete leftover of a crashed creator: we hold the lock
-            shutil.rmtree(target)
-        staging.path.rename(target)
+        target = self.store.target
+        size = _tree_size(target, staging.path)
+        target.write_text(staging.path / ENTRY_FILE, json.dumps(
+            {**meta, "key": self.key, "created": time.time(), "bytes": size},
+            indent=2, sort_keys=True) + "\n")
+        target.write_text(staging.path / USED_FILE, "")
+        path = self.store.entry_path(self.key)
+        if target.exists(path):  # an incomplete leftover of a crashed creator: we hold the lock
+            target.remove(path)
+        target.rename(staging.path, path)
         self._staging = None
-        entry = _read_entry(target, self.key)
+        entry = _read_entry(target, path, self.key)
         assert entry is not None
         self.entry = entry
         return entry
 
     def release(self) -> None:
         if self._staging is not None:
-            shutil.rmtree(self._staging.path, ignore_errors=True)
+            with contextlib.suppress(OSError, InfrastructureError):
+                self.store.target.remove(self._staging.path)
             self._staging = None
-        if self._fd >= 0:
-            os.close(self._fd)  # closing the last descriptor drops the flock
-            self._fd = -1
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 class SavedStore:
-    """The saved guests under `root`, at most `limit` bytes in all."""
+    """The saved guests under `root` on `target` (this machine, or a remote libvirt host's
+    `<cache>/saved`), at most `limit` bytes in all. Every file and lock operation goes through
+    the host seam (`harness.host.target`): on this machine they are the same system calls as
+    ever; on a remote host SFTP requests and commands there, its locks held by flock commands
+    on the SSH connection, so a killed controller's locks end with its connection."""
 
-    def __init__(self, root: Path | None = None, limit: int | None = None) -> None:
-        self.root = root if root is not None else store_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path | None = None, limit: int | None = None,
+                 target: HostTarget = LOCAL) -> None:
+        self.target = target
+        if root is None:
+            root = store_dir() if not target.remote else target.cache_root() / "saved"
+        self.root = root
+        target.mkdir(root)
         self.limit = limit if limit is not None else limit_bytes()
 
     def entry_path(self, key: str) -> Path:
@@ -227,115 +235,121 @@ class SavedStore:
         `on_wait` first), then looks again, so two runs wanting one key at once boot once
         between them.
         """
-        lock = self.lock_path(key)
-        fd = self._lock(lock, fcntl.LOCK_SH, on_wait)
-        entry = _read_entry(self.entry_path(key), key)
-        if entry is None:
-            os.close(fd)
-            fd = self._lock(lock, fcntl.LOCK_EX, on_wait)
-            entry = _read_entry(self.entry_path(key), key)
-        if entry is not None:
-            os.utime(entry.path / USED_FILE)
-        claim = Claim(self, key, fd, entry)
+        lock = self._lock(key, True, on_wait)
+        try:
+            entry = _read_entry(self.target, self.entry_path(key), key)
+            if entry is None:
+                lock.release()
+                lock = self._lock(key, False, on_wait)
+                entry = _read_entry(self.target, self.entry_path(key), key)
+            if entry is not None:
+                self.target.touch(entry.path / USED_FILE)
+        except BaseException:
+            lock.release()
+            raise
+        claim = Claim(self, key, lock, entry)
         try:
             yield claim
         finally:
             claim.release()
 
-    @staticmethod
-    def _lock(lock: Path, mode: int, on_wait: Callable[[], None] | None) -> int:
-        """flock `lock` in `mode`, calling `on_wait` first if another run holds it."""
-        fd = _open_locked(lock, mode | fcntl.LOCK_NB)
-        if fd is None:  # another run creates (or reads) it: wait for that run
+    def _lock(self, key: str, shared: bool, on_wait: Callable[[], None] | None) -> FileLock:
+        """Lock `key` (shared or exclusive), calling `on_wait` first if another run holds it."""
+        lock = self.target.lock(self.lock_path(key), shared, wait=False)
+        if lock is None:  # another run creates (or reads) it: wait for that run
             if on_wait is not None:
                 on_wait()
-            fd = _open_locked(lock, mode)
-        assert fd is not None
-        return fd
+            lock = self.target.lock(self.lock_path(key), shared)
+        assert lock is not None
+        return lock
 
     def entries(self) -> list[Entry]:
         """Published entries, least recently used first."""
         found = []
-        for path in self.root.iterdir():
-            if path.is_dir() and not path.name.startswith("."):
-                entry = _read_entry(path, path.name)
+        for name, _size, _mtime, is_dir in self.target.listdir(self.root):
+            if is_dir and not name.startswith("."):
+                entry = _read_entry(self.target, self.root / name, name)
                 if entry is not None:
                     found.append(entry)
-        return sorted(found, key=lambda e: _last_used(e.path))
+        return sorted(found, key=self._last_used)
 
     def size(self) -> int:
-        return sum(entry_size(e.path) for e in self.entries())
+        return sum(entry_size(e.path, self.target) for e in self.entries())
 
     def evict(self, key: str) -> bool:
         """Remove one entry unless a run holds it; True if it was removed."""
-        lock = self.lock_path(key)
-        fd = _open_locked(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if fd is None:
+        lock = self.target.lock(self.lock_path(key), wait=False)
+        if lock is None:
             return False
         try:
-            target = self.entry_path(key)
-            if target.exists():
+            path = self.entry_path(key)
+            if self.target.exists(path):
                 trash = self.root / f"{_TRASH}{key}-{secrets.token_hex(3)}"
-                target.rename(trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            lock.unlink(missing_ok=True)  # while held: lockers re-check the inode
+                self.target.rename(path, trash)
+                self.target.remove(trash)
+            self.target.remove(self.lock_path(key))  # while held: lockers re-check the file
             return True
         finally:
-            os.close(fd)
+            lock.release()
 
     def trim(self) -> list[str]:
         """Evict least recently used entries until the store fits its bound; returns the keys
         removed. Entries in use stay (they go on a later trim)."""
         removed = []
-        entries = self.entries()
-        total = sum(entry_size(e.path) for e in entries)
-        for entry in entries:
+        sized = [(e, entry_size(e.path, self.target)) for e in self.entries()]
+        total = sum(size for _e, size in sized)
+        for entry, size in sized:
             if total <= self.limit:
                 break
-            size = entry_size(entry.path)
             if self.evict(entry.key):
                 removed.append(entry.key)
                 total -= size
         return removed
 
     def sweep(self) -> list[str]:
-        """Remove what crashed runs left (staging dirs of dead processes, trash, incomplete
-        entries, lock files without an entry), then trim. Returns what was removed."""
-        from harness.host.machine import owner_alive
+        """Remove what crashed runs left (staging dirs nobody is creating, trash, incomplete
+        entries, lock files without an entry), then trim. Returns what was removed.
 
+        A staging dir is judged by its key's lock, not by a pid (which means nothing on
+        another machine, and may be reused): its creator holds the lock exclusively until it
+        publishes or gives up, so a lock taken without waiting means its creator is gone."""
         removed = []
-        for path in sorted(self.root.iterdir()):
-            name = path.name
+        listed = sorted(self.target.listdir(self.root))
+        names = {name for name, *_ in listed}
+        for name, _size, _mtime, is_dir in listed:
+            path = self.root / name
             if name.startswith(_TMP):
-                try:
-                    pid = int(name.removeprefix(_TMP).split("-")[1])
-                except (IndexError, ValueError):
-                    pid = -1
-                if pid > 0 and owner_alive(pid):
-                    continue
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
+                if self._remove_unless_locked(name.removeprefix(_TMP).split("-")[0], path):
+                    removed.append(name)
             elif name.startswith(_TRASH):
-                shutil.rmtree(path, ignore_errors=True)
+                self.target.remove(path)
                 removed.append(name)
-            elif path.is_dir() and _read_entry(path, name) is None:
+            elif is_dir and _read_entry(self.target, path, name) is None:
                 if self.evict(name):
                     removed.append(name)
-            elif name.endswith(".lock") and not self.entry_path(name[:-5]).exists():
-                fd = _open_locked(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if fd is not None:
-                    try:
-                        if not self.entry_path(name[:-5]).exists():
-                            path.unlink(missing_ok=True)
-                    finally:
-                        os.close(fd)
+            elif name.endswith(".lock") and name.removesuffix(".lock") not in names:
+                self._remove_unless_locked(name.removesuffix(".lock"), None)
         return removed + self.trim()
 
+    def _remove_unless_locked(self, key: str, leftover: Path | None) -> bool:
+        """Under `key`'s lock taken without waiting: remove `leftover`, and the lock file if
+        the key has no entry. False if a run holds the lock."""
+        lock = self.target.lock(self.lock_path(key), wait=False)
+        if lock is None:
+            return False
+        try:
+            if leftover is not None:
+                self.target.remove(leftover)
+            if not self.target.exists(self.entry_path(key)):
+                self.target.remove(self.lock_path(key))  # while held: lockers re-check it
+            return True
+        finally:
+            lock.release()
 
-def _last_used(path: Path) -> float:
-    try:
-        return (path / USED_FILE).stat().st_mtime
-    except OSError:
+    def _last_used(self, entry: Entry) -> float:
+        for name, _size, mtime, _is_dir in self.target.listdir(entry.path):
+            if name == USED_FILE:
+                return mtime
         return 0.0
 
 

@@ -10,7 +10,9 @@ virDomainSaveImageDefineXML). A save image restored as it is therefore runs unde
 was saved with, so two runs restoring one saved guest at once (two matrix workers, two roots,
 two people on one qemu:///system) would run same-named domains. The name lives only in the
 image's header, so a restore writes the header afresh with the run's name and UUID and copies
-QEMU's migration stream after it unchanged, at the same offset.
+QEMU's migration stream after it unchanged, at the same offset. On a remote host
+(`harness.host.target`) the header is read and written over SFTP and the stream is copied on the
+host itself (`HostTarget.copy_tail`), never through this machine.
 
 The header (src/qemu/qemu_saveimage.h, `struct _virQEMUSaveHeader`; its magic and layout are
 on-disk ABI there): the 16-byte magic `LibvirtQemudSave`, then native-endian uint32 `version`
@@ -21,10 +23,7 @@ and zero padding (libvirt leaves 64 KiB for edits); then QEMU's stream.
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import shutil
 import struct
 import uuid
 import xml.etree.ElementTree as ET
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import DomainError
+from harness.host.target import LOCAL, HostTarget
 
 MAGIC = b"LibvirtQemudSave"
 PARTIAL = b"LibvirtQemudPart"  # an image whose save did not finish
@@ -56,9 +56,10 @@ class SaveImageHeader:
         return HEADER_SIZE + self.data_len
 
 
-def read_header(image: Path) -> SaveImageHeader:
-    """The header of `image`; DomainError if it is not a complete libvirt QEMU save image."""
-    with open(image, "rb") as f:
+def read_header(image: Path, target: HostTarget = LOCAL) -> SaveImageHeader:
+    """The header of `image` (on `target`); DomainError if it is not a complete libvirt QEMU
+    save image."""
+    with target.open_file(image, "rb") as f:
         magic = f.read(len(MAGIC))
         raw = f.read(_FIELDS.size)
         if magic == PARTIAL:
@@ -94,11 +95,11 @@ def renamed_xml(xml: str, name: str, domain_uuid: str) -> str:
     return out
 
 
-def write_renamed(image: Path, dest: Path, name: str) -> str:
-    """Write a copy of `image` to `dest` whose domain is called `name` under a fresh UUID;
-    returns the copy's domain XML. The stream keeps its offset (libvirt's padding leaves room
-    for a longer name), so offsets inside it, if any, stay true."""
-    header = read_header(image)
+def write_renamed(image: Path, dest: Path, name: str, target: HostTarget = LOCAL) -> str:
+    """Write a copy of `image` to `dest` (both on `target`) whose domain is called `name`
+    under a fresh UUID; returns the copy's domain XML. The stream keeps its offset (libvirt's
+    padding leaves room for a longer name), so offsets inside it, if any, stay true."""
+    header = read_header(image, target)
     xml = renamed_xml(header.xml, name, str(uuid.uuid4()))
     payload = xml.encode() + b"\0"
     fields = list(header.fields)
@@ -110,21 +111,7 @@ def write_renamed(image: Path, dest: Path, name: str) -> str:
                           f"({len(payload)} > {header.data_len} bytes)",
                           "use a shorter run name, or --cold")
     payload += b"\0" * (header.data_len - len(payload))
-    with open(image, "rb") as src, open(dest, "wb") as out:
+    with target.open_file(dest, "wb") as out:
         out.write(MAGIC + _FIELDS.pack(*fields) + payload)
-        out.flush()
-        src.seek(header.stream_offset)
-        _copy_rest(src.fileno(), out.fileno())
+    target.copy_tail(image, dest, header.stream_offset)
     return xml
-
-
-def _copy_rest(src: int, dst: int) -> None:
-    """Copy from `src`'s offset to its end into `dst` (in the kernel where it can)."""
-    try:
-        while os.copy_file_range(src, dst, 1 << 30):
-            pass
-    except OSError as exc:  # another file system, or a kernel without it: read and write
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        with os.fdopen(os.dup(src), "rb") as s, os.fdopen(os.dup(dst), "wb") as d:
-            shutil.copyfileobj(s, d, 1 << 20)

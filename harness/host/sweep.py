@@ -1,5 +1,6 @@
 """Find and remove what an earlier, crashed run left behind: domains, scratch dirs, and
-saved-guest leftovers (the saved-guest store is trimmed to its bound here too).
+saved-guest leftovers (the saved-guest store is trimmed to its bound here too; a remote host's
+store is on that host and swept there).
 
 A process killed while holding an embedded libvirt connection leaves its QEMU running; the next
 open of the same root reconnects to it. Every domain the harness starts carries its owner's pid
@@ -43,7 +44,7 @@ class SweepReport:
     removed_scratch: tuple[str, ...]
     kept_live: tuple[str, ...]  # prefixed domains whose owner still runs
     pruned_logs: tuple[str, ...] = ()  # old QEMU logs removed, a rotated libvirt.log
-    removed_saved: tuple[str, ...] = ()  # saved-guest leftovers and evicted entries
+    removed_saved: tuple[str, ...] = ()  # saved-guest leftovers, evicted entries, staged parts
 
     def describe(self) -> str:
         pruned = (f"; pruned {len(self.pruned_logs)} old log(s)" if self.pruned_logs else "")
@@ -54,6 +55,8 @@ class SweepReport:
             parts.append(f"domains {', '.join(self.removed_domains)}")
         if self.removed_scratch:
             parts.append(f"scratch dirs {', '.join(self.removed_scratch)}")
+        if self.removed_saved:
+            parts.append(f"saved-guest and staging leftovers {', '.join(self.removed_saved)}")
         return "sweep: removed leftovers of crashed runs: " + "; ".join(parts) + pruned
 
 
@@ -149,10 +152,10 @@ def sweep(conn: libvirt.virConnect, target: HostTarget = LOCAL) -> SweepReport:
         storage.remove_scratch(path, target)
         scratch.append(name)
     running = {dom.name() for dom in conn.listAllDomains(0)}
-    if target.remote:  # the saved-guest store and the logs are this machine's
+    saved = SavedStore(target=target).sweep()  # the store of the host QEMU saves on
+    if target.remote:  # the logs are this machine's
         return SweepReport(tuple(removed), tuple(scratch), tuple(live),
-                           removed_saved=tuple(_sweep_staging(target)))
-    saved = SavedStore().sweep()
+                           removed_saved=tuple(_sweep_staging(target) + saved))
     return SweepReport(tuple(removed), tuple(scratch), tuple(live), prune_logs(conn, running),
                        tuple(saved))
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
+import fcntl
 import getpass
 import hashlib
 import os
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import paramiko
@@ -45,8 +47,25 @@ from harness.errors import HostUnreachable, InfrastructureError, InputError
 REMOTE_CACHE_ENV = "HOTADD_REMOTE_CACHE_DIR"
 REMOTE_CACHE_DEFAULT = "/var/lib/hotadd"
 _CHUNK = 1 << 20
+#: A copy of a save image's stream on a remote host (GiBs for a Windows guest, on its disk).
+SAVE_COPY_TIMEOUT_S = 600.0
 #: What a lock command prints once flock(1) granted the lock (`SshHost.flock`).
 _LOCKED = "hotadd-locked"
+#: What a lock command asked not to wait prints when another holds the lock.
+_BUSY = "hotadd-busy"
+#: `SshHost.lock`: $1 the lock file, then flock(1)'s mode options. The descriptor is flocked,
+#: then compared with the file at the path (test's -ef: same device and inode); a lock on a
+#: file unlinked meanwhile is dropped and taken again. `cat` inherits the descriptor and holds
+#: the lock until its stdin (the SSH channel) ends.
+_LOCK_SCRIPT = f"""path=$1; shift
+while :; do
+  exec 9<>"$path" || exit 2
+  flock "$@" 9 || {{ echo {_BUSY}; exit 0; }}
+  [ "$path" -ef /proc/self/fd/9 ] && break
+  exec 9>&-
+done
+echo {_LOCKED}
+exec cat"""
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,26 @@ class HostTarget(abc.ABC):
     @abc.abstractmethod
     def remove(self, path: Path) -> None:
         """Remove a file or a whole tree; missing is fine."""
+
+    @abc.abstractmethod
+    def copy(self, src: Path, dst: Path) -> None:
+        """Copy a file to another path on the host, there (never through this machine)."""
+
+    @abc.abstractmethod
+    def open_file(self, path: Path, mode: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """A file on the host opened in binary `mode` ("rb", "wb") for the block."""
+
+    @abc.abstractmethod
+    def copy_tail(self, src: Path, dst: Path, offset: int) -> None:
+        """Copy `src`'s bytes from `offset` to its end into `dst` at the same offset, `dst`'s
+        first `offset` bytes left as they are; on the host (a save image's stream is GiBs)."""
+
+    @abc.abstractmethod
+    def lock(self, path: Path, shared: bool = False, wait: bool = True) -> FileLock | None:
+        """flock `path` (created if missing) until the lock's `release()`; None if `wait` is
+        False and another holds it. The lock is on the file the path names when it is granted:
+        a holder may unlink its lock file while holding it (an evicted saved guest's), so one
+        granted on an unlinked file is dropped and taken again on the path's new file."""
 
     def dialer(self) -> Dialer | None:
         """How a transport reaches the host's 127.0.0.1: None = directly from here."""
@@ -208,6 +247,38 @@ class LocalHost(HostTarget):
         else:
             path.unlink(missing_ok=True)
 
+    def copy(self, src: Path, dst: Path) -> None:
+        shutil.copyfile(src, dst)
+
+    def open_file(self, path: Path, mode: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return open(path, mode)  # the caller's with-block closes it
+
+    def copy_tail(self, src: Path, dst: Path, offset: int) -> None:
+        with open(src, "rb") as s, open(dst, "r+b") as d:
+            s.seek(offset)
+            d.seek(offset)
+            _copy_rest(s.fileno(), d.fileno())
+
+    def lock(self, path: Path, shared: bool = False, wait: bool = True) -> FileLock | None:
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return LocalLock(fd)
+            os.close(fd)
+
     def sha256(self, path: Path) -> str:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -217,6 +288,39 @@ class LocalHost(HostTarget):
 
 
 LOCAL = LocalHost()
+
+
+class FileLock(abc.ABC):
+    """A flock held on a host (`HostTarget.lock`)."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Let go; the lock is free when this returns. Idempotent."""
+
+
+class LocalLock(FileLock):
+    """A flock on this machine: an open descriptor (closing the last one drops the lock, and
+    the kernel drops it when the process dies)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _copy_rest(src: int, dst: int) -> None:
+    """Copy from `src`'s offset to its end into `dst` (in the kernel where it can)."""
+    try:
+        while os.copy_file_range(src, dst, 1 << 30):
+            pass
+    except OSError as exc:  # another file system, or a kernel without it: read and write
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        with os.fdopen(os.dup(src), "rb") as s, os.fdopen(os.dup(dst), "wb") as d:
+            shutil.copyfileobj(s, d, _CHUNK)
 
 
 @dataclass(frozen=True)
@@ -399,20 +503,40 @@ class SshHost(HostTarget):
         held for as long as the returned lock (its command on an exec channel) lives. The
         host's kernel drops it when the command ends: on `release()`, or when this process
         dies and sshd closes the session (its `cat` reads end of file)."""
-        command = shlex.join(["flock", "-s" if shared else "-x", str(path), "sh", "-c",
-                              f"echo {_LOCKED}; exec cat"])
+        held = self._lock_command(path, ["flock", "-s" if shared else "-x", str(path), "sh",
+                                          "-c", f"echo {_LOCKED}; exec cat"])
+        assert held is not None
+        return held
+
+    def lock(self, path: Path, shared: bool = False, wait: bool = True) -> HostLock | None:
+        """`HostTarget.lock` on the host: a shell there opens the file, flocks it and checks
+        it is still the one at the path (else opens it again), then becomes `cat`, which holds
+        it as `flock` does."""
+        mode = ["-s" if shared else "-x"] + ([] if wait else ["-n"])
+        held = self._lock_command(path, ["sh", "-c", _LOCK_SCRIPT, "sh", str(path), *mode])
+        if held is None and wait:
+            raise InfrastructureError(f"{self.description}: flock on {path} failed",
+                                      "check that flock (util-linux) is installed there")
+        return held
+
+    def _lock_command(self, path: Path, argv: list[str]) -> HostLock | None:
+        """Run a lock command; the lock once it says it holds it, None once it says another
+        holds it (a lock asked for without waiting)."""
         try:
             chan = self._transport().open_session(timeout=self.connect_timeout)
-            chan.exec_command(command)
+            chan.exec_command(shlex.join(argv))
             said = b""
             while not said.endswith(f"{_LOCKED}\n".encode()):
+                if said.endswith(f"{_BUSY}\n".encode()):
+                    chan.close()
+                    return None
                 data = chan.recv(64)
                 if not data:
                     err = b""
                     while chan.recv_stderr_ready():
                         err += chan.recv_stderr(_CHUNK)
                     chan.close()
-                    raise OSError(f"flock exited {chan.recv_exit_status()}: "
+                    raise OSError(f"{argv[0]} exited {chan.recv_exit_status()}: "
                                   f"{err.decode(errors='replace').strip()}")
                 said += data
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -521,6 +645,25 @@ class SshHost(HostTarget):
         if out.rc != 0:
             raise self._failed(f"cannot remove {path}", OSError(out.stderr.strip()))
 
+    def copy(self, src: Path, dst: Path) -> None:
+        out = self.run(["cp", "--", str(src), str(dst)])
+        if out.rc != 0:
+            raise self._failed(f"cannot copy {src} to {dst}", OSError(out.stderr.strip()))
+
+    @contextlib.contextmanager
+    def open_file(self, path: Path, mode: str) -> Iterator[IO[bytes]]:
+        with self._sftp_doing(f"cannot open {path}") as sftp, \
+                sftp.open(str(path), mode.replace("b", "")) as f:
+            yield cast("IO[bytes]", f)  # paramiko's SFTPFile: a binary file object
+
+    def copy_tail(self, src: Path, dst: Path, offset: int) -> None:
+        """dd on the host, byte offsets (coreutils' iflag=skip_bytes, oflag=seek_bytes)."""
+        out = self.run(["dd", f"if={src}", f"of={dst}", f"skip={offset}", f"seek={offset}",
+                        "bs=4M", "iflag=skip_bytes", "oflag=seek_bytes", "conv=notrunc",
+                        "status=none"], timeout=SAVE_COPY_TIMEOUT_S)
+        if out.rc != 0:
+            raise self._failed(f"cannot copy {src} to {dst}", OSError(out.stderr.strip()))
+
     # -- the host's 127.0.0.1 -----------------------------------------------------------------
 
     def dialer(self) -> Dialer:
@@ -544,8 +687,9 @@ class SshHost(HostTarget):
             return self._forwards[port].port
 
 
-class HostLock:
-    """A flock held on a remote host by a command on an SSH exec channel (`SshHost.flock`)."""
+class HostLock(FileLock):
+    """A flock held on a remote host by a command on an SSH exec channel (`SshHost.flock`,
+    `SshHost.lock`)."""
 
     def __init__(self, chan: paramiko.Channel) -> None:
         self._chan = chan

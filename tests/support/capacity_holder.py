@@ -7,43 +7,25 @@ releases when a line arrives on stdin (or dies when killed), printing "released"
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from harness.host.capacity import Capacity, Holder, lease
+from tests.support.processes import LineProcess
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-class HolderProcess:
+class HolderProcess(LineProcess):
     """This module run as a process (a controller taking a lease), driven by its lines."""
 
     def __init__(self, need_vcpus: int, need_memory: int, label: str,
                  total: tuple[int, int] = (2, 1024), key: str = "lab",
                  env: Mapping[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.capacity_holder", key, str(total[0]),
-             str(total[1]), str(need_vcpus), str(need_memory), label],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-            env=os.environ | {"PYTHONPATH": str(REPO)} | dict(env or {}))
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
+        super().__init__("tests.support.capacity_holder",
+                         [key, str(total[0]), str(total[1]), str(need_vcpus), str(need_memory),
+                          label], env)
 
     def release(self) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        return self.go()
 
 
 def main(argv: list[str]) -> None:

@@ -5,7 +5,6 @@ the VM tests restore real ones (tests/vm/test_warm_runs.py)."""
 
 from __future__ import annotations
 
-import struct
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,30 +13,11 @@ import pytest
 
 from harness.errors import DomainError
 from harness.host.saveimage import HEADER_SIZE, read_header, write_renamed
-
-SAVED_XML = ("<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n"
-             "  <name>hotadd-reference-save-0a1b2c3d</name>\n"
-             "  <uuid>6f1c1d52-5a40-4b44-9f0e-0c4b2a6c9d11</uuid>\n"
-             "  <devices><channel><target type='virtio' name='org.x'/></channel></devices>\n"
-             "  <qemu:commandline><qemu:arg value='-netdev'/></qemu:commandline>\n"
-             "</domain>\n")
-COOKIE = b"<cookie><cpu mode='custom'/></cookie>\0"
-STREAM = bytes(range(256)) * 4096  # 1 MiB standing in for QEMU's migration stream
-
-
-def _image(path: Path, magic: bytes = b"LibvirtQemudSave", xml: str = SAVED_XML,
-           version: int = 2) -> Path:
-    """An image as virQEMUSaveDataWrite lays it out: header, XML, cookie, 64 KiB padding."""
-    body = xml.encode() + b"\0"
-    data = body + COOKIE
-    data_len = len(data) + 64 * 1024
-    header = magic + struct.pack("=5I14I", version, data_len, 1, 0, len(body), *([0] * 14))
-    path.write_bytes(header + data + b"\0" * (data_len - len(data)) + STREAM)
-    return path
+from tests.support.save_images import COOKIE, SAVED_XML, STREAM, image
 
 
 def test_the_copy_names_the_run_and_keeps_the_stream_at_its_offset(tmp_path: Path) -> None:
-    saved = _image(tmp_path / "state.save")
+    saved = image(tmp_path / "state.save")
     before = read_header(saved)
     xml = write_renamed(saved, tmp_path / "restore.save", "hotadd-reference-1234abcd")
 
@@ -60,7 +40,7 @@ def test_the_copy_names_the_run_and_keeps_the_stream_at_its_offset(tmp_path: Pat
 
 
 def test_two_copies_of_one_image_never_share_a_uuid(tmp_path: Path) -> None:
-    saved = _image(tmp_path / "state.save")
+    saved = image(tmp_path / "state.save")
     a = ET.fromstring(write_renamed(saved, tmp_path / "a.save", "hotadd-reference-aaaa0000"))
     b = ET.fromstring(write_renamed(saved, tmp_path / "b.save", "hotadd-reference-bbbb0000"))
     assert a.findtext("uuid") != b.findtext("uuid")
@@ -75,7 +55,7 @@ def test_two_copies_of_one_image_never_share_a_uuid(tmp_path: Path) -> None:
 ])
 def test_what_cannot_be_renamed_is_refused_with_the_fix(
         tmp_path: Path, magic: bytes, xml: str, version: int, problem: str) -> None:
-    saved = _image(tmp_path / "state.save", magic, xml, version)
+    saved = image(tmp_path / "state.save", magic, xml, version)
     with pytest.raises(DomainError) as err:
         write_renamed(saved, tmp_path / "restore.save", "hotadd-reference-1234abcd")
     assert problem in err.value.problem and "--cold" in err.value.fix

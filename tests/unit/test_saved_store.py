@@ -282,20 +282,36 @@ def _exit_now() -> None:
     os._exit(0)
 
 
+def _stage_and_hold(store_root: str, key: str, ready: Connection, release: Connection) -> None:
+    """A run creating `key`: its staging dir exists while it holds the key's lock."""
+    store = SavedStore(Path(store_root), limit=1 << 30)
+    with store.claim(key) as claim:
+        ready.send(claim.staging().path.name)
+        release.recv()
+
+
 def test_sweep_removes_leftovers_of_dead_runs_and_keeps_live_ones(tmp_path: Path) -> None:
+    """A staging dir is a live run's while its key's lock is held, whatever pid its name
+    carries: the dead run's dir (named with this process's pid) goes, the live one stays."""
     store = SavedStore(tmp_path, limit=10_000)
     _publish(store, "keep", 100)
-    dead = _child(_exit_now)
-    dead.join(30)
-    assert dead.pid is not None
-    (tmp_path / f".tmp-k2-{dead.pid}-abc").mkdir()
-    (tmp_path / f".tmp-k3-{os.getpid()}-abc").mkdir()  # a live run still saving
-    (tmp_path / "orphan.lock").touch()
-    removed = store.sweep()
-    assert removed == [f".tmp-k2-{dead.pid}-abc"]
-    names = {p.name for p in tmp_path.iterdir()}
-    assert f".tmp-k3-{os.getpid()}-abc" in names and "keep" in names
-    assert "orphan.lock" not in names and f".tmp-k2-{dead.pid}-abc" not in names
+    ready_r, ready_w = CTX.Pipe(duplex=False)
+    release_r, release_w = CTX.Pipe(duplex=False)
+    live = _child(_stage_and_hold, str(tmp_path), "k3", ready_w, release_r)
+    try:
+        live_dir = ready_r.recv()
+        dead = f".tmp-k2-{os.getpid()}-abc"  # a pid alive, but nobody holds k2's lock
+        (tmp_path / dead).mkdir()
+        (tmp_path / "orphan.lock").touch()
+        removed = store.sweep()
+        assert removed == [dead]
+        names = {p.name for p in tmp_path.iterdir()}
+        assert {live_dir, "k3.lock", "keep", "keep.lock"} <= names
+        assert "orphan.lock" not in names and dead not in names and "k2.lock" not in names
+    finally:
+        release_w.send("go")
+        live.join(30)
+    assert live.exitcode == 0
 
 
 def _create_when_told(store_root: str, key: str, ready: Connection, go: Connection) -> None:

@@ -1,9 +1,11 @@
 """A run on a second libvirt host reached only over SSH (`qemu+ssh://`): the default scenario
 passes there with the guest's files staged into the host's own cache and the guest's SSH
-tunnelled over the host's SSH; a run killed mid-way leaves a domain and a scratch dir there
-that `hotadd sweep --host URI` clears. The host is `tests/support/lab_host`: sshd + libvirtd in
-a mount namespace that cannot see this machine's hotadd cache. hotadd runs through the real
-CLI in its own process (this test process holds an embedded libvirt driver)."""
+tunnelled over the host's SSH, and the next run restores the guest saved in the host's own
+store; a run killed mid-way leaves a domain and a scratch dir there (and a dead controller a
+saved guest half made) that `hotadd sweep --host URI` clears. The host is
+`tests/support/lab_host`: sshd + libvirtd in a mount namespace that cannot see this machine's
+hotadd cache. hotadd runs through the real CLI in its own process (this test process holds an
+embedded libvirt driver)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from harness.guests import reference, windows_setup
 from harness.host import staging
 from harness.host.connection import open_connection
 from harness.host.machine import Machine
+from harness.host.saved import SavedStore
 from harness.host.target import SshAddress, SshHost
 from tests.support import windows_golden
 from tests.support.lab_host import LabHost, reference_lab_host
@@ -51,19 +54,29 @@ def _host_dir(lab: LabHost, name: str) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
-def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_path: Path) -> None:
+def test_default_scenario_passes_on_a_host_reached_over_ssh_and_restores_there_next_time(
+        lab: LabHost, tmp_path: Path) -> None:
+    """The first run boots the guest on the host and saves it into the host's own store; the
+    second restores it there, under a domain name of its own."""
+    local_saved = tmp_path / "local-saved"  # this machine's store: it must stay empty
+    env = {**lab.env, "HOTADD_SAVED_DIR": str(local_saved)}
     run = tmp_path / "run"
-    proc = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(run), env=lab.env)
+    proc = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(run), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((run / "result.json").read_text())
     assert result["outcome"] == "pass"
-    assert result["start"]["note"].startswith("remote host")
+    key = result["start"]["key"]
+    assert result["start"] == {"warm": True, "key": key, "saved": True, "note": ""}
     # the kernel and initramfs were staged into the host's cache, by content
     kernel, initrd = reference.planned_boot_files()
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (kernel, initrd)}
     assert set(_host_dir(lab, staging.FILES)) == digests  # and nothing else: no key
     xml = (run / "domain.xml").read_text()
     assert str(kernel) not in xml and str(lab.cache / staging.FILES) in xml
+    # the saved guest is in the host's store, not this machine's
+    assert _host_dir(lab, "saved") == [key, f"{key}.lock"]
+    assert {"state.save", "serial.log", "entry.json"} <= set(_host_dir(lab, f"saved/{key}"))
+    assert SavedStore(local_saved).entries() == []
     # the console came here through libvirt's console stream (a pty there, no file), from the
     # kernel's first line on; nothing of the run stays there
     serial = (run / "serial.log").read_text()
@@ -78,10 +91,19 @@ def test_default_scenario_passes_on_a_host_reached_over_ssh(lab: LabHost, tmp_pa
     assert channels and all(int(p) > 0 for p in channels)
     assert _host_dir(lab, "scratch") == []
     assert _domains(lab) == []
-    # a second run sends nothing: the host has the files
-    again = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(tmp_path / "again"),
-                       env=lab.env)
+    # a second run sends nothing (the host has the files) and restores the saved guest there
+    again_dir = tmp_path / "again"
+    again = run_hotadd("run", "--libvirt-uri", lab.uri, "--run-dir", str(again_dir), env=env)
     assert again.returncode == 0, again.stdout + again.stderr
+    second = json.loads((again_dir / "result.json").read_text())
+    assert second["outcome"] == "pass"
+    assert second["start"] == {"warm": True, "key": key, "saved": False, "note": ""}
+    assert "restore" in second["timings_s"] and "boot" not in second["timings_s"]
+    assert second["domain"] != result["domain"]
+    # the boot console (with the ready marker) was fetched from the entry into this run's log
+    assert reference.READY_MARKER in (again_dir / "serial.log").read_text()
+    assert _host_dir(lab, "scratch") == [] and _domains(lab) == []
+    assert SavedStore(local_saved).entries() == []
 
 
 def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: Path) -> None:
@@ -102,6 +124,10 @@ def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: 
     assert len(left) == 1 and _host_dir(lab, "scratch") == left
     gone = subprocess.Popen(["true"])  # a stager of this machine that died mid-transfer
     gone.wait()
+    # a saved guest a dead controller was creating: nobody holds its key's lock
+    leftover = lab.inside(lab.cache / "saved" / f".tmp-{'ab' * 12}-{gone.pid}-abcdef")
+    leftover.mkdir(parents=True)
+    (leftover / "state.save").write_bytes(b"half an image")
     lab.inside(lab.cache / staging.FILES).mkdir(exist_ok=True)
     part = lab.inside(lab.cache / staging.FILES /
                       f".{'0' * 64}.{socket.gethostname()}.{gone.pid}.abcdef{staging.PART}")
@@ -111,6 +137,7 @@ def test_sweep_host_clears_what_a_killed_run_left_there(lab: LabHost, tmp_path: 
     assert left[0] in swept.stdout
     assert _domains(lab) == [] and _host_dir(lab, "scratch") == []
     assert not part.exists()
+    assert not leftover.exists() and leftover.name in swept.stdout
 
 
 def test_a_windows_domain_starts_on_the_remote_host_and_takes_a_hotadd(
