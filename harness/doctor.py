@@ -188,6 +188,9 @@ def run_host_checks(uri: str) -> list[Check]:
                               "apt-get install qemu-utils on that host"),
                    _host_tool(target, "flock (capacity leases)", ["flock", "--version"],
                               "apt-get install util-linux on that host"),
+                   _host_tool(target, "GNU dd (saved guests)", ["dd", "--version"],
+                              "apt-get install coreutils on that host (byte offsets: "
+                              "iflag=skip_bytes)"),
                    _host_cache(target), _host_disk(target)]
     finally:
         target.close()

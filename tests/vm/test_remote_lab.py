@@ -79,7 +79,8 @@ def test_doctor_checks_the_remote_host(lab: LabHost) -> None:
     _code, checks = _doctor(lab, lab.uri)
     for name in ("libvirt URI", "SSH login", "libvirt", "emulator", "accelerator",
                  "hot-pluggable CPUs", "qemu-img (Windows overlays)",
-                 "flock (capacity leases)", "staging cache", "host disk space"):
+                 "flock (capacity leases)", "GNU dd (saved guests)", "staging cache",
+                 "host disk space"):
         assert checks[name]["ok"], checks[name]
     assert "root@127.0.0.1" in str(checks["SSH login"]["detail"])
     assert str(lab.cache) in str(checks["staging cache"]["detail"])
